@@ -1,16 +1,22 @@
 """The ``colbert-pipeline`` command line.
 
 Example:
-    $ colbert-pipeline demo          # encode a few texts with the offline model and rerank them
+    $ colbert-pipeline prepare                     # one stage, as dvc.yaml runs it, configured by params.yaml
+    $ colbert-pipeline train --set train.epochs=2  # with an override, validated like params.yaml
+    $ colbert-pipeline validate                    # check params.yaml and print the resolved settings
+    $ colbert-pipeline demo                        # encode a few texts with the offline model and rerank them
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 # The CLI is offline unless the user says otherwise: the default model ships with the package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,6 +47,39 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace):
+    from pipeline.config import load_params, parse_override
+
+    overrides = dict(parse_override(text) for text in args.set or [])
+    return load_params(args.params, overrides)
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    """Validate params, then run one stage in this process and print its outputs."""
+    params = _load(args)
+    module = importlib.import_module(f"pipeline.stages.{args.command}")
+    outputs = module.run(params, Path(args.params).resolve().parent)
+    print(json.dumps({"stage": args.command, **outputs}, indent=2, default=str))
+    return 0
+
+
+def validate(args: argparse.Namespace) -> int:
+    """Validate params.yaml (and overrides) and print the resolved settings."""
+    params = _load(args)
+    print(json.dumps(params.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _add_params_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a param, e.g. train.epochs=2 (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colbert-pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -50,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--model", default=None, help="model folder or Hub id (default: offline MiniLM)")
     demo_parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
     demo_parser.set_defaults(handler=demo)
+
+    from pipeline.stages import STAGES
+
+    for stage in STAGES:
+        stage_parser = commands.add_parser(stage, help=f"run the {stage} stage")
+        _add_params_arguments(stage_parser)
+        stage_parser.set_defaults(handler=run_stage)
+    validate_parser = commands.add_parser(
+        "validate", help="check params.yaml and print the resolved settings"
+    )
+    _add_params_arguments(validate_parser)
+    validate_parser.set_defaults(handler=validate)
     return parser
 
 

@@ -1,0 +1,330 @@
+"""The ``params.yaml`` schema: every key typed and checked before any stage does work.
+
+Each stage reads only its own section, so DVC re-runs only the stages whose section changed. Unknown keys,
+wrong types and missing input paths are errors that name the key (``train.learning_rate``), never a
+traceback from deep inside a stage.
+
+Example:
+    >>> from pipeline.config import Params
+    >>> params = Params.model_validate({"train": {"epochs": 2}})
+    >>> params.train.epochs, params.prepare.source
+    (2, 'sample')
+    >>> Params.model_validate({"train": {"epochs": "two"}})  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    pipeline.config.ConfigError: params.yaml: train.epochs: Input should be a valid integer
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A ``params.yaml`` (or override) problem, naming the file and the key."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SampleSource(Section):
+    """The project's own generated sample (the offline default)."""
+
+    n_train_entities: int = Field(40, ge=4, description="entities whose facts become training triplets")
+    n_eval_entities: int = Field(20, ge=2, description="held-out entities whose questions are evaluated")
+    n_distractors: int = Field(150, ge=0, description="extra documents that answer nothing, for the corpus")
+
+
+class TripletsSource(Section):
+    """Local JSONL / Parquet / CSV, or a Hub dataset id, with ``query, positive, negative[_i]`` columns."""
+
+    path: str | None = Field(None, description="local file, or a Hugging Face dataset id (needs internet)")
+    split: str = "train"
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="queries held out for the triplet evaluator")
+
+
+class KDSource(Section):
+    """Knowledge distillation: ``query_id, document_ids, scores`` rows joined to queries/documents tables."""
+
+    scores: str | None = Field(None, description="JSONL/Parquet of query_id, document_ids, scores")
+    queries: str | None = Field(None, description="JSONL/Parquet of query_id, text")
+    documents: str | None = Field(None, description="JSONL[.gz]/Parquet of document_id, text")
+    n_ways: int = Field(32, ge=2, description="documents per query (first is kept, the rest sampled)")
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+
+
+class BeirSource(Section):
+    """A local BEIR folder: training triplets with mined hard negatives, and a held-out Nano benchmark."""
+
+    folder: str | None = Field(None, description="corpus.jsonl[.gz], queries.jsonl[.gz], qrels/<split>.tsv")
+    train_split: str = "train"
+    eval_split: str = "test"
+    negatives_per_query: int = Field(1, ge=1, description="hard negatives mined by the base model")
+    max_train_queries: int | None = Field(None, ge=1)
+
+
+class PrepareParams(Section):
+    """``prepare``: where training data comes from and how the held-out benchmark is built."""
+
+    source: Literal["sample", "triplets", "kd", "beir"] = "sample"
+    seed: int = 42
+    on_bad_rows: Literal["error", "drop"] = Field("error", description="drop: skip and count in stats.json")
+    eval_queries: int = Field(50, ge=1, description="queries in the held-out Nano benchmark")
+    eval_documents: int = Field(2000, ge=10, description="documents in the held-out Nano benchmark corpus")
+    sample: SampleSource = SampleSource()
+    triplets: TripletsSource = TripletsSource()
+    kd: KDSource = KDSource()
+    beir: BeirSource = BeirSource()
+    output: str = "data/prepared"
+
+    @model_validator(mode="after")
+    def _source_has_its_inputs(self) -> PrepareParams:
+        required = {
+            "triplets": [("triplets.path", self.triplets.path)],
+            "kd": [
+                ("kd.scores", self.kd.scores),
+                ("kd.queries", self.kd.queries),
+                ("kd.documents", self.kd.documents),
+            ],
+            "beir": [("beir.folder", self.beir.folder)],
+        }
+        for key, value in required.get(self.source, []):
+            if not value:
+                raise ValueError(f"source is {self.source!r} but prepare.{key} is not set")
+        return self
+
+
+class TrainParams(Section):
+    """``train``: the fine-tuning run."""
+
+    base_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", description="local folder or Hub id")
+    loss: Literal["contrastive", "cached_contrastive", "distillation"] = "contrastive"
+    temperature: float = Field(
+        0.05, gt=0, description="contrastive softmax temperature (PyLate advises 0.02)"
+    )
+    mini_batch_size: int = Field(8, ge=1, description="GradCache chunk for cached_contrastive")
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(3e-5, gt=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    seed: int = 42
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: bf16/fp16 on GPU")
+    save_steps: int = Field(100, ge=1, description="checkpoint every N steps (resume after a crash)")
+    device: str | None = Field(None, description="cpu, cuda, ... (None: auto)")
+    output: str = "models/colbert"
+
+
+class EvaluateParams(Section):
+    """``evaluate`` and ``baseline``: NanoBEIR-style evaluation on the held-out benchmark."""
+
+    batch_size: int = Field(32, ge=1)
+    device: str | None = None
+
+
+class IndexParams(Section):
+    """``index``: encode a corpus with the trained model and build its PLAID index."""
+
+    name: str = Field("sample", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="folder under indexes/")
+    corpus: str | None = Field(
+        None, description="BEIR folder or corpus JSONL; None: the prepared eval corpus"
+    )
+    chunk_size: int = Field(2000, ge=1, description="documents encoded and added per chunk (bounds memory)")
+    batch_size: int = Field(32, ge=1)
+    nbits: int = Field(4, ge=1, le=8)
+    kmeans_niters: int = Field(4, ge=1)
+    seed: int = 42
+    device: str | None = None
+    folder: str = "indexes"
+
+
+class RegisterParams(Section):
+    """``register``: the MLflow registry model and the promotion rule."""
+
+    model_name: str = Field("colbert-pipeline", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    metric: str = "NanoBEIR_mean_MaxSim_ndcg@10"
+    margin: float = Field(
+        0.0, ge=0, description="promote only when the metric beats the champion by this much"
+    )
+    k: int = Field(10, ge=1, description="hits returned by the served model")
+
+
+class TrackingParams(Section):
+    """MLflow tracking; ``MLFLOW_TRACKING_URI`` in the environment wins over ``tracking_uri``."""
+
+    tracking_uri: str | None = Field(None, description="default: sqlite:///<project>/mlruns.db")
+    experiment: str = "colbert-pipeline"
+    retries: int = Field(3, ge=0, description="attempts against a tracking server that is down")
+
+
+# ``register`` is a stage name; pydantic only warns that ABCMeta.register (unused here) is shadowed.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class Params(Section):
+    """The whole ``params.yaml``."""
+
+    prepare: PrepareParams = PrepareParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    index: IndexParams = IndexParams()
+    register: RegisterParams = RegisterParams()
+    tracking: TrackingParams = TrackingParams()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _none_is_default(cls, value: Any) -> Any:
+        # An empty section in YAML (``train:``) parses as None: treat it as "all defaults".
+        return {} if value is None else value
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, source: str = DEFAULT_PARAMS_FILE, **kwargs: Any) -> Params:  # type: ignore[override]
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as error:
+            raise ConfigError(_describe(error, source)) from None
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"{source}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value`` (the value is YAML: ``2``, ``true``, ``null``, ``[a, b]``).
+
+    Example:
+        >>> parse_override("train.epochs=2")
+        ('train.epochs', 2)
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    return key.strip(), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted-key overrides set (``{"train.epochs": 2}``)."""
+    merged = _deep_copy(raw)
+    for dotted, value in (overrides or {}).items():
+        parts = dotted.split(".")
+        node = merged
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return merged
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {key: _deep_copy(value) if isinstance(value, dict) else value for key, value in raw.items()}
+
+
+def read_params_file(path: str | os.PathLike[str] = DEFAULT_PARAMS_FILE) -> dict[str, Any]:
+    """The raw mapping in a params file; a missing file is an empty mapping (all defaults)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_params(
+    path: str | os.PathLike[str] = DEFAULT_PARAMS_FILE,
+    overrides: dict[str, Any] | None = None,
+    *,
+    check_paths: bool = True,
+) -> Params:
+    """Read, override, validate. Relative input paths are checked against the params file's folder.
+
+    Example:
+        >>> load_params("no-such-file.yaml", {"train.epochs": 3}).train.epochs
+        3
+    """
+    raw = apply_overrides(read_params_file(path), overrides)
+    params = Params.model_validate(raw, source=str(path))
+    if check_paths:
+        check_input_paths(params, base=Path(path).resolve().parent, source=str(path))
+    return params
+
+
+def check_input_paths(params: Params, base: Path, source: str = DEFAULT_PARAMS_FILE) -> None:
+    """Every local input the configured source needs must exist; Hub ids are left to the loaders."""
+    prepare = params.prepare
+    checks: list[tuple[str, str | None, bool]] = []
+    if prepare.source == "triplets":
+        checks.append(("prepare.triplets.path", prepare.triplets.path, False))
+    elif prepare.source == "kd":
+        checks += [
+            ("prepare.kd.scores", prepare.kd.scores, True),
+            ("prepare.kd.queries", prepare.kd.queries, True),
+            ("prepare.kd.documents", prepare.kd.documents, True),
+        ]
+    elif prepare.source == "beir":
+        checks.append(("prepare.beir.folder", prepare.beir.folder, True))
+    if params.index.corpus:
+        checks.append(("index.corpus", params.index.corpus, True))
+    for key, value, must_be_local in checks:
+        if value is None:
+            continue
+        resolved = resolve_path(value, base)
+        if resolved.exists():
+            continue
+        if must_be_local or _looks_local(value):
+            raise ConfigError(f"{source}: {key}: path {value!r} does not exist (looked at {resolved})")
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or Path(value).suffix in {
+        ".jsonl",
+        ".json",
+        ".csv",
+        ".parquet",
+        ".gz",
+    }
+
+
+def resolve_path(value: str | os.PathLike[str], base: Path) -> Path:
+    """A configured path, relative to ``base`` (the project folder) unless absolute."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def write_params(params: Params | dict[str, Any], path: str | os.PathLike[str] = DEFAULT_PARAMS_FILE) -> None:
+    """Write params atomically (temp file + rename), so a reader never sees half a file."""
+    data = params.model_dump(mode="json") if isinstance(params, Params) else params
+    path = Path(path)
+    handle, temp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            yaml.safe_dump(data, stream, sort_keys=False)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
