@@ -1,0 +1,224 @@
+"""ColBERT training losses under PyLate's names, on sentence-transformers' multi-vector losses.
+
+- ``Contrastive`` = ``MultiVectorMultipleNegativesRankingLoss``: cross-entropy of MaxSim over in-batch and
+  hard negatives.
+- ``CachedContrastive`` = ``CachedMultiVectorMultipleNegativesRankingLoss``: the same value with GradCache,
+  memory bounded by ``mini_batch_size``.
+- ``Distillation`` = ``MultiVectorDistillKLDivLoss``: KL divergence between teacher scores and student MaxSim.
+
+**Temperature.** PyLate's ``temperature`` is sentence-transformers' ``1 / scale``. The default is ``1.0``
+(PyLate's and sentence-transformers' default); the PyLate docs point out that contrastive training is
+sensitive to it and that ``temperature=0.02`` is the usual choice in the literature — MaxSim scores of
+normalized embeddings are sums of cosines, and a small temperature sharpens the softmax over them.
+
+Contrastive rows are ``query, positive`` followed by any number of negative columns (``negative``, or
+``negative_1``, ``negative_2`` ...; a ``negatives`` list column is spread into such columns by
+:class:`pipeline.utils.ColBERTCollator`). Distillation rows are ``query, documents, scores`` as
+:class:`pipeline.utils.KDProcessing` produces them.
+
+Example:
+    >>> from pipeline import losses, models  # doctest: +SKIP
+    >>> model = models.ColBERT()  # doctest: +SKIP
+    >>> loss = losses.Contrastive(model=model, temperature=0.02)  # doctest: +SKIP
+    >>> loss.scale  # doctest: +SKIP
+    50.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sentence_transformers.multi_vector_encoder.losses import (
+    CachedMultiVectorMultipleNegativesRankingLoss,
+    MultiVectorDistillKLDivLoss,
+    MultiVectorMultipleNegativesRankingLoss,
+)
+from sentence_transformers.multi_vector_encoder.model import MultiVectorEncoder
+from sentence_transformers.multi_vector_encoder.scoring import colbert_kd_scores, mean_colbert_kd_scores
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_TEMPERATURE",
+    "RECOMMENDED_TEMPERATURE",
+    "CachedContrastive",
+    "Contrastive",
+    "Distillation",
+]
+
+#: The default contrastive temperature (PyLate's and sentence-transformers' default).
+DEFAULT_TEMPERATURE = 1.0
+#: The temperature the PyLate docs recommend for contrastive training.
+RECOMMENDED_TEMPERATURE = 0.02
+
+
+def _scale(temperature: float) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    return 1.0 / float(temperature)
+
+
+def _check_contrastive_columns(loss: Any, sentence_features: list[dict[str, Tensor]]) -> None:
+    if len(sentence_features) < 2:
+        raise ValueError(
+            f"{type(loss).__name__} needs a query column and at least a positive column, "
+            f"got {len(sentence_features)} column(s)"
+        )
+
+
+class Contrastive(MultiVectorMultipleNegativesRankingLoss):
+    """In-batch and hard-negative contrastive loss over MaxSim scores (InfoNCE).
+
+    Each query's positive competes with every other document in the batch (the others' positives and
+    all negatives). Not compatible with gradient accumulation (the negatives are the batch): use
+    :class:`CachedContrastive` for large effective batches.
+
+    Args:
+        model: The ColBERT model being trained.
+        score_metric: Scoring function ``(queries, documents, queries_mask, documents_mask) -> scores``;
+            MaxSim (``colbert_scores``) by default. ``similarity_fct`` is accepted as an alias.
+        temperature: Softmax temperature (default ``1.0``; ``0.02`` is the usual choice, see module docs).
+        gather_across_devices: Share documents across DDP ranks so each query sees the global batch.
+        mini_batch_size: Rows per forward when embedding the document columns (bounds padding waste).
+
+    Example:
+        >>> from pipeline import losses, models  # doctest: +SKIP
+        >>> loss = losses.Contrastive(model=models.ColBERT(), temperature=0.02)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: MultiVectorEncoder,
+        score_metric: Callable[..., Tensor] | None = None,
+        temperature: float = DEFAULT_TEMPERATURE,
+        gather_across_devices: bool = False,
+        *,
+        similarity_fct: Callable[..., Tensor] | None = None,
+        mini_batch_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            scale=_scale(temperature),
+            similarity_fct=score_metric or similarity_fct,
+            mini_batch_size=mini_batch_size,
+            gather_across_devices=gather_across_devices,
+        )
+        self.temperature = float(temperature)
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        features = list(sentence_features)
+        _check_contrastive_columns(self, features)
+        return super().forward(features, labels)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, **super().get_config_dict()}
+
+
+class CachedContrastive(CachedMultiVectorMultipleNegativesRankingLoss):
+    """:class:`Contrastive` with GradCache: the same loss value, memory bounded by ``mini_batch_size``.
+
+    The batch is embedded in chunks of ``mini_batch_size`` without gradients, the loss and the gradient
+    with respect to each embedding are computed on the whole batch, and the chunks are then re-embedded
+    with gradients to back-propagate the cached ones. Raise ``per_device_train_batch_size`` for more
+    in-batch negatives and keep ``mini_batch_size`` as large as memory allows (it costs a second forward).
+
+    Args:
+        model: The ColBERT model being trained.
+        mini_batch_size: Rows per embedding chunk (default 32).
+        score_metric: Scoring function (MaxSim by default); ``similarity_fct`` is accepted as an alias.
+        temperature: Softmax temperature (default ``1.0``; ``0.02`` is the usual choice).
+        gather_across_devices: Share documents across DDP ranks.
+        show_progress_bar: Show tqdm bars over the chunks.
+
+    Example:
+        >>> from pipeline import losses, models  # doctest: +SKIP
+        >>> loss = losses.CachedContrastive(model=models.ColBERT(), mini_batch_size=8)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: MultiVectorEncoder,
+        mini_batch_size: int = 32,
+        score_metric: Callable[..., Tensor] | None = None,
+        temperature: float = DEFAULT_TEMPERATURE,
+        gather_across_devices: bool = False,
+        show_progress_bar: bool = False,
+        *,
+        similarity_fct: Callable[..., Tensor] | None = None,
+    ) -> None:
+        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) or mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be a positive integer, got {mini_batch_size!r}")
+        super().__init__(
+            model,
+            scale=_scale(temperature),
+            similarity_fct=score_metric or similarity_fct,
+            mini_batch_size=mini_batch_size,
+            gather_across_devices=gather_across_devices,
+            show_progress_bar=show_progress_bar,
+        )
+        self.temperature = float(temperature)
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        features = list(sentence_features)
+        _check_contrastive_columns(self, features)
+        return super().forward(features, labels)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, **super().get_config_dict()}
+
+
+class Distillation(MultiVectorDistillKLDivLoss):
+    """Knowledge distillation: KL divergence between the teacher's and the student's score distributions.
+
+    For each query, the teacher's scores over its ``n_ways`` documents and the student's MaxSim scores
+    over the same documents are turned into softmax distributions and the student is pulled towards the
+    teacher's. Rows come from :class:`pipeline.utils.KDProcessing` (``query``, ``documents``, ``scores``).
+
+    Args:
+        model: The ColBERT model being trained.
+        score_metric: ``(queries, documents (Q, N, tokens, dim), masks) -> (Q, N)`` scores; by default
+            MaxSim, divided by the query's token count when ``normalize_scores`` (PyLate's default).
+        normalize_scores: Divide the student's MaxSim by the number of query tokens (default True), which
+            keeps the student's scores on a cosine scale whatever the query length.
+        temperature: Softmax temperature for both sides (default 1.0).
+        teacher_temperature: Teacher-side override; match it to the spread of the teacher's scores.
+        mini_batch_size: Rows per forward when embedding the documents (bounds padding waste).
+
+    Example:
+        >>> from pipeline import losses, models  # doctest: +SKIP
+        >>> loss = losses.Distillation(model=models.ColBERT())  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: MultiVectorEncoder,
+        score_metric: Callable[..., Tensor] | None = None,
+        normalize_scores: bool = True,
+        temperature: float = 1.0,
+        *,
+        teacher_temperature: float | None = None,
+        mini_batch_size: int | None = None,
+    ) -> None:
+        default_metric = mean_colbert_kd_scores if normalize_scores else colbert_kd_scores
+        super().__init__(
+            model,
+            similarity_fct=score_metric or default_metric,
+            temperature=temperature,
+            teacher_temperature=teacher_temperature,
+            mini_batch_size=mini_batch_size,
+        )
+        self.normalize_scores = normalize_scores
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        if labels is None:
+            raise ValueError(
+                "Distillation needs the teacher's scores: rows must have a 'scores' column "
+                "(use utils.KDProcessing and utils.ColBERTCollator)"
+            )
+        return super().forward(sentence_features, labels)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"normalize_scores": self.normalize_scores, **super().get_config_dict()}

@@ -1,0 +1,419 @@
+"""Training-data plumbing: the ``ColBERTCollator`` and ``KDProcessing`` that PyLate users pass to the trainer.
+
+``ColBERTCollator`` is sentence-transformers' multi-vector data collator with PyLate's conveniences on top:
+it tokenizes the first column as queries and the others as documents through ``model.tokenize`` (so the
+``[Q] `` / ``[D] `` prefixes are added exactly as at inference), skips id columns, spreads a list column
+(``documents``, ``negatives``) into the numbered columns the losses read, turns ``scores`` into the teacher
+label, and rejects malformed rows with an error naming the row and column.
+
+``KDProcessing`` joins knowledge-distillation rows (``query_id``, ``document_ids``, ``scores``) to their texts
+lazily, through ``datasets.Dataset.set_transform``, with O(1) look-ups.
+
+Example:
+    >>> from datasets import Dataset
+    >>> train = Dataset.from_list([{"query_id": 1, "document_ids": [10, 11], "scores": [0.9, 0.1]}])
+    >>> kd = KDProcessing(
+    ...     queries=[{"query_id": 1, "text": "what is colbert?"}],
+    ...     documents={10: "a late interaction model", 11: "a bird"},
+    ...     n_ways=2,
+    ... )
+    >>> train.set_transform(kd.transform)
+    >>> train[0]
+    {'query': 'what is colbert?', 'documents': ['a late interaction model', 'a bird'], 'scores': [0.9, 0.1]}
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sentence_transformers.multi_vector_encoder.data_collator import MultiVectorEncoderDataCollator
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ColBERTCollator", "KDProcessing", "TrainingDataError", "check_training_dataset"]
+
+#: Columns read as the teacher's scores / the label, PyLate's and sentence-transformers' names.
+LABEL_COLUMNS = ("scores", "score", "label", "labels")
+#: Columns whose first position is the query, in the names sentence-transformers' datasets use.
+QUERY_COLUMNS = ("query", "anchor", "question")
+
+
+class TrainingDataError(ValueError):
+    """A training row is unusable; the message names the row (or query id) and the column."""
+
+
+def _is_id_column(name: str) -> bool:
+    # PyLate never tokenizes id columns: they are join keys, not text.
+    return name == "id" or name.endswith(("_id", "_ids"))
+
+
+def _excerpt(value: Any, width: int = 40) -> str:
+    text = str(value)
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def _check_columns(columns: dict[str, list[Any]], where: Callable[[int], str]) -> list[str]:
+    """Validate one batch (column -> values) and return its text columns in order.
+
+    ``where(i)`` describes row ``i`` for the error message (a dataset row number, or a batch position).
+    """
+    names = [name for name in columns if name != "dataset_name" and not _is_id_column(name)]
+    labels = [name for name in names if name in LABEL_COLUMNS]
+    texts = [name for name in names if name not in LABEL_COLUMNS]
+    if not texts:
+        raise TrainingDataError(f"no text columns in the training data (columns: {list(columns)})")
+    for name in QUERY_COLUMNS:
+        # The losses read columns by position: a query column anywhere but first would train backwards.
+        if name in texts and texts.index(name) != 0:
+            raise TrainingDataError(
+                f"column {name!r} must come first (columns: {texts}); reorder with dataset.select_columns"
+            )
+    if len(texts) < 2:
+        expected = "a 'positive' (or 'documents') column" if texts[0] in QUERY_COLUMNS else "a query column"
+        raise TrainingDataError(
+            f"the training data has only the column {texts[0]!r}: it also needs {expected}"
+        )
+    n_rows = len(columns[texts[0]])
+    list_lengths: dict[str, int] = {}
+    for name in texts:
+        for row, value in enumerate(columns[name]):
+            if value is None:
+                raise TrainingDataError(f"{where(row)}: column {name!r} is missing (None)")
+            if isinstance(value, str):
+                if not value.strip():
+                    raise TrainingDataError(f"{where(row)}: column {name!r} is an empty text")
+                continue
+            if not isinstance(value, (list, tuple)):
+                raise TrainingDataError(
+                    f"{where(row)}: column {name!r} holds {type(value).__name__}, not text"
+                )
+            if len(value) == 0:
+                raise TrainingDataError(f"{where(row)}: column {name!r} is an empty list")
+            bad = next(
+                (i for i, item in enumerate(value) if not isinstance(item, str) or not item.strip()), None
+            )
+            if bad is not None:
+                raise TrainingDataError(f"{where(row)}: column {name!r}, item {bad} is not a non-empty text")
+            expected_length = list_lengths.setdefault(name, len(value))
+            if len(value) != expected_length:
+                raise TrainingDataError(
+                    f"{where(row)}: column {name!r} has {len(value)} items, the rows before it have "
+                    f"{expected_length} (use KDProcessing(n_ways=...) to give every row the same count)"
+                )
+    for name in labels:
+        for row, value in enumerate(columns[name]):
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if value is None or any(v is None or not math.isfinite(float(v)) for v in values):
+                raise TrainingDataError(
+                    f"{where(row)}: column {name!r} holds a missing, NaN or infinite score"
+                )
+            if isinstance(value, (list, tuple)):
+                documents = next((list_lengths[t] for t in texts if t in list_lengths), len(texts) - 1)
+                if len(value) != documents:
+                    raise TrainingDataError(
+                        f"{where(row)}: column {name!r} has {len(value)} scores for {documents} documents"
+                    )
+    if any(len(columns[name]) != n_rows for name in names):
+        raise TrainingDataError("the training columns have different lengths")
+    return texts
+
+
+def check_training_dataset(dataset: Any, batch_size: int = 1000) -> int:
+    """Validate every row of a training dataset before training starts; returns the row count.
+
+    Runs the collator's checks (missing or empty texts, empty negative lists, ragged document lists,
+    NaN scores, score/document count mismatch) over the whole dataset, transforms (``KDProcessing``)
+    included, and names the dataset row of the first problem.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> check_training_dataset(Dataset.from_list([{"query": "q", "positive": "p", "negative": "n"}]))
+        1
+    """
+    total = 0
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start : start + batch_size]
+        if not isinstance(batch, Mapping):  # pragma: no cover - datasets always returns a dict of columns
+            raise TypeError(f"expected a dict of columns from the dataset, got {type(batch).__name__}")
+        _check_columns(dict(batch), lambda row, start=start: f"row {start + row}")
+        total += len(next(iter(batch.values())))
+    if total == 0:
+        raise TrainingDataError("the training dataset is empty")
+    return total
+
+
+class ColBERTCollator(MultiVectorEncoderDataCollator):
+    """Collate training rows for ColBERT losses; pass it as ``data_collator=`` to the trainer.
+
+    Args:
+        tokenize_fn: ``model.tokenize`` (PyLate style, called with ``is_query=``) or any
+            sentence-transformers ``preprocess``-like callable (called with ``prompt=`` and ``task=``).
+            May be given positionally, as in PyLate's docs.
+        valid_label_columns: Columns read as the label; default ``scores``, ``score``, ``label``, ``labels``.
+        router_mapping: Column -> task overrides (``"query"`` / ``"document"``); by default the first
+            column is the query and the others are documents.
+        prompts: Extra prompt text per column (or one for all); added after the model's prefix.
+        max_length: Training-only token cap, as in sentence-transformers.
+
+    Rows may hold a list column (``documents`` from :class:`KDProcessing`, or ``negatives``): it is
+    spread into ``documents_1 ... documents_N`` columns, which is what the losses read.
+
+    Example:
+        >>> from pipeline import models  # doctest: +SKIP
+        >>> model = models.ColBERT()  # doctest: +SKIP
+        >>> batch = ColBERTCollator(model.tokenize)([{"query": "q", "positive": "p"}])  # doctest: +SKIP
+        >>> batch["query_input_ids"].shape  # doctest: +SKIP
+        torch.Size([1, 32])
+    """
+
+    def __init__(
+        self,
+        tokenize_fn: Callable[..., dict[str, Any]] | None = None,
+        valid_label_columns: Sequence[str] | None = None,
+        router_mapping: dict[str, str] | None = None,
+        prompts: str | dict[str, str] | None = None,
+        max_length: int | dict[str, int] | None = None,
+        *,
+        preprocess_fn: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        function = tokenize_fn if tokenize_fn is not None else preprocess_fn
+        if function is None or not callable(function):
+            raise TypeError(
+                "ColBERTCollator needs tokenize_fn, e.g. ColBERTCollator(tokenize_fn=model.tokenize)"
+            )
+        try:
+            self._pylate_style = "is_query" in inspect.signature(function).parameters
+        except (TypeError, ValueError):  # builtins without a signature: assume sentence-transformers style
+            self._pylate_style = False
+        self.tokenize_fn = function
+        super().__init__(
+            preprocess_fn=self._preprocess,
+            valid_label_columns=list(valid_label_columns or LABEL_COLUMNS),
+            router_mapping=router_mapping or {},
+            prompts=prompts or {},
+            max_length=max_length,
+        )
+
+    def _preprocess(
+        self, inputs: list[Any], prompt: str | None = None, task: str | None = None, **kwargs: Any
+    ):
+        if not self._pylate_style:
+            return self.tokenize_fn(inputs, prompt=prompt, task=task, **kwargs)
+        if prompt:
+            # The model's own "[Q] " / "[D] " prefix still goes first, then the extra prompt text.
+            inputs = [prompt + text for text in inputs]
+        return self.tokenize_fn(inputs, is_query=task == "query", **kwargs)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if not features:
+            return {}
+        columns = {name: [row.get(name) for row in features] for name in features[0]}
+        first = next((name for name in columns if name in QUERY_COLUMNS), None)
+
+        def where(row: int) -> str:
+            described = f" (query {_excerpt(columns[first][row])})" if first and columns[first][row] else ""
+            return f"batch row {row}{described}"
+
+        texts = _check_columns(columns, where)
+        labels = [name for name in columns if name in self.valid_label_columns]
+        rows: list[dict[str, Any]] = [{} for _ in features]
+        if "dataset_name" in columns:
+            for row, value in zip(rows, columns["dataset_name"], strict=True):
+                row["dataset_name"] = value
+        for name in labels[:1]:
+            for row, value in zip(rows, columns[name], strict=True):
+                row[name] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+        for name in texts:
+            values = columns[name]
+            if isinstance(values[0], str):
+                for row, value in zip(rows, values, strict=True):
+                    row[name] = value
+                continue
+            # A list column becomes numbered columns: the losses take one document column per position.
+            for row, value in zip(rows, values, strict=True):
+                for position, text in enumerate(value, start=1):
+                    row[f"{name}_{position}"] = text
+        return super().__call__(rows)
+
+
+# ---------------------------------------------------------------------------------------------- KD joins
+
+
+class _TextTable:
+    """Id -> text look-ups over a ``datasets.Dataset``, a list of records, or a mapping, in O(1) per id.
+
+    For a Dataset only an id -> row-position dict is built; texts are fetched per batch with one Arrow
+    ``take``, so a multi-million-passage table is not copied into Python strings up front.
+    """
+
+    def __init__(self, table: Any, id_column: str, text_column: str, split: str, what: str) -> None:
+        from datasets import Dataset, DatasetDict
+
+        self.what = what
+        self._texts: dict[str, str] | None = None
+        self._dataset = None
+        if isinstance(table, DatasetDict):
+            if split not in table:
+                raise ValueError(f"{what}: split {split!r} not found (splits: {list(table)})")
+            table = table[split]
+        if isinstance(table, Dataset):
+            for column in (id_column, text_column):
+                if column not in table.column_names:
+                    raise ValueError(f"{what}: no column {column!r} (columns: {table.column_names})")
+            ids = table.with_format(None)[id_column]
+            self._positions = {str(value): position for position, value in enumerate(ids)}
+            self._dataset = table.with_format(None).select_columns([text_column])
+            self._text_column = text_column
+        elif isinstance(table, Mapping):
+            self._texts = {str(key): value for key, value in table.items()}
+            self._positions = {}
+        elif isinstance(table, Iterable):
+            self._texts = {}
+            for number, record in enumerate(table):
+                if not isinstance(record, Mapping) or id_column not in record or text_column not in record:
+                    raise ValueError(
+                        f"{what}: record {number} needs the keys {id_column!r} and {text_column!r}"
+                    )
+                self._texts[str(record[id_column])] = record[text_column]
+            self._positions = {}
+        else:
+            raise TypeError(
+                f"{what}: expected a Dataset, a DatasetDict, records or a dict, got {type(table)}"
+            )
+        size = len(self._texts) if self._texts is not None else len(self._positions)
+        if size == 0:
+            raise ValueError(f"{what}: the table is empty")
+
+    def __contains__(self, key: Any) -> bool:
+        table = self._texts if self._texts is not None else self._positions
+        return str(key) in table
+
+    def lookup(self, keys: list[Any]) -> list[str]:
+        if self._texts is not None:
+            return [self._texts[str(key)] for key in keys]
+        assert self._dataset is not None
+        positions = [self._positions[str(key)] for key in keys]
+        return list(self._dataset[positions][self._text_column])
+
+
+@dataclass
+class _KDRowProblem:
+    reason: str
+    droppable: bool
+
+
+class KDProcessing:
+    """Join KD rows (``query_id``, ``document_ids``, ``scores``) to texts, for ``dataset.set_transform``.
+
+    Args:
+        queries: The queries table: a ``datasets.Dataset`` / ``DatasetDict`` (``split`` is taken), a list
+            of records, or a dict id -> text.
+        documents: The documents table, same forms.
+        split: The split taken from a ``DatasetDict`` (PyLate's ``load_dataset(..., name)`` returns one).
+        n_ways: Documents kept per query, the first ``n_ways`` of each row (positives first in the usual
+            layout). Rows with fewer documents are an error (or dropped, see ``on_invalid``).
+        on_invalid: ``"error"`` (default) or ``"drop"``: what to do with a row whose ids do not resolve or
+            that has fewer than ``n_ways`` documents. Dropped rows are logged and counted in
+            :attr:`dropped`. Rows whose ``document_ids`` and ``scores`` differ in length, or with NaN
+            scores, are always an error.
+        query_id_column, document_id_column, text_column: Column names of the tables.
+
+    Ids may be integers or strings: both sides are compared as strings, so ``54528`` finds ``"54528"``.
+
+    Output rows are ``{"query": str, "documents": [str] * n_ways, "scores": [float] * n_ways}``.
+    """
+
+    def __init__(
+        self,
+        queries: Any,
+        documents: Any,
+        split: str = "train",
+        n_ways: int = 32,
+        *,
+        on_invalid: Literal["error", "drop"] = "error",
+        query_id_column: str = "query_id",
+        document_id_column: str = "document_id",
+        text_column: str = "text",
+    ) -> None:
+        if not isinstance(n_ways, int) or n_ways < 2:
+            raise ValueError(
+                f"n_ways must be an integer >= 2 (a softmax over one document is constant): {n_ways}"
+            )
+        if on_invalid not in ("error", "drop"):
+            raise ValueError(f"on_invalid must be 'error' or 'drop', got {on_invalid!r}")
+        self.n_ways = n_ways
+        self.on_invalid = on_invalid
+        self.queries = _TextTable(queries, query_id_column, text_column, split, "queries")
+        self.documents = _TextTable(documents, document_id_column, text_column, split, "documents")
+        #: Query ids of the rows dropped so far (``on_invalid="drop"``), each counted once.
+        self.dropped: dict[str, str] = {}
+
+    def _problem(self, query_id: Any, document_ids: Any, scores: Any) -> _KDRowProblem | None:
+        if not isinstance(document_ids, (list, tuple)) or not isinstance(scores, (list, tuple)):
+            return _KDRowProblem("'document_ids' and 'scores' must be lists", False)
+        if len(document_ids) != len(scores):
+            return _KDRowProblem(f"{len(document_ids)} document_ids but {len(scores)} scores", False)
+        if any(s is None or not math.isfinite(float(s)) for s in scores):
+            return _KDRowProblem("'scores' holds a missing, NaN or infinite value", False)
+        if query_id not in self.queries:
+            return _KDRowProblem(f"query_id {query_id!r} is not in the queries table", True)
+        absent = next((d for d in document_ids[: self.n_ways] if d not in self.documents), None)
+        if absent is not None:
+            return _KDRowProblem(f"document id {absent!r} is not in the documents table", True)
+        if len(document_ids) < self.n_ways:
+            return _KDRowProblem(f"{len(document_ids)} documents, fewer than n_ways={self.n_ways}", True)
+        return None
+
+    def transform(self, examples: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """The batched transform for ``Dataset.set_transform``: ids in, texts out."""
+        for key in ("query_id", "document_ids", "scores"):
+            if key not in examples:
+                raise TrainingDataError(f"KD rows need a {key!r} column (columns: {list(examples)})")
+        kept: list[int] = []
+        for row, (query_id, document_ids, scores) in enumerate(
+            zip(examples["query_id"], examples["document_ids"], examples["scores"], strict=True)
+        ):
+            problem = self._problem(query_id, document_ids, scores)
+            if problem is None:
+                kept.append(row)
+            elif problem.droppable and self.on_invalid == "drop":
+                if str(query_id) not in self.dropped:
+                    logger.warning("Dropping KD row with query_id %r: %s", query_id, problem.reason)
+                self.dropped[str(query_id)] = problem.reason
+            else:
+                hint = " (or pass on_invalid='drop')" if problem.droppable else ""
+                raise TrainingDataError(f"KD row with query_id {query_id!r}: {problem.reason}{hint}")
+        queries = self.queries.lookup([examples["query_id"][row] for row in kept])
+        # One look-up for the whole batch's documents, then split back per row.
+        flat_ids = [doc for row in kept for doc in examples["document_ids"][row][: self.n_ways]]
+        flat_texts = self.documents.lookup(flat_ids)
+        documents = [flat_texts[i * self.n_ways : (i + 1) * self.n_ways] for i in range(len(kept))]
+        scores = [[float(s) for s in examples["scores"][row][: self.n_ways]] for row in kept]
+        return {"query": queries, "documents": documents, "scores": scores}
+
+    def validate(self, dataset: Any) -> int:
+        """Check every raw KD row before training; returns how many rows are usable.
+
+        Errors name the dataset row number and its query id; with ``on_invalid="drop"`` droppable rows
+        are counted instead (see :attr:`dropped`).
+        """
+        raw = dataset.with_format(None) if hasattr(dataset, "with_format") else dataset
+        usable = 0
+        for row in range(len(raw)):
+            record = raw[row]
+            missing = [key for key in ("query_id", "document_ids", "scores") if record.get(key) is None]
+            if missing:
+                raise TrainingDataError(f"KD row {row}: missing {missing}")
+            problem = self._problem(record["query_id"], record["document_ids"], record["scores"])
+            if problem is None:
+                usable += 1
+            elif problem.droppable and self.on_invalid == "drop":
+                self.dropped[str(record["query_id"])] = problem.reason
+            else:
+                raise TrainingDataError(f"KD row {row} (query_id {record['query_id']!r}): {problem.reason}")
+        return usable
