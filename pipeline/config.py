@@ -44,6 +44,7 @@ class SampleSource(Section):
     n_train_entities: int = Field(40, ge=4, description="entities whose facts become training triplets")
     n_eval_entities: int = Field(20, ge=2, description="held-out entities whose questions are evaluated")
     n_distractors: int = Field(150, ge=0, description="extra documents that answer nothing, for the corpus")
+    negatives_per_query: int = Field(2, ge=1, le=4, description="hard negatives: the entity's other facts")
 
 
 class TripletsSource(Section):
@@ -60,7 +61,6 @@ class KDSource(Section):
     scores: str | None = Field(None, description="JSONL/Parquet of query_id, document_ids, scores")
     queries: str | None = Field(None, description="JSONL/Parquet of query_id, text")
     documents: str | None = Field(None, description="JSONL[.gz]/Parquet of document_id, text")
-    n_ways: int = Field(32, ge=2, description="documents per query (first is kept, the rest sampled)")
     eval_fraction: float = Field(0.1, gt=0, lt=1)
 
 
@@ -72,6 +72,10 @@ class BeirSource(Section):
     eval_split: str = "test"
     negatives_per_query: int = Field(1, ge=1, description="hard negatives mined by the base model")
     max_train_queries: int | None = Field(None, ge=1)
+    mining_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", description="dense model for mining")
+    mining_corpus: int | None = Field(
+        None, ge=10, description="cap the mining corpus (positives always kept)"
+    )
 
 
 class PrepareParams(Section):
@@ -111,9 +115,10 @@ class TrainParams(Section):
     base_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", description="local folder or Hub id")
     loss: Literal["contrastive", "cached_contrastive", "distillation"] = "contrastive"
     temperature: float = Field(
-        0.05, gt=0, description="contrastive softmax temperature (PyLate advises 0.02)"
+        1.0, gt=0, description="contrastive softmax temperature (PyLate suggests trying 0.02)"
     )
     mini_batch_size: int = Field(8, ge=1, description="GradCache chunk for cached_contrastive")
+    n_ways: int = Field(32, ge=2, description="distillation: documents per query (first kept, rest sampled)")
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(3e-5, gt=0)
     epochs: int = Field(1, ge=1)
