@@ -1,0 +1,199 @@
+"""PLAID index on fast-plaid: k-means centroids plus residual compression, searched with IVF probing.
+
+fast-plaid does the clustering, compression, incremental updates, deletions and search; this module adds
+what it lacks: arbitrary str/int document ids, atomic on-disk versions (see :mod:`pipeline.indexes.base`),
+per-query id filtering, and input validation.
+
+fast-plaid numbers documents 0..n-1 in insertion order and renumbers them after a deletion (the
+survivors keep their order), which is exactly the compacting slot model of the base class.
+
+Example:
+    >>> import numpy as np, tempfile
+    >>> from pipeline import indexes
+    >>> rng = np.random.default_rng(0)
+    >>> docs = [rng.standard_normal((12, 16)).astype("float32") for _ in range(40)]
+    >>> index = indexes.PLAID(index_folder=tempfile.mkdtemp(), index_name="demo", device="cpu")
+    >>> index.add_documents(documents_ids=[f"d{i}" for i in range(40)], documents_embeddings=docs)
+    >>> index(docs[3:4], k=1)[0][0]["id"]
+    'd3'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from pipeline.indexes.base import MultiVectorIndex
+
+logger = logging.getLogger(__name__)
+
+PLAID_FOLDER = "plaid"
+
+
+class PLAID(MultiVectorIndex):
+    """A PLAID index (fast-plaid) with PyLate's constructor.
+
+    Args:
+        index_folder: Folder that holds indexes.
+        index_name: Name of this index: a plain folder name inside ``index_folder``.
+        override: ``False`` opens an existing index (or starts an empty one); ``True`` starts empty and
+            replaces whatever is on disk at the first write (until then the old index stays readable).
+        nbits: Bits per residual dimension (2 or 4; 4 is more accurate, 2 is half the size).
+        kmeans_niters: k-means iterations when computing centroids.
+        max_points_per_centroid: k-means sample cap per centroid.
+        n_samples_kmeans: Documents sampled for k-means (``None``: fast-plaid's heuristic).
+        n_ivf_probe: Centroids probed per query token at search time.
+        n_full_scores: Candidates re-scored with decompressed embeddings per query.
+        batch_size: Documents per chunk when fast-plaid builds or updates the index.
+        search_batch_size: Documents per scoring chunk when searching (``"auto"``: fast-plaid plans it).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available.
+        seed: Seed for k-means sampling and initialisation, so builds are reproducible.
+        embedding_size: Expected embedding dimension; ``None`` takes it from the first documents.
+
+    Facts: ``num_documents``, ``num_tokens``, ``disk_bytes``, ``embedding_size``, ``documents_ids`` and
+    ``stats()``.
+    """
+
+    kind = "plaid"
+    compacts_on_remove = True
+
+    def __init__(
+        self,
+        index_folder: str | os.PathLike[str] = "indexes",
+        index_name: str = "index",
+        override: bool = False,
+        *,
+        nbits: int = 4,
+        kmeans_niters: int = 4,
+        max_points_per_centroid: int = 256,
+        n_samples_kmeans: int | None = None,
+        n_ivf_probe: int = 8,
+        n_full_scores: int = 8192,
+        batch_size: int = 25_000,
+        search_batch_size: int | Literal["auto"] = "auto",
+        device: str | None = None,
+        seed: int = 42,
+        embedding_size: int | None = None,
+    ) -> None:
+        for name, value in {
+            "kmeans_niters": kmeans_niters,
+            "max_points_per_centroid": max_points_per_centroid,
+            "n_ivf_probe": n_ivf_probe,
+            "n_full_scores": n_full_scores,
+            "batch_size": batch_size,
+        }.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if nbits not in (1, 2, 4, 8):
+            raise ValueError(f"nbits must be 1, 2, 4 or 8, got {nbits!r}")
+        if search_batch_size != "auto" and (not isinstance(search_batch_size, int) or search_batch_size < 1):
+            raise ValueError(
+                f"search_batch_size must be 'auto' or a positive integer, got {search_batch_size!r}"
+            )
+        self.nbits = nbits
+        self.kmeans_niters = kmeans_niters
+        self.max_points_per_centroid = max_points_per_centroid
+        self.n_samples_kmeans = n_samples_kmeans
+        self.n_ivf_probe = n_ivf_probe
+        self.n_full_scores = n_full_scores
+        self.batch_size = batch_size
+        self.search_batch_size = search_batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.seed = seed
+        self._plaid: Any = None
+        super().__init__(
+            index_folder,
+            index_name,
+            override,
+            embedding_size,
+            settings={
+                "nbits": nbits,
+                "kmeans_niters": kmeans_niters,
+                "max_points_per_centroid": max_points_per_centroid,
+                "n_samples_kmeans": n_samples_kmeans,
+                "seed": seed,
+            },
+        )
+
+    # ------------------------------------------------------------------ backend
+    def _fast_plaid(self, folder: Path) -> Any:
+        from fast_plaid import search  # imported late: it loads torch's native libraries
+
+        return search.FastPlaid(index=str(folder), device=self.device)
+
+    def _open_backend(self, version: Path | None) -> None:
+        if self._plaid is not None:
+            self._plaid.close()
+        self._plaid = None
+        if version is None or not self._slot_ids:
+            return
+        folder = version / PLAID_FOLDER
+        if not (folder / "metadata.json").is_file():
+            raise FileNotFoundError(f"{folder / 'metadata.json'} is missing")
+        self._plaid = self._fast_plaid(folder)
+
+    def _build_kwargs(self) -> dict[str, Any]:
+        return {
+            "kmeans_niters": self.kmeans_niters,
+            "max_points_per_centroid": self.max_points_per_centroid,
+            "n_samples_kmeans": self.n_samples_kmeans,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+        }
+
+    def _write_added(self, source: Path | None, target: Path, embeddings: list[np.ndarray]) -> None:
+        tensors = [torch.from_numpy(e) for e in embeddings]
+        folder = target / PLAID_FOLDER
+        previous = None if source is None else source / PLAID_FOLDER
+        if previous is not None and previous.is_dir():
+            # fast-plaid edits its files in place: work on a private copy, never on the live version.
+            shutil.copytree(previous, folder, ignore=shutil.ignore_patterns("plaid.lock"))
+            plaid = self._fast_plaid(folder)
+            plaid.update(documents_embeddings=tensors, **self._build_kwargs())
+        else:
+            plaid = self._fast_plaid(folder)
+            plaid.create(documents_embeddings=tensors, nbits=self.nbits, **self._build_kwargs())
+        plaid.close()
+        (folder / "plaid.lock").unlink(missing_ok=True)
+
+    def _write_removed(self, source: Path, target: Path, slots: list[int]) -> None:
+        if len(slots) == len(self._slot_ids):
+            return  # everything removed: an empty version holds no fast-plaid folder
+        folder = target / PLAID_FOLDER
+        shutil.copytree(source / PLAID_FOLDER, folder, ignore=shutil.ignore_patterns("plaid.lock"))
+        plaid = self._fast_plaid(folder)
+        plaid.delete(subset=slots)
+        plaid.close()
+        (folder / "plaid.lock").unlink(missing_ok=True)
+
+    def _search_slots(
+        self, queries: list[np.ndarray], k: int, allowed: list[np.ndarray | None]
+    ) -> list[list[tuple[int, float]]]:
+        results: list[list[tuple[int, float]]] = [[] for _ in queries]
+        unfiltered = [i for i, a in enumerate(allowed) if a is None]
+        # An empty subset means "nothing allowed"; fast-plaid would read it as "no filter".
+        filtered = [i for i, a in enumerate(allowed) if a is not None and len(a) > 0]
+        for group, subset in (
+            (unfiltered, None),
+            (filtered, [allowed[i].tolist() for i in filtered]),  # type: ignore[union-attr]
+        ):
+            if not group:
+                continue
+            hits = self._plaid.search(
+                queries_embeddings=[torch.from_numpy(queries[i]) for i in group],
+                top_k=k,
+                batch_size=self.search_batch_size,
+                n_full_scores=max(self.n_full_scores, k),
+                n_ivf_probe=self.n_ivf_probe,
+                show_progress=False,
+                subset=subset,
+            )
+            for position, query_hits in zip(group, hits, strict=True):
+                results[position] = [(int(slot), float(score)) for slot, score in query_hits]
+        return results
