@@ -1,0 +1,263 @@
+"""The colbert-pipeline DAG: the DVC stages, one task each, then a visible promotion decision.
+
+    validate_params -> start_mlflow_run -> prepare -> baseline -> train -> evaluate -> index -> register
+        -> decide_promotion -> promote | keep_champion
+
+Each stage task runs ``dvc repro --single-item <stage>`` (or ``colbert-pipeline <stage>`` when
+``COLBERT_PIPELINE_RUNNER=cli``) in a child process in the workspace, so GPU work never inherits a forked CUDA
+context and DVC skips what did not change. The logic lives in ``pipeline.orchestration``; this file only wires
+it into Airflow.
+
+Settings (Airflow Variable first, then environment):
+    COLBERT_PIPELINE_WORKSPACE   the project checkout the stages run in (default: this repo)
+    COLBERT_PIPELINE_RUNNER      dvc (default) | cli
+    COLBERT_PIPELINE_HF_OFFLINE  1 (default) | 0: let stages reach the Hugging Face Hub
+    MLFLOW_TRACKING_URI          default: the workspace's params.yaml, else sqlite:///<workspace>/mlruns.db
+Parse-time settings (environment only, so parsing never touches the metadata database):
+    COLBERT_PIPELINE_SCHEDULE    cron or preset (default @weekly; "none" for manual runs only)
+    COLBERT_PIPELINE_RETRIES     retries per task (default 2, exponential backoff)
+    COLBERT_PIPELINE_GPU_STAGES  comma-separated stages on the gpu queue and pool (default: train)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset, Param, Variable, chain, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from pipeline import orchestration
+from pipeline.config import ConfigError, read_params_file
+from pipeline.stages import STAGES
+
+logger = logging.getLogger(__name__)
+
+DAG_ID = "colbert_pipeline"
+#: DVC allows one ``repro`` per workspace (its lock): every DVC task shares this one-slot pool.
+DVC_POOL = "colbert_dvc_workspace"
+GPU_POOL = "gpu"
+GPU_QUEUE = "gpu"
+DEFAULT_QUEUE = "default"
+
+SCHEDULE = os.environ.get("COLBERT_PIPELINE_SCHEDULE", "@weekly")
+RETRIES = int(os.environ.get("COLBERT_PIPELINE_RETRIES", "2"))
+GPU_STAGES = frozenset(
+    name.strip() for name in os.environ.get("COLBERT_PIPELINE_GPU_STAGES", "train").split(",") if name.strip()
+)
+
+#: Upper bounds per stage on the offline sample's scale up to a real GPU run; a hung stage is stopped.
+STAGE_TIMEOUTS = {
+    "prepare": timedelta(hours=2),
+    "baseline": timedelta(hours=2),
+    "train": timedelta(hours=24),
+    "evaluate": timedelta(hours=2),
+    "index": timedelta(hours=8),
+    "register": timedelta(minutes=30),
+}
+
+# Outputs other DAGs can schedule on (``schedule=[CHAMPION]``). Logical URIs: the files live in the workspace
+# at the paths params.yaml names, and each event's extra carries the paths and DVC hashes.
+PREPARED_DATA = Asset(name="colbert_prepared_data", uri="x-colbert-pipeline://data/prepared")
+MODEL = Asset(name="colbert_model", uri="x-colbert-pipeline://models/colbert")
+INDEX = Asset(name="colbert_index", uri="x-colbert-pipeline://indexes")
+CHAMPION = Asset(name="colbert_champion", uri="x-colbert-pipeline://registry/champion")
+STAGE_OUTLETS = {"prepare": [PREPARED_DATA], "train": [MODEL], "index": [INDEX]}
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "colbert-pipeline",
+    "retries": RETRIES,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+    "execution_timeout": timedelta(minutes=30),
+    "queue": DEFAULT_QUEUE,
+}
+
+
+def _settings() -> orchestration.Settings:
+    """Resolve settings at run time: an Airflow Variable wins over the worker's environment."""
+
+    def lookup(name: str) -> str | None:
+        return Variable.get(name, default=None) or os.environ.get(name)
+
+    try:
+        return orchestration.Settings.resolve(lookup)
+    except orchestration.OrchestrationError as error:
+        raise AirflowFailException(str(error)) from None
+
+
+def _restore_params_and_fail_parent(context: Any) -> None:
+    """on_failure_callback of a stage task: undo this run's params overrides, mark its MLflow run FAILED."""
+    ti = context["ti"]
+    update = ti.xcom_pull(task_ids="validate_params")
+    if update:
+        orchestration.restore_params(update)
+    parent = ti.xcom_pull(task_ids="start_mlflow_run")
+    if parent:
+        try:
+            error = context.get("exception")
+            orchestration.finish_parent_run(
+                _settings(), parent, "FAILED", {"failed_task": ti.task_id, "error": str(error or "")}
+            )
+        except Exception:  # a tracking server that is down must not hide the stage's own error
+            logger.exception("could not mark MLflow run %s as failed", parent)
+
+
+def _stage_task(stage: str):
+    """A task that runs one stage; GPU stages go to the gpu queue and pool, the rest share the DVC pool."""
+    on_gpu = stage in GPU_STAGES
+
+    @task(
+        task_id=stage,
+        pool=GPU_POOL if on_gpu else DVC_POOL,
+        queue=GPU_QUEUE if on_gpu else DEFAULT_QUEUE,
+        execution_timeout=STAGE_TIMEOUTS.get(stage, timedelta(hours=2)),
+        outlets=STAGE_OUTLETS.get(stage, []),
+        on_failure_callback=_restore_params_and_fail_parent,
+        doc_md=f"Runs the `{stage}` stage (`dvc repro --single-item {stage}`) in a child process.",
+    )
+    def run(parent_run_id: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+        settings = _settings()
+        stage_logger = logging.getLogger(f"colbert_pipeline.{stage}")
+        try:
+            result = orchestration.run_stage(
+                stage,
+                settings,
+                parent_run_id=parent_run_id,
+                tracking_uri=orchestration.resolve_tracking_uri(settings),
+                emit=stage_logger.info,
+            )
+        except orchestration.StageFailed as failure:
+            if failure.permanent:  # bad input: a retry would fail the same way
+                raise AirflowFailException(str(failure)) from None
+            raise
+        outlet_events = get_current_context()["outlet_events"]
+        for asset in STAGE_OUTLETS.get(stage, []):
+            outlet_events[asset].extra = {"skipped": result.skipped, "outputs": result.outputs}
+        return result.as_xcom()
+
+    return run
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["colbert", "mlops", "dvc", "mlflow"],
+    doc_md=__doc__,
+    params={
+        "base_model": Param(
+            None, type=["null", "string"], description="train.base_model: a folder or Hub id"
+        ),
+        "data_source": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "sample", "triplets", "kd", "beir"],
+            description="prepare.source",
+        ),
+        "data_path": Param(
+            None,
+            type=["null", "string"],
+            description="prepare.triplets.path or prepare.beir.folder (for the chosen source)",
+        ),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, description="train.epochs"),
+        "promotion_margin": Param(None, type=["null", "number"], minimum=0, description="register.margin"),
+        "overrides": Param(
+            {},
+            type="object",
+            description='any other params.yaml keys, dotted: {"train.max_steps": 100}',
+        ),
+    },
+)
+def colbert_pipeline() -> None:
+    """Fine-tune, evaluate, index and register a ColBERT model; promote it when it beats the champion."""
+
+    @task(pool=DVC_POOL)
+    def validate_params() -> dict[str, Any]:
+        """Validate this run's Params against params.yaml; write changed keys into it for DVC to see."""
+        context = get_current_context()
+        settings = _settings()
+        try:
+            current = read_params_file(settings.params_path)
+            source = (current.get("prepare") or {}).get("source", "sample")
+            overrides = orchestration.overrides_from_dag_params(context["params"], source)
+            update = orchestration.apply_run_overrides(
+                settings.params_path, overrides, run_key=context["run_id"]
+            )
+        except ConfigError as error:  # names the key; retrying cannot fix it
+            raise AirflowFailException(str(error)) from None
+        return update.as_xcom()
+
+    @task
+    def start_mlflow_run(params_update: dict[str, Any]) -> str:
+        """Create the MLflow parent run of this DAG run; every stage's run becomes its child."""
+        context = get_current_context()
+        return orchestration.start_parent_run(
+            _settings(),
+            dag_id=context["dag"].dag_id,
+            run_id=context["run_id"],
+            tags={"params_sha256": params_update["sha256"], "overrides": ",".join(params_update["changed"])},
+        )
+
+    @task.branch
+    def decide_promotion(register_result: dict[str, Any]) -> str:
+        """Read metrics/registry.json: promote when the register stage moved ``champion``."""
+        settings = _settings()
+        try:
+            decision = orchestration.read_registry(settings.workspace / orchestration.REGISTRY_FILE)
+        except (OSError, ValueError) as error:
+            raise AirflowFailException(str(error)) from None
+        logger.info(
+            "promotion decision: %s (version %s): %s",
+            "PROMOTE" if decision.promoted else "KEEP CHAMPION",
+            decision.version,
+            decision.reason,
+        )
+        return "promote" if decision.promoted else "keep_champion"
+
+    def _finish(parent_run_id: str, outcome: str) -> dict[str, Any]:
+        settings = _settings()
+        decision = orchestration.read_registry(settings.workspace / orchestration.REGISTRY_FILE)
+        orchestration.finish_parent_run(
+            settings,
+            parent_run_id,
+            "FINISHED",
+            {"promotion": outcome, "registry_version": decision.version or "", "reason": decision.reason},
+        )
+        return {"outcome": outcome, "version": decision.version, "mlflow_run_id": parent_run_id}
+
+    @task(outlets=[CHAMPION])
+    def promote(parent_run_id: str) -> dict[str, Any]:
+        """The new model version is the champion: emit the champion asset for downstream DAGs."""
+        result = _finish(parent_run_id, "promoted")
+        get_current_context()["outlet_events"][CHAMPION].extra = {"version": result["version"]}
+        logger.info("champion is now version %s", result["version"])
+        return result
+
+    @task
+    def keep_champion(parent_run_id: str) -> dict[str, Any]:
+        """The challenger did not beat the champion by the margin: the champion stays."""
+        result = _finish(parent_run_id, "kept")
+        logger.info("champion unchanged; challenger is version %s", result["version"])
+        return result
+
+    params_update = validate_params()
+    parent_run_id = start_mlflow_run(params_update)
+    previous = None
+    stage_tasks = []
+    for stage in STAGES:
+        current = _stage_task(stage)(parent_run_id, previous)
+        stage_tasks.append(current)
+        previous = current
+    chain(*stage_tasks)
+    decide_promotion(stage_tasks[-1]) >> [promote(parent_run_id), keep_champion(parent_run_id)]
+
+
+colbert_pipeline()
