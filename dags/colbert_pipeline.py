@@ -260,4 +260,4 @@ def colbert_pipeline() -> None:
     decide_promotion(stage_tasks[-1]) >> [promote(parent_run_id), keep_champion(parent_run_id)]
 
 
-colbert_pipeline()
+pipeline_dag = colbert_pipeline()

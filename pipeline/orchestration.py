@@ -215,6 +215,8 @@ def apply_run_overrides(params_path: Path, overrides: Mapping[str, Any], run_key
     if changed:
         state = params_path.parent / STATE_DIR
         state.mkdir(parents=True, exist_ok=True)
+        # The folder ignores itself, so the workspace's git status stays clean without touching .gitignore.
+        (state / ".gitignore").write_text("*\n", encoding="utf-8")
         backup = state / f"params.before-{_safe_name(run_key)}.yaml"
         atomic_write_text(backup, params_path.read_text(encoding="utf-8") if params_path.exists() else "")
         write_params(apply_overrides(raw, {key: overrides[key] for key in changed}), params_path)

@@ -1,0 +1,486 @@
+"""The Airflow DAG's structure, and the Airflow-free orchestration helpers it runs on.
+
+The DAG tests load ``dags/`` with ``DagBag`` in a temporary ``AIRFLOW_HOME`` (nothing touches ``~/airflow``).
+The helper tests run real child processes (and a real ``dvc repro`` on a toy project) in temporary folders.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import orchestration
+from pipeline.config import ConfigError
+from pipeline.stages import STAGES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAG_FILE = REPO_ROOT / "dags" / "colbert_pipeline.py"
+DAG_ID = "colbert_pipeline"
+
+
+# -- the DAG --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway AIRFLOW_HOME, set before Airflow is first imported in this process."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    os.environ["AIRFLOW_HOME"] = str(home)
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    return home
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_home: Path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO_ROOT / "dags"))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    return dagbag.dags[DAG_ID]
+
+
+def _load_dag_module(monkeypatch: pytest.MonkeyPatch, name: str, **env: str):
+    """Import the DAG file under another module name with parse-time settings from ``env``."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    spec = importlib.util.spec_from_file_location(name, DAG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dag_folder_imports_without_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert DAG_ID in dagbag.dags
+
+
+def test_tasks_and_edges(dag) -> None:
+    expected = {
+        "validate_params",
+        "start_mlflow_run",
+        *STAGES,
+        "decide_promotion",
+        "promote",
+        "keep_champion",
+    }
+    assert set(dag.task_dict) == expected
+    assert dag.task_dict["start_mlflow_run"].upstream_task_ids == {"validate_params"}
+    assert "start_mlflow_run" in dag.task_dict[STAGES[0]].upstream_task_ids
+    # The stages form one chain in the order DVC runs them.
+    for before, after in itertools.pairwise(STAGES):
+        assert before in dag.task_dict[after].upstream_task_ids, f"{before} -> {after}"
+        assert after not in dag.task_dict[before].upstream_task_ids
+    assert dag.task_dict["decide_promotion"].upstream_task_ids == {"register"}
+    assert dag.task_dict["decide_promotion"].downstream_task_ids == {"promote", "keep_champion"}
+    assert type(dag.task_dict["decide_promotion"]).__name__ == "_BranchPythonDecoratedOperator"
+
+
+def test_pools_queues_retries_timeouts(dag) -> None:
+    train = dag.task_dict["train"]
+    assert (train.pool, train.queue) == ("gpu", "gpu")
+    for stage in STAGES:
+        if stage == "train":
+            continue
+        task = dag.task_dict[stage]
+        assert task.pool == "colbert_dvc_workspace", stage
+        assert task.queue == "default", stage
+    assert dag.task_dict["validate_params"].pool == "colbert_dvc_workspace"
+    for task in dag.tasks:
+        assert task.retries >= 1, task.task_id
+        assert task.retry_exponential_backoff > 1, task.task_id
+        assert task.max_retry_delay is not None, task.task_id
+        assert task.execution_timeout is not None and task.execution_timeout > timedelta(0), task.task_id
+    assert dag.task_dict["train"].execution_timeout > dag.task_dict["register"].execution_timeout
+    stage_callbacks = [dag.task_dict[stage].on_failure_callback for stage in STAGES]
+    assert all(stage_callbacks), "every stage restores params and fails the MLflow run on failure"
+
+
+def test_schedule_and_run_limits(dag) -> None:
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert dag.timetable.expression == "0 0 * * 0"  # @weekly
+
+
+def test_params_and_their_validation(dag) -> None:
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    assert set(dag.params) == {
+        "base_model",
+        "data_source",
+        "data_path",
+        "epochs",
+        "promotion_margin",
+        "overrides",
+    }
+    resolved = dag.params.validate()
+    assert resolved["epochs"] is None and resolved["overrides"] == {}
+    params = dag.params
+    for name, bad in [("epochs", 0), ("epochs", "two"), ("data_source", "ftp"), ("promotion_margin", -1)]:
+        with pytest.raises(ParamValidationError):
+            params.get_param(name).resolve(bad)
+    assert params.get_param("data_source").resolve("beir") == "beir"
+
+
+def test_assets_declared(dag) -> None:
+    names = {task_id: {asset.name for asset in dag.task_dict[task_id].outlets} for task_id in dag.task_dict}
+    assert names["prepare"] == {"colbert_prepared_data"}
+    assert names["train"] == {"colbert_model"}
+    assert names["index"] == {"colbert_index"}
+    assert names["promote"] == {"colbert_champion"}
+    assert names["keep_champion"] == set()
+
+
+def test_parse_time_settings(monkeypatch: pytest.MonkeyPatch, airflow_home: Path) -> None:
+    module = _load_dag_module(
+        monkeypatch,
+        "colbert_pipeline_env_variant",
+        COLBERT_PIPELINE_SCHEDULE="none",
+        COLBERT_PIPELINE_RETRIES="0",
+        COLBERT_PIPELINE_GPU_STAGES="train,index",
+    )
+    variant = module.pipeline_dag
+    assert type(variant.timetable).__name__ == "NullTimetable"  # manual runs only
+    assert {task.retries for task in variant.tasks} == {0}
+    assert (variant.task_dict["index"].pool, variant.task_dict["index"].queue) == ("gpu", "gpu")
+    assert variant.task_dict["evaluate"].pool == "colbert_dvc_workspace"
+
+
+# -- orchestration helpers: settings and params ---------------------------------------------------------
+
+
+def _lookup(values: dict[str, str]):
+    return values.get
+
+
+def test_settings_resolve_and_name_the_bad_setting(tmp_path: Path) -> None:
+    settings = orchestration.Settings.resolve(
+        _lookup({"COLBERT_PIPELINE_WORKSPACE": str(tmp_path), "COLBERT_PIPELINE_RUNNER": "cli"})
+    )
+    assert settings.workspace == tmp_path.resolve() and settings.runner == "cli" and settings.hf_offline
+    with pytest.raises(orchestration.OrchestrationError, match="COLBERT_PIPELINE_RUNNER: 'make'"):
+        orchestration.Settings.resolve(
+            _lookup({"COLBERT_PIPELINE_WORKSPACE": str(tmp_path), "COLBERT_PIPELINE_RUNNER": "make"})
+        )
+    with pytest.raises(
+        orchestration.OrchestrationError, match=r"COLBERT_PIPELINE_WORKSPACE: .* not a directory"
+    ):
+        orchestration.Settings.resolve(_lookup({"COLBERT_PIPELINE_WORKSPACE": str(tmp_path / "nope")}))
+    with pytest.raises(orchestration.OrchestrationError, match=r"no dvc\.yaml and no \.dvc: run `dvc init`"):
+        orchestration.Settings.resolve(_lookup({"COLBERT_PIPELINE_WORKSPACE": str(tmp_path)}))
+    with pytest.raises(orchestration.OrchestrationError, match="COLBERT_PIPELINE_HF_OFFLINE: 'maybe'"):
+        orchestration.Settings.resolve(
+            _lookup(
+                {
+                    "COLBERT_PIPELINE_WORKSPACE": str(tmp_path),
+                    "COLBERT_PIPELINE_RUNNER": "cli",
+                    "COLBERT_PIPELINE_HF_OFFLINE": "maybe",
+                }
+            )
+        )
+    # The default workspace is the project itself, which is a DVC project.
+    assert orchestration.Settings.resolve(_lookup({})).workspace == REPO_ROOT
+
+
+def test_dag_params_become_dotted_overrides() -> None:
+    overrides = orchestration.overrides_from_dag_params(
+        {
+            "base_model": "my/model",
+            "data_source": "beir",
+            "data_path": "../shared/data/scifact",
+            "epochs": 3,
+            "promotion_margin": 0.01,
+            "overrides": {"train.max_steps": 5},
+        },
+        current_source="sample",
+    )
+    assert overrides == {
+        "train.base_model": "my/model",
+        "prepare.source": "beir",
+        "prepare.beir.folder": "../shared/data/scifact",
+        "train.epochs": 3,
+        "register.margin": 0.01,
+        "train.max_steps": 5,
+    }
+    # Unset Params keep params.yaml; data_path follows the file's source when the run does not set one.
+    assert orchestration.overrides_from_dag_params({"epochs": None}, "sample") == {}
+    assert orchestration.overrides_from_dag_params({"data_path": "t.jsonl"}, "triplets") == {
+        "prepare.triplets.path": "t.jsonl"
+    }
+    with pytest.raises(ConfigError, match="data_path: the 'kd' source"):
+        orchestration.overrides_from_dag_params({"data_path": "x"}, "kd")
+    with pytest.raises(ConfigError, match="'epochs' is not a dotted params key"):
+        orchestration.overrides_from_dag_params({"overrides": {"epochs": 2}}, "sample")
+
+
+PARAMS_TEXT = "# comment\ntrain:\n  epochs: 1\n  batch_size: 16\nregister:\n  margin: 0.0\n"
+
+
+def test_apply_run_overrides_writes_only_changes_and_restores(tmp_path: Path) -> None:
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(PARAMS_TEXT)
+    same = orchestration.apply_run_overrides(params_path, {"train.epochs": 1}, run_key="manual__1")
+    assert same.changed == [] and same.backup is None
+    assert params_path.read_text() == PARAMS_TEXT  # untouched: DVC sees no change
+
+    update = orchestration.apply_run_overrides(
+        params_path, {"train.epochs": 2, "register.margin": 0.0, "train.max_steps": 5}, run_key="manual__2:x"
+    )
+    assert update.changed == ["train.epochs", "train.max_steps"]
+    written = yaml.safe_load(params_path.read_text())
+    assert written == {"train": {"epochs": 2, "batch_size": 16, "max_steps": 5}, "register": {"margin": 0.0}}
+    assert update.sha256 == orchestration.file_sha256(params_path)
+    backup = Path(update.backup)
+    assert backup.parent == tmp_path / ".colbert-pipeline" and ":" not in backup.name
+    assert backup.read_text() == PARAMS_TEXT
+    assert (backup.parent / ".gitignore").read_text() == "*\n"
+    assert json.loads(json.dumps(update.as_xcom())) == update.as_xcom()  # XCom-safe
+
+    assert orchestration.restore_params(update.as_xcom()) is True
+    assert params_path.read_text() == PARAMS_TEXT
+
+
+def test_restore_params_leaves_a_file_edited_since(tmp_path: Path) -> None:
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(PARAMS_TEXT)
+    update = orchestration.apply_run_overrides(params_path, {"train.epochs": 4}, run_key="r")
+    params_path.write_text(PARAMS_TEXT + "evaluate:\n  batch_size: 8\n")  # someone edited it meanwhile
+    assert orchestration.restore_params(update.as_xcom()) is False
+    assert "batch_size: 8" in params_path.read_text()
+    assert orchestration.restore_params({"params_path": str(params_path), "backup": None}) is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"train.epochs": "two"}, "train.epochs"),
+        ({"train.epoch": 2}, "train.epoch: unknown key"),
+        ({"prepare.source": "beir"}, "prepare"),
+        ({"prepare.source": "beir", "prepare.beir.folder": "/no/such/folder"}, "prepare.beir.folder"),
+    ],
+)
+def test_bad_override_names_the_key_and_writes_nothing(tmp_path: Path, overrides: dict, key: str) -> None:
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(PARAMS_TEXT)
+    with pytest.raises(ConfigError, match=key):
+        orchestration.apply_run_overrides(params_path, overrides, run_key="r")
+    assert params_path.read_text() == PARAMS_TEXT
+    assert not (tmp_path / ".colbert-pipeline").exists()
+
+
+# -- orchestration helpers: the stage subprocess --------------------------------------------------------
+
+
+def _script_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> orchestration.Settings:
+    """Settings whose 'stage' is a Python script: the real subprocess machinery, a scripted child."""
+    path = tmp_path / "stage.py"
+    path.write_text(textwrap.dedent(script))
+    monkeypatch.setattr(orchestration, "stage_command", lambda stage, settings: [sys.executable, str(path)])
+    return orchestration.Settings(workspace=tmp_path, runner="cli")
+
+
+def test_run_stage_streams_output_and_passes_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    settings = _script_settings(
+        tmp_path,
+        monkeypatch,
+        """
+        import json, os
+        print("cwd", os.getcwd())
+        for name in ("COLBERT_PIPELINE_PARENT_RUN_ID", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE"):
+            print(name, os.environ.get(name))
+        print(json.dumps({"stage": "train", "model": "models/colbert", "mlflow_run_id": "abc123"}, indent=2))
+        """,
+    )
+    lines: list[str] = []
+    result = orchestration.run_stage(
+        "train", settings, parent_run_id="parent42", tracking_uri="http://127.0.0.1:5000", emit=lines.append
+    )
+    assert f"cwd {tmp_path}" in lines
+    assert "COLBERT_PIPELINE_PARENT_RUN_ID parent42" in lines
+    assert "MLFLOW_TRACKING_URI http://127.0.0.1:5000" in lines
+    assert "HF_HUB_OFFLINE 1" in lines
+    assert result.skipped is False
+    assert result.mlflow_run_id == "abc123"
+    assert result.outputs == {"model": "models/colbert"}
+    assert result.seconds >= 0
+
+
+def test_run_stage_bad_input_fails_permanently_with_the_stage_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _script_settings(
+        tmp_path,
+        monkeypatch,
+        """
+        import sys
+        print("loading")
+        print("colbert-pipeline prepare: error: params.yaml: eval_queries: too small", file=sys.stderr)
+        print("params.yaml: train.epochs: Input should be a valid integer", file=sys.stderr)
+        sys.exit(2)
+        """,
+    )
+    with pytest.raises(orchestration.StageFailed) as failure:
+        orchestration.run_stage("prepare", settings, parent_run_id=None, emit=lambda line: None)
+    assert failure.value.permanent is True
+    assert failure.value.returncode == 2
+    assert failure.value.message == (
+        "params.yaml: eval_queries: too small\nparams.yaml: train.epochs: Input should be a valid integer"
+    )
+    assert "stage 'prepare' failed (exit status 2)" in str(failure.value)
+
+
+def test_run_stage_crash_is_retryable_and_names_the_exception(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _script_settings(tmp_path, monkeypatch, 'raise RuntimeError("CUDA out of memory")\n')
+    with pytest.raises(orchestration.StageFailed) as failure:
+        orchestration.run_stage("train", settings, parent_run_id=None, emit=lambda line: None)
+    assert failure.value.permanent is False
+    assert failure.value.message == "RuntimeError: CUDA out of memory"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie waiting for its reaper is dead
+
+
+def test_interrupted_stage_stops_its_whole_process_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    settings = _script_settings(
+        tmp_path,
+        monkeypatch,
+        f"""
+        import subprocess, time
+        child = subprocess.Popen(["sleep", "120"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        print("started", flush=True)
+        time.sleep(120)
+        """,
+    )
+
+    class Timeout(Exception):
+        pass
+
+    def emit(line: str) -> None:
+        if line == "started":
+            raise Timeout  # what an execution_timeout does to the task mid-stream
+
+    started = time.monotonic()
+    with pytest.raises(Timeout):
+        orchestration.run_stage("train", settings, parent_run_id=None, emit=emit)
+    assert time.monotonic() - started < 30
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(grandchild), "the stage's own children must not outlive its task"
+
+
+def test_stage_error_message_falls_back_to_dvc_and_tail() -> None:
+    message, permanent = orchestration.stage_error_message(
+        ["Running stage 'index':", "ERROR: failed to reproduce 'index': output 'indexes/x' does not exist"]
+    )
+    assert (message, permanent) == ("failed to reproduce 'index': output 'indexes/x' does not exist", False)
+    assert orchestration.stage_error_message(["a", "", "b"]) == ("a\nb", False)
+
+
+def test_stage_environment_can_allow_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("COLBERT_PIPELINE_PARENT_RUN_ID", "stale")
+    settings = orchestration.Settings(workspace=tmp_path, runner="cli", hf_offline=False)
+    env = orchestration.stage_environment(settings, parent_run_id=None, tracking_uri=None)
+    assert "HF_HUB_OFFLINE" not in env and "COLBERT_PIPELINE_PARENT_RUN_ID" not in env
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+@pytest.fixture
+def toy_dvc_project(tmp_path: Path) -> Path:
+    """A git + DVC project with one stage that copies a params value into an output folder."""
+    dvc = Path(sys.executable).parent / "dvc"
+    if not dvc.exists():
+        pytest.skip("dvc is not installed in this environment")
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 1\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  toy:\n    cmd: mkdir -p out && echo ${train.epochs} > out/value.txt\n"
+        "    params:\n      - train.epochs\n    outs:\n      - out\n"
+    )
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@t"
+    for command in (["git", "init", "-q"], [str(dvc), "init", "-q"], ["git", "add", "-A"]):
+        subprocess.run(command, cwd=tmp_path, check=True, env=env, capture_output=True)
+    return tmp_path
+
+
+def test_run_stage_with_real_dvc_skips_an_unchanged_stage(toy_dvc_project: Path) -> None:
+    settings = orchestration.Settings(workspace=toy_dvc_project, runner="dvc")
+    first = orchestration.run_stage("toy", settings, parent_run_id=None, emit=lambda line: None)
+    assert first.skipped is False
+    assert (toy_dvc_project / "out" / "value.txt").read_text().strip() == "1"
+    assert list(first.outputs) == ["out"] and first.outputs["out"].endswith(".dir")
+
+    lines: list[str] = []
+    second = orchestration.run_stage("toy", settings, parent_run_id=None, emit=lines.append)
+    assert second.skipped is True, lines
+    assert second.outputs == first.outputs
+
+    orchestration.apply_run_overrides(toy_dvc_project / "params.yaml", {"train.epochs": 2}, run_key="r")
+    third = orchestration.run_stage("toy", settings, parent_run_id=None, emit=lambda line: None)
+    assert third.skipped is False and third.outputs != first.outputs
+    assert (toy_dvc_project / "out" / "value.txt").read_text().strip() == "2"
+
+
+# -- orchestration helpers: the registry decision -------------------------------------------------------
+
+
+def test_read_registry(tmp_path: Path) -> None:
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"promoted": True, "version": 3, "reason": "beat champion by 0.02"}))
+    decision = orchestration.read_registry(path)
+    assert decision == orchestration.RegistryDecision(
+        promoted=True, version="3", reason="beat champion by 0.02"
+    )
+    path.write_text(json.dumps({"promoted": "yes", "reason": "x"}))
+    with pytest.raises(ValueError, match="promoted: expected true or false"):
+        orchestration.read_registry(path)
+    path.write_text(json.dumps({"promoted": False}))
+    with pytest.raises(ValueError, match="missing key 'reason'"):
+        orchestration.read_registry(path)
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
+        orchestration.read_registry(tmp_path / "missing.json")
+
+
+def test_dvc_lock_outputs(tmp_path: Path) -> None:
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "schema": "2.0",
+                "stages": {"train": {"outs": [{"path": "models/colbert", "md5": "abc.dir", "size": 1}]}},
+            }
+        )
+    )
+    assert orchestration.dvc_lock_outputs(tmp_path, "train") == {"models/colbert": "abc.dir"}
+    assert orchestration.dvc_lock_outputs(tmp_path, "index") == {}
+    assert shutil.which("true")  # (a sanity anchor: the helpers above rely on a POSIX userland)
