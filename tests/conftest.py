@@ -18,6 +18,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_tracking_db(tmp_path_factory) -> str:
+    """One SQLite tracking store for the session: creating its tables costs ~10-25 s, so do it once.
+
+    Tests that need their own server or store set ``MLFLOW_TRACKING_URI`` themselves (monkeypatch).
+    """
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout; tests that need it skip with a reason when it is absent."""

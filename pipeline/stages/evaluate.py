@@ -75,7 +75,7 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     axes.set_xticks(range(len(datasets)), datasets)
     axes.set_ylabel("nDCG@10")
     axes.set_ylim(0, 1.05)
-    axes.legend(loc="lower right")
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     axes.set_title("Base vs fine-tuned ColBERT")
     figure.tight_layout()
     temp = path.with_name(f".{path.name}.tmp.png")

@@ -109,6 +109,7 @@ def from_triplets(params: Params, project: Path) -> Prepared:
     else:
         rows, dropped = _hub_triplets(config.path, config.split, params.prepare.on_bad_rows)
         name = config.path.rsplit("/", 1)[-1]
+    rows, duplicates = _dedupe(rows)  # before the split, so a duplicate cannot straddle train and eval
     held_out = _split_queries((row["query"] for row in rows), config.eval_fraction, params.prepare.seed)
     corpus: dict[str, str] = {}
     queries: dict[str, str] = {}
@@ -123,7 +124,8 @@ def from_triplets(params: Params, project: Path) -> Prepared:
             qrels.setdefault(query_id, {})[text_id("d", row["positive"])] = 1
     train = [row for row in rows if row["query"] not in held_out]
     benchmark = BeirData(corpus=corpus, queries=queries, qrels=qrels, name=name, split="heldout")
-    return Prepared(kind="triplets", rows=train, benchmark=benchmark, stats={"rows_dropped": dropped})
+    stats = {"rows_dropped": dropped, "duplicates_dropped": duplicates}
+    return Prepared(kind="triplets", rows=train, benchmark=benchmark, stats=stats)
 
 
 def _hub_triplets(dataset_id: str, split: str, on_bad_rows: str) -> tuple[list[dict[str, str]], int]:
@@ -287,7 +289,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         check_no_leak(prepared)
         name = "sample" if config.source == "sample" else prepared.benchmark.name
         stats = _write(prepared, output, params, name)
-        stats.update(prepared.stats, duplicates_dropped=duplicates, source=config.source)
+        stats.update(prepared.stats, source=config.source)
+        stats["duplicates_dropped"] = stats.get("duplicates_dropped", 0) + duplicates
         atomic_write_json(output / "stats.json", stats)
         _log(stats)
     logger.info(

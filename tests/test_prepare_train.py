@@ -1,0 +1,128 @@
+"""The prepare stage on every source, and a few training steps on what it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+from pipeline.config import load_params
+from pipeline.data.nano import load_nano_benchmark
+from pipeline.data.readers import DataFormatError
+from pipeline.stages import prepare, train
+
+TINY = {
+    "prepare.sample.n_train_entities": 6,
+    "prepare.sample.n_eval_entities": 3,
+    "prepare.sample.n_distractors": 10,
+    "prepare.eval_queries": 10,
+    "prepare.eval_documents": 60,
+    "train.max_steps": 2,
+    "train.batch_size": 4,
+    "train.device": "cpu",
+}
+
+
+def params_for(project: Path, **overrides):
+    return load_params(project / "params.yaml", {**TINY, **overrides})
+
+
+def test_sample_source_writes_train_eval_and_stats(tmp_path):
+    result = prepare.run(params_for(tmp_path), tmp_path)
+    out = tmp_path / "data" / "prepared"
+    stats = json.loads((out / "stats.json").read_text())
+    dataset = load_from_disk(str(out / "train" / "dataset"))
+    assert stats["train_rows"] == len(dataset) == 6 * 5 * 2
+    assert dataset.column_names == ["query", "positive", "negative_1"]
+    benchmark = load_nano_benchmark(out / "eval", "sample")
+    assert len(benchmark.queries) == stats["eval_queries"] == 10
+    assert not set(benchmark.queries.values()) & set(dataset["query"])
+    assert result["stats"]["benchmark"] == "NanoSample"
+    # A second run with the same seed writes the same training set.
+    prepare.run(params_for(tmp_path), tmp_path)
+    assert load_from_disk(str(out / "train" / "dataset"))["query"] == dataset["query"]
+
+
+def test_triplets_source_dedupes_holds_out_queries_and_reports_bad_lines(tmp_path):
+    rows = [
+        {"query": f"question {i}", "positive": f"answer {i}", "negative": f"other {i}"} for i in range(20)
+    ]
+    rows.append(dict(rows[0]))  # an exact duplicate
+    path = tmp_path / "triplets.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = prepare.run(
+        params_for(tmp_path, **{"prepare.source": "triplets", "prepare.triplets.path": str(path)}), tmp_path
+    )
+    stats = result["stats"]
+    assert stats["duplicates_dropped"] == 1
+    assert stats["train_rows"] + stats["eval_queries"] == 20
+    path.write_text(path.read_text() + '{"query": "q", "positive": ""}\n')
+    before = (tmp_path / "data" / "prepared" / "stats.json").read_text()
+    with pytest.raises(DataFormatError, match=r"triplets.jsonl:22: field 'positive' is empty"):
+        prepare.run(
+            params_for(tmp_path, **{"prepare.source": "triplets", "prepare.triplets.path": str(path)}),
+            tmp_path,
+        )
+    # The failed run left the previous outputs as they were.
+    assert (tmp_path / "data" / "prepared" / "stats.json").read_text() == before
+
+
+def test_leaked_eval_query_is_refused():
+    from pipeline.data.beir import BeirData
+
+    leaky = prepare.Prepared(
+        kind="triplets",
+        rows=[{"query": "same question", "positive": "p", "negative_1": "n"}],
+        benchmark=BeirData(corpus={"d": "p"}, queries={"q": "same question"}, qrels={"q": {"d": 1}}),
+    )
+    with pytest.raises(prepare.LeakError, match="same question"):
+        prepare.check_no_leak(leaky)
+
+
+@pytest.mark.slow
+def test_kd_source_joins_ids_and_trains_with_distillation(tmp_path, shared_data):
+    kd = shared_data / "kd-sample-flagembedding"
+    overrides = {
+        "prepare.source": "kd",
+        "prepare.kd.scores": str(kd / "train.jsonl"),
+        "prepare.kd.queries": str(kd / "queries.jsonl"),
+        "prepare.kd.documents": str(kd / "documents.jsonl.gz"),
+        "prepare.kd.eval_fraction": 0.2,
+        "train.loss": "distillation",
+        "train.n_ways": 4,
+    }
+    result = prepare.run(params_for(tmp_path, **overrides), tmp_path)
+    stats = result["stats"]
+    lines = (kd / "train.jsonl").read_text().splitlines()
+    assert (
+        stats["ids_resolved"]
+        == stats["ids_total"]
+        == sum(1 + len(json.loads(x)["document_ids"]) for x in lines)
+    )
+    assert stats["train_kind"] == "kd"
+    trained = train.run(params_for(tmp_path, **overrides), tmp_path)
+    assert trained["steps"] == 2
+    assert (tmp_path / "models" / "colbert" / "model.safetensors").is_file()
+    assert not (tmp_path / "models" / "colbert-checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_beir_source_mines_hard_negatives_and_trains(tmp_path, shared_data):
+    overrides = {
+        "prepare.source": "beir",
+        "prepare.beir.folder": str(shared_data / "scifact"),
+        "prepare.beir.max_train_queries": 12,
+        "prepare.beir.mining_corpus": 300,
+        "prepare.beir.negatives_per_query": 2,
+    }
+    result = prepare.run(params_for(tmp_path, **overrides), tmp_path)
+    dataset = load_from_disk(str(tmp_path / "data" / "prepared" / "train" / "dataset"))
+    assert dataset.column_names == ["query", "positive", "negative_1", "negative_2"]
+    assert len(set(dataset["query"])) == 12
+    for row in dataset:
+        assert row["positive"] not in (row["negative_1"], row["negative_2"])
+    assert result["stats"]["benchmark"] == "NanoSciFact"
+    trained = train.run(params_for(tmp_path, **overrides), tmp_path)
+    assert trained["steps"] == 2 and trained["train_loss"] > 0
