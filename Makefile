@@ -7,6 +7,8 @@ export TOKENIZERS_PARALLELISM := false
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
+# dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install run test lint format clean
 
@@ -19,8 +21,10 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.installed
 
+# The main job: every stage on the offline sample (prepare, baseline, train, evaluate, index, register).
 run: install
-	$(VENV)/bin/colbert-pipeline demo
+	$(VENV)/bin/dvc repro
+	$(VENV)/bin/colbert-pipeline summary
 
 lint: install
 	$(VENV)/bin/ruff check .

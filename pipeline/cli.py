@@ -70,6 +70,48 @@ def validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def summary(args: argparse.Namespace) -> int:
+    """Print what the last pipeline run produced: metrics, index, registry decision, how to look further."""
+    from pipeline.stages.evaluate import PRIMARY
+
+    project = Path(args.params).resolve().parent
+    params = _load(args)
+    metrics = project / "metrics"
+
+    def read(name: str) -> dict:
+        path = metrics / name
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    base, tuned, index, registry = (
+        read(n) for n in ("baseline.json", "eval.json", "index.json", "registry.json")
+    )
+    lines = ["", "colbert-pipeline summary", "========================"]
+    benchmark_keys = sorted(k for k in tuned if k.endswith("_MaxSim_ndcg@10") and k != PRIMARY)
+    for key in [*benchmark_keys, PRIMARY]:
+        if key in tuned:
+            before = base.get(key)
+            shown = f"{before:.4f}" if isinstance(before, float) else "n/a"
+            lines.append(f"{key:<40} base {shown}  ->  fine-tuned {tuned[key]:.4f}")
+    lines.append(f"model:    {project / params.train.output}")
+    if index:
+        where = project / params.index.folder / params.index.name
+        size = f"{index['documents']} documents, {index['tokens']} tokens, {index['bytes']:,} bytes"
+        lines.append(f"index:    {where} ({size})")
+    if registry:
+        verdict = "promoted to champion" if registry.get("promoted") else "kept the current champion"
+        name = registry.get("model_name", params.register.model_name)
+        lines.append(f"registry: {name} version {registry.get('version')}: {verdict}")
+        if registry.get("reason"):
+            lines.append(f"          ({registry['reason']})")
+    from pipeline.tracking import tracking_uri
+
+    lines.append(
+        f"MLflow:   .venv/bin/mlflow ui --backend-store-uri {tracking_uri(params, project)} --host 127.0.0.1"
+    )
+    print("\n".join(lines))
+    return 0
+
+
 def _add_params_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
     parser.add_argument(
@@ -101,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_params_arguments(validate_parser)
     validate_parser.set_defaults(handler=validate)
+    summary_parser = commands.add_parser(
+        "summary", help="print the last run's metrics, index and registry decision"
+    )
+    _add_params_arguments(summary_parser)
+    summary_parser.set_defaults(handler=summary)
     return parser
 
 
