@@ -14,15 +14,14 @@ Example:
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
 import math
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+
+from pipeline.data.beir import BeirFormatError, read_jsonl_records
 
 OnBadRows = Literal["error", "drop"]
 _NEGATIVE_COLUMN = re.compile(r"^negative(_\d+)?$")
@@ -32,12 +31,6 @@ class DataFormatError(ValueError):
     """A training data file is missing, malformed, or refers to ids that do not exist."""
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
 def iter_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(where, record)``; ``where`` is ``file:line`` (JSONL, CSV) or ``file: row N`` (Parquet)."""
     path = Path(path)
@@ -45,19 +38,11 @@ def iter_records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
         raise DataFormatError(f"{path}: file not found")
     suffixes = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     if suffixes in {".jsonl", ".jsonl.gz", ".json", ".json.gz"}:
-        with _open_text(path) as stream:
-            for number, line in enumerate(stream, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataFormatError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-                if not isinstance(record, dict):
-                    raise DataFormatError(
-                        f"{path}:{number}: expected a JSON object, got {type(record).__name__}"
-                    )
+        try:
+            for number, record in read_jsonl_records(path, text_fields=()):
                 yield f"{path}:{number}", record
+        except BeirFormatError as error:  # same checks as BEIR files, reported as a training-data error
+            raise DataFormatError(str(error)) from None
     elif suffixes in {".csv", ".parquet"}:
         import pandas as pd
 
