@@ -124,8 +124,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     output = resolve_path(config.output, project)
     checkpoints = output.with_name(f"{output.name}-checkpoints")
     dataset, kind = load_training_set(train_dir, config)
-    if len(dataset) == 0:
-        raise ValueError(f"{train_dir / 'dataset'}: the training set is empty")
+    # Every row (KD joins included) is checked before the model loads: a bad row names its index.
+    utils.check_training_dataset(dataset)
 
     with tracking.stage_run("train", params, project) as mlflow_run:
         set_seed(config.seed)
