@@ -34,7 +34,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -329,12 +329,15 @@ class MultiVectorIndex(abc.ABC):
         self._store = VersionStore(self.path)
         self._version: str | None = None
         self._dim: int | None = embedding_size
+        self._configured_dim = embedding_size
         self._slot_ids: list[DocumentId | None] = []
         self._slot_tokens: list[int] = []
         self._positions: dict[tuple[type, DocumentId], int] = {}
         # override=True replaces the index at the first commit, so a build that dies half-way leaves
         # the previous index in place instead of an empty one.
         self._pending_override = self.override
+        self._in_transaction = False
+        self._working: Path | None = None
         if self.override:
             self._reset_empty()
         else:
@@ -348,11 +351,14 @@ class MultiVectorIndex(abc.ABC):
 
     @abc.abstractmethod
     def _write_added(self, source: Path | None, target: Path, embeddings: list[np.ndarray]) -> None:
-        """Write into ``target`` the state of ``source`` (``None``: empty) plus ``embeddings``."""
+        """Write into ``target`` the state of ``source`` (``None``: empty) plus ``embeddings``.
+
+        ``source`` is ``target`` inside a transaction after its first write: then update in place.
+        """
 
     @abc.abstractmethod
     def _write_removed(self, source: Path, target: Path, slots: list[int]) -> None:
-        """Write into ``target`` the state of ``source`` without the documents in ``slots``."""
+        """Write into ``target`` the state of ``source`` minus the documents in ``slots`` (maybe in place)."""
 
     @abc.abstractmethod
     def _search_slots(
@@ -398,6 +404,7 @@ class MultiVectorIndex(abc.ABC):
 
     def _reset_empty(self) -> None:
         self._version = None
+        self._dim = self._configured_dim
         self._slot_ids, self._slot_tokens, self._positions = [], [], {}
         self._open_backend(None)
 
@@ -422,7 +429,82 @@ class MultiVectorIndex(abc.ABC):
             self._load_committed()
 
     # ------------------------------------------------------------------ writing
-    def _commit(self, target: Path, slot_ids: list[DocumentId | None], slot_tokens: list[int]) -> None:
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group several writes into one atomic commit (and one copy of the index instead of one each).
+
+        Inside the block, writes go to a private working version that searches already see; it is
+        published when the block ends, and thrown away (the index reverts) when it raises. A nested
+        ``transaction()`` joins the outer one. :func:`pipeline.indexing.index_corpus` uses this, so a
+        crash half-way through a corpus leaves the previous index, not a partial one.
+
+        Example:
+            >>> import numpy as np, tempfile
+            >>> from pipeline import indexes
+            >>> index = indexes.Voyager(index_folder=tempfile.mkdtemp(), index_name="t", show_progress=False)
+            >>> with index.transaction():
+            ...     index.add_documents(["a"], [np.ones((2, 4), "float32")])
+            ...     index.add_documents(["b"], [-np.ones((2, 4), "float32")])
+            >>> index.documents_ids
+            ['a', 'b']
+        """
+        if self._in_transaction:
+            yield
+            return
+        with self._store.lock():
+            self._refresh_for_write()
+            self._in_transaction = True
+            try:
+                yield
+            except BaseException:
+                if self._working is not None:
+                    self._store.discard(self._working)
+                self._working = None
+                self._in_transaction = False
+                self._recover()
+                raise
+            working, self._working, self._in_transaction = self._working, None, False
+            if working is not None:
+                self._publish(working)
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        if self._in_transaction:  # the transaction already holds the lock and refreshed the state
+            yield
+            return
+        with self._store.lock():
+            self._refresh_for_write()
+            yield
+
+    def _apply(
+        self,
+        write: Callable[[Path | None, Path], None],
+        slot_ids: list[DocumentId | None],
+        slot_tokens: list[int],
+    ) -> None:
+        """Run a backend write into a new (or the transaction's working) version, then publish it."""
+        committed = None if self._version is None or self._pending_override else self.path / self._version
+        source = self._working or committed
+        target = self._working or self._store.new_version()
+        try:
+            write(source, target)
+            self._write_metadata(target, slot_ids, slot_tokens)
+            self._slot_ids, self._slot_tokens = slot_ids, slot_tokens
+            self._positions = {id_key(v): s for s, v in enumerate(slot_ids) if v is not None}
+            if self._in_transaction:
+                self._working = target
+            else:
+                self._publish(target)
+            self._open_backend(target)
+        except BaseException:
+            if not self._in_transaction:  # a transaction cleans up once, when it unwinds
+                self._store.discard(target)
+                self._recover()
+            raise
+
+    def _write_metadata(
+        self, target: Path, slot_ids: list[DocumentId | None], slot_tokens: list[int]
+    ) -> None:
         live = [t for v, t in zip(slot_ids, slot_tokens, strict=True) if v is not None]
         manifest = {
             "format": FORMAT_VERSION,
@@ -438,11 +520,11 @@ class MultiVectorIndex(abc.ABC):
         (target / DOCUMENTS_FILE).write_text(
             json.dumps({"ids": slot_ids, "tokens": slot_tokens}, ensure_ascii=False), encoding="utf-8"
         )
+
+    def _publish(self, target: Path) -> None:
         self._store.commit(target, replace_all=self._pending_override)
         self._pending_override = False
         self._version = target.name
-        self._slot_ids, self._slot_tokens = slot_ids, slot_tokens
-        self._positions = {id_key(v): s for s, v in enumerate(slot_ids) if v is not None}
 
     def add_documents(self, documents_ids: Sequence[DocumentId], documents_embeddings: Any) -> None:
         """Add documents (one ``(tokens, dim)`` array each) under the given ids.
@@ -456,8 +538,11 @@ class MultiVectorIndex(abc.ABC):
         arrays = as_float_arrays(
             documents_embeddings, argument="documents_embeddings", dim=self._dim, expected=len(ids)
         )
-        with self._store.lock():
-            self._refresh_for_write()
+        with self._write_lock():
+            if self._dim is not None and arrays[0].shape[1] != self._dim:  # another process set the dim
+                raise ValueError(
+                    f"documents_embeddings have dimension {arrays[0].shape[1]}, index {self._dim}"
+                )
             for position, value in enumerate(ids):
                 if id_key(value) in self._positions:
                     raise DuplicateDocumentIdError(
@@ -465,20 +550,11 @@ class MultiVectorIndex(abc.ABC):
                         "(remove_documents first to replace it)"
                     )
             self._dim = int(arrays[0].shape[1])
-            source = None if self._version is None else self.path / self._version
-            target = self._store.new_version()
-            try:
-                self._write_added(source, target, arrays)
-                self._commit(
-                    target,
-                    [*self._slot_ids, *ids],
-                    [*self._slot_tokens, *(int(a.shape[0]) for a in arrays)],
-                )
-            except BaseException:
-                self._store.discard(target)
-                self._recover()
-                raise
-            self._open_backend(target)
+            self._apply(
+                lambda source, target: self._write_added(source, target, arrays),
+                [*self._slot_ids, *ids],
+                [*self._slot_tokens, *(int(a.shape[0]) for a in arrays)],
+            )
         logger.info("Added %d documents to %s (%d in total)", len(ids), self.path, self.num_documents)
 
     def remove_documents(self, documents_ids: Sequence[DocumentId]) -> None:
@@ -488,15 +564,13 @@ class MultiVectorIndex(abc.ABC):
         ids = validate_ids(list(dict.fromkeys(documents_ids)))
         if not ids:
             return
-        with self._store.lock():
-            self._refresh_for_write()
+        with self._write_lock():
             missing = [v for v in ids if id_key(v) not in self._positions]
             if missing:
                 raise UnknownDocumentIdError(
                     f"documents_ids not in the index {self.path}: {missing[:10]!r}"
                     + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
                 )
-            assert self._version is not None  # an id was found, so something is committed
             slots = sorted(self._positions[id_key(v)] for v in ids)
             gone = set(slots)
             if self.compacts_on_remove:
@@ -505,15 +579,12 @@ class MultiVectorIndex(abc.ABC):
             else:
                 slot_ids = [None if s in gone else v for s, v in enumerate(self._slot_ids)]
                 slot_tokens = list(self._slot_tokens)
-            target = self._store.new_version()
-            try:
-                self._write_removed(self.path / self._version, target, slots)
-                self._commit(target, slot_ids, slot_tokens)
-            except BaseException:
-                self._store.discard(target)
-                self._recover()
-                raise
-            self._open_backend(target)
+
+            def write(source: Path | None, target: Path) -> None:
+                assert source is not None  # an id was found, so a version holds it
+                self._write_removed(source, target, slots)
+
+            self._apply(write, slot_ids, slot_tokens)
         logger.info("Removed %d documents from %s (%d left)", len(ids), self.path, self.num_documents)
 
     def _recover(self) -> None:
@@ -522,7 +593,7 @@ class MultiVectorIndex(abc.ABC):
             if self._pending_override or self._version is None:
                 self._reset_empty()
             else:
-                self._open_backend(self.path / self._version)
+                self._load_committed()
         except Exception:  # the original error is more useful than a secondary one
             logger.exception("could not reload %s after a failed write", self.path)
 

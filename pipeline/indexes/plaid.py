@@ -147,26 +147,36 @@ class PLAID(MultiVectorIndex):
             "seed": self.seed,
         }
 
-    def _write_added(self, source: Path | None, target: Path, embeddings: list[np.ndarray]) -> None:
-        tensors = [torch.from_numpy(e) for e in embeddings]
+    def _working_copy(self, source: Path | None, target: Path) -> Path:
+        """``target``'s fast-plaid folder, copied from ``source`` unless it is already there (in place)."""
         folder = target / PLAID_FOLDER
         previous = None if source is None else source / PLAID_FOLDER
-        if previous is not None and previous.is_dir():
+        if source != target and previous is not None and previous.is_dir():
             # fast-plaid edits its files in place: work on a private copy, never on the live version.
             shutil.copytree(previous, folder, ignore=shutil.ignore_patterns("plaid.lock"))
-            plaid = self._fast_plaid(folder)
+        if self._plaid is not None:  # release the loaded index before its files change
+            self._plaid.close()
+            self._plaid = None
+        return folder
+
+    def _write_added(self, source: Path | None, target: Path, embeddings: list[np.ndarray]) -> None:
+        tensors = [torch.from_numpy(e) for e in embeddings]
+        folder = self._working_copy(source, target)
+        exists = (folder / "metadata.json").is_file()
+        plaid = self._fast_plaid(folder)
+        if exists:
             plaid.update(documents_embeddings=tensors, **self._build_kwargs())
         else:
-            plaid = self._fast_plaid(folder)
             plaid.create(documents_embeddings=tensors, nbits=self.nbits, **self._build_kwargs())
         plaid.close()
         (folder / "plaid.lock").unlink(missing_ok=True)
 
     def _write_removed(self, source: Path, target: Path, slots: list[int]) -> None:
+        folder = self._working_copy(source, target)
         if len(slots) == len(self._slot_ids):
-            return  # everything removed: an empty version holds no fast-plaid folder
-        folder = target / PLAID_FOLDER
-        shutil.copytree(source / PLAID_FOLDER, folder, ignore=shutil.ignore_patterns("plaid.lock"))
+            # Everything removed: an empty version holds no fast-plaid folder.
+            shutil.rmtree(folder, ignore_errors=True)
+            return
         plaid = self._fast_plaid(folder)
         plaid.delete(subset=slots)
         plaid.close()
