@@ -209,6 +209,10 @@ def colbert_pipeline() -> None:
     @task.branch
     def decide_promotion(register_result: dict[str, Any]) -> str:
         """Read metrics/registry.json: promote when the register stage moved ``champion``."""
+        if register_result.get("skipped"):
+            # DVC skipped register: no new version exists, and registry.json is the last run's decision.
+            logger.info("promotion decision: KEEP CHAMPION: register was unchanged, no new model version")
+            return "keep_champion"
         settings = _settings()
         try:
             decision = orchestration.read_registry(settings.workspace / orchestration.REGISTRY_FILE)
@@ -222,30 +226,34 @@ def colbert_pipeline() -> None:
         )
         return "promote" if decision.promoted else "keep_champion"
 
-    def _finish(parent_run_id: str, outcome: str) -> dict[str, Any]:
+    def _finish(parent_run_id: str, register_result: dict[str, Any], outcome: str) -> dict[str, Any]:
         settings = _settings()
-        decision = orchestration.read_registry(settings.workspace / orchestration.REGISTRY_FILE)
+        if register_result.get("skipped"):
+            version, reason = None, "register unchanged (DVC skipped it): no new model version"
+        else:
+            decision = orchestration.read_registry(settings.workspace / orchestration.REGISTRY_FILE)
+            version, reason = decision.version, decision.reason
         orchestration.finish_parent_run(
             settings,
             parent_run_id,
             "FINISHED",
-            {"promotion": outcome, "registry_version": decision.version or "", "reason": decision.reason},
+            {"promotion": outcome, "registry_version": version or "", "promotion_reason": reason},
         )
-        return {"outcome": outcome, "version": decision.version, "mlflow_run_id": parent_run_id}
+        return {"outcome": outcome, "version": version, "mlflow_run_id": parent_run_id}
 
     @task(outlets=[CHAMPION])
-    def promote(parent_run_id: str) -> dict[str, Any]:
+    def promote(parent_run_id: str, register_result: dict[str, Any]) -> dict[str, Any]:
         """The new model version is the champion: emit the champion asset for downstream DAGs."""
-        result = _finish(parent_run_id, "promoted")
+        result = _finish(parent_run_id, register_result, "promoted")
         get_current_context()["outlet_events"][CHAMPION].extra = {"version": result["version"]}
         logger.info("champion is now version %s", result["version"])
         return result
 
     @task
-    def keep_champion(parent_run_id: str) -> dict[str, Any]:
-        """The challenger did not beat the champion by the margin: the champion stays."""
-        result = _finish(parent_run_id, "kept")
-        logger.info("champion unchanged; challenger is version %s", result["version"])
+    def keep_champion(parent_run_id: str, register_result: dict[str, Any]) -> dict[str, Any]:
+        """No new champion (the challenger did not beat it by the margin, or nothing changed)."""
+        result = _finish(parent_run_id, register_result, "kept")
+        logger.info("champion unchanged; this run's challenger: %s", result["version"] or "none")
         return result
 
     params_update = validate_params()
@@ -257,7 +265,11 @@ def colbert_pipeline() -> None:
         stage_tasks.append(current)
         previous = current
     chain(*stage_tasks)
-    decide_promotion(stage_tasks[-1]) >> [promote(parent_run_id), keep_champion(parent_run_id)]
+    register_result = stage_tasks[-1]
+    decide_promotion(register_result) >> [
+        promote(parent_run_id, register_result),
+        keep_champion(parent_run_id, register_result),
+    ]
 
 
 pipeline_dag = colbert_pipeline()

@@ -219,7 +219,9 @@ def apply_run_overrides(params_path: Path, overrides: Mapping[str, Any], run_key
         (state / ".gitignore").write_text("*\n", encoding="utf-8")
         backup = state / f"params.before-{_safe_name(run_key)}.yaml"
         atomic_write_text(backup, params_path.read_text(encoding="utf-8") if params_path.exists() else "")
+        mode = params_path.stat().st_mode & 0o777 if params_path.exists() else 0o644
         write_params(apply_overrides(raw, {key: overrides[key] for key in changed}), params_path)
+        params_path.chmod(mode)  # the temp file behind the atomic write is 0600; keep the file readable
         logger.info(
             "params: wrote %s to %s", ", ".join(f"{k}={overrides[k]!r}" for k in changed), params_path
         )
@@ -352,6 +354,9 @@ def stage_environment(
     # dvc.yaml's ``cmd: colbert-pipeline <stage>`` must find the project's console script.
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"
+    if (settings.workspace / "pipeline" / "__init__.py").exists():
+        # The workspace is a project checkout: run its code, the code whose hashes DVC records.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.workspace), env.get("PYTHONPATH")]))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if tracking_uri:
         env[TRACKING_URI_ENV] = tracking_uri

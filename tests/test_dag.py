@@ -234,6 +234,7 @@ PARAMS_TEXT = "# comment\ntrain:\n  epochs: 1\n  batch_size: 16\nregister:\n  ma
 def test_apply_run_overrides_writes_only_changes_and_restores(tmp_path: Path) -> None:
     params_path = tmp_path / "params.yaml"
     params_path.write_text(PARAMS_TEXT)
+    params_path.chmod(0o644)
     same = orchestration.apply_run_overrides(params_path, {"train.epochs": 1}, run_key="manual__1")
     assert same.changed == [] and same.backup is None
     assert params_path.read_text() == PARAMS_TEXT  # untouched: DVC sees no change
@@ -245,6 +246,7 @@ def test_apply_run_overrides_writes_only_changes_and_restores(tmp_path: Path) ->
     written = yaml.safe_load(params_path.read_text())
     assert written == {"train": {"epochs": 2, "batch_size": 16, "max_steps": 5}, "register": {"margin": 0.0}}
     assert update.sha256 == orchestration.file_sha256(params_path)
+    assert params_path.stat().st_mode & 0o777 == 0o644
     backup = Path(update.backup)
     assert backup.parent == tmp_path / ".colbert-pipeline" and ":" not in backup.name
     assert backup.read_text() == PARAMS_TEXT

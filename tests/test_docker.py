@@ -1,0 +1,213 @@
+"""The deployment files, checked offline: no Docker daemon runs here.
+
+``docker/compose.yaml`` is parsed and its services, profiles, healthchecks, volumes, environment, ports and
+GPU reservation asserted; the Dockerfile's build inputs must exist and match the DAG's pools and queues; the
+shell scripts must parse. ``docker compose config`` validates the file when a Compose CLI is installed.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOCKER = REPO_ROOT / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+DOCKERFILE = DOCKER / "Dockerfile"
+
+BASE_SERVICES = {
+    "postgres",
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "mlflow",
+}
+CELERY_SERVICES = {"redis", "airflow-worker", "airflow-worker-gpu"}
+AIRFLOW_SERVICES = {name for name in BASE_SERVICES | CELERY_SERVICES if name.startswith("airflow-")}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def _dag_constants() -> dict[str, Any]:
+    """Module-level string constants of the DAG file (pools, queues), read without importing Airflow."""
+    tree = ast.parse((REPO_ROOT / "dags" / "colbert_pipeline.py").read_text())
+    constants = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    constants[target.id] = node.value.value
+    return constants
+
+
+def _command(service: dict[str, Any]) -> str:
+    command = service.get("command", "")
+    return " ".join(command) if isinstance(command, list) else command
+
+
+def test_services_and_profiles(services: dict[str, Any]) -> None:
+    assert set(services) == BASE_SERVICES | CELERY_SERVICES
+    for name in BASE_SERVICES:
+        assert "profiles" not in services[name], f"{name} must start with a plain `docker compose up`"
+    for name in CELERY_SERVICES:
+        assert services[name]["profiles"] == ["celery"], name
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        if name == "airflow-init":
+            assert service["restart"] == "no"  # a one-shot job
+            continue
+        check = service.get("healthcheck")
+        assert check and check["test"] and check.get("interval"), name
+
+
+def test_start_order(services: dict[str, Any]) -> None:
+    assert services["airflow-init"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for name in AIRFLOW_SERVICES - {"airflow-init"}:
+        depends = services[name]["depends_on"]
+        assert depends["airflow-init"] == {"condition": "service_completed_successfully"}, name
+        assert depends["postgres"] == {"condition": "service_healthy"}, name
+    for name in ("airflow-worker", "airflow-worker-gpu"):
+        assert services[name]["depends_on"]["redis"] == {"condition": "service_healthy"}
+    assert services["mlflow"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+
+
+def test_ports_are_published_on_loopback_only(services: dict[str, Any]) -> None:
+    published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
+    assert set(published) == {"airflow-apiserver", "mlflow"}
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_volumes(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    declared = set(compose["volumes"])
+    assert {"postgres-data", "workspace", "mlflow-artifacts", "airflow-logs"} <= declared
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name}: undeclared volume {source}"
+            else:
+                assert (DOCKER / source).exists(), f"{name}: bind mount {source} does not exist"
+    assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    assert "mlflow-artifacts:/mlflow/artifacts" in services["mlflow"]["volumes"]
+    for name in AIRFLOW_SERVICES:
+        assert "workspace:/workspace" in services[name]["volumes"], name
+
+
+def test_environment(services: dict[str, Any]) -> None:
+    for name in AIRFLOW_SERVICES:
+        env = services[name]["environment"]
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://"), name
+        assert "@postgres:5432/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], name
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
+        assert env["COLBERT_PIPELINE_WORKSPACE"] == "/workspace", name
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW_EXECUTOR:-LocalExecutor}"
+        assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
+    mlflow = _command(services["mlflow"])
+    assert "--backend-store-uri=postgresql+psycopg2://mlflow:" in mlflow and "@postgres:5432/mlflow" in mlflow
+    assert "--artifacts-destination=/mlflow/artifacts" in mlflow and "--serve-artifacts" in mlflow
+    # MLflow 3 checks the Host header: the name other containers use must be allowed.
+    assert re.search(r"--allowed-hosts=\S*\bmlflow:5000\b", mlflow)
+    assert services["postgres"]["environment"]["POSTGRES_DB"] == "airflow"
+    assert services["airflow-init"]["environment"]["AIRFLOW_ADMIN_PASSWORD"]
+
+
+def test_gpu_worker_takes_the_dags_gpu_queue_with_a_reserved_gpu(services: dict[str, Any]) -> None:
+    constants = _dag_constants()
+    worker = services["airflow-worker-gpu"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert re.search(rf"--queues {constants['GPU_QUEUE']}\b", _command(worker))
+    assert re.search(rf"--queues {constants['DEFAULT_QUEUE']}\b", _command(services["airflow-worker"]))
+    for name in set(services) - {"airflow-worker-gpu"}:
+        assert "deploy" not in services[name], f"{name} must not need a GPU"
+
+
+def test_init_creates_the_dags_pools() -> None:
+    constants = _dag_constants()
+    script = (DOCKER / "airflow-init.sh").read_text()
+    assert f"airflow pools set {constants['DVC_POOL']} 1 " in script
+    assert f"airflow pools set {constants['GPU_POOL']} " in script
+    assert "airflow db migrate" in script
+
+
+def test_shell_scripts_parse() -> None:
+    scripts = sorted(DOCKER.glob("*.sh"))
+    assert {script.name for script in scripts} >= {"airflow-init.sh", "init-workspace.sh", "postgres-init.sh"}
+    for script in scripts:
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{script.name}: {result.stderr}"
+        assert script.stat().st_mode & 0o111, f"{script.name} must be executable"
+
+
+def test_dockerfile_builds_from_the_lock_as_a_non_root_user() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:\$\{PYTHON_VERSION\}-slim", text, re.MULTILINE)
+    assert "ARG PYTHON_VERSION=3.11" in text
+    syncs = re.findall(r"uv sync ([^\n]*)", text)
+    assert syncs and all("--frozen" in line for line in syncs)
+    assert "--extra-index-url" not in text and "download.pytorch.org" not in text  # torch comes from the lock
+    users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert users and users[-1] not in {"root", "0"}
+    # Every file the build copies from the context exists (and is not excluded from the context).
+    ignored = {line.strip() for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()}
+    assert ".venv" in ignored and ".git" in ignored
+    for line in re.findall(r"^COPY (?!--from)(.*?)(?<!\\)$", text.replace("\\\n", " "), re.MULTILINE):
+        parts = [part for part in line.split() if not part.startswith("--")]
+        for source in parts[:-1]:
+            assert (REPO_ROOT / source).exists(), f"COPY source {source} is missing"
+            assert source.split("/")[0] not in ignored, (
+                f"COPY source {source} is excluded by the dockerignore"
+            )
+
+
+def _compose_cli() -> list[str] | None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_compose_config_validates(tmp_path: Path) -> None:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("no Compose CLI here (neither `docker compose` nor `docker-compose`)")
+    compose_file = COMPOSE
+    if cli == ["docker-compose"]:
+        # Compose v1 (Debian's docker-compose 1.29) predates the top-level `name`; validate the rest.
+        data = yaml.safe_load(COMPOSE.read_text())
+        assert data.pop("name") == "colbert-pipeline"
+        compose_file = tmp_path / "compose.yaml"
+        compose_file.write_text(COMPOSE.read_text().replace("name: colbert-pipeline\n", "", 1))
+    for profile in ([], ["--profile", "celery"]):
+        result = subprocess.run(
+            [*cli, "-f", str(compose_file), "--project-directory", str(DOCKER), *profile, "config", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
