@@ -108,12 +108,12 @@ def validate_ids(documents_ids: Any, *, argument: str = "documents_ids") -> list
     ids: list[DocumentId] = []
     seen: set[tuple[type, DocumentId]] = set()
     for position, value in enumerate(documents_ids):
-        if isinstance(value, np.integer):
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, str | int):
+        if isinstance(value, bool) or not isinstance(value, str | int | np.integer):
             raise ValueError(
                 f"{argument}[{position}] = {value!r} ({type(value).__name__}): ids must be str or int"
             )
+        # numpy scalars (np.str_, np.int64) become plain str / int, so they compare and serialise as such.
+        value = str(value) if isinstance(value, str) else int(value)
         key = (type(value), value)
         if key in seen:
             raise DuplicateDocumentIdError(f"{argument}[{position}] = {value!r} appears more than once")
@@ -186,19 +186,19 @@ def normalize_subset(subset: Any, n_queries: int) -> list[set[tuple[type, Docume
         if id(group) not in cache:  # the shared list is converted once, not once per query
             keys = set()
             for value in group:
-                if isinstance(value, np.integer):
-                    value = int(value)
-                if isinstance(value, bool) or not isinstance(value, str | int):
+                if isinstance(value, bool) or not isinstance(value, str | int | np.integer):
                     raise ValueError(f"subset[{position}] holds {value!r}: ids must be str or int")
-                keys.add((type(value), value))
+                keys.add(id_key(value))
             cache[id(group)] = keys
         normalized.append(cache[id(group)])
     return normalized
 
 
 def id_key(value: DocumentId) -> tuple[type, DocumentId]:
-    """Ids "1" and 1 are different documents: key them by type and value."""
-    return (type(value), value)
+    """Ids "1" and 1 are different documents: key them by kind (str or int) and value."""
+    if isinstance(value, str):
+        return (str, str(value))
+    return (int, int(value))
 
 
 def folder_bytes(path: Path) -> int:
@@ -655,7 +655,9 @@ class MultiVectorIndex(abc.ABC):
         return self.num_documents
 
     def __contains__(self, document_id: object) -> bool:
-        return isinstance(document_id, str | int) and id_key(document_id) in self._positions
+        if isinstance(document_id, bool) or not isinstance(document_id, str | int | np.integer):
+            return False
+        return id_key(document_id) in self._positions
 
     @property
     def num_tokens(self) -> int:
