@@ -1,0 +1,127 @@
+"""A real ``mlflow server`` process for tests: 127.0.0.1, a free port, SQLite backend, local artifacts.
+
+Shared by the registry tests, the Airflow DAG test and the pipeline end-to-end test, so all of them talk to a
+tracking server over HTTP exactly as a deployment does (REST client, proxied artifact uploads, retries).
+
+Example:
+    >>> from tests.mlflow_server import running_mlflow_server  # doctest: +SKIP
+    >>> with running_mlflow_server(tmp_path) as uri:  # doctest: +SKIP
+    ...     MlflowClient(tracking_uri=uri).search_experiments()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _mlflow_executable() -> str:
+    local = Path(sys.executable).parent / "mlflow"
+    return str(local) if local.exists() else "mlflow"
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def running_mlflow_server(workdir: str | os.PathLike[str], startup_timeout: float = 180.0) -> Iterator[str]:
+    """Start ``mlflow server`` with ``sqlite:///<workdir>/mlflow.db`` and ``<workdir>/artifacts``; yield its URI.
+
+    The server runs in its own process group (stopped with SIGTERM, then SIGKILL, on exit) and logs to
+    ``<workdir>/mlflow-server.log``; a server that is not healthy within ``startup_timeout`` seconds is an
+    error that quotes the end of that log.
+    """
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    uri = f"http://{HOST}:{port}"
+    log_path = workdir / "mlflow-server.log"
+    command = [
+        _mlflow_executable(),
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
+    ]
+    # The job executor (huey consumers for MLflow's GenAI jobs) triples start-up time and is unused here.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not _healthy(uri):
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited with status {process.returncode}: {_tail(log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"mlflow server at {uri} not healthy after {startup_timeout:.0f}s: {_tail(log_path)}"
+                )
+            time.sleep(0.25)
+        logger.info("mlflow server up at %s (pid %d)", uri, process.pid)
+        yield uri
+    finally:
+        _stop(process)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
