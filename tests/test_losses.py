@@ -1,0 +1,150 @@
+"""Losses: PyLate names and defaults, cached == plain contrastive, learning on a toy set, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from sentence_transformers.base.trainer import BaseTrainer
+
+from pipeline import losses, utils
+
+ANIMALS = [
+    ("Which animal barks?", "Dogs bark at strangers.", "Cats purr when content."),
+    ("Which animal purrs?", "Cats purr when content.", "Horses gallop across fields."),
+    ("Which animal gallops?", "Horses gallop across fields.", "Bees make honey in hives."),
+    ("Which insect makes honey?", "Bees make honey in hives.", "Owls hunt at night."),
+    ("Which bird hunts at night?", "Owls hunt at night.", "Frogs croak near ponds."),
+    ("Which animal croaks?", "Frogs croak near ponds.", "Dolphins whistle underwater."),
+]
+
+
+@pytest.fixture(scope="module")
+def model(colbert_model):
+    """A private copy: these tests train it, and the session model is shared with other test files."""
+    copied = copy.deepcopy(colbert_model)
+    copied.transformer.document_length = 32  # short toy documents; keeps the tests fast
+    return copied
+
+
+def features(model, rows: list[dict]) -> tuple[list[dict], torch.Tensor | None]:
+    """What the trainer hands a loss: the collated batch split into per-column features."""
+    batch = utils.ColBERTCollator(tokenize_fn=model.tokenize)(rows)
+    return BaseTrainer.collect_features(None, batch)  # type: ignore[arg-type]
+
+
+def train_steps(model, loss, sentence_features, labels, steps: int) -> list[float]:
+    """A few optimizer steps on one batch, clipped as the trainer clips (max_grad_norm=1)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    values = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        value = loss(sentence_features, labels)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        values.append(value.item())
+    return values
+
+
+def triplets(n: int = 6) -> list[dict]:
+    return [{"query": q, "positive": p, "negative": n_} for q, p, n_ in ANIMALS[:n]]
+
+
+def test_pylate_names_map_temperature_to_scale(model) -> None:
+    assert losses.DEFAULT_TEMPERATURE == 1.0 and losses.RECOMMENDED_TEMPERATURE == 0.02
+    assert losses.Contrastive(model=model).scale == pytest.approx(1.0)
+    assert losses.Contrastive(model=model, temperature=0.02).scale == pytest.approx(50.0)
+    cached = losses.CachedContrastive(model=model, mini_batch_size=4, temperature=0.05)
+    assert cached.scale == pytest.approx(20.0) and cached.mini_batch_size == 4
+    assert losses.Contrastive(model=model, gather_across_devices=True).gather_across_devices
+    with pytest.raises(ValueError, match="temperature"):
+        losses.Contrastive(model=model, temperature=0)
+    with pytest.raises(ValueError, match="mini_batch_size"):
+        losses.CachedContrastive(model=model, mini_batch_size=0)
+
+
+def test_cached_contrastive_equals_contrastive_loss_and_gradients(model) -> None:
+    """GradCache must be an exact re-arrangement: same loss, same gradients (dropout off)."""
+    model.eval()
+    sentence_features, _ = features(model, triplets())
+    parameter = model.transformer.auto_model.encoder.layer[-1].output.dense.weight
+
+    plain = losses.Contrastive(model=model, temperature=0.05)
+    model.zero_grad()
+    plain_loss = plain(sentence_features)
+    plain_loss.backward()
+    plain_grad = parameter.grad.detach().clone()
+
+    cached = losses.CachedContrastive(model=model, mini_batch_size=2, temperature=0.05)
+    model.zero_grad()
+    cached_loss = cached(sentence_features)
+    cached_loss.backward()
+    cached_grad = parameter.grad.detach().clone()
+    model.zero_grad()
+    model.train()
+
+    assert plain_loss.item() > 0
+    assert cached_loss.item() == pytest.approx(plain_loss.item(), rel=1e-4, abs=1e-5)
+    # Chunked forwards pad differently, so float rounding differs slightly; the direction must not.
+    assert (cached_grad - plain_grad).norm() <= 1e-2 * plain_grad.norm()
+    assert plain_grad.abs().sum() > 0
+
+
+def test_multiple_negative_columns_are_all_scored(model) -> None:
+    """negative_1, negative_2 (and a 'negatives' list) add candidates; the loss grows with harder choices."""
+    model.eval()
+    loss = losses.Contrastive(model=model)
+    rows_one = [{"query": q, "positive": p, "negative_1": n} for q, p, n in ANIMALS]
+    rows_two = [{**row, "negative_2": ANIMALS[(i + 2) % 6][1]} for i, row in enumerate(rows_one)]
+    rows_list = [
+        {"query": r["query"], "positive": r["positive"], "negatives": [r["negative_1"], r["negative_2"]]}
+        for r in rows_two
+    ]
+    with torch.no_grad():
+        one, _ = features(model, rows_one)
+        two, _ = features(model, rows_two)
+        listed, _ = features(model, rows_list)
+        assert len(one) == 3 and len(two) == 4 and len(listed) == 4
+        value_one, value_two, value_list = loss(one).item(), loss(two).item(), loss(listed).item()
+    model.train()
+    # More candidates in the softmax can only lower the positive's probability.
+    assert value_two > value_one
+    assert value_list == pytest.approx(value_two, rel=1e-5)
+
+
+def test_contrastive_loss_decreases_on_a_learnable_toy_set(model) -> None:
+    trained = copy.deepcopy(model)
+    trained.eval()  # deterministic steps: dropout off
+    # The default temperature (1.0): MaxSim sums 32 query-token cosines, so the logits are already spread.
+    loss = losses.Contrastive(model=trained)
+    sentence_features, _ = features(trained, triplets(4))
+    values = train_steps(trained, loss, sentence_features, None, steps=3)
+    with torch.no_grad():
+        values.append(loss(sentence_features).item())
+    assert values[-1] < 0.8 * values[0], values
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(model) -> None:
+    trained = copy.deepcopy(model)
+    trained.eval()
+    rows = [
+        {"query": q, "documents": [p, n, ANIMALS[(i + 3) % 6][1]], "scores": [9.0, 1.0, 0.5]}
+        for i, (q, p, n) in enumerate(ANIMALS[:4])
+    ]
+    sentence_features, labels = features(trained, rows)
+    assert labels is not None and tuple(labels.shape) == (4, 3)
+    loss = losses.Distillation(model=trained, temperature=0.1)
+    values = train_steps(trained, loss, sentence_features, labels, steps=3)
+    assert values[-1] < values[0], values
+    with pytest.raises(ValueError, match="teacher's scores"):
+        loss(sentence_features, None)
+
+
+def test_contrastive_needs_a_positive_column(model) -> None:
+    sentence_features, _ = features(model, triplets(2))
+    with pytest.raises(ValueError, match="at least a positive column"):
+        losses.Contrastive(model=model)(sentence_features[:1])
+    with pytest.raises(ValueError, match="at least a positive column"):
+        losses.CachedContrastive(model=model)(sentence_features[:1])
