@@ -58,11 +58,6 @@ def corpus_for(params: Params, project: Path) -> tuple[list[str], list[str], str
     return list(ids), list(texts), str(source)
 
 
-def folder_bytes(folder: Path) -> int:
-    """Total size of the files under ``folder``."""
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-
-
 def run(params: Params, project: Path) -> dict[str, Any]:
     """Encode the corpus with ``train.output`` and build ``<index.folder>/<index.name>``."""
     from pipeline import indexes, models
@@ -92,7 +87,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             "documents": int(stats["documents"]),
             "tokens": int(stats["tokens"]),
             "build_seconds": round(seconds, 2),
-            "bytes": folder_bytes(folder / config.name),
+            "bytes": int(index.disk_bytes),
             "corpus": source,
             "model": str(model_path),
         }
