@@ -51,7 +51,7 @@ def _healthy(uri: str) -> bool:
 
 @contextlib.contextmanager
 def running_mlflow_server(workdir: str | os.PathLike[str], startup_timeout: float = 180.0) -> Iterator[str]:
-    """Start ``mlflow server`` with ``sqlite:///<workdir>/mlflow.db`` and ``<workdir>/artifacts``; yield its URI.
+    """Start ``mlflow server`` (SQLite ``<workdir>/mlflow.db``, ``<workdir>/artifacts``); yield its URI.
 
     The server runs in its own process group (stopped with SIGTERM, then SIGKILL, on exit) and logs to
     ``<workdir>/mlflow-server.log``; a server that is not healthy within ``startup_timeout`` seconds is an
