@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -260,10 +261,25 @@ def resolve_tracking_uri(settings: Settings) -> str:
     """The absolute MLflow URI the stages will use: the configured one, else the project's default."""
     from pipeline import tracking
 
-    params = load_params(settings.params_path, check_paths=False)
     if settings.tracking_uri:
         return settings.tracking_uri
-    return tracking.tracking_uri(params, settings.workspace)
+    return tracking.tracking_uri(load_params(settings.params_path, check_paths=False), settings.workspace)
+
+
+@contextlib.contextmanager
+def _tracking_env(settings: Settings) -> Iterator[None]:
+    # pipeline.tracking reads MLFLOW_TRACKING_URI first: make it the URI these settings resolve to (an
+    # Airflow Variable may name another server than the worker's environment), only for this call.
+    uri = resolve_tracking_uri(settings)
+    previous = os.environ.get(TRACKING_URI_ENV)
+    os.environ[TRACKING_URI_ENV] = uri
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(TRACKING_URI_ENV, None)
+        else:
+            os.environ[TRACKING_URI_ENV] = previous
 
 
 def start_parent_run(
@@ -271,36 +287,23 @@ def start_parent_run(
 ) -> str:
     """Create (or, on a retry, find again) the MLflow run that groups one DAG run's stage runs.
 
-    Keyed on the Airflow dag_id and run_id (asset-triggered runs have no logical date).
+    Keyed on the Airflow dag_id and run_id (asset-triggered runs have no logical date); ``tags`` are added
+    to it but are not part of that key.
     """
-    import mlflow
     from mlflow.tracking import MlflowClient
 
+    from pipeline import tracking
+
     params = load_params(settings.params_path, check_paths=False)
-    uri = resolve_tracking_uri(settings)
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(params.tracking.experiment)
-    experiment_id = (
-        experiment.experiment_id if experiment else client.create_experiment(params.tracking.experiment)
-    )
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`airflow.dag_id` = '{dag_id}' and tags.`airflow.run_id` = '{run_id}'",
-        max_results=1,
-    )
-    if found:
-        logger.info("mlflow: reusing parent run %s for %s/%s", found[0].info.run_id, dag_id, run_id)
-        return found[0].info.run_id
-    all_tags = {
-        "airflow.dag_id": dag_id,
-        "airflow.run_id": run_id,
-        "pipeline_parent": "true",
-        "mlflow.runName": f"{dag_id}/{run_id}",
-        **(tags or {}),
-    }
-    run = client.create_run(experiment_id, tags=all_tags)
-    logger.info("mlflow: parent run %s at %s (mlflow %s)", run.info.run_id, uri, mlflow.__version__)
-    return run.info.run_id
+    with _tracking_env(settings):
+        run = tracking.start_pipeline_run(
+            params, settings.workspace, {"airflow.dag_id": dag_id, "airflow.run_id": run_id}
+        )
+        client = MlflowClient(tracking_uri=resolve_tracking_uri(settings))
+        for key, value in (tags or {}).items():
+            client.set_tag(run, key, str(value)[:5000])
+    logger.info("mlflow: parent run %s for %s/%s", run, dag_id, run_id)
+    return run
 
 
 def finish_parent_run(
@@ -309,10 +312,14 @@ def finish_parent_run(
     """Tag the parent run and mark it FINISHED or FAILED."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(settings))
-    for key, value in (tags or {}).items():
-        client.set_tag(run_id, key, str(value)[:5000])
-    client.set_terminated(run_id, status=status)
+    from pipeline import tracking
+
+    params = load_params(settings.params_path, check_paths=False)
+    with _tracking_env(settings):
+        client = MlflowClient(tracking_uri=resolve_tracking_uri(settings))
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, str(value)[:5000])
+        tracking.finish_pipeline_run(params, settings.workspace, run_id, status=status)
 
 
 # -- stage subprocess -----------------------------------------------------------------------------------

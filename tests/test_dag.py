@@ -486,3 +486,22 @@ def test_dvc_lock_outputs(tmp_path: Path) -> None:
     assert orchestration.dvc_lock_outputs(tmp_path, "train") == {"models/colbert": "abc.dir"}
     assert orchestration.dvc_lock_outputs(tmp_path, "index") == {}
     assert shutil.which("true")  # (a sanity anchor: the helpers above rely on a POSIX userland)
+
+
+def test_parent_run_is_keyed_on_the_airflow_run_and_closed_with_its_outcome(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "params.yaml").write_text("tracking:\n  experiment: dag-unit\n  retries: 0\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = orchestration.Settings(workspace=tmp_path, runner="cli", tracking_uri=uri)
+    first = orchestration.start_parent_run(settings, "colbert_pipeline", "manual__1", {"overrides": "a,b"})
+    again = orchestration.start_parent_run(settings, "colbert_pipeline", "manual__1", {"overrides": "a,b"})
+    other = orchestration.start_parent_run(settings, "colbert_pipeline", "manual__2")
+    assert first == again != other  # a retried task finds its run; another DAG run gets its own
+    orchestration.finish_parent_run(settings, first, "FAILED", {"failed_task": "train"})
+    run = MlflowClient(tracking_uri=uri).get_run(first)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["airflow.dag_id"] == "colbert_pipeline"
+    assert run.data.tags["airflow.run_id"] == "manual__1"
+    assert run.data.tags["overrides"] == "a,b" and run.data.tags["failed_task"] == "train"
+    assert "MLFLOW_TRACKING_URI" not in os.environ or os.environ["MLFLOW_TRACKING_URI"] != uri

@@ -12,20 +12,18 @@ process), which prints the run's task states and XComs for the assertions here. 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow_server import running_mlflow_server  # tests/mlflow_server.py: a real server process
 
 from pipeline.stages import STAGES
 
@@ -73,67 +71,6 @@ print("E2E-RESULT " + json.dumps(result, default=str), flush=True)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _own_mlflow_server(workdir: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on 127.0.0.1 (used until tests/mlflow_server.py is available)."""
-    port = _free_port()
-    log = (workdir / "mlflow-server.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{workdir / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(workdir / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"mlflow server did not start: {(workdir / 'mlflow-server.log').read_text()}"
-                )
-            time.sleep(0.5)
-        yield uri
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 15)
-        process.wait(timeout=30)
-        log.close()
-
-
-def _mlflow_server(workdir: Path):
-    try:
-        from mlflow_server import running_mlflow_server  # tests/mlflow_server.py, the shared helper
-    except ImportError:
-        return _own_mlflow_server(workdir)
-    return running_mlflow_server(workdir)
-
-
 def _copy_repository(destination: Path) -> Path:
     """The tracked files of this checkout, as a fresh git + DVC workspace."""
     listed = subprocess.run(
@@ -169,7 +106,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     workspace = _copy_repository(root / "workspace")
     home = root / "airflow-home"
     home.mkdir()
-    with _mlflow_server(root) as uri:
+    with running_mlflow_server(root) as uri:
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(home),
