@@ -106,9 +106,12 @@ class ColBERTTripletEvaluator(MultiVectorTripletEvaluator):
     def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1):
         metrics = super().__call__(model, output_path, epoch, steps)
         # PyLate reports one "accuracy"; keep sentence-transformers' per-function keys beside it.
-        source = self.primary_metric if not self.name else f"{self.name}_{self.primary_metric}"
-        metrics[f"{self.name}_accuracy" if self.name else "accuracy"] = metrics[source]
-        self.primary_metric = "accuracy"
+        source = self.primary_metric
+        if source not in metrics:  # sentence-transformers may or may not have prefixed it with the name
+            source = f"{self.name}_{source}"
+        accuracy_key = f"{self.name}_accuracy" if self.name else "accuracy"
+        metrics[accuracy_key] = metrics[source]
+        self.primary_metric = accuracy_key
         return metrics
 
 
