@@ -94,23 +94,6 @@ def _checkpoint_to_resume(folder: Path, fingerprint: str) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
-def _loss_logger() -> Any:
-    import mlflow
-    from transformers import TrainerCallback
-
-    class LossToMlflow(TrainerCallback):
-        """Log the trainer's per-step logs (loss, learning rate) to the active MLflow run."""
-
-        def on_log(
-            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
-        ):
-            numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
-            if numbers:
-                mlflow.log_metrics(numbers, step=state.global_step)
-
-    return LossToMlflow()
-
-
 def run(params: Params, project: Path) -> dict[str, Any]:
     """Fine-tune ``train.base_model`` on ``<prepare.output>/train`` and save it to ``train.output``."""
     import torch
@@ -158,7 +141,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             train_dataset=dataset,
             loss=loss,
             data_collator=utils.ColBERTCollator(model.tokenize),
-            callbacks=[_loss_logger()],
+            callbacks=[tracking.MlflowLossCallback()],
         )
         if resume:
             logger.info("resuming from %s", resume)
