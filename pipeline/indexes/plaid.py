@@ -20,9 +20,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +37,21 @@ from pipeline.indexes.base import MultiVectorIndex
 logger = logging.getLogger(__name__)
 
 PLAID_FOLDER = "plaid"
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Move existing objects out of the garbage collector's reach while fast-plaid runs.
+
+    fast-plaid calls ``gc.collect()`` many times per build, update or delete; in a process that has
+    imported torch and transformers each full collection walks millions of objects (about 0.6 s each
+    on a busy 2-core machine). Freezing the heap first makes those collections scan only new objects.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class PLAID(MultiVectorIndex):
@@ -125,11 +143,13 @@ class PLAID(MultiVectorIndex):
     def _fast_plaid(self, folder: Path) -> Any:
         from fast_plaid import search  # imported late: it loads torch's native libraries
 
-        return search.FastPlaid(index=str(folder), device=self.device)
+        with _frozen_heap():
+            return search.FastPlaid(index=str(folder), device=self.device)
 
     def _open_backend(self, version: Path | None) -> None:
         if self._plaid is not None:
-            self._plaid.close()
+            with _frozen_heap():
+                self._plaid.close()
         self._plaid = None
         if version is None or not self._slot_ids:
             return
@@ -155,7 +175,8 @@ class PLAID(MultiVectorIndex):
             # fast-plaid edits its files in place: work on a private copy, never on the live version.
             shutil.copytree(previous, folder, ignore=shutil.ignore_patterns("plaid.lock"))
         if self._plaid is not None:  # release the loaded index before its files change
-            self._plaid.close()
+            with _frozen_heap():
+                self._plaid.close()
             self._plaid = None
         return folder
 
@@ -164,11 +185,12 @@ class PLAID(MultiVectorIndex):
         folder = self._working_copy(source, target)
         exists = (folder / "metadata.json").is_file()
         plaid = self._fast_plaid(folder)
-        if exists:
-            plaid.update(documents_embeddings=tensors, **self._build_kwargs())
-        else:
-            plaid.create(documents_embeddings=tensors, nbits=self.nbits, **self._build_kwargs())
-        plaid.close()
+        with _frozen_heap():
+            if exists:
+                plaid.update(documents_embeddings=tensors, **self._build_kwargs())
+            else:
+                plaid.create(documents_embeddings=tensors, nbits=self.nbits, **self._build_kwargs())
+            plaid.close()
         (folder / "plaid.lock").unlink(missing_ok=True)
 
     def _write_removed(self, source: Path, target: Path, slots: list[int]) -> None:
@@ -178,8 +200,9 @@ class PLAID(MultiVectorIndex):
             shutil.rmtree(folder, ignore_errors=True)
             return
         plaid = self._fast_plaid(folder)
-        plaid.delete(subset=slots)
-        plaid.close()
+        with _frozen_heap():
+            plaid.delete(subset=slots)
+            plaid.close()
         (folder / "plaid.lock").unlink(missing_ok=True)
 
     def _search_slots(

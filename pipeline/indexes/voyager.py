@@ -33,7 +33,6 @@ import voyager
 from tqdm.auto import tqdm
 
 from pipeline.indexes.base import MultiVectorIndex
-from pipeline.scores import colbert_scores
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +207,9 @@ class Voyager(MultiVectorIndex):
     def _search_slots(
         self, queries: list[np.ndarray], k: int, allowed: list[np.ndarray | None]
     ) -> list[list[tuple[int, float]]]:
+        # Imported here: sentence-transformers is slow to import, and opening or building needs none of it.
+        from pipeline.scores import colbert_scores
+
         results: list[list[tuple[int, float]]] = []
         for query, slots in zip(queries, self._candidates(queries, allowed), strict=True):
             if len(slots) == 0:
