@@ -40,6 +40,8 @@ DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
 PEER_VENV = REPO / "bench" / ".peer-venv"
 PEER_REQUIREMENT = "pylate==1.6.*"
+#: PyLate's Voyager index needs these, which its default install leaves out.
+PEER_EXTRAS = ("voyager>=2.1", "sqlitedict")
 KINDS = ("plaid", "voyager")
 
 
@@ -237,7 +239,9 @@ def ensure_peer_venv() -> Path:
     """A separate venv with PyLate, installed with uv (torch comes from uv's cache of the locked wheel)."""
     python = PEER_VENV / "bin" / "python"
     if python.exists():
-        check = subprocess.run([str(python), "-c", "import pylate"], capture_output=True, check=False)
+        check = subprocess.run(
+            [str(python), "-c", "import pylate, voyager, sqlitedict"], capture_output=True, check=False
+        )
         if check.returncode == 0:
             return python
     uv = shutil.which("uv")
@@ -247,7 +251,8 @@ def ensure_peer_venv() -> Path:
     subprocess.run([uv, "venv", str(PEER_VENV), "--python", "3.11", "--allow-existing"], check=True)
     # torch is pinned to the project's (fast-plaid's wheels need an exact torch) so both sides use the same.
     subprocess.run(
-        [uv, "pip", "install", "--python", str(python), PEER_REQUIREMENT, "torch==2.11.0"], check=True
+        [uv, "pip", "install", "--python", str(python), PEER_REQUIREMENT, *PEER_EXTRAS, "torch==2.11.0"],
+        check=True,
     )
     return python
 
