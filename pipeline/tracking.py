@@ -196,10 +196,11 @@ def _is_connection_error(error: BaseException) -> bool:
     return isinstance(error, ConnectionError | TimeoutError) or any(marker in text for marker in markers)
 
 
-def configure(params: Params, project: Path) -> str:
-    """Point MLflow at this project's tracking URI and experiment, after checking the server is up.
+def configure(params: Params, project: Path, experiment: bool = True) -> str:
+    """Point MLflow at this project's tracking URI (and experiment), after checking the server is up.
 
     Returns the URI. Raises :class:`TrackingUnavailableError` when the server is down (bounded retry).
+    ``experiment=False`` skips selecting (and maybe creating) the experiment: for read-only callers.
     """
     import mlflow
 
@@ -208,6 +209,8 @@ def configure(params: Params, project: Path) -> str:
     _bound_mlflow_http_retries(retries)
     check_tracking_server(uri, retries)
     mlflow.set_tracking_uri(uri)
+    if not experiment:
+        return uri
     call_with_retries(
         lambda: mlflow.set_experiment(params.tracking.experiment), "set_experiment", uri, retries
     )

@@ -49,62 +49,86 @@ def _healthy(uri: str) -> bool:
         return False
 
 
+class MlflowServer:
+    """An ``mlflow server`` process: :meth:`start` returns at once, :meth:`wait` blocks until it is healthy.
+
+    Starting early and waiting late lets a test build its fixtures while the server boots (30-90 s on a
+    busy machine). Use :func:`running_mlflow_server` unless you need that.
+    """
+
+    def __init__(self, workdir: str | os.PathLike[str]) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.port = free_port()
+        self.uri = f"http://{HOST}:{self.port}"
+        self.log_path = self.workdir / "mlflow-server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> MlflowServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        command = [
+            _mlflow_executable(),
+            "server",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.workdir / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.workdir / "artifacts"),
+        ]
+        # The job executor (huey consumers for MLflow's GenAI jobs) triples start-up time and is unused here.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() ends uvicorn too
+            )
+        return self
+
+    def wait(self, timeout: float = 180.0) -> str:
+        """Block until ``/health`` answers; return the URI. Raises with the log's tail if it never does."""
+        assert self.process is not None, "start() first"
+        deadline = time.monotonic() + timeout
+        while not _healthy(self.uri):
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited with status {self.process.returncode}: {_tail(self.log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"mlflow server at {self.uri} not healthy after {timeout:.0f}s: {_tail(self.log_path)}"
+                )
+            time.sleep(0.25)
+        logger.info("mlflow server up at %s (pid %d)", self.uri, self.process.pid)
+        return self.uri
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+
+
 @contextlib.contextmanager
 def running_mlflow_server(workdir: str | os.PathLike[str], startup_timeout: float = 180.0) -> Iterator[str]:
     """Start ``mlflow server`` (SQLite ``<workdir>/mlflow.db``, ``<workdir>/artifacts``); yield its URI.
 
-    The server runs in its own process group (stopped with SIGTERM, then SIGKILL, on exit) and logs to
-    ``<workdir>/mlflow-server.log``; a server that is not healthy within ``startup_timeout`` seconds is an
-    error that quotes the end of that log.
+    The server binds 127.0.0.1 on a free port, runs in its own process group (stopped with SIGTERM, then
+    SIGKILL, on exit) and logs to ``<workdir>/mlflow-server.log``; a server that is not healthy within
+    ``startup_timeout`` seconds is an error that quotes the end of that log.
     """
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    uri = f"http://{HOST}:{port}"
-    log_path = workdir / "mlflow-server.log"
-    command = [
-        _mlflow_executable(),
-        "server",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(workdir / "artifacts"),
-    ]
-    # The job executor (huey consumers for MLflow's GenAI jobs) triples start-up time and is unused here.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = MlflowServer(workdir).start()
     try:
-        deadline = time.monotonic() + startup_timeout
-        while not _healthy(uri):
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with status {process.returncode}: {_tail(log_path)}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"mlflow server at {uri} not healthy after {startup_timeout:.0f}s: {_tail(log_path)}"
-                )
-            time.sleep(0.25)
-        logger.info("mlflow server up at %s (pid %d)", uri, process.pid)
-        yield uri
+        yield server.wait(startup_timeout)
     finally:
-        _stop(process)
+        server.stop()
 
 
 def _tail(path: Path, lines: int = 20) -> str:

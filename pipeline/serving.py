@@ -1,0 +1,182 @@
+"""The served model: a custom MLflow pyfunc that answers text queries from the index built with its model.
+
+One registered model version packs two artifacts, the ColBERT model folder (``model``) and the index folder
+built with that model (``index``), plus this package's code, so loading it anywhere with the pinned
+requirements gives the same answers.
+
+**Input**: a ``pandas.DataFrame`` with a string column ``query`` (a list of strings or a ``Series`` also
+works). **Params**: ``k`` (hits per query; default ``register.k`` at registration).
+
+**Output**: a ``pandas.DataFrame`` with one row per query, in input order, and columns
+
+- ``query``: the query text;
+- ``ids``: the ``k`` best document ids (strings), best first;
+- ``scores``: their MaxSim scores (floats), same order.
+
+Example:
+    >>> import mlflow, pandas as pd  # doctest: +SKIP
+    >>> model = mlflow.pyfunc.load_model("models:/colbert-pipeline@champion")  # doctest: +SKIP
+    >>> model.predict(pd.DataFrame({"query": ["who wrote Dune?"]}), params={"k": 3})  # doctest: +SKIP
+                 query                    ids                  scores
+    0  who wrote Dune?  [doc-12, doc-7, doc-3]  [25.1, 19.8, 18.2]
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+INDEX_ARTIFACT = "index"
+QUERY_COLUMN = "query"
+#: Distributions the served model needs, pinned to the versions that logged it.
+REQUIREMENTS = ("mlflow", "torch", "sentence-transformers", "transformers", "fast-plaid", "voyager", "pandas")
+INDEX_KINDS = ("plaid", "voyager")
+
+
+class ColBERTSearchModel(mlflow.pyfunc.PythonModel):
+    """Encode queries with the packaged ColBERT model and search the packaged index (see module docs)."""
+
+    def load_context(self, context: Any) -> None:
+        from pipeline import indexes, models, retrieve
+
+        config = dict(getattr(context, "model_config", None) or {})
+        self.k = int(config.get("k", 10))
+        device = config.get("device")
+        kind = config.get("index_kind", "plaid")
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"model_config index_kind: {kind!r} is not one of {', '.join(INDEX_KINDS)}")
+        index_path = Path(context.artifacts[INDEX_ARTIFACT])
+        index_class = indexes.PLAID if kind == "plaid" else indexes.Voyager
+        kwargs = {"device": device} if kind == "plaid" else {}
+        index = index_class(
+            index_folder=index_path.parent, index_name=index_path.name, override=False, **kwargs
+        )
+        if index.num_documents == 0:
+            raise ValueError(f"{index_path}: the packaged index is empty")
+        self.model = models.ColBERT(model_name_or_path=context.artifacts[MODEL_ARTIFACT], device=device)
+        self.retriever = retrieve.ColBERT(index=index)
+        logger.info("serving %d documents from %s", index.num_documents, index_path)
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        queries = queries_from_input(model_input)
+        k = (params or {}).get("k") or self.k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"params k: expected a positive integer, got {k!r}")
+        if not queries:
+            return pd.DataFrame({QUERY_COLUMN: [], "ids": [], "scores": []})
+        embeddings = self.model.encode(queries, is_query=True, show_progress_bar=False)
+        results = self.retriever.retrieve(embeddings, k=k, show_progress=False)
+        return pd.DataFrame(
+            {
+                QUERY_COLUMN: queries,
+                "ids": [[str(hit["id"]) for hit in hits] for hits in results],
+                "scores": [[float(hit["score"]) for hit in hits] for hits in results],
+            }
+        )
+
+
+def queries_from_input(model_input: Any) -> list[str]:
+    """The query strings of a DataFrame (column ``query``), Series, list or single string; errors name it.
+
+    Example:
+        >>> queries_from_input(pd.DataFrame({"query": ["a", "b"]}))
+        ['a', 'b']
+        >>> queries_from_input(pd.DataFrame({"text": ["a"]}))
+        Traceback (most recent call last):
+        ValueError: model input: expected a DataFrame with a 'query' column, got columns ['text']
+    """
+    if isinstance(model_input, pd.DataFrame):
+        if QUERY_COLUMN not in model_input.columns:
+            raise ValueError(
+                f"model input: expected a DataFrame with a {QUERY_COLUMN!r} column, "
+                f"got columns {[str(c) for c in model_input.columns]}"
+            )
+        values = model_input[QUERY_COLUMN].tolist()
+    elif isinstance(model_input, pd.Series):
+        values = model_input.tolist()
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, list | tuple):
+        values = list(model_input)
+    else:
+        raise ValueError(f"model input: expected a DataFrame with a {QUERY_COLUMN!r} column")
+    bad = [i for i, value in enumerate(values) if not isinstance(value, str) or not value.strip()]
+    if bad:
+        raise ValueError(f"model input: query rows {bad[:5]} are not non-empty strings")
+    return [str(value) for value in values]
+
+
+def signature(k: int) -> Any:
+    """Input ``query: string``, output ``query``/``ids``/``scores``, param ``k`` (default ``k``)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.string, QUERY_COLUMN)]),
+        outputs=Schema(
+            [
+                ColSpec(DataType.string, QUERY_COLUMN),
+                ColSpec(Array(DataType.string), "ids"),
+                ColSpec(Array(DataType.double), "scores"),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("k", DataType.long, k)]),
+    )
+
+
+def pinned_requirements() -> list[str]:
+    """``name==version`` of each distribution in :data:`REQUIREMENTS` installed here."""
+    pins = []
+    for name in REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            logger.warning("serving: %s is not installed; leaving it out of the requirements", name)
+    return pins
+
+
+def log_search_model(
+    model_dir: Path,
+    index_dir: Path,
+    k: int = 10,
+    index_kind: str = "plaid",
+    name: str = "search_model",
+    device: str | None = None,
+) -> Any:
+    """Log the pyfunc (model + index + this package's code) to the active run; return mlflow's ModelInfo.
+
+    Checks both folders before uploading anything: ``model_dir`` must hold a saved model, ``index_dir`` an
+    index (its ``CURRENT`` pointer).
+
+    Example:
+        >>> with mlflow.start_run():  # doctest: +SKIP
+        ...     info = log_search_model(Path("models/colbert"), Path("indexes/sample"), k=10)
+        >>> mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"query": ["q"]}))  # doctest: +SKIP
+    """
+    model_dir, index_dir = Path(model_dir), Path(index_dir)
+    if not (model_dir / "config.json").is_file() and not (model_dir / "modules.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no saved model here (run the train stage first)")
+    if not (index_dir / "CURRENT").is_file():
+        raise FileNotFoundError(f"{index_dir}: no index here (run the index stage first)")
+    if index_kind not in INDEX_KINDS:
+        raise ValueError(f"index_kind: {index_kind!r} is not one of {', '.join(INDEX_KINDS)}")
+    package_dir = Path(__file__).resolve().parent
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=ColBERTSearchModel(),
+        artifacts={MODEL_ARTIFACT: str(model_dir), INDEX_ARTIFACT: str(index_dir)},
+        code_paths=[str(package_dir)],
+        model_config={"k": int(k), "index_kind": index_kind, "device": device},
+        signature=signature(k),
+        pip_requirements=pinned_requirements(),
+    )

@@ -1,0 +1,315 @@
+"""The register stage against a real ``mlflow server`` process: promotion, refusal, rollback, serving.
+
+One server and one tiny project (a saved untrained ColBERT, a 30-document Nano benchmark and the PLAID index
+built over it) are shared by the module; each test registers under its own model name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from pipeline import registry, tracking
+from pipeline.config import Params
+from pipeline.io import atomic_write_json, read_json
+from pipeline.stages import register
+from tests.mlflow_server import MlflowServer, free_port
+
+PRIMARY = "NanoBEIR_mean_MaxSim_ndcg@10"
+TOPICS = [
+    ("otter", "river", "shellfish"),
+    ("camel", "desert", "thorny shrubs"),
+    ("penguin", "antarctic ice", "krill"),
+    ("koala", "eucalyptus forest", "gum leaves"),
+    ("panda", "bamboo mountains", "bamboo shoots"),
+    ("falcon", "cliffs", "pigeons"),
+    ("salmon", "cold ocean", "small fish"),
+    ("beaver", "wooded streams", "tree bark"),
+    ("gecko", "tropical walls", "moths"),
+    ("walrus", "arctic shores", "clams"),
+]
+
+
+def _corpus() -> dict[str, str]:
+    corpus = {}
+    for i, (animal, place, food) in enumerate(TOPICS):
+        corpus[f"d{i}a"] = f"The {animal} lives in the {place}."
+        corpus[f"d{i}b"] = f"The {animal} mostly eats {food}."
+        corpus[f"d{i}c"] = f"Young {animal}s stay with their mother for a season."
+    return corpus
+
+
+@pytest.fixture(scope="module")
+def booting_server(tmp_path_factory) -> MlflowServer:
+    """The server process, started before the other fixtures are built (it boots while they work)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(booting_server, template) -> str:
+    return booting_server.wait()
+
+
+@pytest.fixture(scope="module")
+def template(booting_server, tmp_path_factory, saved_colbert) -> Path:
+    """A project folder with a model, a benchmark and the index built with that model (no metrics)."""
+    from pipeline import indexes, models
+    from pipeline.data.beir import BeirData
+    from pipeline.data.nano import build_nano_benchmark
+
+    project = tmp_path_factory.mktemp("project")
+    shutil.copytree(saved_colbert, project / "models" / "colbert")
+    corpus = _corpus()
+    queries = {f"q{i}": f"What does the {animal} eat?" for i, (animal, _, _) in enumerate(TOPICS)}
+    qrels = {f"q{i}": {f"d{i}b": 1} for i in range(len(TOPICS))}
+    build_nano_benchmark(
+        BeirData(corpus=corpus, queries=queries, qrels=qrels, name="animals"),
+        project / "data" / "prepared" / "eval",
+        n_queries=len(queries),
+        n_documents=len(corpus),
+        seed=0,
+    )
+    model = models.ColBERT(model_name_or_path=str(project / "models" / "colbert"), device="cpu")
+    index = indexes.PLAID(index_folder=project / "indexes", index_name="sample", override=True, device="cpu")
+    ids = list(corpus)
+    index.add_documents(
+        documents_ids=ids, documents_embeddings=model.encode(list(corpus.values()), is_query=False)
+    )
+    return project
+
+
+@pytest.fixture()
+def project(template, tmp_path, server, monkeypatch) -> Path:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    folder = tmp_path / "project"
+    shutil.copytree(template, folder, symlinks=True)
+    return folder
+
+
+def _params(name: str, **register_args) -> Params:
+    return Params.model_validate(
+        {"register": {"model_name": name, **register_args}, "tracking": {"experiment": "tests", "retries": 1}}
+    )
+
+
+def _evaluate(project: Path, value: float, **extra) -> None:
+    atomic_write_json(
+        project / "metrics" / "eval.json", {"NanoAnimals_MaxSim_ndcg@10": value, PRIMARY: value, **extra}
+    )
+
+
+def _versions(server: str, name: str) -> list[str]:
+    try:
+        return sorted(
+            (v.version for v in MlflowClient(server).search_model_versions(f"name = '{name}'")), key=int
+        )
+    except MlflowException:
+        return []
+
+
+def _alias(server: str, name: str, alias: str) -> str | None:
+    try:
+        return str(MlflowClient(server).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def test_first_version_is_champion_better_promotes_worse_and_ties_do_not(project, server):
+    params = _params("promotion", margin=0.01)
+    _evaluate(project, 0.50)
+    first = register.run(params, project)
+    assert (first["version"], first["promoted"]) == ("1", True)
+    decision = read_json(project / "metrics" / "registry.json")
+    assert decision["comparison"] == "first_version" and decision["champion_before"] is None
+    assert decision["champion_after"] == "1" and decision["value"] == 0.50
+
+    _evaluate(project, 0.60)  # better by 0.10 > margin 0.01
+    better = register.run(params, project)
+    assert (better["version"], better["promoted"]) == ("2", True)
+    decision = read_json(project / "metrics" / "registry.json")
+    assert decision["comparison"] == "same_benchmark"
+    assert (decision["champion_before"], decision["champion_value"], decision["champion_after"]) == (
+        "1",
+        0.5,
+        "2",
+    )
+
+    _evaluate(project, 0.605)  # better, but by less than the margin
+    small = register.run(params, project)
+    assert (small["version"], small["promoted"], small["champion"]) == ("3", False, "2")
+    assert "margin" in small["reason"]
+
+    _evaluate(project, 0.40)  # a degraded model
+    worse = register.run(params, project)
+    assert (worse["version"], worse["promoted"], worse["champion"]) == ("4", False, "2")
+    assert _alias(server, "promotion", "champion") == "2"
+    assert _alias(server, "promotion", "challenger") == "4"
+    decision = read_json(project / "metrics" / "registry.json")
+    assert decision["promoted"] is False and decision["champion_before"] == decision["champion_after"] == "2"
+
+    # The same model, index and evaluation again (an Airflow retry): no new version.
+    again = register.run(params, project)
+    assert again["version"] == "4" and _versions(server, "promotion") == ["1", "2", "3", "4"]
+
+
+def test_versions_and_runs_carry_lineage(project, server):
+    params = _params("lineage")
+    _evaluate(project, 0.5)
+    result = register.run(params, project)
+    version = MlflowClient(server).get_model_version("lineage", result["version"])
+    tags = version.tags
+    paths = tracking.artifact_paths(params, project)
+    assert tags["lineage.model.md5"] == tracking.compute_md5(paths["model"])
+    assert tags["lineage.index.md5"] == tracking.compute_md5(paths["index"])
+    assert (
+        tags["lineage.data_eval.md5"]
+        == tags[registry.BENCHMARK_TAG]
+        == tracking.compute_md5(paths["data_eval"])
+    )
+    assert tags["lineage.model.md5"].endswith(".dir")
+    assert tags["params_hash"] == tracking.params_hash(params)
+    assert tags["git_commit"] and tags[registry.METRIC_NAME_TAG] == PRIMARY
+    assert float(tags[registry.METRIC_VALUE_TAG]) == 0.5
+    run = MlflowClient(server).get_run(result["mlflow_run_id"])
+    assert run.data.tags["lineage.model.md5"] == tags["lineage.model.md5"]
+    assert run.data.tags["stage"] == "register" and run.data.tags["mlflow.parentRunId"]
+    assert run.data.params["register.model_name"] == "lineage"
+
+
+def test_dvc_lock_hash_is_used_when_current_and_ignored_when_stale(project):
+    model = tracking.artifact_paths(Params(), project)["model"]
+    real = tracking.compute_md5(model)
+    lock = {"schema": "2.0", "stages": {"train": {"outs": [{"path": "models/colbert", "md5": "feed.dir"}]}}}
+    (project / "dvc.lock").write_text(json.dumps(lock))  # JSON is YAML; written after the model: current
+    assert tracking.dvc_md5(model, project) == "feed.dir"
+    (model / "extra.txt").write_text("retrained outside DVC")  # newer than dvc.lock: the entry is stale
+    assert tracking.dvc_md5(model, project) == tracking.compute_md5(model) != real
+
+
+def test_missing_or_failed_evaluation_never_registers(project, server):
+    params = _params("no-eval")
+    with pytest.raises(registry.EvaluationError, match=r"metrics/eval\.json: not found"):
+        register.run(params, project)
+    _evaluate(project, float("nan"))
+    with pytest.raises(registry.EvaluationError, match=r"eval\.json: NanoBEIR_mean_MaxSim_ndcg@10: nan"):
+        register.run(params, project)
+    atomic_write_json(project / "metrics" / "eval.json", {"NanoAnimals_MaxSim_ndcg@10": 0.9})
+    with pytest.raises(registry.EvaluationError, match=r"no key 'NanoBEIR_mean_MaxSim_ndcg@10'"):
+        register.run(params, project)
+    assert _versions(server, "no-eval") == []
+    assert not (project / "metrics" / "registry.json").exists()
+
+
+def test_server_down_is_a_clear_error_and_registers_nothing(project, server, monkeypatch):
+    params = _params("down")
+    _evaluate(project, 0.5)
+    down = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+    with pytest.raises(tracking.TrackingUnavailableError, match=rf"{down} is not reachable after 2 attempts"):
+        register.run(params, project)
+    assert _versions(server, "down") == []
+    assert not (project / "metrics" / "registry.json").exists()
+
+
+def test_failed_alias_removes_the_new_version_and_keeps_aliases(project, server, monkeypatch):
+    params = _params("rollback")
+    _evaluate(project, 0.5)
+    register.run(params, project)
+    original = MlflowClient.set_registered_model_alias
+
+    def flaky(self, name, alias, version):
+        if alias == registry.CHAMPION:
+            raise MlflowException("simulated outage while moving the champion")
+        return original(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
+    _evaluate(project, 0.9)
+    with pytest.raises(registry.RegistrationError, match="the version was removed again"):
+        register.run(params, project)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", original)
+    assert _versions(server, "rollback") == ["1"]
+    assert _alias(server, "rollback", "champion") == "1"
+    assert _alias(server, "rollback", "challenger") == "1"
+
+
+def test_champion_from_another_benchmark_is_re_evaluated_or_not_comparable(project, server):
+    """A champion measured on another benchmark is re-scored on this one, never compared blindly."""
+    params = _params("bench")
+    _evaluate(project, 0.99)  # an inflated number on the old benchmark
+    register.run(params, project)
+    # The benchmark changes (one more query): the old 0.99 is not comparable.
+    queries = project / "data" / "prepared" / "eval" / "queries" / "NanoAnimals.parquet"
+    frame = pd.read_parquet(queries)
+    pd.concat([frame, pd.DataFrame({"_id": ["q-extra"], "text": ["Where do walruses live?"]})]).to_parquet(
+        queries
+    )
+    from pipeline.stages.evaluate import evaluate_model
+
+    actual = evaluate_model(
+        str(project / "models" / "colbert"), project / "data" / "prepared" / "eval", params
+    )[PRIMARY]
+    _evaluate(project, actual + 0.05)
+    result = register.run(params, project)
+    decision = read_json(project / "metrics" / "registry.json")
+    assert decision["comparison"] == "re_evaluated"
+    assert decision["champion_value"] == pytest.approx(actual, abs=1e-6)
+    assert result["promoted"] is True and decision["champion_after"] == "2"
+    champion_tags = MlflowClient(server).get_model_version("bench", "1").tags
+    assert float(champion_tags[registry.reeval_tag(decision["benchmark"], PRIMARY)]) == pytest.approx(actual)
+
+
+def test_not_comparable_champion_keeps_its_alias():
+    from types import SimpleNamespace
+
+    version = SimpleNamespace(
+        name="m",
+        version="3",
+        tags={
+            registry.BENCHMARK_TAG: "old",
+            registry.METRIC_NAME_TAG: PRIMARY,
+            registry.METRIC_VALUE_TAG: "0.9",
+        },
+    )
+
+    def broken(uri: str):
+        raise FileNotFoundError("champion artifacts are gone")
+
+    value, comparison, note = registry.champion_value_on(version, PRIMARY, "new", broken)
+    assert (value, comparison) == (None, "not_comparable")
+    assert "benchmark old, not new" in note and "champion artifacts are gone" in note
+    assert registry.champion_value_on(version, PRIMARY, "old", broken)[:2] == (0.9, "same_benchmark")
+
+
+def test_champion_pyfunc_answers_from_its_index(project, server):
+    import mlflow
+
+    from pipeline import indexes, models, retrieve
+
+    params = _params("served", k=4)
+    _evaluate(project, 0.5)
+    register.run(params, project)
+    served = mlflow.pyfunc.load_model("models:/served@champion")
+    queries = ["The koala mostly eats gum leaves.", "The falcon lives in the cliffs."]
+    answer = served.predict(pd.DataFrame({"query": queries}))
+    assert list(answer.columns) == ["query", "ids", "scores"] and answer["query"].tolist() == queries
+    assert [len(ids) for ids in answer["ids"]] == [4, 4]
+    assert all(list(s) == sorted(s, reverse=True) for s in answer["scores"])
+    # Exactly what the model and index in the project answer directly ...
+    model = models.ColBERT(model_name_or_path=str(project / "models" / "colbert"), device="cpu")
+    index = indexes.PLAID(index_folder=project / "indexes", index_name="sample", device="cpu")
+    direct = retrieve.ColBERT(index=index).retrieve(model.encode(queries, is_query=True), k=4)
+    assert answer["ids"].tolist() == [[str(hit["id"]) for hit in hits] for hits in direct]
+    # ... and a document's own text finds it first.
+    assert [ids[0] for ids in answer["ids"]] == ["d3b", "d5a"]
+    assert len(served.predict(pd.DataFrame({"query": queries[:1]}), params={"k": 2})["ids"][0]) == 2
+    with pytest.raises(Exception, match="query"):
+        served.predict(pd.DataFrame({"text": queries}))
