@@ -399,21 +399,37 @@ class KDProcessing:
     def validate(self, dataset: Any) -> int:
         """Check every raw KD row before training; returns how many rows are usable.
 
+        ``dataset`` is a ``datasets.Dataset`` (any ``set_transform`` is bypassed) or a list of rows.
         Errors name the dataset row number and its query id; with ``on_invalid="drop"`` droppable rows
         are counted instead (see :attr:`dropped`).
         """
-        raw = dataset.with_format(None) if hasattr(dataset, "with_format") else dataset
+        if isinstance(dataset, list):
+            batches: Iterable[Mapping[str, list[Any]]] = [
+                {key: [row.get(key) for row in dataset] for key in ("query_id", "document_ids", "scores")}
+            ]
+        else:
+            # Column batches of the raw id rows: cheap, and unaffected by the lazy transform.
+            batches = dataset.with_format(None).iter(batch_size=1000)
+        usable, offset = 0, 0
+        for batch in batches:
+            usable += self._validate_batch(batch, offset)
+            offset += len(batch["query_id"]) if "query_id" in batch else 0
+        return usable
+
+    def _validate_batch(self, batch: Mapping[str, list[Any]], offset: int) -> int:
+        for key in ("query_id", "document_ids", "scores"):
+            if key not in batch:
+                raise TrainingDataError(f"KD rows need a {key!r} column (columns: {list(batch)})")
         usable = 0
-        for row in range(len(raw)):
-            record = raw[row]
-            missing = [key for key in ("query_id", "document_ids", "scores") if record.get(key) is None]
-            if missing:
-                raise TrainingDataError(f"KD row {row}: missing {missing}")
-            problem = self._problem(record["query_id"], record["document_ids"], record["scores"])
+        rows = zip(batch["query_id"], batch["document_ids"], batch["scores"], strict=True)
+        for row, (query_id, document_ids, scores) in enumerate(rows, start=offset):
+            if query_id is None or document_ids is None or scores is None:
+                raise TrainingDataError(f"KD row {row}: 'query_id', 'document_ids' or 'scores' is missing")
+            problem = self._problem(query_id, document_ids, scores)
             if problem is None:
                 usable += 1
             elif problem.droppable and self.on_invalid == "drop":
-                self.dropped[str(record["query_id"])] = problem.reason
+                self.dropped[str(query_id)] = problem.reason
             else:
-                raise TrainingDataError(f"KD row {row} (query_id {record['query_id']!r}): {problem.reason}")
+                raise TrainingDataError(f"KD row {row} (query_id {query_id!r}): {problem.reason}")
         return usable
