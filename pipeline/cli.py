@@ -5,6 +5,8 @@ Example:
     $ colbert-pipeline train --set train.epochs=2  # with an override, validated like params.yaml
     $ colbert-pipeline validate                    # check params.yaml and print the resolved settings
     $ colbert-pipeline demo                        # encode a few texts with the offline model and rerank them
+    $ colbert-pipeline search "who wrote Dune?"    # top hits from the registry's champion and its index
+    $ colbert-pipeline status                      # the champion: version, metrics, data/model/index hashes
 """
 
 from __future__ import annotations
@@ -112,6 +114,29 @@ def summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def search(args: argparse.Namespace) -> int:
+    """Answer one query from a registered model (the champion by default) and print the hits."""
+    from pipeline import serving
+
+    params = _load(args)
+    project = Path(args.params).resolve().parent
+    uri = args.model_uri or serving.default_model_uri(params)
+    answer = serving.search(params, project, [args.text], k=args.k, model_uri=uri)
+    print(f"{uri}: {args.text}")
+    for place, (doc_id, score) in enumerate(zip(answer["ids"][0], answer["scores"][0], strict=True), start=1):
+        print(f"  {place:>3}. {doc_id}  score={score:.3f}")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print the registry's champion and challenger: version, metrics, benchmark and lineage hashes."""
+    from pipeline import registry
+
+    params = _load(args)
+    print(json.dumps(registry.status(params, Path(args.params).resolve().parent), indent=2, default=str))
+    return 0
+
+
 def _add_params_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
     parser.add_argument(
@@ -148,6 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_params_arguments(summary_parser)
     summary_parser.set_defaults(handler=summary)
+    search_parser = commands.add_parser("search", help="answer a query from the champion model and its index")
+    search_parser.add_argument("text", help="the query")
+    search_parser.add_argument("--k", type=int, default=None, help="hits to return (default: register.k)")
+    search_parser.add_argument(
+        "--model-uri",
+        default=None,
+        help="a registered model (default: models:/<register.model_name>@champion)",
+    )
+    _add_params_arguments(search_parser)
+    search_parser.set_defaults(handler=search)
+    status_parser = commands.add_parser("status", help="the champion: version, metrics, data/index hashes")
+    _add_params_arguments(status_parser)
+    status_parser.set_defaults(handler=status)
     return parser
 
 

@@ -247,6 +247,7 @@ def reevaluate_with(params: Params, project: Path) -> Reevaluate:
     def run(model_uri: str) -> Mapping[str, float]:
         import mlflow.artifacts
 
+        from pipeline import serving
         from pipeline.config import resolve_path
         from pipeline.stages.evaluate import evaluate_model
 
@@ -255,9 +256,7 @@ def reevaluate_with(params: Params, project: Path) -> Reevaluate:
             raise FileNotFoundError(f"{benchmark}: no benchmark to re-evaluate on")
         with tempfile.TemporaryDirectory(prefix="champion-") as folder:
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder)
-            model_dir = Path(local) / "artifacts" / "model"
-            if not model_dir.is_dir():
-                raise FileNotFoundError(f"{model_uri}: no packaged model folder (artifacts/model)")
+            model_dir = serving.packaged_artifact(Path(local), serving.MODEL_ARTIFACT)
             return evaluate_model(str(model_dir), benchmark, params)
 
     return run

@@ -85,6 +85,19 @@ class ColBERTSearchModel(mlflow.pyfunc.PythonModel):
         )
 
 
+def packaged_artifact(local_model: Path, artifact: str = MODEL_ARTIFACT) -> Path:
+    """Where a downloaded served model keeps its ``model`` or ``index`` artifact, per its MLmodel."""
+    from mlflow.models import Model
+
+    flavor = Model.load(str(local_model)).flavors.get("python_function", {})
+    entry = (flavor.get("artifacts") or {}).get(artifact)
+    if not entry:
+        raise FileNotFoundError(
+            f"{local_model}/MLmodel: no {artifact!r} artifact (not a colbert-pipeline model)"
+        )
+    return Path(local_model) / entry["path"]
+
+
 def queries_from_input(model_input: Any) -> list[str]:
     """The query strings of a DataFrame (column ``query``), Series, list or single string; errors name it.
 
@@ -180,3 +193,33 @@ def log_search_model(
         signature=signature(k),
         pip_requirements=pinned_requirements(),
     )
+
+
+def default_model_uri(params: Any) -> str:
+    """``models:/<register.model_name>@champion``."""
+    return f"models:/{params.register.model_name}@champion"
+
+
+def search(
+    params: Any, project: Path, queries: list[str], k: int | None = None, model_uri: str | None = None
+) -> pd.DataFrame:
+    """Answer ``queries`` with a registered model (the champion by default), as :class:`ColBERTSearchModel`.
+
+    Example:
+        >>> search(params, Path("."), ["who wrote Dune?"], k=3)["ids"][0]  # doctest: +SKIP
+        ['doc-12', 'doc-7', 'doc-3']
+    """
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import tracking
+
+    tracking.configure(params, project, experiment=False)
+    uri = model_uri or default_model_uri(params)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as error:
+        raise ValueError(
+            f"{uri}: cannot load it ({str(error).splitlines()[0]}); has the register stage run? "
+            "(colbert-pipeline status lists the champion)"
+        ) from None
+    return model.predict(pd.DataFrame({QUERY_COLUMN: queries}), params={"k": k} if k else None)

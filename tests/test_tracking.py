@@ -1,0 +1,173 @@
+"""Tracking: URIs, bounded retry on a dead server, DVC-compatible hashes, stage/parent runs, loss logging.
+
+Runs against the session's SQLite tracking store (conftest); the real-server behaviour is in test_register.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from pipeline import tracking
+from pipeline.config import Params
+from tests.mlflow_server import free_port
+
+
+def _params(experiment: str, **tracking_args) -> Params:
+    return Params.model_validate({"tracking": {"experiment": experiment, **tracking_args}})
+
+
+def test_tracking_uri_is_absolute(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri(Params(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlruns.db"
+    relative = Params.model_validate({"tracking": {"tracking_uri": "sqlite:///store/t.db"}})
+    assert tracking.tracking_uri(relative, tmp_path) == f"sqlite:///{tmp_path.resolve()}/store/t.db"
+    folder = Params.model_validate({"tracking": {"tracking_uri": "mlruns"}})
+    assert tracking.tracking_uri(folder, tmp_path) == (tmp_path / "mlruns").resolve().as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri(relative, tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_dead_server_fails_after_bounded_retries(caplog):
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with (
+        caplog.at_level(logging.WARNING, logger="pipeline.tracking"),
+        pytest.raises(tracking.TrackingUnavailableError, match=r"not reachable after 3 attempts"),
+    ):
+        tracking.check_tracking_server(uri, retries=2, first_wait=0.05)
+    assert time.monotonic() - started < 5
+    assert len([r for r in caplog.records if "retrying" in r.message]) == 2
+
+
+def test_sqlite_store_in_a_missing_folder_is_an_error(tmp_path):
+    with pytest.raises(tracking.TrackingUnavailableError, match="does not exist"):
+        tracking.check_tracking_server(f"sqlite:///{tmp_path}/missing/mlruns.db", retries=0)
+
+
+def test_call_with_retries_retries_connection_errors_only(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    calls = []
+
+    def refused():
+        calls.append(1)
+        raise MlflowException("API request failed: Max retries exceeded (Connection refused)")
+
+    with pytest.raises(tracking.TrackingUnavailableError, match="create_run failed after 3 attempts"):
+        tracking.call_with_retries(refused, "create_run", "http://x", retries=2)
+    assert len(calls) == 3
+
+    def bad_name():
+        calls.append(1)
+        raise MlflowException("Invalid model name")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="Invalid model name"):
+        tracking.call_with_retries(bad_name, "create", "http://x", retries=5)
+    assert len(calls) == 1
+
+
+def test_compute_md5_is_the_hash_dvc_records(tmp_path):
+    folder = tmp_path / "repo" / "data"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("hello\n")
+    (folder / "sub" / "b.txt").write_bytes(b"x\r\ny\n")
+    repo = tmp_path / "repo"
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([dvc, "add", "-q", "data"], cwd=repo, check=True)
+    recorded = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    assert tracking.compute_md5(folder) == recorded
+    assert tracking.dvc_md5(tmp_path / "nothing", repo) is None
+
+
+def test_stage_runs_share_a_parent_and_carry_lineage(tmp_path, monkeypatch):
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    params = _params("tracking-stages")
+    (tmp_path / "data" / "prepared" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "prepared" / "train" / "rows.jsonl").write_text('{"query": "q"}\n')
+    with tracking.stage_run("train", params, tmp_path) as train_run:
+        (tmp_path / "models" / "colbert").mkdir(parents=True)
+        (tmp_path / "models" / "colbert" / "weights").write_bytes(b"w")
+    with tracking.stage_run("evaluate", params, tmp_path) as eval_run:
+        pass
+    client = MlflowClient()
+    train, evaluate = client.get_run(train_run.info.run_id), client.get_run(eval_run.info.run_id)
+    parent = train.data.tags["mlflow.parentRunId"]
+    assert evaluate.data.tags["mlflow.parentRunId"] == parent
+    assert client.get_run(parent).data.tags["pipeline_parent"] == "true"
+    model_md5 = tracking.compute_md5(tmp_path / "models" / "colbert")
+    # train's output and evaluate's input are the same model, by hash
+    assert train.data.tags["lineage.model.md5"] == evaluate.data.tags["lineage.model.md5"] == model_md5
+    assert train.data.tags["lineage.data_train.md5"] == tracking.compute_md5(tmp_path / "data/prepared/train")
+    assert train.data.tags["params_hash"] == tracking.params_hash(params)
+    assert train.data.params["train.epochs"] == "1"
+    assert train.info.status == "FINISHED"
+
+
+def test_failed_stage_is_marked_failed_without_output_hashes(tmp_path, monkeypatch):
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    params = _params("tracking-failed")
+    with pytest.raises(RuntimeError, match="boom"), tracking.stage_run("train", params, tmp_path) as run:
+        (tmp_path / "models" / "colbert").mkdir(parents=True)
+        (tmp_path / "models" / "colbert" / "half").write_bytes(b"h")
+        raise RuntimeError("boom")
+    finished = MlflowClient().get_run(run.info.run_id)
+    assert finished.info.status == "FAILED"
+    assert "lineage.model.md5" not in finished.data.tags
+    assert mlflow.active_run() is None
+
+
+def test_pipeline_run_is_idempotent_and_groups_stages(tmp_path, monkeypatch):
+    params = _params("tracking-airflow")
+    tags = {"airflow.dag_id": "colbert_pipeline", "airflow.run_id": "manual__1"}
+    first = tracking.start_pipeline_run(params, tmp_path, tags)
+    assert tracking.start_pipeline_run(params, tmp_path, tags) == first  # a retried task finds it again
+    other = tracking.start_pipeline_run(params, tmp_path, {**tags, "airflow.run_id": "manual__2"})
+    assert other != first
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, first)
+    with tracking.stage_run("prepare", params, tmp_path) as run:
+        pass
+    client = MlflowClient()
+    assert client.get_run(run.info.run_id).data.tags["mlflow.parentRunId"] == first
+    parent = client.get_run(first)
+    assert parent.data.tags["mlflow.runName"] == "colbert_pipeline/manual__1"
+    assert parent.info.status == "RUNNING"
+    tracking.finish_pipeline_run(params, tmp_path, first, "FAILED")
+    assert client.get_run(first).info.status == "FAILED"
+
+
+def test_loss_callback_logs_every_step(tmp_path, monkeypatch):
+    from transformers import TrainerState
+
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    callback = tracking.MlflowLossCallback()
+    state = TrainerState()
+    with tracking.stage_run("train", _params("tracking-loss"), tmp_path) as run:
+        for step, loss in enumerate([2.0, 1.5, 1.2], start=1):
+            state.global_step = step
+            callback.on_log(None, state, None, logs={"loss": loss, "learning_rate": 1e-5, "note": "x"})
+    history = MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.5), (3, 1.2)]
+    assert "note" not in MlflowClient().get_run(run.info.run_id).data.metrics
+
+
+def test_bare_stage_names_outside_the_map_still_track(tmp_path, monkeypatch):
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    with tracking.stage_run("custom", _params("tracking-custom"), tmp_path, tags={"owner": "me"}) as run:
+        pass
+    tags = MlflowClient().get_run(run.info.run_id).data.tags
+    assert tags["stage"] == "custom" and tags["owner"] == "me"
+    assert not [key for key in tags if key.startswith("lineage.")]
+    shutil.rmtree(tmp_path, ignore_errors=True)
