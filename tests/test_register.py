@@ -313,3 +313,29 @@ def test_champion_pyfunc_answers_from_its_index(project, server):
     assert len(served.predict(pd.DataFrame({"query": queries[:1]}), params={"k": 2})["ids"][0]) == 2
     with pytest.raises(Exception, match="query"):
         served.predict(pd.DataFrame({"text": queries}))
+
+
+def test_cli_search_and_status_answer_from_the_champion(project, server, capsys):
+    from pipeline import cli
+
+    params_file = project / "params.yaml"
+    params_file.write_text("register:\n  model_name: cli\ntracking:\n  experiment: tests\n  retries: 1\n")
+    assert cli.main(["search", "walrus", "--params", str(params_file)]) == 2  # nothing registered yet
+    assert "models:/cli@champion" in capsys.readouterr().err
+    _evaluate(project, 0.5)
+    register.run(_params("cli"), project)
+    assert (
+        cli.main(["search", "The falcon lives in the cliffs.", "--k", "3", "--params", str(params_file)]) == 0
+    )
+    out = capsys.readouterr().out
+    lines = out[out.index("models:/cli@champion") :].splitlines()  # mlflow may log "View run" lines first
+    assert len(lines) == 4
+    assert lines[1].split()[1] == "d5a"
+    assert cli.main(["status", "--params", str(params_file)]) == 0
+    out = capsys.readouterr().out
+    status = json.loads(out[out.index("{") :])
+    champion = status["champion"]
+    assert champion["version"] == "1" and champion["value"] == 0.5 and "champion" in champion["aliases"]
+    assert champion["metrics"][PRIMARY] == 0.5
+    assert champion["hashes"]["index"] == tracking.compute_md5(project / "indexes" / "sample")
+    assert champion["benchmark"] == champion["hashes"]["data_eval"]
