@@ -121,6 +121,9 @@ def _stage_task(stage: str):
         doc_md=f"Runs the `{stage}` stage (`dvc repro --single-item {stage}`) in a child process.",
     )
     def run(parent_run_id: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+        # ``upstream`` is the previous stage's XCom: taking it orders the chain and records what it left.
+        if upstream:
+            logger.info("after %s: %s", upstream["stage"], upstream["outputs"] or "no tracked outputs")
         settings = _settings()
         stage_logger = logging.getLogger(f"colbert_pipeline.{stage}")
         try:

@@ -37,12 +37,12 @@ MODEL_NAME = "colbert-pipeline-e2e"
 #: Small enough for a 2-core CPU: a few training steps on a few entities, a tiny benchmark and index.
 TINY = {
     "prepare.sample.n_train_entities": 8,
-    "prepare.sample.n_eval_entities": 4,
+    "prepare.sample.n_eval_entities": 2,
     "prepare.sample.n_distractors": 20,
-    "prepare.eval_queries": 12,
-    "prepare.eval_documents": 40,
-    "train.max_steps": 5,
-    "train.batch_size": 8,
+    "prepare.eval_queries": 8,
+    "prepare.eval_documents": 24,
+    "train.max_steps": 2,
+    "train.batch_size": 4,
     "train.save_steps": 1000,
     "evaluate.batch_size": 16,
     "index.kmeans_niters": 1,
@@ -72,9 +72,14 @@ print("E2E-RESULT " + json.dumps(result, default=str), flush=True)
 
 
 def _copy_repository(destination: Path) -> Path:
-    """The tracked files of this checkout, as a fresh git + DVC workspace."""
+    """The project files of this checkout, as a fresh git + DVC workspace."""
     listed = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=REPO_ROOT, check=True, capture_output=True, text=True
+        # Tracked files and new ones not ignored: the code under test, without outputs, caches or the venv.
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     for name in filter(None, listed.split("\0")):
         source = REPO_ROOT / name
