@@ -197,8 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     handler: Callable[[argparse.Namespace], int] = args.handler
+    from pipeline.tracking import TrackingUnavailableError
+
     try:
         return handler(args)
+    except TrackingUnavailableError as error:  # transient: orchestrators retry it (not an "error:" line)
+        print(f"colbert-pipeline {args.command}: tracking server unavailable: {error}", file=sys.stderr)
+        return 3
     except (ValueError, OSError) as error:  # bad input: one line, no traceback
         print(f"colbert-pipeline {args.command}: error: {error}", file=sys.stderr)
         return 2
