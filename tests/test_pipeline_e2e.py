@@ -40,9 +40,13 @@ OUTPUTS = ["data/prepared/train", "data/prepared/eval", "models/colbert", "index
 pytestmark = pytest.mark.slow
 
 
-def run(command: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+def run(
+    command: list[str], cwd: Path, env: dict[str, str], timeout: int = 900
+) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
@@ -111,7 +115,10 @@ def test_repro_runs_every_stage_and_registers_a_champion(workspace, first_repro)
     baseline = json.loads((workspace / "metrics" / "baseline.json").read_text())
     assert set(metrics) == set(baseline) and "NanoSample_MaxSim_ndcg@10" in metrics
     index = json.loads((workspace / "metrics" / "index.json").read_text())
-    assert index["documents"] == json.loads((workspace / "data/prepared/stats.json").read_text())["eval_documents"]
+    assert (
+        index["documents"]
+        == json.loads((workspace / "data/prepared/stats.json").read_text())["eval_documents"]
+    )
     registry = json.loads((workspace / "metrics" / "registry.json").read_text())
     assert registry["promoted"] is True  # the first version always becomes champion
     assert (workspace / "metrics" / "comparison.png").stat().st_size > 0
