@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -323,13 +322,7 @@ def resolve_path(value: str | os.PathLike[str], base: Path) -> Path:
 
 def write_params(params: Params | dict[str, Any], path: str | os.PathLike[str] = DEFAULT_PARAMS_FILE) -> None:
     """Write params atomically (temp file + rename), so a reader never sees half a file."""
+    from pipeline.io import atomic_write_text
+
     data = params.model_dump(mode="json") if isinstance(params, Params) else params
-    path = Path(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            yaml.safe_dump(data, stream, sort_keys=False)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

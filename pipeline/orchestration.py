@@ -220,9 +220,7 @@ def apply_run_overrides(params_path: Path, overrides: Mapping[str, Any], run_key
         (state / ".gitignore").write_text("*\n", encoding="utf-8")
         backup = state / f"params.before-{_safe_name(run_key)}.yaml"
         atomic_write_text(backup, params_path.read_text(encoding="utf-8") if params_path.exists() else "")
-        mode = params_path.stat().st_mode & 0o777 if params_path.exists() else 0o644
         write_params(apply_overrides(raw, {key: overrides[key] for key in changed}), params_path)
-        params_path.chmod(mode)  # the temp file behind the atomic write is 0600; keep the file readable
         logger.info(
             "params: wrote %s to %s", ", ".join(f"{k}={overrides[k]!r}" for k in changed), params_path
         )
