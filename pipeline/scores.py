@@ -41,14 +41,23 @@ def as_tensors(embeddings: Any, *, argument: str, dim: int | None = None) -> lis
     return tensors
 
 
+def _queries_and_documents(
+    queries_embeddings: EmbeddingsLike, documents_embeddings: EmbeddingsLike
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    queries = as_tensors(queries_embeddings, argument="queries_embeddings")
+    if not queries:
+        raise ValueError("queries_embeddings is empty")
+    documents = as_tensors(documents_embeddings, argument="documents_embeddings", dim=queries[0].shape[1])
+    return queries, documents
+
+
 def colbert_scores(
     queries_embeddings: EmbeddingsLike,
     documents_embeddings: EmbeddingsLike,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """All-pairs MaxSim: a ``(n_queries, n_documents)`` tensor of scores."""
-    queries = as_tensors(queries_embeddings, argument="queries_embeddings")
-    documents = as_tensors(documents_embeddings, argument="documents_embeddings", dim=queries[0].shape[1])
+    queries, documents = _queries_and_documents(queries_embeddings, documents_embeddings)
     return maxsim(queries, documents, device=device).cpu()
 
 
@@ -58,8 +67,7 @@ def colbert_scores_pairwise(
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """MaxSim of each query with the document at the same position: a ``(n,)`` tensor."""
-    queries = as_tensors(queries_embeddings, argument="queries_embeddings")
-    documents = as_tensors(documents_embeddings, argument="documents_embeddings", dim=queries[0].shape[1])
+    queries, documents = _queries_and_documents(queries_embeddings, documents_embeddings)
     if len(queries) != len(documents):
         raise ValueError(
             f"queries_embeddings has {len(queries)} items but documents_embeddings has {len(documents)}"
