@@ -126,3 +126,22 @@ def test_beir_source_mines_hard_negatives_and_trains(tmp_path, shared_data):
     assert result["stats"]["benchmark"] == "NanoSciFact"
     trained = train.run(params_for(tmp_path, **overrides), tmp_path)
     assert trained["steps"] == 2 and trained["train_loss"] > 0
+
+
+def test_train_resumes_only_from_checkpoints_of_the_same_params(tmp_path):
+    folder = tmp_path / "colbert-checkpoints"
+    assert train._checkpoint_to_resume(folder, "abc") is None  # nothing to resume
+    for step in (5, 10, 50):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+    (folder / "params.sha").write_text("abc")
+    # The newest checkpoint by step number (not by name: "checkpoint-5" sorts after "checkpoint-10").
+    assert train._checkpoint_to_resume(folder, "abc") == str(folder / "checkpoint-50")
+    # Checkpoints of other params are stale: removed, and training starts fresh.
+    assert train._checkpoint_to_resume(folder, "other") is None
+    assert not folder.exists()
+
+
+def test_precision_auto_is_fp32_on_cpu_and_explicit_flags_win():
+    assert train.precision_flags("auto", "cpu") == {"fp16": False, "bf16": False}
+    assert train.precision_flags("bf16", "cpu") == {"fp16": False, "bf16": True}
+    assert train.precision_flags("fp16") == {"fp16": True, "bf16": False}
