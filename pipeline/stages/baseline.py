@@ -15,7 +15,8 @@ from typing import Any
 from pipeline import tracking
 from pipeline.config import Params, resolve_path
 from pipeline.io import atomic_write_json
-from pipeline.stages.evaluate import METRICS_DIR, PRIMARY, _mlflow_key, evaluate_model
+from pipeline.registry import metric_key
+from pipeline.stages.evaluate import METRICS_DIR, PRIMARY, evaluate_model
 
 
 def run(params: Params, project: Path) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         atomic_write_json(project / METRICS_DIR / "baseline.json", metrics)
         import mlflow
 
-        mlflow.log_metrics({_mlflow_key(k): v for k, v in metrics.items()})
+        mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
     return {
         "metrics": str(project / METRICS_DIR / "baseline.json"),
         PRIMARY: metrics[PRIMARY],

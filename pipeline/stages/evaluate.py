@@ -19,6 +19,7 @@ from typing import Any
 from pipeline import tracking
 from pipeline.config import Params, resolve_path
 from pipeline.io import atomic_write_json, read_json
+from pipeline.registry import metric_key
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         plot_comparison(rows, metrics_dir / "comparison.png")
         import mlflow
 
-        mlflow.log_metrics({_mlflow_key(k): v for k, v in metrics.items()})
-        mlflow.log_metrics({f"base_{_mlflow_key(k)}": v for k, v in baseline.items()})
+        mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
+        mlflow.log_metrics({f"base_{metric_key(k)}": v for k, v in baseline.items()})
         mlflow.log_artifact(str(metrics_dir / "comparison.png"))
     delta = metrics[PRIMARY] - baseline.get(PRIMARY, float("nan"))
     logger.info(
@@ -112,8 +113,3 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         "delta": delta,
         "mlflow_run_id": mlflow_run.info.run_id,
     }
-
-
-def _mlflow_key(key: str) -> str:
-    # MLflow metric names allow letters, digits, _ - . / and spaces; '@' is not among them.
-    return key.replace("@", "_at_")
