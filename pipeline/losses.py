@@ -69,7 +69,22 @@ def _check_contrastive_columns(loss: Any, sentence_features: list[dict[str, Tens
         )
 
 
-class Contrastive(MultiVectorMultipleNegativesRankingLoss):
+class _ContrastiveColumns:
+    """What both contrastive losses add to sentence-transformers': a column check before the loss and the
+    temperature in the saved config (the mixin goes first so ``super()`` reaches the library's loss)."""
+
+    temperature: float
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        features = list(sentence_features)
+        _check_contrastive_columns(self, features)
+        return super().forward(features, labels)  # type: ignore[misc]
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, **super().get_config_dict()}  # type: ignore[misc]
+
+
+class Contrastive(_ContrastiveColumns, MultiVectorMultipleNegativesRankingLoss):
     """In-batch and hard-negative contrastive loss over MaxSim scores (InfoNCE).
 
     Each query's positive competes with every other document in the batch (the others' positives and
@@ -108,16 +123,8 @@ class Contrastive(MultiVectorMultipleNegativesRankingLoss):
         )
         self.temperature = float(temperature)
 
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
-        features = list(sentence_features)
-        _check_contrastive_columns(self, features)
-        return super().forward(features, labels)
 
-    def get_config_dict(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, **super().get_config_dict()}
-
-
-class CachedContrastive(CachedMultiVectorMultipleNegativesRankingLoss):
+class CachedContrastive(_ContrastiveColumns, CachedMultiVectorMultipleNegativesRankingLoss):
     """:class:`Contrastive` with GradCache: the same loss value, memory bounded by ``mini_batch_size``.
 
     The batch is embedded in chunks of ``mini_batch_size`` without gradients, the loss and the gradient
@@ -160,14 +167,6 @@ class CachedContrastive(CachedMultiVectorMultipleNegativesRankingLoss):
             show_progress_bar=show_progress_bar,
         )
         self.temperature = float(temperature)
-
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
-        features = list(sentence_features)
-        _check_contrastive_columns(self, features)
-        return super().forward(features, labels)
-
-    def get_config_dict(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, **super().get_config_dict()}
 
 
 class Distillation(MultiVectorDistillKLDivLoss):
