@@ -244,7 +244,8 @@ def ensure_peer_venv() -> Path:
         )
         if check.returncode == 0:
             return python
-    uv = shutil.which("uv")
+    # `make install` puts uv in ~/.local/bin, which need not be on PATH.
+    uv = shutil.which("uv") or shutil.which("uv", path=str(Path.home() / ".local" / "bin"))
     if uv is None:
         raise RuntimeError("--peer needs uv on PATH to build bench/.peer-venv")
     logger.info("Installing %s into %s", PEER_REQUIREMENT, PEER_VENV)
