@@ -126,6 +126,30 @@ def test_beir_source_mines_hard_negatives_and_trains(tmp_path, shared_data):
     assert result["stats"]["benchmark"] == "NanoSciFact"
     trained = train.run(params_for(tmp_path, **overrides), tmp_path)
     assert trained["steps"] == 2 and trained["train_loss"] > 0
+    # the model carries its per-step training curve (the quality report plots it)
+    curve = json.loads((tmp_path / "models" / "colbert" / "training_loss.json").read_text())
+    assert [point["step"] for point in curve] == [1, 2] and all(point["loss"] > 0 for point in curve)
+
+
+@pytest.mark.slow
+def test_beir_train_query_worded_like_a_test_query_is_held_out(tmp_path):
+    # SciFact has such pairs: two ids, one claim text, one in each split.
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    topics = ["tides", "comets", "ferns", "opera", "glue", "yeast"]
+    corpus = [{"_id": f"d{i}", "title": "", "text": f"A note about {t}."} for i, t in enumerate(topics)]
+    queries = [{"_id": f"q{i}", "text": f"what about {t}?"} for i, t in enumerate(topics)]
+    queries.append({"_id": "q-copy", "text": "what about tides?"})  # q0's text under another id
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
+    header = "query-id\tcorpus-id\tscore\n"
+    (folder / "qrels" / "train.tsv").write_text(header + "q-copy\td0\t1\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n")
+    (folder / "qrels" / "test.tsv").write_text(header + "q0\td0\t1\nq4\td4\t1\n")
+    overrides = {"prepare.source": "beir", "prepare.beir.folder": str(folder), "prepare.eval_documents": 10}
+    result = prepare.run(params_for(tmp_path, **overrides), tmp_path)
+    dataset = load_from_disk(str(tmp_path / "data" / "prepared" / "train" / "dataset"))
+    assert sorted(set(dataset["query"])) == ["what about comets?", "what about ferns?", "what about opera?"]
+    assert result["stats"]["train_queries_removed_as_eval"] == 1
 
 
 def test_train_resumes_only_from_checkpoints_of_the_same_params(tmp_path):

@@ -191,7 +191,11 @@ def from_beir(params: Params, project: Path) -> Prepared:
     on_missing = "skip" if params.prepare.on_bad_rows == "drop" else "error"
     train_data = load_beir(folder, config.train_split, on_missing=on_missing)
     eval_data = load_beir(folder, config.eval_split, on_missing=on_missing)
-    leaked = set(train_data.queries) & set(eval_data.queries)
+    # A query is held out by id and by text: SciFact, for one, has claims worded identically in both splits.
+    eval_texts = set(eval_data.queries.values())
+    leaked = set(train_data.queries) & set(eval_data.queries) | {
+        qid for qid, text in train_data.queries.items() if text in eval_texts
+    }
     pairs = [
         (qid, doc)
         for qid, docs in sorted(train_data.relevant_docs().items())
