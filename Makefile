@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean quality quality-scifact quality-nfcorpus quality-arguana
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -25,6 +25,27 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/dvc repro
 	$(VENV)/bin/colbert-pipeline summary
+
+# Real-data quality (configs/*.yaml; ../shared/data beside the checkout): the pipeline's fine-tuned ColBERT
+# against the dense and untrained baselines and, unless PEER=0, PyLate 1.6 trained identically
+# (bench/quality_peer.py installs it into bench/.peer-venv). Results and report: reports/beir/.
+CP := $(VENV)/bin/colbert-pipeline
+PEER ?= 1
+
+quality: quality-scifact quality-nfcorpus quality-arguana
+
+quality-scifact quality-nfcorpus: quality-%: install
+	$(CP) prepare --config configs/$*.yaml
+	$(CP) train --config configs/$*.yaml
+	$(CP) quality --config configs/$*.yaml
+	if [ "$(PEER)" = 1 ]; then $(PY) bench/quality_peer.py --config configs/$*.yaml; fi
+	$(CP) report --config configs/$*.yaml
+
+# Zero-shot: scores the SciFact-trained models (run quality-scifact first).
+quality-arguana: install
+	$(CP) quality --config configs/arguana.yaml
+	if [ "$(PEER)" = 1 ]; then $(PY) bench/quality_peer.py --config configs/arguana.yaml; fi
+	$(CP) report --config configs/arguana.yaml
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,8 @@ Example:
     $ colbert-pipeline prepare                     # one stage, as dvc.yaml runs it, configured by params.yaml
     $ colbert-pipeline train --set train.epochs=2  # with an override, validated like params.yaml
     $ colbert-pipeline validate                    # check params.yaml and print the resolved settings
+    $ colbert-pipeline quality --config configs/scifact.yaml  # score systems on SciFact's full test set
+    $ colbert-pipeline report                      # reports/quality.md and plots from every scored result
     $ colbert-pipeline demo                        # encode a few texts with the offline model and rerank them
     $ colbert-pipeline search "who wrote Dune?"    # top hits from the registry's champion and its index
     $ colbert-pipeline status                      # the champion: version, metrics, data/model/index hashes
@@ -53,7 +55,7 @@ def _load(args: argparse.Namespace):
     from pipeline.config import load_params, parse_override
 
     overrides = dict(parse_override(text) for text in args.set or [])
-    return load_params(args.params, overrides)
+    return load_params(args.params, overrides, overlays=args.config or [])
 
 
 def run_stage(args: argparse.Namespace) -> int:
@@ -140,6 +142,12 @@ def status(args: argparse.Namespace) -> int:
 def _add_params_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
     parser.add_argument(
+        "--config",
+        action="append",
+        metavar="FILE",
+        help="a YAML overlay of params, e.g. configs/scifact.yaml (repeatable, applied in order)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
@@ -157,9 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
     demo_parser.set_defaults(handler=demo)
 
-    from pipeline.stages import STAGES
+    from pipeline.stages import REPORT_STAGES, STAGES
 
-    for stage in STAGES:
+    for stage in (*STAGES, *REPORT_STAGES):
         stage_parser = commands.add_parser(stage, help=f"run the {stage} stage")
         _add_params_arguments(stage_parser)
         stage_parser.set_defaults(handler=run_stage)

@@ -164,6 +164,29 @@ class RegisterParams(Section):
     k: int = Field(10, ge=1, description="hits returned by the served model")
 
 
+class QualityParams(Section):
+    """``quality``: score systems on a full BEIR test set, through PLAID and exact search (see the report)."""
+
+    dataset: str | None = Field(
+        None, description="BEIR folder scored in full; None: the prepared benchmark (prepare.output/eval)"
+    )
+    split: str = Field("test", description="qrels split of quality.dataset")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the report's name for the dataset"
+    )
+    model: str | None = Field(None, description="the fine-tuned model scored; None: train.output")
+    systems: list[Literal["dense", "colbert-base", "colbert-tuned"]] = Field(
+        default_factory=lambda: ["dense", "colbert-base", "colbert-tuned"],
+        min_length=1,
+        description="dense: the base model's cosine; colbert-base: the base as an untrained ColBERT",
+    )
+    exact: bool = Field(True, description="also score ColBERT systems by exact MaxSim over all documents")
+    ignore_identical_ids: bool = Field(True, description="drop a hit whose id is the query's (BEIR's rule)")
+    batch_size: int = Field(32, ge=1)
+    device: str | None = None
+    output: str = Field("reports", description="runs go to <output>/runs/<name>/, the report to <output>/")
+
+
 class TrackingParams(Section):
     """MLflow tracking; ``MLFLOW_TRACKING_URI`` in the environment wins over ``tracking_uri``."""
 
@@ -184,6 +207,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     index: IndexParams = IndexParams()
     register: RegisterParams = RegisterParams()
+    quality: QualityParams = QualityParams()
     tracking: TrackingParams = TrackingParams()
 
     @field_validator("*", mode="before")
@@ -239,6 +263,22 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> di
     return merged
 
 
+def merge_overlay(raw: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with ``overlay``'s values laid over it, section by section (a copy; neither is changed).
+
+    Example:
+        >>> merge_overlay({"train": {"epochs": 1, "seed": 1}}, {"train": {"epochs": 3}})
+        {'train': {'epochs': 3, 'seed': 1}}
+    """
+    merged = _deep_copy(raw)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_overlay(merged[key], value)
+        else:
+            merged[key] = _deep_copy(value) if isinstance(value, dict) else value
+    return merged
+
+
 def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
     return {key: _deep_copy(value) if isinstance(value, dict) else value for key, value in raw.items()}
 
@@ -263,18 +303,34 @@ def load_params(
     path: str | os.PathLike[str] = DEFAULT_PARAMS_FILE,
     overrides: dict[str, Any] | None = None,
     *,
+    overlays: list[str | os.PathLike[str]] | None = None,
     check_paths: bool = True,
 ) -> Params:
-    """Read, override, validate. Relative input paths are checked against the params file's folder.
+    """Read, lay overlays over, override, validate; relative paths are checked against the params' folder.
+
+    Args:
+        path: The params file (a missing file means all defaults).
+        overrides: Dotted keys set last (``{"train.epochs": 3}``).
+        overlays: YAML files with the same sections (``configs/scifact.yaml``), merged in order; a missing
+            overlay is an error, unlike a missing params file.
+        check_paths: Check that the configured local inputs exist.
 
     Example:
         >>> load_params("no-such-file.yaml", {"train.epochs": 3}).train.epochs
         3
     """
-    raw = apply_overrides(read_params_file(path), overrides)
-    params = Params.model_validate(raw, source=str(path))
+    raw = read_params_file(path)
+    sources = [str(path)]
+    for overlay in overlays or []:
+        if not Path(overlay).is_file():
+            raise ConfigError(f"{overlay}: overlay file not found")
+        raw = merge_overlay(raw, read_params_file(overlay))
+        sources.append(str(overlay))
+    raw = apply_overrides(raw, overrides)
+    source = " + ".join(sources)
+    params = Params.model_validate(raw, source=source)
     if check_paths:
-        check_input_paths(params, base=Path(path).resolve().parent, source=str(path))
+        check_input_paths(params, base=Path(path).resolve().parent, source=source)
     return params
 
 
@@ -294,6 +350,8 @@ def check_input_paths(params: Params, base: Path, source: str = DEFAULT_PARAMS_F
         checks.append(("prepare.beir.folder", prepare.beir.folder, True))
     if params.index.corpus:
         checks.append(("index.corpus", params.index.corpus, True))
+    if params.quality.dataset:
+        checks.append(("quality.dataset", params.quality.dataset, True))
     for key, value, must_be_local in checks:
         if value is None:
             continue

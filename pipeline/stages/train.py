@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.config import Params, TrainParams, resolve_path
-from pipeline.io import atomic_directory, read_json
+from pipeline.io import atomic_directory, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,18 @@ def _checkpoint_to_resume(folder: Path, fingerprint: str) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
+def training_loss(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The per-step loss from the trainer's log (the final summary entry has ``train_loss``, not ``loss``).
+
+    Example:
+        >>> training_loss([{"loss": 2.5, "step": 1}, {"loss": 1.5, "step": 2}, {"train_loss": 2, "step": 2}])
+        [{'step': 1, 'loss': 2.5}, {'step': 2, 'loss': 1.5}]
+    """
+    return [
+        {"step": int(entry["step"]), "loss": float(entry["loss"])} for entry in log_history if "loss" in entry
+    ]
+
+
 def run(params: Params, project: Path) -> dict[str, Any]:
     """Fine-tune ``train.base_model`` on ``<prepare.output>/train`` and save it to ``train.output``."""
     import torch
@@ -150,6 +162,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         with atomic_directory(output) as staging:
             model.save_pretrained(str(staging))
+            # The model carries its own training curve: the quality report plots it next to the scores.
+            atomic_write_json(staging / "training_loss.json", training_loss(trainer.state.log_history))
         shutil.rmtree(checkpoints, ignore_errors=True)  # finished: a later run starts fresh
         summary = {
             "steps": int(result.global_step),

@@ -1,0 +1,210 @@
+"""``quality``: score the base and fine-tuned models on a full test set, the way a user would compare them.
+
+For ``quality.dataset`` (a BEIR folder; by default the prepared benchmark) it retrieves the top 100 of
+the whole corpus for every judged query with each of ``quality.systems``:
+
+- ``dense``: the base model as the classic bi-encoder (mean pooling, cosine), exact search;
+- ``colbert-base``: the base model as an untrained ColBERT (seeded projection), through a PLAID index
+  and, with ``quality.exact``, exact MaxSim over every document;
+- ``colbert-tuned``: the fine-tuned model (``quality.model``, default ``train.output``), the same two ways.
+
+Each result goes to ``<quality.output>/runs/<name>/`` (metrics JSON and TREC run, see
+:mod:`pipeline.report`) and to the stage's MLflow run; ``colbert-pipeline report`` turns them into the
+report. Inputs are all checked before any model loads.
+
+Example:
+    $ colbert-pipeline quality --config configs/scifact.yaml && colbert-pipeline report
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline import tracking
+from pipeline.config import Params, resolve_path
+from pipeline.data.beir import BeirData, load_beir
+from pipeline.io import read_json
+from pipeline.report import save_result, save_training_loss
+from pipeline.runs import Run, hits_to_run
+
+logger = logging.getLogger(__name__)
+
+#: Depth of every run: recall@100 needs the top 100.
+DEPTH = 100
+#: Written by the train stage into the model folder: the per-step loss the report plots.
+TRAINING_LOSS_FILE = "training_loss.json"
+
+
+def load_quality_dataset(params: Params, project: Path) -> tuple[BeirData, str]:
+    """The judged queries and the corpus to score on, and the dataset's name in the report."""
+    from pipeline.data.nano import list_nano_benchmarks, load_nano_benchmark
+
+    config = params.quality
+    if config.dataset:
+        folder = resolve_path(config.dataset, project)
+        # Upstream BEIR sets judge a few documents their corpus lacks (ArguAna: 5): no system can find
+        # them, so they are dropped (and logged) rather than failing the whole evaluation.
+        data = load_beir(folder, config.split, on_missing="skip")
+        return data, config.name or folder.name
+    benchmark = resolve_path(params.prepare.output, project) / "eval"
+    names = list_nano_benchmarks(benchmark) if benchmark.is_dir() else []
+    if not names:
+        raise FileNotFoundError(f"{benchmark}: no benchmark to score (run the prepare stage first)")
+    return load_nano_benchmark(benchmark, names[0]), config.name or names[0]
+
+
+def tuned_model_path(params: Params, project: Path) -> Path:
+    """``quality.model``, or the train stage's output."""
+    return resolve_path(params.quality.model or params.train.output, project)
+
+
+def check_inputs(params: Params, project: Path) -> None:
+    """Fail before any model loads: the fine-tuned model must be there if it is to be scored."""
+    if "colbert-tuned" in params.quality.systems:
+        model = tuned_model_path(params, project)
+        if not (model / "config.json").is_file() and not (model / "modules.json").is_file():
+            raise FileNotFoundError(
+                f"quality.model: {model} is not a saved model (train it first, or drop colbert-tuned "
+                "from quality.systems)"
+            )
+
+
+def dense_run(
+    model_name: str, data: BeirData, query_ids: list[str], batch_size: int, device: str | None
+) -> tuple[Run, dict[str, float]]:
+    """Exact cosine top-100 with the base model as a plain sentence-transformers bi-encoder."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import semantic_search
+
+    from pipeline.models import resolve_model_name
+
+    model = SentenceTransformer(resolve_model_name(model_name), device=device)
+    doc_ids = list(data.corpus)
+    started = time.perf_counter()
+    documents = model.encode(
+        list(data.corpus.values()),
+        batch_size=batch_size,
+        convert_to_tensor=True,
+        normalize_embeddings=True,
+        show_progress_bar=True,
+    )
+    encode_seconds = time.perf_counter() - started
+    queries = model.encode(
+        [data.queries[q] for q in query_ids],
+        batch_size=batch_size,
+        convert_to_tensor=True,
+        normalize_embeddings=True,
+    )
+    started = time.perf_counter()
+    found = semantic_search(queries, documents, top_k=DEPTH)
+    search_seconds = time.perf_counter() - started
+    run = {
+        query_id: {doc_ids[hit["corpus_id"]]: float(hit["score"]) for hit in hits}
+        for query_id, hits in zip(query_ids, found, strict=True)
+    }
+    return run, {"encode_seconds": encode_seconds, "search_seconds": search_seconds}
+
+
+def colbert_runs(
+    model_path: str, data: BeirData, query_ids: list[str], params: Params, index_name: str
+) -> dict[str, tuple[Run, dict[str, float]]]:
+    """Top-100 runs of one ColBERT model: through a PLAID index and (``quality.exact``) exact MaxSim."""
+    from pipeline import indexes, models, retrieve
+    from pipeline.indexing import exact_search
+
+    config = params.quality
+    model = models.ColBERT(model_name_or_path=model_path, device=config.device)
+    doc_ids = list(data.corpus)
+    started = time.perf_counter()
+    documents = model.encode(
+        list(data.corpus.values()), is_query=False, batch_size=config.batch_size, show_progress_bar=True
+    )
+    encode_seconds = time.perf_counter() - started
+    queries = model.encode([data.queries[q] for q in query_ids], is_query=True, batch_size=config.batch_size)
+    runs: dict[str, tuple[Run, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="quality-index-") as scratch:
+        index = indexes.PLAID(
+            index_folder=scratch,
+            index_name=index_name,
+            override=True,
+            nbits=params.index.nbits,
+            kmeans_niters=params.index.kmeans_niters,
+            seed=params.index.seed,
+            device=config.device,
+        )
+        started = time.perf_counter()
+        index.add_documents(documents_ids=doc_ids, documents_embeddings=documents)
+        build_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        hits = retrieve.ColBERT(index=index).retrieve(queries_embeddings=queries, k=DEPTH)
+        timings = {
+            "encode_seconds": encode_seconds,
+            "build_seconds": build_seconds,
+            "search_seconds": time.perf_counter() - started,
+            "index_bytes": float(index.disk_bytes),
+        }
+        runs["plaid"] = (hits_to_run(query_ids, hits), timings)
+    if config.exact:
+        started = time.perf_counter()
+        hits = exact_search(queries, documents, doc_ids, k=DEPTH)
+        runs["exact"] = (
+            hits_to_run(query_ids, hits),
+            {"encode_seconds": encode_seconds, "search_seconds": time.perf_counter() - started},
+        )
+    return runs
+
+
+def run(params: Params, project: Path) -> dict[str, Any]:
+    """Score every configured system on ``quality.dataset`` and write its results for the report."""
+    import torch
+
+    config = params.quality
+    data, name = load_quality_dataset(params, project)
+    check_inputs(params, project)
+    query_ids = sorted(data.relevant_docs())
+    folder = resolve_path(config.output, project) / "runs" / name
+    tuned = tuned_model_path(params, project)
+    summary: dict[str, dict[str, float]] = {}
+    with tracking.stage_run("quality", params, project, tags={"dataset": name}) as mlflow_run:
+        import mlflow
+
+        for system in config.systems:
+            if system == "dense":
+                results = {
+                    "cosine": dense_run(
+                        params.train.base_model, data, query_ids, config.batch_size, config.device
+                    )
+                }
+                model = params.train.base_model
+            else:
+                model = params.train.base_model if system == "colbert-base" else str(tuned)
+                # An untrained ColBERT's projection is random: seed it, as the baseline stage does.
+                torch.manual_seed(params.train.seed)
+                results = colbert_runs(model, data, query_ids, params, index_name=f"{name}-{system}")
+            for retrieval, (system_run, timings) in results.items():
+                record = save_result(
+                    folder,
+                    dataset=name,
+                    system=system,
+                    retrieval=retrieval,
+                    run=system_run,
+                    qrels=data.qrels,
+                    ignore_identical_ids=config.ignore_identical_ids,
+                    details={"model": model, "documents": len(data.corpus), **_rounded(timings)},
+                )
+                metrics = {k: v for k, v in record["metrics"].items() if isinstance(v, float)}
+                summary[f"{system}.{retrieval}"] = metrics
+                mlflow.log_metrics(
+                    {f"{system}.{retrieval}.{k.replace('@', '_at_')}": v for k, v in metrics.items()}
+                )
+        if "colbert-tuned" in config.systems and (tuned / TRAINING_LOSS_FILE).is_file():
+            save_training_loss(folder, "colbert-tuned", read_json(tuned / TRAINING_LOSS_FILE))
+    return {"results": str(folder), "dataset": name, **summary, "mlflow_run_id": mlflow_run.info.run_id}
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 2) for key, value in timings.items()}
