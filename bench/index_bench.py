@@ -40,9 +40,13 @@ DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
 PEER_VENV = REPO / "bench" / ".peer-venv"
 PEER_REQUIREMENT = "pylate==1.6.*"
-#: PyLate's Voyager index needs these, which its default install leaves out.
-PEER_EXTRAS = ("voyager>=2.1", "sqlitedict")
+#: PyLate's Voyager index needs these, which its default install leaves out. PyLate 1.6 hands voyager a list
+#: of arrays, which voyager 2.2's add_items rejects (TypeError): 2.1 still takes it.
+PEER_EXTRAS = ("voyager>=2.1,<2.2", "sqlitedict")
 KINDS = ("plaid", "voyager")
+PEER_CHECK = (
+    "import importlib.metadata as m, pylate, sqlitedict; assert m.version('voyager').startswith('2.1.')"
+)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -239,9 +243,7 @@ def ensure_peer_venv() -> Path:
     """A separate venv with PyLate, installed with uv (torch comes from uv's cache of the locked wheel)."""
     python = PEER_VENV / "bin" / "python"
     if python.exists():
-        check = subprocess.run(
-            [str(python), "-c", "import pylate, voyager, sqlitedict"], capture_output=True, check=False
-        )
+        check = subprocess.run([str(python), "-c", PEER_CHECK], capture_output=True, check=False)
         if check.returncode == 0:
             return python
     # `make install` puts uv in ~/.local/bin, which need not be on PATH.
