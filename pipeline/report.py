@@ -230,7 +230,8 @@ def plot_ndcg(rows: list[Mapping[str, Any]], path: Path) -> None:
     systems = list(dict.fromkeys(row["system"] for row in rows))
     values = {(row["dataset"], row["system"]): row["ndcg@10"] for row in rows}
     width = 0.8 / max(len(systems), 1)
-    figure, axes = plt.subplots(figsize=(2.0 + 2.2 * len(datasets), 4.2))
+    # Wide enough for the legend's full system names even with a single dataset.
+    figure, axes = plt.subplots(figsize=(max(6.4, 2.0 + 2.2 * len(datasets)), 4.2 + 0.25 * len(systems)))
     for offset, system in enumerate(systems):
         xs = [i + (offset - (len(systems) - 1) / 2) * width for i in range(len(datasets))]
         heights = [values.get((d, system), math.nan) for d in datasets]
@@ -241,7 +242,7 @@ def plot_ndcg(rows: list[Mapping[str, Any]], path: Path) -> None:
     top = max((v for v in values.values() if math.isfinite(v)), default=1.0)
     axes.set_ylim(0, min(1.0, top * 1.35 + 0.02))
     axes.set_title("nDCG@10 per dataset (full test sets)")
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False, fontsize=8)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1, frameon=False, fontsize=8)
     _savefig(figure, path)
 
 
