@@ -188,14 +188,16 @@ def markdown_table(records: list[Mapping[str, Any]]) -> str:
 
 def _headline(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The bar chart's rows: each system's nDCG@10 per dataset, by PLAID where it has an index."""
+
+    # One bar per system: its deployable retrieval (cosine for dense, PLAID for ColBERT), exact otherwise.
+    def rank(record: Mapping[str, Any]) -> int:
+        retrieval = record["retrieval"]
+        return RETRIEVALS.index(retrieval) if retrieval in RETRIEVALS else len(RETRIEVALS)
+
     best: dict[tuple[str, str], Mapping[str, Any]] = {}
     for record in records:
         key = (record["dataset"], record["system"])
-        # One bar per system: its deployable retrieval (cosine for dense, PLAID for ColBERT), exact otherwise.
-        preference = ("cosine", "plaid", "exact")
-        current = best.get(key)
-        rank = preference.index(record["retrieval"]) if record["retrieval"] in preference else 9
-        if current is None or rank < preference.index(current["retrieval"]):
+        if key not in best or rank(record) < rank(best[key]):
             best[key] = record
     return [
         {

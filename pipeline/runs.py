@@ -70,7 +70,7 @@ def _check_run(run: Mapping[str, Mapping[str, float]]) -> None:
 
 def _top(found: Mapping[str, float], k: int) -> dict[str, float]:
     # trec_eval breaks score ties by document id; sorting the same way keeps the cut at k consistent.
-    ranked = sorted(found.items(), key=lambda item: (-item[1], item[0]), reverse=False)
+    ranked = sorted(found.items(), key=lambda item: (-item[1], item[0]))
     return dict(ranked[:k])
 
 
