@@ -13,7 +13,8 @@ Each result goes to ``<quality.output>/runs/<name>/`` (metrics JSON and TREC run
 report. Inputs are all checked before any model loads.
 
 Example:
-    $ colbert-pipeline quality --config configs/scifact.yaml && colbert-pipeline report
+    $ colbert-pipeline quality --config configs/scifact.yaml
+    $ colbert-pipeline report --config configs/scifact.yaml
 """
 
 from __future__ import annotations
