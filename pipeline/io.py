@@ -46,6 +46,19 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def atomic_save_figure(figure: Any, path: str | os.PathLike[str], dpi: int = 110) -> None:
+    """Lay out a matplotlib ``figure``, save it as PNG beside ``path``, close it, and rename it into place."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp.png")
+    figure.tight_layout()
+    figure.savefig(temp, dpi=dpi)
+    plt.close(figure)
+    os.replace(temp, path)
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file, naming the file in the error when it is missing or malformed."""
     path = Path(path)

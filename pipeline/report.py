@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import atomic_write_json, atomic_write_text, read_json
+from pipeline.io import atomic_save_figure, atomic_write_json, atomic_write_text, read_json
 from pipeline.runs import Run, evaluate_run, write_trec_run
 
 logger = logging.getLogger(__name__)
@@ -210,17 +210,6 @@ def _headline(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _savefig(figure: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp.png")
-    figure.tight_layout()
-    figure.savefig(temp, dpi=110)
-    plt.close(figure)
-    os.replace(temp, path)
-
-
 def plot_ndcg(rows: list[Mapping[str, Any]], path: Path) -> None:
     """Grouped bars: nDCG@10 per dataset, one bar per system."""
     import matplotlib
@@ -245,7 +234,7 @@ def plot_ndcg(rows: list[Mapping[str, Any]], path: Path) -> None:
     axes.set_ylim(0, min(1.0, top * 1.35 + 0.02))
     axes.set_title("nDCG@10 per dataset (full test sets)")
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1, frameon=False, fontsize=8)
-    _savefig(figure, path)
+    atomic_save_figure(figure, path)
 
 
 def plot_recall(records: list[Mapping[str, Any]], path: Path) -> None:
@@ -271,7 +260,7 @@ def plot_recall(records: list[Mapping[str, Any]], path: Path) -> None:
         axes.grid(alpha=0.3)
     panels[0][0].set_ylabel("recall@k")
     panels[0][-1].legend(fontsize=7, loc="lower right")
-    _savefig(figure, path)
+    atomic_save_figure(figure, path)
 
 
 def _curve_label(record: Mapping[str, Any]) -> str:
@@ -302,7 +291,7 @@ def plot_loss(curves: Mapping[tuple[str, str], list[Mapping[str, float]]], path:
     axes.grid(alpha=0.3)
     if curves:
         axes.legend(fontsize=8)
-    _savefig(figure, path)
+    atomic_save_figure(figure, path)
 
 
 def _training_curves(runs_folder: Path) -> dict[tuple[str, str], list[dict[str, float]]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.config import Params, resolve_path
-from pipeline.io import atomic_write_json, read_json
+from pipeline.io import atomic_save_figure, atomic_write_json, read_json
 from pipeline.registry import metric_key
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,7 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     axes.set_ylim(0, 1.05)
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     axes.set_title("Base vs fine-tuned ColBERT")
-    figure.tight_layout()
-    temp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temp, dpi=110)
-    plt.close(figure)
-    temp.replace(path)
+    atomic_save_figure(figure, path)
 
 
 def run(params: Params, project: Path) -> dict[str, Any]:

@@ -31,13 +31,12 @@ from pipeline.data.beir import BeirData, load_beir
 from pipeline.io import read_json
 from pipeline.report import save_result, save_training_loss
 from pipeline.runs import Run, hits_to_run
+from pipeline.stages.train import TRAINING_LOSS_FILE
 
 logger = logging.getLogger(__name__)
 
 #: Depth of every run: recall@100 needs the top 100.
 DEPTH = 100
-#: Written by the train stage into the model folder: the per-step loss the report plots.
-TRAINING_LOSS_FILE = "training_loss.json"
 
 
 def load_quality_dataset(params: Params, project: Path) -> tuple[BeirData, str]:

@@ -24,6 +24,9 @@ from pipeline.io import atomic_directory, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
+#: Saved in the model folder: the per-step loss, which the quality report plots.
+TRAINING_LOSS_FILE = "training_loss.json"
+
 
 def precision_flags(precision: str, device: str | None = None) -> dict[str, bool]:
     """``fp16``/``bf16`` trainer flags for a precision setting; ``auto`` uses bf16/fp16 only on CUDA.
@@ -163,7 +166,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         with atomic_directory(output) as staging:
             model.save_pretrained(str(staging))
             # The model carries its own training curve: the quality report plots it next to the scores.
-            atomic_write_json(staging / "training_loss.json", training_loss(trainer.state.log_history))
+            atomic_write_json(staging / TRAINING_LOSS_FILE, training_loss(trainer.state.log_history))
         shutil.rmtree(checkpoints, ignore_errors=True)  # finished: a later run starts fresh
         summary = {
             "steps": int(result.global_step),
