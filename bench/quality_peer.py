@@ -169,7 +169,10 @@ def worker_retrieve(spec: dict[str, Any]) -> dict[str, Any]:
     """Encode the corpus and queries, index with PyLate's PLAID, retrieve, and write a TREC run."""
     from pylate import indexes, models, retrieve
 
-    model = models.ColBERT(model_name_or_path=spec["model"], device=spec["device"])
+    # query_length None keeps the model's own, as our quality stage does.
+    model = models.ColBERT(
+        model_name_or_path=spec["model"], device=spec["device"], query_length=spec["query_length"]
+    )
     document_ids, document_texts = _read_id_texts(spec["documents"])
     query_ids, query_texts = _read_id_texts(spec["queries"])
     batch_size = spec["batch_size"]
@@ -201,6 +204,7 @@ def worker_retrieve(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "documents": len(document_ids),
         "queries": len(query_ids),
+        "query_length": model.query_length,
         "document_tokens": int(sum(len(d) for d in documents)),
         "encode_documents_seconds": round(encode_documents, 2),
         "encode_queries_seconds": round(encode_queries, 2),
@@ -437,6 +441,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                 "queries": str(work / "queries.jsonl"),
                 "batch_size": quality.batch_size,
                 "device": quality.device,
+                "query_length": quality.query_length,
                 "k": TOP_K,
                 # Our index settings, so the two PLAID indexes differ by implementation only.
                 "index": {"nbits": index.nbits, "kmeans_niters": index.kmeans_niters, "seed": index.seed},

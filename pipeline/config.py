@@ -181,6 +181,9 @@ class QualityParams(Section):
         description="dense: the base model's cosine; colbert-base: the base as an untrained ColBERT",
     )
     exact: bool = Field(True, description="also score ColBERT systems by exact MaxSim over all documents")
+    query_length: int | None = Field(
+        None, ge=1, description="ColBERT query length (tokens) when scoring; None: each model's own"
+    )
     ignore_identical_ids: bool = Field(True, description="drop a hit whose id is the query's (BEIR's rule)")
     batch_size: int = Field(32, ge=1)
     device: str | None = None

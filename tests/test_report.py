@@ -272,6 +272,7 @@ def test_quality_stage_scores_every_system_and_the_report_reads_them(tmp_path, s
         "quality.model": str(saved_colbert),
         "quality.device": "cpu",
         "quality.output": str(tmp_path / "reports"),
+        "quality.query_length": 40,
         "index.device": "cpu",
     }
     params = load_params(tmp_path / "params.yaml", overrides)
@@ -295,6 +296,8 @@ def test_quality_stage_scores_every_system_and_the_report_reads_them(tmp_path, s
         assert depth == {20} if record["retrieval"] != "plaid" else min(depth) >= 5, (name, depth)
         assert record["metrics"]["ndcg@10"] == pytest.approx(evaluate_run(run, qrels)["ndcg@10"])
         assert record["details"]["documents"] == 20
+        # quality.query_length overrides every ColBERT's own (32); the dense bi-encoder has none
+        assert record["details"].get("query_length") == (None if record["system"] == "dense" else 40)
     dense = json.loads((folder / "dense.cosine.json").read_text())["metrics"]
     # the topics are far apart: a bi-encoder that gets ids right finds both relevant notes in its top 5
     # (among four near-identical notes, so their order, and nDCG above its floor of ~0.52, is chance)

@@ -75,7 +75,7 @@ def check_inputs(params: Params, project: Path) -> None:
 
 def dense_run(
     model_name: str, data: BeirData, query_ids: list[str], batch_size: int, device: str | None
-) -> tuple[Run, dict[str, float]]:
+) -> tuple[Run, dict[str, Any]]:
     """Exact cosine top-100 with the base model as a plain sentence-transformers bi-encoder."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import semantic_search
@@ -111,13 +111,15 @@ def dense_run(
 
 def colbert_runs(
     model_path: str, data: BeirData, query_ids: list[str], params: Params, index_name: str
-) -> dict[str, tuple[Run, dict[str, float]]]:
+) -> dict[str, tuple[Run, dict[str, Any]]]:
     """Top-100 runs of one ColBERT model: through a PLAID index and (``quality.exact``) exact MaxSim."""
     from pipeline import indexes, models, retrieve
     from pipeline.indexing import exact_search
 
     config = params.quality
-    model = models.ColBERT(model_name_or_path=model_path, device=config.device)
+    model = models.ColBERT(
+        model_name_or_path=model_path, device=config.device, query_length=config.query_length
+    )
     doc_ids = list(data.corpus)
     started = time.perf_counter()
     documents = model.encode(
@@ -125,7 +127,7 @@ def colbert_runs(
     )
     encode_seconds = time.perf_counter() - started
     queries = model.encode([data.queries[q] for q in query_ids], is_query=True, batch_size=config.batch_size)
-    runs: dict[str, tuple[Run, dict[str, float]]] = {}
+    runs: dict[str, tuple[Run, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="quality-index-") as scratch:
         index = indexes.PLAID(
             index_folder=scratch,
@@ -141,19 +143,24 @@ def colbert_runs(
         build_seconds = time.perf_counter() - started
         started = time.perf_counter()
         hits = retrieve.ColBERT(index=index).retrieve(queries_embeddings=queries, k=DEPTH)
-        timings = {
+        details = {
             "encode_seconds": encode_seconds,
             "build_seconds": build_seconds,
             "search_seconds": time.perf_counter() - started,
             "index_bytes": float(index.disk_bytes),
+            "query_length": model.query_length,
         }
-        runs["plaid"] = (hits_to_run(query_ids, hits), timings)
+        runs["plaid"] = (hits_to_run(query_ids, hits), details)
     if config.exact:
         started = time.perf_counter()
         hits = exact_search(queries, documents, doc_ids, k=DEPTH)
         runs["exact"] = (
             hits_to_run(query_ids, hits),
-            {"encode_seconds": encode_seconds, "search_seconds": time.perf_counter() - started},
+            {
+                "encode_seconds": encode_seconds,
+                "search_seconds": time.perf_counter() - started,
+                "query_length": model.query_length,
+            },
         )
     return runs
 
@@ -185,7 +192,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
                 # An untrained ColBERT's projection is random: seed it, as the baseline stage does.
                 torch.manual_seed(params.train.seed)
                 results = colbert_runs(model, data, query_ids, params, index_name=f"{name}-{system}")
-            for retrieval, (system_run, timings) in results.items():
+            for retrieval, (system_run, details) in results.items():
                 record = save_result(
                     folder,
                     dataset=name,
@@ -194,7 +201,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
                     run=system_run,
                     qrels=data.qrels,
                     ignore_identical_ids=config.ignore_identical_ids,
-                    details={"model": model, "documents": len(data.corpus), **_rounded(timings)},
+                    details={"model": model, "documents": len(data.corpus), **_rounded(details)},
                 )
                 metrics = {k: v for k, v in record["metrics"].items() if isinstance(v, float)}
                 summary[f"{system}.{retrieval}"] = metrics
@@ -206,5 +213,5 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     return {"results": str(folder), "dataset": name, **summary, "mlflow_run_id": mlflow_run.info.run_id}
 
 
-def _rounded(timings: dict[str, float]) -> dict[str, float]:
-    return {key: round(value, 2) for key, value in timings.items()}
+def _rounded(details: dict[str, Any]) -> dict[str, Any]:
+    return {key: round(value, 2) if isinstance(value, float) else value for key, value in details.items()}
