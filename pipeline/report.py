@@ -163,6 +163,13 @@ def _label(system: str) -> str:
     return SYSTEMS.get(system, system)
 
 
+def _color(system: str) -> str:
+    """A system's colour, the same in every plot: matplotlib's cycle in report order, others by name."""
+    if system in SYSTEMS:
+        return f"C{list(SYSTEMS).index(system)}"
+    return f"C{len(SYSTEMS) + sum(map(ord, system)) % (10 - len(SYSTEMS))}"  # stable across runs
+
+
 def markdown_table(records: list[Mapping[str, Any]]) -> str:
     """One row per (dataset, system, retrieval), with each metric and nDCG@10's change against dense."""
     dense = {
@@ -226,7 +233,7 @@ def plot_ndcg(rows: list[Mapping[str, Any]], path: Path) -> None:
     for offset, system in enumerate(systems):
         xs = [i + (offset - (len(systems) - 1) / 2) * width for i in range(len(datasets))]
         heights = [values.get((d, system), math.nan) for d in datasets]
-        bars = axes.bar(xs, heights, width, label=_label(system))
+        bars = axes.bar(xs, heights, width, label=_label(system), color=_color(system))
         axes.bar_label(bars, fmt="%.3f", fontsize=7, rotation=90, padding=2)
     axes.set_xticks(range(len(datasets)), datasets)
     axes.set_ylabel("nDCG@10")
@@ -253,7 +260,14 @@ def plot_recall(records: list[Mapping[str, Any]], path: Path) -> None:
             curve = {int(k): v for k, v in record["metrics"]["recall_curve"].items()}
             ks = sorted(curve)
             style = "--" if record["retrieval"] == "exact" else "-"
-            axes.plot(ks, [curve[k] for k in ks], style, marker=".", label=_curve_label(record))
+            axes.plot(
+                ks,
+                [curve[k] for k in ks],
+                style,
+                marker=".",
+                color=_color(record["system"]),
+                label=_curve_label(record),
+            )
         axes.set_xscale("log")
         axes.set_xlabel("k")
         axes.set_title(dataset)
@@ -278,7 +292,7 @@ def plot_loss(curves: Mapping[tuple[str, str], list[Mapping[str, float]]], path:
     for (dataset, system), points in curves.items():
         steps = [p["step"] for p in points]
         losses = [p["loss"] for p in points]
-        window = max(1, len(losses) // 20)
+        window = max(1, len(losses) // 10)  # per-step contrastive losses swing widely at batch 16
         smooth = [
             sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
             for i in range(len(losses))
@@ -295,11 +309,22 @@ def plot_loss(curves: Mapping[tuple[str, str], list[Mapping[str, float]]], path:
 
 
 def _training_curves(runs_folder: Path) -> dict[tuple[str, str], list[dict[str, float]]]:
-    curves = {}
+    """Each system's training curve per dataset, keyed ``(dataset, system)``.
+
+    A zero-shot set keeps a copy of its model's curve; identical curves of one system are drawn once,
+    under every dataset that holds them (``"arguana / scifact"``), rather than hiding one under another.
+    """
+    curves: dict[tuple[str, str], list[dict[str, float]]] = {}
     for path in sorted(runs_folder.glob("*/*.training_loss.json")):
         points = read_json(path)
-        if points:
-            curves[(path.parent.name, path.name.removesuffix(".training_loss.json"))] = points
+        if not points:
+            continue
+        dataset, system = path.parent.name, path.name.removesuffix(".training_loss.json")
+        same = next((key for key, seen in curves.items() if key[1] == system and seen == points), None)
+        if same is None:
+            curves[(dataset, system)] = points
+        else:
+            curves[(f"{same[0]} / {dataset}", system)] = curves.pop(same)
     return curves
 
 

@@ -160,9 +160,11 @@ def test_report_numbers_match_an_independent_computation(tmp_path):
                 sum(reference_rr10(order[q], qrels[q]) for q in qrels) / len(qrels),
                 sum(reference_recall(order[q], qrels[q], 100) for q in qrels) / len(qrels),
             )
-    save_training_loss(
-        out / "runs" / "alpha", "colbert-tuned", [{"step": i, "loss": 3.0 - 0.1 * i} for i in range(1, 9)]
-    )
+    curve = [{"step": i, "loss": 3.0 - 0.1 * i} for i in range(1, 9)]
+    save_training_loss(out / "runs" / "alpha", "colbert-tuned", curve)
+    # beta scored alpha's model zero-shot: the same curve, which the plot must draw once, not twice
+    save_training_loss(out / "runs" / "beta", "colbert-tuned", curve)
+    save_training_loss(out / "runs" / "beta", "pylate", [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}])
 
     written = write_report(out)
 
@@ -185,7 +187,10 @@ def test_report_numbers_match_an_independent_computation(tmp_path):
         (d, s, r) for d in ("alpha", "beta") for s, r in (("dense", "cosine"), ("colbert-tuned", "plaid"))
     }
     loss = json.loads((out / "plots" / "loss.json").read_text())
-    assert [p["step"] for p in loss] == list(range(1, 9))
+    steps: dict[str, list[int]] = {}
+    for point in loss:
+        steps.setdefault(point["run"], []).append(point["step"])
+    assert steps == {"alpha / beta: colbert-tuned": list(range(1, 9)), "beta: pylate": [1, 2]}
     assert "plots/loss.png" in markdown and "plots/ndcg.png" in markdown
 
 
