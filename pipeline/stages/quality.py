@@ -127,6 +127,10 @@ def colbert_runs(
     )
     encode_seconds = time.perf_counter() - started
     queries = model.encode([data.queries[q] for q in query_ids], is_query=True, batch_size=config.batch_size)
+    shared = {
+        "encode_seconds": encode_seconds,
+        "query_length": model.query_length,
+    }  # both retrievals' details
     runs: dict[str, tuple[Run, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="quality-index-") as scratch:
         index = indexes.PLAID(
@@ -144,11 +148,10 @@ def colbert_runs(
         started = time.perf_counter()
         hits = retrieve.ColBERT(index=index).retrieve(queries_embeddings=queries, k=DEPTH)
         details = {
-            "encode_seconds": encode_seconds,
+            **shared,
             "build_seconds": build_seconds,
             "search_seconds": time.perf_counter() - started,
             "index_bytes": float(index.disk_bytes),
-            "query_length": model.query_length,
         }
         runs["plaid"] = (hits_to_run(query_ids, hits), details)
     if config.exact:
@@ -156,11 +159,7 @@ def colbert_runs(
         hits = exact_search(queries, documents, doc_ids, k=DEPTH)
         runs["exact"] = (
             hits_to_run(query_ids, hits),
-            {
-                "encode_seconds": encode_seconds,
-                "search_seconds": time.perf_counter() - started,
-                "query_length": model.query_length,
-            },
+            {**shared, "search_seconds": time.perf_counter() - started},
         )
     return runs
 
