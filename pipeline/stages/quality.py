@@ -127,10 +127,8 @@ def colbert_runs(
     )
     encode_seconds = time.perf_counter() - started
     queries = model.encode([data.queries[q] for q in query_ids], is_query=True, batch_size=config.batch_size)
-    shared = {
-        "encode_seconds": encode_seconds,
-        "query_length": model.query_length,
-    }  # both retrievals' details
+    # What both retrievals' records say alike.
+    shared = {"encode_seconds": encode_seconds, "query_length": model.query_length}
     runs: dict[str, tuple[Run, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="quality-index-") as scratch:
         index = indexes.PLAID(
