@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run test lint format clean quality quality-scifact quality-nfcorpus quality-arguana
+.PHONY: install run test test-fast lint format clean quality quality-scifact quality-nfcorpus quality-arguana
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -56,8 +56,13 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Everything: unit tests, the package's docstring examples and the slow end-to-end tiers.
 test: lint
 	$(VENV)/bin/pytest
+
+# The same without the slow tiers (end-to-end runs, real servers): a few minutes.
+test-fast: lint
+	$(VENV)/bin/pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -307,7 +307,7 @@ def _configs_that_train(model_root: Path, configs: list[Path], params_path: Path
 def training_settings(params: Params, base: Path) -> tuple[dict[str, Any], Path]:
     """What the PyLate model is trained with (its identity for reuse), and the training dataset folder."""
     from pipeline.config import resolve_path
-    from pipeline.stages.train import precision_flags
+    from pipeline.training import precision_flags
 
     train = params.train
     if train.loss not in LOSSES:

@@ -5,8 +5,8 @@
 
 Each stage task runs ``dvc repro --single-item <stage>`` (or ``colbert-pipeline <stage>`` when
 ``COLBERT_PIPELINE_RUNNER=cli``) in a child process in the workspace, so GPU work never inherits a forked CUDA
-context and DVC skips what did not change. The logic lives in ``pipeline.orchestration``; this file only wires
-it into Airflow.
+context and DVC skips what did not change. The logic lives in ``pipeline.ops.orchestration``; this file only
+wires it into Airflow.
 
 Settings (Airflow Variable first, then environment):
     COLBERT_PIPELINE_WORKSPACE   the project checkout the stages run in (default: this repo)
@@ -30,9 +30,9 @@ import pendulum
 from airflow.sdk import Asset, Param, Variable, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline import orchestration
 from pipeline.config import ConfigError, read_params_file
-from pipeline.stages import STAGES
+from pipeline.layout import STAGES
+from pipeline.ops import orchestration
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def colbert_pipeline() -> None:
             return "keep_champion"
         settings = _settings()
         try:
-            decision = orchestration.read_registry(settings.workspace / orchestration.REGISTRY_FILE)
+            decision = orchestration.read_registry(settings)
         except (OSError, ValueError) as error:
             raise AirflowFailException(str(error)) from None
         logger.info(
@@ -234,7 +234,7 @@ def colbert_pipeline() -> None:
         if register_result.get("skipped"):
             version, reason = None, "register unchanged (DVC skipped it): no new model version"
         else:
-            decision = orchestration.read_registry(settings.workspace / orchestration.REGISTRY_FILE)
+            decision = orchestration.read_registry(settings)
             version, reason = decision.version, decision.reason
         orchestration.finish_parent_run(
             settings,

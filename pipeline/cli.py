@@ -22,6 +22,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.errors import EXIT_CODES, classify
+from pipeline.layout import RESULT_FILE_ENV
+
 # The CLI is offline unless the user says otherwise: the default model ships with the package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -59,12 +62,38 @@ def _load(args: argparse.Namespace):
 
 
 def run_stage(args: argparse.Namespace) -> int:
-    """Validate params, then run one stage in this process and print its outputs."""
+    """Validate params, then run one stage in this process; print its outputs and write its result file."""
+    from pipeline.layout import STAGE_IO, Layout
+
     params = _load(args)
+    project = Path(args.params).resolve().parent
     module = importlib.import_module(f"pipeline.stages.{args.command}")
-    outputs = module.run(params, Path(args.params).resolve().parent)
-    print(json.dumps({"stage": args.command, **outputs}, indent=2, default=str))
+    summary = module.run(params, project)
+    print(json.dumps({"stage": args.command, **summary}, indent=2, default=str))
+    layout = Layout(params, project)
+    produced = STAGE_IO.get(args.command, ((), ()))[1]
+    write_result(
+        {
+            "stage": args.command,
+            "ok": True,
+            "outputs": {layout.relative(layout.artifacts()[name]): "" for name in produced},
+            "mlflow_run_id": summary.get("mlflow_run_id"),
+            "summary": summary,
+        }
+    )
     return 0
+
+
+def write_result(result: dict) -> None:
+    """Write the stage's result where the orchestrator asked (``COLBERT_PIPELINE_RESULT_FILE``), atomically.
+
+    This file, not the printed output, is how a stage tells the process that started it what happened.
+    """
+    from pipeline.io import atomic_write_text
+
+    path = os.environ.get(RESULT_FILE_ENV)
+    if path:
+        atomic_write_text(path, json.dumps(result, indent=2, default=str))
 
 
 def validate(args: argparse.Namespace) -> int:
@@ -76,18 +105,24 @@ def validate(args: argparse.Namespace) -> int:
 
 def summary(args: argparse.Namespace) -> int:
     """Print what the last pipeline run produced: metrics, index, registry decision, how to look further."""
-    from pipeline.stages.evaluate import PRIMARY
+    from pipeline.benchmark import PRIMARY_METRIC as PRIMARY
+    from pipeline.layout import Layout
 
     project = Path(args.params).resolve().parent
     params = _load(args)
-    metrics = project / "metrics"
+    layout = Layout(params, project)
 
-    def read(name: str) -> dict:
-        path = metrics / name
+    def read(path: Path) -> dict:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     base, tuned, index, registry = (
-        read(n) for n in ("baseline.json", "eval.json", "index.json", "registry.json")
+        read(path)
+        for path in (
+            layout.baseline_metrics,
+            layout.eval_metrics,
+            layout.index_metrics,
+            layout.registry_decision,
+        )
     )
     lines = ["", "colbert-pipeline summary", "========================"]
     benchmark_keys = sorted(k for k in tuned if k.endswith("_MaxSim_ndcg@10") and k != PRIMARY)
@@ -96,9 +131,9 @@ def summary(args: argparse.Namespace) -> int:
             before = base.get(key)
             shown = f"{before:.4f}" if isinstance(before, float) else "n/a"
             lines.append(f"{key:<40} base {shown}  ->  fine-tuned {tuned[key]:.4f}")
-    lines.append(f"model:    {project / params.train.output}")
+    lines.append(f"model:    {layout.model}")
     if index:
-        where = project / params.index.folder / params.index.name
+        where = layout.index
         size = f"{index['documents']} documents, {index['tokens']} tokens, {index['bytes']:,} bytes"
         lines.append(f"index:    {where} ({size})")
     if registry:
@@ -107,7 +142,7 @@ def summary(args: argparse.Namespace) -> int:
         lines.append(f"registry: {name} version {registry.get('version')}: {verdict}")
         if registry.get("reason"):
             lines.append(f"          ({registry['reason']})")
-    from pipeline.tracking import tracking_uri
+    from pipeline.ops.tracking import tracking_uri
 
     lines.append(
         f"MLflow:   .venv/bin/mlflow ui --backend-store-uri {tracking_uri(params, project)} --host 127.0.0.1"
@@ -118,7 +153,7 @@ def summary(args: argparse.Namespace) -> int:
 
 def search(args: argparse.Namespace) -> int:
     """Answer one query from a registered model (the champion by default) and print the hits."""
-    from pipeline import serving
+    from pipeline.ops import serving
 
     params = _load(args)
     project = Path(args.params).resolve().parent
@@ -132,7 +167,7 @@ def search(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     """Print the registry's champion and challenger: version, metrics, benchmark and lineage hashes."""
-    from pipeline import registry
+    from pipeline.ops import registry
 
     params = _load(args)
     print(json.dumps(registry.status(params, Path(args.params).resolve().parent), indent=2, default=str))
@@ -165,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
     demo_parser.set_defaults(handler=demo)
 
-    from pipeline.stages import REPORT_STAGES, STAGES
+    from pipeline.layout import REPORT_STAGES, STAGES
 
     for stage in (*STAGES, *REPORT_STAGES):
         stage_parser = commands.add_parser(stage, help=f"run the {stage} stage")
@@ -205,16 +240,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     handler: Callable[[argparse.Namespace], int] = args.handler
-    from pipeline.tracking import TrackingUnavailableError
-
     try:
         return handler(args)
-    except TrackingUnavailableError as error:  # transient: orchestrators retry it (not an "error:" line)
-        print(f"colbert-pipeline {args.command}: tracking server unavailable: {error}", file=sys.stderr)
-        return 3
-    except (ValueError, OSError) as error:  # bad input: one line, no traceback
-        print(f"colbert-pipeline {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        kind = classify(error)
+        if kind == "internal":  # a crash: the traceback is what a developer needs
+            logging.getLogger("pipeline.cli").exception("colbert-pipeline %s crashed", args.command)
+        else:  # bad input or a failing service: one line that names the cause
+            label = "error" if kind == "input" else "unavailable"
+            print(f"colbert-pipeline {args.command}: {label}: {error}", file=sys.stderr)
+        write_result(
+            {
+                "stage": args.command,
+                "ok": False,
+                "kind": kind,
+                "exit_code": EXIT_CODES[kind],
+                "message": f"{type(error).__name__}: {error}",
+            }
+        )
+        return EXIT_CODES[kind]
 
 
 if __name__ == "__main__":  # pragma: no cover

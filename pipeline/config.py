@@ -1,5 +1,7 @@
 """The ``params.yaml`` schema: every key typed and checked before any stage does work.
 
+One cohesive module: the schema (a section class per stage), loading, overlays and overrides of that file.
+
 Each stage reads only its own section, so DVC re-runs only the stages whose section changed. Unknown keys,
 wrong types and missing input paths are errors that name the key (``train.learning_rate``), never a
 traceback from deep inside a stage.
@@ -24,10 +26,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import InputError
+
 DEFAULT_PARAMS_FILE = "params.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A ``params.yaml`` (or override) problem, naming the file and the key."""
 
 
@@ -196,6 +200,7 @@ class TrackingParams(Section):
     tracking_uri: str | None = Field(None, description="default: sqlite:///<project>/mlruns.db")
     experiment: str = "colbert-pipeline"
     retries: int = Field(3, ge=0, description="attempts against a tracking server that is down")
+    request_timeout: float = Field(30.0, gt=0, description="seconds one MLflow HTTP request may take")
 
 
 # ``register`` is a stage name; pydantic only warns that ABCMeta.register (unused here) is shadowed.

@@ -1,5 +1,7 @@
 """ColBERT models: sentence-transformers' ``MultiVectorEncoder`` with PyLate's defaults and keyword names.
 
+One cohesive module: the ``ColBERT`` class, with how each checkpoint format loads into it.
+
 A new model built from a plain encoder (a BERT checkpoint, or a sentence-transformers bi-encoder such as
 all-MiniLM-L6-v2) gets PyLate's ColBERT recipe: a bias-free linear projection to ``embedding_size`` (128)
 dimensions, ``[Q] `` / ``[D] `` prefix tokens added to the vocabulary, queries padded to ``query_length`` (32)

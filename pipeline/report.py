@@ -1,5 +1,7 @@
 """The quality report: every system's scores on every dataset, as a Markdown table and PNG plots.
 
+One cohesive module: the report's records, their table and the plots drawn from the same records.
+
 Each scored system leaves two files under ``<output>/runs/<dataset>/`` (written by :func:`save_result`,
 which the ``quality`` stage and ``bench/quality_peer.py`` both call): ``<system>.<retrieval>.json`` (the
 metrics and how they were obtained) and ``<system>.<retrieval>.trec.gz`` (the run itself, which anyone

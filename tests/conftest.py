@@ -1,14 +1,6 @@
-"""Shared fixtures. Everything runs offline on the CPU with the packaged all-MiniLM-L6-v2."""
+"""Shared test fixtures (the offline switches and the session's MLflow store are in the root conftest.py)."""
 
 from __future__ import annotations
-
-import os
-
-# Set before any Hugging Face import so no test can reach the Hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path
 
@@ -16,22 +8,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def mlflow_tracking_db(tmp_path_factory) -> str:
-    """One SQLite tracking store for the session: creating its tables costs ~10-25 s, so do it once.
-
-    Tests that need their own server or store set ``MLFLOW_TRACKING_URI`` themselves (monkeypatch).
-    """
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield uri
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,15 @@
 """Data readers and builders: BEIR folders (:mod:`pipeline.data.beir`) and local Nano benchmarks
 (:mod:`pipeline.data.nano`).
 
+Prepare's data sources (sample, triplets, KD, BEIR) and the leak check are in :mod:`pipeline.data.sources`.
+
 Example:
-    >>> from pipeline.data import load_beir, build_nano_benchmark  # doctest: +SKIP
+    >>> from pipeline.data import BeirData, build_nano_benchmark, load_nano_benchmark
+    >>> data = BeirData(corpus={"d1": "koalas eat leaves", "d2": "trains run"}, queries={"q1": "koala food?"},
+    ...                 qrels={"q1": {"d1": 1}}, name="toy")
+    >>> info = build_nano_benchmark(data, "nano", n_queries=1, n_documents=2, seed=0)
+    >>> info.split_name, load_nano_benchmark("nano", info.split_name).queries
+    ('NanoToy', {'q1': 'koala food?'})
 """
 
 from __future__ import annotations

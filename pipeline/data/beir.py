@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["BeirData", "BeirFormatError", "find_file", "load_beir", "read_jsonl_records", "read_qrels"]
 
 
-class BeirFormatError(ValueError):
+class BeirFormatError(InputError):
     """A BEIR file is missing, malformed, or refers to ids that do not exist; the message names the spot."""
 
 

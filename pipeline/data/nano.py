@@ -1,5 +1,7 @@
 """Build a Nano-sized retrieval benchmark from any BEIR folder, offline, and read it back.
 
+One cohesive module: the Nano benchmark's builder and reader share its on-disk layout.
+
 The public NanoBEIR sets (50 queries, a few thousand documents each) live on the Hugging Face Hub; this
 module makes the same kind of benchmark from a local BEIR folder: ``n_queries`` judged queries drawn with
 ``seed``, every document judged for them, TF-IDF hard negatives (documents that share vocabulary with the

@@ -1,5 +1,7 @@
 """The contract every multi-vector index follows, and the on-disk machinery they share.
 
+One cohesive module: the base class both indexes extend (argument checks, id maps, versioned storage).
+
 An index lives in ``<index_folder>/<index_name>/``. Committed states are immutable *version folders*
 (``v000001-3fa2c1d0/`` ...); a small ``CURRENT`` file names the live one. Every write (a first build, an
 addition, a removal) copies or rebuilds into a fresh version folder, flushes it, then replaces ``CURRENT``

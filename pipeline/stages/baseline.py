@@ -12,30 +12,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
-from pipeline.config import Params, resolve_path
+from pipeline.benchmark import PRIMARY_METRIC, evaluate_model
+from pipeline.config import Params
 from pipeline.io import atomic_write_json
-from pipeline.registry import metric_key
-from pipeline.stages.evaluate import METRICS_DIR, PRIMARY, evaluate_model
+from pipeline.layout import Layout
+from pipeline.ops import tracking
+from pipeline.ops.promotion import SCORED_KEYS, metric_key
 
 
 def run(params: Params, project: Path) -> dict[str, Any]:
     """Evaluate ``train.base_model`` (as an untrained ColBERT if it is a plain encoder)."""
     import torch
 
-    benchmark = resolve_path(params.prepare.output, project) / "eval"
+    layout = Layout(params, project)
     # A plain encoder gets a random projection: seed it so the baseline is reproducible.
     torch.manual_seed(params.train.seed)
     with tracking.stage_run(
         "baseline", params, project, tags={"base_model": params.train.base_model}
     ) as run_:
-        metrics = evaluate_model(params.train.base_model, benchmark, params)
-        atomic_write_json(project / METRICS_DIR / "baseline.json", metrics)
+        metrics = evaluate_model(
+            params.train.base_model, layout.benchmark, params.evaluate.batch_size, params.evaluate.device
+        )
+        benchmark_md5 = run_.data.tags.get(SCORED_KEYS["benchmark_md5"])
+        atomic_write_json(layout.baseline_metrics, {**metrics, "benchmark_md5": benchmark_md5})
         import mlflow
 
         mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
     return {
-        "metrics": str(project / METRICS_DIR / "baseline.json"),
-        PRIMARY: metrics[PRIMARY],
+        "metrics": str(layout.baseline_metrics),
+        PRIMARY_METRIC: metrics[PRIMARY_METRIC],
         "mlflow_run_id": run_.info.run_id,
     }

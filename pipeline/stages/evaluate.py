@@ -12,38 +12,18 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
-from pipeline.config import Params, resolve_path
+from pipeline.benchmark import PRIMARY_METRIC as PRIMARY
+from pipeline.benchmark import evaluate_model
+from pipeline.config import Params
 from pipeline.io import atomic_save_figure, atomic_write_json, read_json
-from pipeline.registry import metric_key
+from pipeline.layout import Layout
+from pipeline.ops import tracking
+from pipeline.ops.promotion import SCORED_KEYS, check_scored_artifacts, metric_key
 
 logger = logging.getLogger(__name__)
-
-METRICS_DIR = "metrics"
-PRIMARY = "NanoBEIR_mean_MaxSim_ndcg@10"
-
-
-def evaluate_model(model_path: str, benchmark: Path, params: Params) -> dict[str, float]:
-    """All NanoBEIR-style metrics of one model on the local benchmark folder."""
-    from pipeline import evaluation, models
-
-    if not benchmark.is_dir():
-        raise FileNotFoundError(f"{benchmark}: no benchmark (run the prepare stage first)")
-    model = models.ColBERT(model_name_or_path=model_path, device=params.evaluate.device)
-    evaluator = evaluation.NanoBEIREvaluator(
-        dataset_id=str(benchmark), batch_size=params.evaluate.batch_size, show_progress_bar=True
-    )
-    metrics = {key: float(value) for key, value in evaluator(model).items()}
-    bad = [key for key, value in metrics.items() if not math.isfinite(value)]
-    if bad or PRIMARY not in metrics:
-        raise ValueError(
-            f"evaluation of {model_path} gave no finite {bad or PRIMARY}: refusing to write metrics"
-        )
-    return metrics
 
 
 def comparison_rows(base: dict[str, float], tuned: dict[str, float]) -> list[dict[str, Any]]:
@@ -83,27 +63,33 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
 
 def run(params: Params, project: Path) -> dict[str, Any]:
     """Evaluate ``train.output`` on ``<prepare.output>/eval`` and compare with the baseline."""
-    benchmark = resolve_path(params.prepare.output, project) / "eval"
-    model_path = resolve_path(params.train.output, project)
-    metrics_dir = project / METRICS_DIR
-    baseline = read_json(metrics_dir / "baseline.json")
+    layout = Layout(params, project)
+    model_path = layout.model
+    baseline = read_json(layout.baseline_metrics)
     with tracking.stage_run("evaluate", params, project) as mlflow_run:
-        metrics = evaluate_model(str(model_path), benchmark, params)
+        scored = {key: mlflow_run.data.tags.get(tag) for key, tag in SCORED_KEYS.items()}
+        # The baseline must have been measured on this benchmark, or the comparison means nothing.
+        check_scored_artifacts(layout.baseline_metrics, mlflow_run.data.tags, keys=("benchmark_md5",))
+        metrics = evaluate_model(
+            str(model_path), layout.benchmark, params.evaluate.batch_size, params.evaluate.device
+        )
+        baseline = {k: v for k, v in baseline.items() if isinstance(v, int | float)}
         rows = comparison_rows(baseline, metrics)
-        atomic_write_json(metrics_dir / "eval.json", metrics)
-        atomic_write_json(metrics_dir / "comparison.json", rows)
-        plot_comparison(rows, metrics_dir / "comparison.png")
+        # The md5s of the model and benchmark scored travel with the scores: register refuses others.
+        atomic_write_json(layout.eval_metrics, {**metrics, **scored})
+        atomic_write_json(layout.comparison_json, rows)
+        plot_comparison(rows, layout.comparison_png)
         import mlflow
 
         mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
         mlflow.log_metrics({f"base_{metric_key(k)}": v for k, v in baseline.items()})
-        mlflow.log_artifact(str(metrics_dir / "comparison.png"))
+        mlflow.log_artifact(str(layout.comparison_png))
     delta = metrics[PRIMARY] - baseline.get(PRIMARY, float("nan"))
     logger.info(
         "%s: base %.4f -> fine-tuned %.4f", PRIMARY, baseline.get(PRIMARY, float("nan")), metrics[PRIMARY]
     )
     return {
-        "metrics": str(metrics_dir / "eval.json"),
+        "metrics": str(layout.eval_metrics),
         PRIMARY: metrics[PRIMARY],
         f"base_{PRIMARY}": baseline.get(PRIMARY),
         "delta": delta,

@@ -13,29 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
 from pipeline.config import Params, resolve_path
+from pipeline.data.readers import read_corpus
 from pipeline.io import atomic_write_json
+from pipeline.layout import Layout
+from pipeline.ops import tracking
 
 logger = logging.getLogger(__name__)
-
-
-def read_corpus(path: Path) -> Iterator[tuple[str, str]]:
-    """Stream ``(id, text)`` from a BEIR folder's corpus or a corpus JSONL[.gz] (title prefixed to text)."""
-    from pipeline.data.beir import BeirFormatError, find_file, read_jsonl_records
-
-    file = find_file(path, "corpus") if path.is_dir() else path
-    if file is None:
-        raise BeirFormatError(f"{path}: no corpus.jsonl[.gz] in this folder")
-    for number, record in read_jsonl_records(file):
-        if "_id" not in record:
-            raise BeirFormatError(f"{file}:{number}: missing field '_id'")
-        title = record.get("title") or ""
-        yield str(record["_id"]), f"{title} {record['text']}".strip()
 
 
 def corpus_for(params: Params, project: Path) -> tuple[list[str], list[str], str]:
@@ -46,7 +33,7 @@ def corpus_for(params: Params, project: Path) -> tuple[list[str], list[str], str
         source = resolve_path(params.index.corpus, project)
         pairs = list(read_corpus(source))
     else:
-        benchmark = resolve_path(params.prepare.output, project) / "eval"
+        benchmark = Layout(params, project).benchmark
         names = list_nano_benchmarks(benchmark)
         if not names:
             raise FileNotFoundError(f"{benchmark}: no benchmark to index (run the prepare stage first)")
@@ -64,9 +51,10 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     from pipeline.indexing import index_corpus
 
     config = params.index
-    model_path = resolve_path(params.train.output, project)
+    layout = Layout(params, project)
+    model_path = layout.model
     ids, texts, source = corpus_for(params, project)
-    folder = resolve_path(config.folder, project)
+    folder = layout.index_folder
     with tracking.stage_run("index", params, project, tags={"corpus": source}) as mlflow_run:
         model = models.ColBERT(model_name_or_path=str(model_path), device=config.device)
         index = indexes.PLAID(
@@ -91,11 +79,11 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             "corpus": source,
             "model": str(model_path),
         }
-        atomic_write_json(project / "metrics" / "index.json", summary)
+        atomic_write_json(layout.index_metrics, summary)
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
     logger.info(
         "indexed %d documents (%d tokens) in %.1f s", summary["documents"], summary["tokens"], seconds
     )
-    return {"index": str(folder / config.name), **summary, "mlflow_run_id": mlflow_run.info.run_id}
+    return {"index": str(layout.index), **summary, "mlflow_run_id": mlflow_run.info.run_id}

@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
 from pipeline.config import Params, resolve_path
 from pipeline.data.beir import BeirData, load_beir
 from pipeline.io import read_json
+from pipeline.layout import TRAINING_LOSS_FILE, Layout
+from pipeline.ops import tracking
 from pipeline.report import save_result, save_training_loss
 from pipeline.runs import Run, hits_to_run
-from pipeline.stages.train import TRAINING_LOSS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def load_quality_dataset(params: Params, project: Path) -> tuple[BeirData, str]:
         # them, so they are dropped (and logged) rather than failing the whole evaluation.
         data = load_beir(folder, config.split, on_missing="skip")
         return data, config.name or folder.name
-    benchmark = resolve_path(params.prepare.output, project) / "eval"
+    benchmark = Layout(params, project).benchmark
     names = list_nano_benchmarks(benchmark) if benchmark.is_dir() else []
     if not names:
         raise FileNotFoundError(f"{benchmark}: no benchmark to score (run the prepare stage first)")
@@ -59,7 +59,7 @@ def load_quality_dataset(params: Params, project: Path) -> tuple[BeirData, str]:
 
 def tuned_model_path(params: Params, project: Path) -> Path:
     """``quality.model``, or the train stage's output."""
-    return resolve_path(params.quality.model or params.train.output, project)
+    return Layout(params, project).quality_model
 
 
 def check_inputs(params: Params, project: Path) -> None:
@@ -170,7 +170,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     data, name = load_quality_dataset(params, project)
     check_inputs(params, project)
     query_ids = sorted(data.relevant_docs())
-    folder = resolve_path(config.output, project) / "runs" / name
+    folder = Layout(params, project).quality_runs / name
     tuned = tuned_model_path(params, project)
     summary: dict[str, dict[str, float]] = {}
     with tracking.stage_run("quality", params, project, tags={"dataset": name}) as mlflow_run:
@@ -205,8 +205,9 @@ def run(params: Params, project: Path) -> dict[str, Any]:
                 mlflow.log_metrics(
                     {f"{system}.{retrieval}.{k.replace('@', '_at_')}": v for k, v in metrics.items()}
                 )
-        if "colbert-tuned" in config.systems and (tuned / TRAINING_LOSS_FILE).is_file():
-            save_training_loss(folder, "colbert-tuned", read_json(tuned / TRAINING_LOSS_FILE))
+        loss_curve = tuned / TRAINING_LOSS_FILE
+        if "colbert-tuned" in config.systems and loss_curve.is_file():
+            save_training_loss(folder, "colbert-tuned", read_json(loss_curve))
     return {"results": str(folder), "dataset": name, **summary, "mlflow_run_id": mlflow_run.info.run_id}
 
 

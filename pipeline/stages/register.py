@@ -2,9 +2,9 @@
 
 Reads ``metrics/eval.json`` (``register.metric`` must be there and finite, else nothing is registered),
 ``train.output`` (the model) and ``<index.folder>/<index.name>`` (the index built with it); logs them as one
-pyfunc (:mod:`pipeline.serving`) in a ``register`` run; creates a model version of ``register.model_name``
+pyfunc (:mod:`pipeline.ops.serving`) in a ``register`` run; creates a model version of ``register.model_name``
 tagged with its lineage and benchmark; sets alias ``challenger``; moves ``champion`` to it when it wins
-(:mod:`pipeline.registry`). Writes the decision to ``metrics/registry.json``.
+(:mod:`pipeline.ops.registry`). Writes the decision to ``metrics/registry.json``.
 
 Example:
     $ colbert-pipeline register && cat metrics/registry.json
@@ -16,20 +16,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline import registry, tracking
 from pipeline.config import Params
 from pipeline.io import atomic_write_json
+from pipeline.layout import Layout
+from pipeline.ops import lineage, promotion, registry, tracking
 
 logger = logging.getLogger(__name__)
 
 
 def run(params: Params, project: Path) -> dict[str, Any]:
     """Register ``train.output`` and its index, promote per ``register.metric``/``margin``, write why."""
-    project = Path(project)
-    paths = tracking.artifact_paths(params, project)
-    model_dir, index_dir = paths["model"], paths["index"]
+    layout = Layout(params, project)
+    model_dir, index_dir = layout.model, layout.index
     # Bad input first, before the server is contacted or anything is uploaded.
-    metrics = registry.read_eval_metrics(project / registry.EVAL_FILE, params.register.metric)
+    metrics = promotion.read_eval_metrics(layout.eval_metrics, params.register.metric)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: no trained model (train.output; run the train stage first)")
     if not index_dir.is_dir():
@@ -37,18 +37,20 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     with tracking.stage_run("register", params, project) as mlflow_run:
         import mlflow
 
-        lineage = {
+        version_tags = {
             key: value
             for key, value in mlflow_run.data.tags.items()
             if key in ("git_commit", "git_dirty", "params_hash", "register_params_hash")
-            or key.startswith(tracking.LINEAGE_PREFIX)
+            or key.startswith(lineage.LINEAGE_PREFIX)
         }
-        mlflow.log_metrics({f"eval_{registry.metric_key(k)}": v for k, v in metrics.items()})
+        # The score must be this model's, on this benchmark: refuse a metrics/eval.json left by another model.
+        promotion.check_scored_artifacts(layout.eval_metrics, version_tags)
+        mlflow.log_metrics({f"eval_{promotion.metric_key(k)}": v for k, v in metrics.items()})
         decision = registry.register_and_promote(
             params,
             project,
             metrics=metrics,
-            lineage=lineage,
+            lineage=version_tags,
             model_dir=model_dir,
             index_dir=index_dir,
             reevaluate=registry.reevaluate_with(params, project),
@@ -60,7 +62,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             }
         )
     summary = decision.as_dict()
-    atomic_write_json(project / registry.REGISTRY_FILE, summary)
+    atomic_write_json(layout.registry_decision, summary)
     logger.info(
         "registry: %s v%s %s (%s)",
         decision.model_name,
@@ -69,7 +71,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         decision.reason,
     )
     return {
-        "registry": str(project / registry.REGISTRY_FILE),
+        "registry": str(layout.registry_decision),
         "model_name": decision.model_name,
         "version": decision.version,
         "promoted": decision.promoted,

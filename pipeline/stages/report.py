@@ -13,14 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
-from pipeline.config import Params, resolve_path
+from pipeline.config import Params
+from pipeline.layout import Layout
+from pipeline.ops import tracking
 from pipeline.report import write_report
 
 
 def run(params: Params, project: Path) -> dict[str, Any]:
     """Write ``<quality.output>/quality.md`` and its plots, and log them to MLflow."""
-    output = resolve_path(params.quality.output, project)
+    output = Layout(params, project).quality_output
     if not (output / "runs").is_dir():
         raise FileNotFoundError(f"{output / 'runs'}: no results yet (run `colbert-pipeline quality` first)")
     with tracking.stage_run("report", params, project) as mlflow_run:

@@ -18,53 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
-from pipeline.config import Params, TrainParams, resolve_path
+from pipeline.config import Params, TrainParams
 from pipeline.io import atomic_directory, atomic_write_json, read_json
+from pipeline.layout import TRAINING_LOSS_FILE, Layout
+from pipeline.ops import lineage, tracking
 
 logger = logging.getLogger(__name__)
-
-#: Saved in the model folder: the per-step loss, which the quality report plots.
-TRAINING_LOSS_FILE = "training_loss.json"
-
-
-def precision_flags(precision: str, device: str | None = None) -> dict[str, bool]:
-    """``fp16``/``bf16`` trainer flags for a precision setting; ``auto`` uses bf16/fp16 only on CUDA.
-
-    Example:
-        >>> precision_flags("auto", "cpu")
-        {'fp16': False, 'bf16': False}
-    """
-    import torch
-
-    if precision == "fp16":
-        return {"fp16": True, "bf16": False}
-    if precision == "bf16":
-        return {"fp16": False, "bf16": True}
-    on_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    if precision == "auto" and on_cuda:
-        bf16 = torch.cuda.is_bf16_supported()
-        return {"fp16": not bf16, "bf16": bf16}
-    return {"fp16": False, "bf16": False}
-
-
-def build_loss(model: Any, config: TrainParams, kind: str) -> Any:
-    """The loss for ``train.loss``, checked against the prepared data's kind."""
-    from pipeline import losses
-
-    if config.loss == "distillation" and kind != "kd":
-        raise ValueError("train.loss is 'distillation' but prepare produced triplets: use prepare.source=kd")
-    if config.loss != "distillation" and kind == "kd":
-        raise ValueError(
-            f"train.loss is {config.loss!r} but prepare produced KD rows: use train.loss=distillation"
-        )
-    if config.loss == "contrastive":
-        return losses.Contrastive(model=model, temperature=config.temperature)
-    if config.loss == "cached_contrastive":
-        return losses.CachedContrastive(
-            model=model, mini_batch_size=config.mini_batch_size, temperature=config.temperature
-        )
-    return losses.Distillation(model=model)
 
 
 def load_training_set(train_dir: Path, config: TrainParams) -> tuple[Any, str]:
@@ -97,18 +56,6 @@ def _checkpoint_to_resume(folder: Path, fingerprint: str) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
-def training_loss(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """The per-step loss from the trainer's log (the final summary entry has ``train_loss``, not ``loss``).
-
-    Example:
-        >>> training_loss([{"loss": 2.5, "step": 1}, {"loss": 1.5, "step": 2}, {"train_loss": 2, "step": 2}])
-        [{'step': 1, 'loss': 2.5}, {'step': 2, 'loss': 1.5}]
-    """
-    return [
-        {"step": int(entry["step"]), "loss": float(entry["loss"])} for entry in log_history if "loss" in entry
-    ]
-
-
 def run(params: Params, project: Path) -> dict[str, Any]:
     """Fine-tune ``train.base_model`` on ``<prepare.output>/train`` and save it to ``train.output``."""
     import torch
@@ -116,11 +63,11 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     from transformers import set_seed
 
     from pipeline import models, utils
+    from pipeline.training import MlflowLossCallback, build_loss, precision_flags, training_loss
 
     config = params.train
-    train_dir = resolve_path(params.prepare.output, project) / "train"
-    output = resolve_path(config.output, project)
-    checkpoints = output.with_name(f"{output.name}-checkpoints")
+    layout = Layout(params, project)
+    train_dir, output, checkpoints = layout.train_data, layout.model, layout.checkpoints
     dataset, kind = load_training_set(train_dir, config)
     # Every row (KD joins included) is checked before the model loads: a bad row names its index.
     utils.check_training_dataset(dataset)
@@ -129,7 +76,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         set_seed(config.seed)
         model = models.ColBERT(model_name_or_path=config.base_model, device=config.device)
         loss = build_loss(model, config, kind)
-        fingerprint = tracking.params_hash({"train": config.model_dump(mode="json"), "data": str(train_dir)})
+        fingerprint = lineage.params_hash({"train": config.model_dump(mode="json"), "data": str(train_dir)})
         resume = _checkpoint_to_resume(checkpoints, fingerprint)
         checkpoints.mkdir(parents=True, exist_ok=True)
         (checkpoints / "params.sha").write_text(fingerprint)
@@ -156,7 +103,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             train_dataset=dataset,
             loss=loss,
             data_collator=utils.ColBERTCollator(model.tokenize),
-            callbacks=[tracking.MlflowLossCallback()],
+            callbacks=[MlflowLossCallback()],
         )
         if resume:
             logger.info("resuming from %s", resume)

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow_server import running_mlflow_server  # tests/mlflow_server.py: a real server process
 
-from pipeline.stages import STAGES
+from pipeline.layout import STAGES
+from tests.mlflow_server import running_mlflow_server  # tests/mlflow_server.py: a real server process
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DAG_ID = "colbert_pipeline"
 MODEL_NAME = "colbert-pipeline-e2e"

@@ -19,7 +19,7 @@ from pipeline import indexes
 from pipeline.indexes import base as index_base
 from pipeline.indexing import exact_search, recall_at_k
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 KINDS = ["PLAID", "Voyager"]
 N_DOCS = 200

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import orchestration
 from pipeline.config import ConfigError
-from pipeline.stages import STAGES
+from pipeline.layout import STAGES
+from pipeline.ops import lineage, orchestration, promotion, run_params
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO_ROOT / "dags" / "colbert_pipeline.py"
 DAG_ID = "colbert_pipeline"
 
@@ -245,7 +245,7 @@ def test_apply_run_overrides_writes_only_changes_and_restores(tmp_path: Path) ->
     assert update.changed == ["train.epochs", "train.max_steps"]
     written = yaml.safe_load(params_path.read_text())
     assert written == {"train": {"epochs": 2, "batch_size": 16, "max_steps": 5}, "register": {"margin": 0.0}}
-    assert update.sha256 == orchestration.file_sha256(params_path)
+    assert update.sha256 == run_params.file_sha256(params_path)
     assert params_path.stat().st_mode & 0o777 == 0o644
     backup = Path(update.backup)
     assert backup.parent == tmp_path / ".colbert-pipeline" and ":" not in backup.name
@@ -308,7 +308,10 @@ def test_run_stage_streams_output_and_passes_environment(
         print("cwd", os.getcwd())
         for name in ("COLBERT_PIPELINE_PARENT_RUN_ID", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE"):
             print(name, os.environ.get(name))
-        print(json.dumps({"stage": "train", "model": "models/colbert", "mlflow_run_id": "abc123"}, indent=2))
+        # What the CLI does: the result goes to the file the orchestrator named, not to stdout.
+        result = {"ok": True, "outputs": {"models/colbert": ""}, "mlflow_run_id": "abc123"}
+        open(os.environ["COLBERT_PIPELINE_RESULT_FILE"], "w").write(json.dumps(result))
+        print(json.dumps({"mlflow_run_id": "not-this-one"}, indent=2))
         """,
     )
     lines: list[str] = []
@@ -321,7 +324,7 @@ def test_run_stage_streams_output_and_passes_environment(
     assert "HF_HUB_OFFLINE 1" in lines
     assert result.skipped is False
     assert result.mlflow_run_id == "abc123"
-    assert result.outputs == {"model": "models/colbert"}
+    assert result.outputs == {"models/colbert": ""}
     assert result.seconds >= 0
 
 
@@ -332,21 +335,30 @@ def test_run_stage_bad_input_fails_permanently_with_the_stage_message(
         tmp_path,
         monkeypatch,
         """
-        import sys
+        import json, os, sys
         print("loading")
-        print("colbert-pipeline prepare: error: params.yaml: eval_queries: too small", file=sys.stderr)
-        print("params.yaml: train.epochs: Input should be a valid integer", file=sys.stderr)
+        print("colbert-pipeline prepare: error: this line is for people, not parsed", file=sys.stderr)
+        message = "ConfigError: params.yaml: eval_queries: too small"
+        result = {"ok": False, "kind": "input", "message": message}
+        open(os.environ["COLBERT_PIPELINE_RESULT_FILE"], "w").write(json.dumps(result))
         sys.exit(2)
         """,
     )
     with pytest.raises(orchestration.StageFailed) as failure:
         orchestration.run_stage("prepare", settings, parent_run_id=None, emit=lambda line: None)
-    assert failure.value.permanent is True
+    assert failure.value.permanent is True and failure.value.kind == "input"
     assert failure.value.returncode == 2
-    assert failure.value.message == (
-        "params.yaml: eval_queries: too small\nparams.yaml: train.epochs: Input should be a valid integer"
-    )
-    assert "stage 'prepare' failed (exit status 2)" in str(failure.value)
+    assert failure.value.message == "ConfigError: params.yaml: eval_queries: too small"
+    assert "stage 'prepare' failed (exit status 2, input)" in str(failure.value)
+
+
+def test_run_stage_through_the_real_cli_reports_bad_params_as_permanent(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: zero\n")
+    settings = orchestration.Settings(workspace=tmp_path, runner="cli")
+    with pytest.raises(orchestration.StageFailed) as failure:
+        orchestration.run_stage("train", settings, parent_run_id=None, emit=lambda line: None)
+    assert failure.value.kind == "input" and failure.value.permanent and failure.value.returncode == 2
+    assert "train.epochs" in failure.value.message
 
 
 def test_run_stage_crash_is_retryable_and_names_the_exception(
@@ -355,8 +367,8 @@ def test_run_stage_crash_is_retryable_and_names_the_exception(
     settings = _script_settings(tmp_path, monkeypatch, 'raise RuntimeError("CUDA out of memory")\n')
     with pytest.raises(orchestration.StageFailed) as failure:
         orchestration.run_stage("train", settings, parent_run_id=None, emit=lambda line: None)
-    assert failure.value.permanent is False
-    assert failure.value.message == "RuntimeError: CUDA out of memory"
+    assert failure.value.permanent is False and failure.value.kind == "internal"
+    assert failure.value.message.endswith("RuntimeError: CUDA out of memory")
 
 
 def _alive(pid: int) -> bool:
@@ -399,14 +411,6 @@ def test_interrupted_stage_stops_its_whole_process_group(
     while _alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(grandchild), "the stage's own children must not outlive its task"
-
-
-def test_stage_error_message_falls_back_to_dvc_and_tail() -> None:
-    message, permanent = orchestration.stage_error_message(
-        ["Running stage 'index':", "ERROR: failed to reproduce 'index': output 'indexes/x' does not exist"]
-    )
-    assert (message, permanent) == ("failed to reproduce 'index': output 'indexes/x' does not exist", False)
-    assert orchestration.stage_error_message(["a", "", "b"]) == ("a\nb", False)
 
 
 def test_stage_environment_can_allow_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -460,18 +464,16 @@ def test_run_stage_with_real_dvc_skips_an_unchanged_stage(toy_dvc_project: Path)
 def test_read_registry(tmp_path: Path) -> None:
     path = tmp_path / "registry.json"
     path.write_text(json.dumps({"promoted": True, "version": 3, "reason": "beat champion by 0.02"}))
-    decision = orchestration.read_registry(path)
-    assert decision == orchestration.RegistryDecision(
-        promoted=True, version="3", reason="beat champion by 0.02"
-    )
+    decision = promotion.Decision.read(path)
+    assert decision == promotion.Decision(promoted=True, version="3", reason="beat champion by 0.02")
     path.write_text(json.dumps({"promoted": "yes", "reason": "x"}))
     with pytest.raises(ValueError, match="promoted: expected true or false"):
-        orchestration.read_registry(path)
+        promotion.Decision.read(path)
     path.write_text(json.dumps({"promoted": False}))
     with pytest.raises(ValueError, match="missing key 'reason'"):
-        orchestration.read_registry(path)
+        promotion.Decision.read(path)
     with pytest.raises(FileNotFoundError, match=r"missing\.json"):
-        orchestration.read_registry(tmp_path / "missing.json")
+        promotion.Decision.read(tmp_path / "missing.json")
 
 
 def test_dvc_lock_outputs(tmp_path: Path) -> None:
@@ -483,8 +485,8 @@ def test_dvc_lock_outputs(tmp_path: Path) -> None:
             }
         )
     )
-    assert orchestration.dvc_lock_outputs(tmp_path, "train") == {"models/colbert": "abc.dir"}
-    assert orchestration.dvc_lock_outputs(tmp_path, "index") == {}
+    assert lineage.stage_outputs(tmp_path, "train") == {"models/colbert": "abc.dir"}
+    assert lineage.stage_outputs(tmp_path, "index") == {}
     assert shutil.which("true")  # (a sanity anchor: the helpers above rely on a POSIX userland)
 
 

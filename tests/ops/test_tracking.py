@@ -5,10 +5,13 @@ Runs against the session's SQLite tracking store (conftest); the real-server beh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,8 +21,10 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline import tracking
+from pipeline import training
 from pipeline.config import Params
+from pipeline.errors import EXIT_CODES, classify
+from pipeline.ops import lineage, tracking
 from tests.mlflow_server import free_port
 
 
@@ -42,7 +47,7 @@ def test_dead_server_fails_after_bounded_retries(caplog):
     uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with (
-        caplog.at_level(logging.WARNING, logger="pipeline.tracking"),
+        caplog.at_level(logging.WARNING, logger="pipeline.ops.tracking"),
         pytest.raises(tracking.TrackingUnavailableError, match=r"not reachable after 3 attempts"),
     ):
         tracking.check_tracking_server(uri, retries=2, first_wait=0.05)
@@ -55,26 +60,60 @@ def test_sqlite_store_in_a_missing_folder_is_an_error(tmp_path):
         tracking.check_tracking_server(f"sqlite:///{tmp_path}/missing/mlruns.db", retries=0)
 
 
-def test_call_with_retries_retries_connection_errors_only(monkeypatch):
-    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
-    calls = []
+@pytest.fixture
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (a hung tracking server)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
 
-    def refused():
-        calls.append(1)
-        raise MlflowException("API request failed: Max retries exceeded (Connection refused)")
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
 
-    with pytest.raises(tracking.TrackingUnavailableError, match="create_run failed after 3 attempts"):
-        tracking.call_with_retries(refused, "create_run", "http://x", retries=2)
-    assert len(calls) == 3
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    for connection in held:
+        connection.close()
+    listener.close()
 
-    def bad_name():
-        calls.append(1)
-        raise MlflowException("Invalid model name")
 
-    calls.clear()
-    with pytest.raises(MlflowException, match="Invalid model name"):
-        tracking.call_with_retries(bad_name, "create", "http://x", retries=5)
-    assert len(calls) == 1
+def test_a_server_that_never_answers_fails_within_the_configured_bound(silent_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", silent_server)
+    params = _params("silent", retries=1, request_timeout=1)
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingUnavailableError, match="not reachable after 2 attempts") as failure:
+        tracking.configure(params, tmp_path)
+    assert time.monotonic() - started < 10  # 2 attempts x 1 s + 0.5 s backoff, with room for a slow machine
+    assert classify(failure.value) == "infrastructure" and EXIT_CODES["infrastructure"] == 3
+
+
+def test_mlflow_http_retries_are_the_one_bounded_retry_layer(silent_server, monkeypatch):
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tracking, "_OWN_HTTP_SETTINGS", {})
+    tracking.bound_mlflow_http_retries(retries=1, timeout=1)
+    started = time.monotonic()
+    with pytest.raises(MlflowException) as failure:
+        MlflowClient(silent_server).search_experiments()
+    assert time.monotonic() - started < 15  # (1 + 1) x 1 s + backoff, not MLflow's default of minutes
+    assert classify(failure.value) == "infrastructure"  # a wrapped timeout: the task is retried
+
+
+def test_a_refused_connection_is_infrastructure(monkeypatch):
+    monkeypatch.setattr(tracking, "_OWN_HTTP_SETTINGS", {})
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    tracking.bound_mlflow_http_retries(retries=0, timeout=1)
+    with pytest.raises(MlflowException) as failure:
+        MlflowClient(f"http://127.0.0.1:{free_port()}").search_experiments()
+    assert classify(failure.value) == "infrastructure"
 
 
 def test_compute_md5_is_the_hash_dvc_records(tmp_path):
@@ -88,8 +127,8 @@ def test_compute_md5_is_the_hash_dvc_records(tmp_path):
     subprocess.run([dvc, "init", "-q"], cwd=repo, check=True)
     subprocess.run([dvc, "add", "-q", "data"], cwd=repo, check=True)
     recorded = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
-    assert tracking.compute_md5(folder) == recorded
-    assert tracking.dvc_md5(tmp_path / "nothing", repo) is None
+    assert lineage.compute_md5(folder) == recorded
+    assert lineage.dvc_md5(tmp_path / "nothing", repo) is None
 
 
 def test_stage_runs_share_a_parent_and_carry_lineage(tmp_path, monkeypatch):
@@ -107,11 +146,11 @@ def test_stage_runs_share_a_parent_and_carry_lineage(tmp_path, monkeypatch):
     parent = train.data.tags["mlflow.parentRunId"]
     assert evaluate.data.tags["mlflow.parentRunId"] == parent
     assert client.get_run(parent).data.tags["pipeline_parent"] == "true"
-    model_md5 = tracking.compute_md5(tmp_path / "models" / "colbert")
+    model_md5 = lineage.compute_md5(tmp_path / "models" / "colbert")
     # train's output and evaluate's input are the same model, by hash
     assert train.data.tags["lineage.model.md5"] == evaluate.data.tags["lineage.model.md5"] == model_md5
-    assert train.data.tags["lineage.data_train.md5"] == tracking.compute_md5(tmp_path / "data/prepared/train")
-    assert train.data.tags["params_hash"] == tracking.params_hash(params)
+    assert train.data.tags["lineage.data_train.md5"] == lineage.compute_md5(tmp_path / "data/prepared/train")
+    assert train.data.tags["params_hash"] == lineage.params_hash(params)
     assert train.data.params["train.epochs"] == "1"
     assert train.info.status == "FINISHED"
 
@@ -152,7 +191,7 @@ def test_loss_callback_logs_every_step(tmp_path, monkeypatch):
     from transformers import TrainerState
 
     monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
-    callback = tracking.MlflowLossCallback()
+    callback = training.MlflowLossCallback()
     state = TrainerState()
     with tracking.stage_run("train", _params("tracking-loss"), tmp_path) as run:
         for step, loss in enumerate([2.0, 1.5, 1.2], start=1):

@@ -13,12 +13,14 @@ works). **Params**: ``k`` (hits per query; default ``register.k`` at registratio
 - ``ids``: the ``k`` best document ids (strings), best first;
 - ``scores``: their MaxSim scores (floats), same order.
 
-Example:
-    >>> import mlflow, pandas as pd  # doctest: +SKIP
-    >>> model = mlflow.pyfunc.load_model("models:/colbert-pipeline@champion")  # doctest: +SKIP
-    >>> model.predict(pd.DataFrame({"query": ["who wrote Dune?"]}), params={"k": 3})  # doctest: +SKIP
-                 query                    ids                  scores
-    0  who wrote Dune?  [doc-12, doc-7, doc-3]  [25.1, 19.8, 18.2]
+Example (``model_dir`` and ``index_dir``: a small model and the index built with it, which the doctests
+provide; in production, ``mlflow.pyfunc.load_model("models:/colbert-pipeline@champion")``):
+    >>> with mlflow.start_run():
+    ...     info = log_search_model(model_dir, index_dir, k=2)
+    >>> model = mlflow.pyfunc.load_model(info.model_uri)
+    >>> answer = model.predict(pd.DataFrame({"query": ["what do koalas eat?"]}), params={"k": 2})
+    >>> list(answer.columns), answer["ids"][0][0], len(answer["scores"][0])
+    (['query', 'ids', 'scores'], 'koala', 2)
 """
 
 from __future__ import annotations
@@ -171,10 +173,7 @@ def log_search_model(
     Checks both folders before uploading anything: ``model_dir`` must hold a saved model, ``index_dir`` an
     index (its ``CURRENT`` pointer).
 
-    Example:
-        >>> with mlflow.start_run():  # doctest: +SKIP
-        ...     info = log_search_model(Path("models/colbert"), Path("indexes/sample"), k=10)
-        >>> mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"query": ["q"]}))  # doctest: +SKIP
+    The module's example logs one and asks it a question.
     """
     model_dir, index_dir = Path(model_dir), Path(index_dir)
     if not (model_dir / "config.json").is_file() and not (model_dir / "modules.json").is_file():
@@ -183,7 +182,7 @@ def log_search_model(
         raise FileNotFoundError(f"{index_dir}: no index here (run the index stage first)")
     if index_kind not in INDEX_KINDS:
         raise ValueError(f"index_kind: {index_kind!r} is not one of {', '.join(INDEX_KINDS)}")
-    package_dir = Path(__file__).resolve().parent
+    package_dir = Path(__file__).resolve().parents[1]  # the whole ``pipeline`` package
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=ColBERTSearchModel(),
@@ -205,13 +204,15 @@ def search(
 ) -> pd.DataFrame:
     """Answer ``queries`` with a registered model (the champion by default), as :class:`ColBERTSearchModel`.
 
-    Example:
-        >>> search(params, Path("."), ["who wrote Dune?"], k=3)["ids"][0]  # doctest: +SKIP
-        ['doc-12', 'doc-7', 'doc-3']
+    Without a registered model it says so (the doctests' store is empty):
+        >>> from pipeline.config import Params
+        >>> search(Params(), Path("."), ["who wrote Dune?"], k=3)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: models:/colbert-pipeline@champion: cannot load it (...); has the register stage run? ...
     """
     from mlflow.exceptions import MlflowException
 
-    from pipeline import tracking
+    from pipeline.ops import tracking
 
     tracking.configure(params, project, experiment=False)
     uri = model_uri or default_model_uri(params)

@@ -7,6 +7,7 @@ built over it) are shared by the module; each test registers under its own model
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline import registry, tracking
 from pipeline.config import Params
 from pipeline.io import atomic_write_json, read_json
+from pipeline.layout import Layout
+from pipeline.ops import lineage, promotion, registry, tracking
 from pipeline.stages import register
 from tests.mlflow_server import MlflowServer, free_port
 
@@ -102,9 +104,30 @@ def _params(name: str, **register_args) -> Params:
 
 
 def _evaluate(project: Path, value: float, **extra) -> None:
+    """What the evaluate stage writes: the scores, and the md5s of the model and benchmark they scored."""
+    scored = {
+        "model_md5": lineage.compute_md5(project / "models" / "colbert"),
+        "benchmark_md5": lineage.compute_md5(project / "data" / "prepared" / "eval"),
+    }
     atomic_write_json(
-        project / "metrics" / "eval.json", {"NanoAnimals_MaxSim_ndcg@10": value, PRIMARY: value, **extra}
+        project / "metrics" / "eval.json",
+        {"NanoAnimals_MaxSim_ndcg@10": value, PRIMARY: value, **scored, **extra},
     )
+
+
+def test_register_refuses_the_score_of_another_model(project):
+    _evaluate(project, 0.5)
+    (project / "models" / "colbert" / "retrained.txt").write_text("trained again, not evaluated since")
+    with pytest.raises(promotion.EvaluationError, match=r"eval\.json: model_md5 is .* but the model here is"):
+        register.run(_params("stale-score"), project)
+    assert _versions(os.environ["MLFLOW_TRACKING_URI"], "stale-score") == []
+    _evaluate(project, 0.5, benchmark_md5="another.dir")
+    with pytest.raises(promotion.EvaluationError, match=r"benchmark_md5 is another\.dir"):
+        register.run(_params("stale-score"), project)
+    _evaluate(project, 0.5, model_md5=None)
+    with pytest.raises(promotion.EvaluationError, match="no model_md5"):
+        register.run(_params("stale-score"), project)
+    assert _versions(os.environ["MLFLOW_TRACKING_URI"], "stale-score") == []
 
 
 def _versions(server: str, name: str) -> list[str]:
@@ -167,18 +190,18 @@ def test_versions_and_runs_carry_lineage(project, server):
     result = register.run(params, project)
     version = MlflowClient(server).get_model_version("lineage", result["version"])
     tags = version.tags
-    paths = tracking.artifact_paths(params, project)
-    assert tags["lineage.model.md5"] == tracking.compute_md5(paths["model"])
-    assert tags["lineage.index.md5"] == tracking.compute_md5(paths["index"])
+    paths = Layout(params, project).artifacts()
+    assert tags["lineage.model.md5"] == lineage.compute_md5(paths["model"])
+    assert tags["lineage.index.md5"] == lineage.compute_md5(paths["index"])
     assert (
         tags["lineage.data_eval.md5"]
-        == tags[registry.BENCHMARK_TAG]
-        == tracking.compute_md5(paths["data_eval"])
+        == tags[promotion.BENCHMARK_TAG]
+        == lineage.compute_md5(paths["data_eval"])
     )
     assert tags["lineage.model.md5"].endswith(".dir")
-    assert tags["params_hash"] == tracking.params_hash(params)
-    assert tags["git_commit"] and tags[registry.METRIC_NAME_TAG] == PRIMARY
-    assert float(tags[registry.METRIC_VALUE_TAG]) == 0.5
+    assert tags["params_hash"] == lineage.params_hash(params)
+    assert tags["git_commit"] and tags[promotion.METRIC_NAME_TAG] == PRIMARY
+    assert float(tags[promotion.METRIC_VALUE_TAG]) == 0.5
     run = MlflowClient(server).get_run(result["mlflow_run_id"])
     assert run.data.tags["lineage.model.md5"] == tags["lineage.model.md5"]
     assert run.data.tags["stage"] == "register" and run.data.tags["mlflow.parentRunId"]
@@ -186,24 +209,24 @@ def test_versions_and_runs_carry_lineage(project, server):
 
 
 def test_dvc_lock_hash_is_used_when_current_and_ignored_when_stale(project):
-    model = tracking.artifact_paths(Params(), project)["model"]
-    real = tracking.compute_md5(model)
+    model = Layout(Params(), project).model
+    real = lineage.compute_md5(model)
     lock = {"schema": "2.0", "stages": {"train": {"outs": [{"path": "models/colbert", "md5": "feed.dir"}]}}}
     (project / "dvc.lock").write_text(json.dumps(lock))  # JSON is YAML; written after the model: current
-    assert tracking.dvc_md5(model, project) == "feed.dir"
+    assert lineage.dvc_md5(model, project) == "feed.dir"
     (model / "extra.txt").write_text("retrained outside DVC")  # newer than dvc.lock: the entry is stale
-    assert tracking.dvc_md5(model, project) == tracking.compute_md5(model) != real
+    assert lineage.dvc_md5(model, project) == lineage.compute_md5(model) != real
 
 
 def test_missing_or_failed_evaluation_never_registers(project, server):
     params = _params("no-eval")
-    with pytest.raises(registry.EvaluationError, match=r"metrics/eval\.json: not found"):
+    with pytest.raises(promotion.EvaluationError, match=r"metrics/eval\.json: not found"):
         register.run(params, project)
     _evaluate(project, float("nan"))
-    with pytest.raises(registry.EvaluationError, match=r"eval\.json: NanoBEIR_mean_MaxSim_ndcg@10: nan"):
+    with pytest.raises(promotion.EvaluationError, match=r"eval\.json: NanoBEIR_mean_MaxSim_ndcg@10: nan"):
         register.run(params, project)
     atomic_write_json(project / "metrics" / "eval.json", {"NanoAnimals_MaxSim_ndcg@10": 0.9})
-    with pytest.raises(registry.EvaluationError, match=r"no key 'NanoBEIR_mean_MaxSim_ndcg@10'"):
+    with pytest.raises(promotion.EvaluationError, match=r"no key 'NanoBEIR_mean_MaxSim_ndcg@10'"):
         register.run(params, project)
     assert _versions(server, "no-eval") == []
     assert not (project / "metrics" / "registry.json").exists()
@@ -227,7 +250,7 @@ def test_failed_alias_removes_the_new_version_and_keeps_aliases(project, server,
     original = MlflowClient.set_registered_model_alias
 
     def flaky(self, name, alias, version):
-        if alias == registry.CHAMPION:
+        if alias == promotion.CHAMPION:
             raise MlflowException("simulated outage while moving the champion")
         return original(self, name, alias, version)
 
@@ -252,10 +275,13 @@ def test_champion_from_another_benchmark_is_re_evaluated_or_not_comparable(proje
     pd.concat([frame, pd.DataFrame({"_id": ["q-extra"], "text": ["Where do walruses live?"]})]).to_parquet(
         queries
     )
-    from pipeline.stages.evaluate import evaluate_model
+    from pipeline.benchmark import evaluate_model
 
     actual = evaluate_model(
-        str(project / "models" / "colbert"), project / "data" / "prepared" / "eval", params
+        str(project / "models" / "colbert"),
+        project / "data" / "prepared" / "eval",
+        params.evaluate.batch_size,
+        params.evaluate.device,
     )[PRIMARY]
     _evaluate(project, actual + 0.05)
     result = register.run(params, project)
@@ -264,7 +290,7 @@ def test_champion_from_another_benchmark_is_re_evaluated_or_not_comparable(proje
     assert decision["champion_value"] == pytest.approx(actual, abs=1e-6)
     assert result["promoted"] is True and decision["champion_after"] == "2"
     champion_tags = MlflowClient(server).get_model_version("bench", "1").tags
-    assert float(champion_tags[registry.reeval_tag(decision["benchmark"], PRIMARY)]) == pytest.approx(actual)
+    assert float(champion_tags[promotion.reeval_tag(decision["benchmark"], PRIMARY)]) == pytest.approx(actual)
 
 
 def test_not_comparable_champion_keeps_its_alias():
@@ -274,19 +300,19 @@ def test_not_comparable_champion_keeps_its_alias():
         name="m",
         version="3",
         tags={
-            registry.BENCHMARK_TAG: "old",
-            registry.METRIC_NAME_TAG: PRIMARY,
-            registry.METRIC_VALUE_TAG: "0.9",
+            promotion.BENCHMARK_TAG: "old",
+            promotion.METRIC_NAME_TAG: PRIMARY,
+            promotion.METRIC_VALUE_TAG: "0.9",
         },
     )
 
     def broken(uri: str):
         raise FileNotFoundError("champion artifacts are gone")
 
-    value, comparison, note = registry.champion_value_on(version, PRIMARY, "new", broken)
+    value, comparison, note = promotion.champion_value_on(version, PRIMARY, "new", broken)
     assert (value, comparison) == (None, "not_comparable")
     assert "benchmark old, not new" in note and "champion artifacts are gone" in note
-    assert registry.champion_value_on(version, PRIMARY, "old", broken)[:2] == (0.9, "same_benchmark")
+    assert promotion.champion_value_on(version, PRIMARY, "old", broken)[:2] == (0.9, "same_benchmark")
 
 
 def test_champion_pyfunc_answers_from_its_index(project, server):
@@ -337,5 +363,5 @@ def test_cli_search_and_status_answer_from_the_champion(project, server, capsys)
     champion = status["champion"]
     assert champion["version"] == "1" and champion["value"] == 0.5 and "champion" in champion["aliases"]
     assert champion["metrics"][PRIMARY] == 0.5
-    assert champion["hashes"]["index"] == tracking.compute_md5(project / "indexes" / "sample")
+    assert champion["hashes"]["index"] == lineage.compute_md5(project / "indexes" / "sample")
     assert champion["benchmark"] == champion["hashes"]["data_eval"]

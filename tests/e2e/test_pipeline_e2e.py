@@ -21,7 +21,7 @@ import yaml
 
 from pipeline.config import apply_overrides, load_params
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TINY = {
     "prepare.sample.n_train_entities": 6,
@@ -86,7 +86,7 @@ GIT_IDENTITY = {
 
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
-    from mlflow_server import running_mlflow_server
+    from tests.mlflow_server import running_mlflow_server
 
     with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri

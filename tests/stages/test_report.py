@@ -18,7 +18,7 @@ from pipeline.config import ConfigError, Params, load_params
 from pipeline.report import save_result, save_training_loss, write_report
 from pipeline.runs import evaluate_run, read_trec_run, write_trec_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- independent reference

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
+from pipeline import training
 from pipeline.config import load_params
+from pipeline.data import sources
 from pipeline.data.nano import load_nano_benchmark
 from pipeline.data.readers import DataFormatError
 from pipeline.stages import prepare, train
@@ -72,13 +74,13 @@ def test_triplets_source_dedupes_holds_out_queries_and_reports_bad_lines(tmp_pat
 def test_leaked_eval_query_is_refused():
     from pipeline.data.beir import BeirData
 
-    leaky = prepare.Prepared(
+    leaky = sources.Prepared(
         kind="triplets",
         rows=[{"query": "same question", "positive": "p", "negative_1": "n"}],
         benchmark=BeirData(corpus={"d": "p"}, queries={"q": "same question"}, qrels={"q": {"d": 1}}),
     )
-    with pytest.raises(prepare.LeakError, match="same question"):
-        prepare.check_no_leak(leaky)
+    with pytest.raises(sources.LeakError, match="same question"):
+        sources.check_no_leak(leaky)
 
 
 @pytest.mark.slow
@@ -166,6 +168,6 @@ def test_train_resumes_only_from_checkpoints_of_the_same_params(tmp_path):
 
 
 def test_precision_auto_is_fp32_on_cpu_and_explicit_flags_win():
-    assert train.precision_flags("auto", "cpu") == {"fp16": False, "bf16": False}
-    assert train.precision_flags("bf16", "cpu") == {"fp16": False, "bf16": True}
-    assert train.precision_flags("fp16") == {"fp16": True, "bf16": False}
+    assert training.precision_flags("auto", "cpu") == {"fp16": False, "bf16": False}
+    assert training.precision_flags("bf16", "cpu") == {"fp16": False, "bf16": True}
+    assert training.precision_flags("fp16") == {"fp16": True, "bf16": False}

@@ -1,0 +1,69 @@
+"""What every test and every docstring example shares: offline Hugging Face, one throwaway MLflow store.
+
+Everything runs offline on the CPU with the packaged all-MiniLM-L6-v2. The package's docstring examples run
+as tests (``--doctest-modules``); they find ``np``, ``Path`` and ``pd`` in their namespace.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before any Hugging Face import so no test can reach the Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_tracking_db(tmp_path_factory) -> str:
+    """One SQLite tracking store for the session: creating its tables costs ~10-25 s, so do it once.
+
+    Tests that need their own server or store set ``MLFLOW_TRACKING_URI`` themselves (monkeypatch).
+    """
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _doctest_namespace(request: pytest.FixtureRequest, doctest_namespace: dict) -> None:
+    """Names the docstring examples may use without importing them; each example runs in a fresh folder."""
+    from _pytest.doctest import DoctestItem
+
+    if not isinstance(request.node, DoctestItem):
+        return
+    import numpy as np
+
+    doctest_namespace.update(np=np, Path=Path)
+    if request.node.name.startswith("pipeline.ops.serving"):
+        model_dir, index_dir = request.getfixturevalue("doctest_search_artifacts")
+        doctest_namespace.update(model_dir=model_dir, index_dir=index_dir)
+    request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
+
+
+@pytest.fixture(scope="session")
+def doctest_search_artifacts(tmp_path_factory) -> tuple[Path, Path]:
+    """A saved ColBERT model (the packaged MiniLM, seeded projection) and a PLAID index of three documents."""
+    import torch
+
+    from pipeline import indexes, models
+
+    folder = tmp_path_factory.mktemp("doctest-search")
+    torch.manual_seed(0)
+    model = models.ColBERT(device="cpu")
+    model.save_pretrained(str(folder / "model"))
+    ids = ["koala", "train", "dune"]
+    texts = ["Koalas eat eucalyptus leaves.", "Trains run on rails.", "Frank Herbert wrote Dune."]
+    index = indexes.PLAID(index_folder=str(folder / "indexes"), index_name="toy", override=True, device="cpu")
+    index.add_documents(documents_ids=ids, documents_embeddings=model.encode(texts, is_query=False))
+    return folder / "model", folder / "indexes" / "toy"

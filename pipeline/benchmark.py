@@ -1,0 +1,47 @@
+"""Score a model on the prepared held-out benchmark: the numbers ``baseline``, ``evaluate`` and the registry's
+re-evaluation of a champion all compare.
+
+Example (the packaged MiniLM as an untrained ColBERT, on a tiny Nano benchmark):
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pipeline.data.beir import BeirData
+    >>> from pipeline.data.nano import build_nano_benchmark
+    >>> data = BeirData(name="toy", corpus={"d1": "koalas eat eucalyptus", "d2": "trains run on rails"},
+    ...                 queries={"q1": "what do koalas eat?"}, qrels={"q1": {"d1": 1}})
+    >>> folder = Path(tempfile.mkdtemp()) / "eval"
+    >>> _ = build_nano_benchmark(data, folder, n_queries=1, n_documents=2, seed=0)
+    >>> metrics = evaluate_model("sentence-transformers/all-MiniLM-L6-v2", folder, device="cpu")
+    >>> 0.0 <= metrics[PRIMARY_METRIC] <= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+#: The metric the pipeline reports first and promotes on by default (``register.metric``).
+PRIMARY_METRIC = "NanoBEIR_mean_MaxSim_ndcg@10"
+
+
+def evaluate_model(
+    model_path: str, benchmark: Path, batch_size: int = 32, device: str | None = None
+) -> dict[str, float]:
+    """All NanoBEIR-style metrics of one model on the local benchmark folder (every value finite)."""
+    from pipeline import evaluation, models
+
+    if not Path(benchmark).is_dir():
+        raise InputError(f"{benchmark}: no benchmark (run the prepare stage first)")
+    model = models.ColBERT(model_name_or_path=model_path, device=device)
+    evaluator = evaluation.NanoBEIREvaluator(
+        dataset_id=str(benchmark), batch_size=batch_size, show_progress_bar=True
+    )
+    metrics = {key: float(value) for key, value in evaluator(model).items()}
+    bad = [key for key, value in metrics.items() if not math.isfinite(value)]
+    if bad or PRIMARY_METRIC not in metrics:
+        raise ValueError(
+            f"evaluation of {model_path} gave no finite {bad or PRIMARY_METRIC}: refusing to write metrics"
+        )
+    return metrics

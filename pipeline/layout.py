@@ -1,0 +1,166 @@
+"""Where every artifact lives: one home for the paths and file names that stages read and write.
+
+A stage asks ``Layout(params, project)`` for its inputs and outputs instead of joining folder names itself, so
+``data/prepared/eval`` or ``metrics/eval.json`` is spelled once. :data:`STAGE_IO` says which lineage artifacts
+each stage reads and writes (the tracking tags ``lineage.<artifact>.md5``); a test checks it against
+``dvc.yaml``'s deps and outs, so the two cannot drift.
+
+Example:
+    >>> from pathlib import Path
+    >>> from pipeline.config import Params
+    >>> layout = Layout(Params(), Path("/srv/project"))
+    >>> str(layout.benchmark), str(layout.eval_metrics)
+    ('/srv/project/data/prepared/eval', '/srv/project/metrics/eval.json')
+    >>> str(layout.index), layout.relative(layout.model)
+    ('/srv/project/indexes/sample', 'models/colbert')
+    >>> sorted(layout.artifacts())
+    ['data_eval', 'data_train', 'index', 'model']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from pipeline.config import Params, resolve_path
+
+#: The pipeline's stages in dependency order (what ``dvc repro`` and the Airflow DAG run).
+STAGES: tuple[str, ...] = ("prepare", "baseline", "train", "evaluate", "index", "register")
+#: After the pipeline, for people: ``quality`` scores systems on a full test set, ``report`` renders them.
+REPORT_STAGES: tuple[str, ...] = ("quality", "report")
+
+#: Lineage artifacts each stage reads (hashed when its run starts) and writes (hashed when it succeeds).
+STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "prepare": ((), ("data_train", "data_eval")),
+    "baseline": (("data_eval",), ()),
+    "train": (("data_train",), ("model",)),
+    "evaluate": (("data_eval", "model"), ()),
+    "index": (("model",), ("index",)),
+    "register": (("data_train", "data_eval", "model", "index"), ()),
+    "quality": (("data_eval", "model"), ()),
+    "report": ((), ()),
+}
+
+METRICS_DIR = "metrics"
+#: Written into the model folder by the train stage: the per-step loss, which the quality report plots.
+TRAINING_LOSS_FILE = "training_loss.json"
+#: Orchestration state in a workspace (params backups); git-ignored.
+STATE_DIR = ".colbert-pipeline"
+#: The environment variable naming the file where a stage process writes its result for the orchestrator.
+RESULT_FILE_ENV = "COLBERT_PIPELINE_RESULT_FILE"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Every artifact path of a project for one set of params (all absolute)."""
+
+    params: Params
+    project: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "project", Path(self.project).resolve())
+
+    # -- prepare --------------------------------------------------------------------------------------
+    @property
+    def prepared(self) -> Path:
+        return resolve_path(self.params.prepare.output, self.project)
+
+    @property
+    def train_data(self) -> Path:
+        return self.prepared / "train"
+
+    @property
+    def benchmark(self) -> Path:
+        """The held-out Nano benchmark (``data_eval``): what evaluate, baseline, index and quality read."""
+        return self.prepared / "eval"
+
+    @property
+    def prepare_stats(self) -> Path:
+        return self.prepared / "stats.json"
+
+    # -- train ----------------------------------------------------------------------------------------
+    @property
+    def model(self) -> Path:
+        return resolve_path(self.params.train.output, self.project)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.model.with_name(self.model.name + "-checkpoints")
+
+    @property
+    def training_loss(self) -> Path:
+        return self.model / TRAINING_LOSS_FILE
+
+    # -- metrics (git-tracked, small) -----------------------------------------------------------------
+    @property
+    def metrics(self) -> Path:
+        return self.project / METRICS_DIR
+
+    @property
+    def baseline_metrics(self) -> Path:
+        return self.metrics / "baseline.json"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.metrics / "eval.json"
+
+    @property
+    def comparison_json(self) -> Path:
+        return self.metrics / "comparison.json"
+
+    @property
+    def comparison_png(self) -> Path:
+        return self.metrics / "comparison.png"
+
+    @property
+    def index_metrics(self) -> Path:
+        return self.metrics / "index.json"
+
+    @property
+    def registry_decision(self) -> Path:
+        return self.metrics / "registry.json"
+
+    # -- index ----------------------------------------------------------------------------------------
+    @property
+    def index_folder(self) -> Path:
+        return resolve_path(self.params.index.folder, self.project)
+
+    @property
+    def index(self) -> Path:
+        return self.index_folder / self.params.index.name
+
+    # -- quality and report ---------------------------------------------------------------------------
+    @property
+    def quality_output(self) -> Path:
+        return resolve_path(self.params.quality.output, self.project)
+
+    @property
+    def quality_runs(self) -> Path:
+        return self.quality_output / "runs"
+
+    @property
+    def quality_model(self) -> Path:
+        """The fine-tuned model the quality stage scores: ``quality.model``, else the train stage's output."""
+        return resolve_path(self.params.quality.model or self.params.train.output, self.project)
+
+    # -- orchestration state (git-ignored) ------------------------------------------------------------
+    @property
+    def state(self) -> Path:
+        return self.project / STATE_DIR
+
+    # -- lineage --------------------------------------------------------------------------------------
+    def artifacts(self) -> dict[str, Path]:
+        """The lineage artifacts by name (the keys of :data:`STAGE_IO`'s tuples)."""
+        return {
+            "data_train": self.train_data,
+            "data_eval": self.benchmark,
+            "model": self.model,
+            "index": self.index,
+        }
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the project (as dvc.yaml and dvc.lock spell it), else absolute."""
+        try:
+            return Path(path).resolve().relative_to(self.project).as_posix()
+        except ValueError:
+            return str(path)

@@ -1,0 +1,8 @@
+"""The ops wing: effects at the edges of the pipeline, with no torch at import.
+
+- ``tracking``: MLflow runs (one parent per pipeline run, a child per stage) and the bounded retry layer;
+- ``lineage``: git and DVC hashes (the one ``dvc.lock`` reader);
+- ``promotion``: the pure promotion rule and the registry's records; ``registry``: the MLflow registry calls;
+- ``serving``: the served pyfunc;
+- ``run_params``, ``orchestration``, ``runner``: what the Airflow DAG does; its supervised stage processes.
+"""

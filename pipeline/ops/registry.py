@@ -1,0 +1,319 @@
+"""The model registry's MLflow side: create a version, alias it ``challenger``, move ``champion`` when it
+wins.
+
+The rule itself is pure and lives in :mod:`pipeline.ops.promotion`; this module reads the current champion,
+applies the rule, and writes (the version with all its tags in one call, then the aliases).
+
+**Registration is all-or-nothing.** The server is checked (bounded retry) and every input is read before
+anything is written; if setting the aliases fails, the version is deleted again. Re-running on the same model,
+index, benchmark and metrics reuses the version it registered before (an Airflow retry does not pile up
+versions). Aliases only, never the deprecated stages.
+
+Example (a throwaway SQLite store; ``log_model`` would log the served pyfunc):
+    >>> import tempfile
+    >>> from pipeline.config import Params
+    >>> project = Path(tempfile.mkdtemp())
+    >>> status(Params(), project)["champion"] is None
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Params
+from pipeline.errors import InfrastructureError
+from pipeline.layout import Layout
+from pipeline.ops import tracking
+from pipeline.ops.promotion import (
+    BENCHMARK_TAG,
+    CHALLENGER,
+    CHAMPION,
+    EVAL_METRICS_TAG,
+    IDENTITY_TAG,
+    METRIC_NAME_TAG,
+    METRIC_VALUE_TAG,
+    Decision,
+    Reevaluate,
+    decide,
+    describe_version,
+    reeval_tag,
+    registration_key,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class RegistrationError(InfrastructureError):
+    """Registration failed part-way; any version it created has been removed again."""
+
+
+def _alias(client: Any, name: str, alias: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def reevaluate_with(params: Params, project: Path) -> Reevaluate:
+    """A re-evaluator: download a registered version's model and score it on the current benchmark."""
+
+    def run(model_uri: str) -> Mapping[str, float]:
+        import mlflow.artifacts
+
+        from pipeline.benchmark import evaluate_model
+        from pipeline.ops import serving
+
+        benchmark = Layout(params, project).benchmark
+        if not benchmark.is_dir():
+            raise FileNotFoundError(f"{benchmark}: no benchmark to re-evaluate on")
+        with tempfile.TemporaryDirectory(prefix="champion-") as folder:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder)
+            model_dir = serving.packaged_artifact(Path(local), serving.MODEL_ARTIFACT)
+            return evaluate_model(
+                str(model_dir), benchmark, params.evaluate.batch_size, params.evaluate.device
+            )
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- register
+
+
+def _find_registered(client: Any, name: str, key: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    def search() -> list[Any]:
+        try:
+            return list(client.search_model_versions(f"name = '{name}'"))
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return []
+            raise
+
+    versions = search()
+    matching = [v for v in versions if (v.tags or {}).get(IDENTITY_TAG) == key]
+    return max(matching, key=lambda v: int(v.version)) if matching else None
+
+
+def _link_index_run(
+    client: Any, experiment: str, lineage: Mapping[str, str], name: str, version: str
+) -> None:
+    """Tag the index stage run that built this index with the model version that serves it (best effort)."""
+    index_md5 = lineage.get("lineage.index.md5")
+    if not index_md5:
+        return
+    try:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.stage = 'index' and tags.`lineage.index.md5` = '{index_md5}'",
+            max_results=5,
+        )
+        for run in runs:
+            client.set_tag(run.info.run_id, "registered_model_version", f"{name}/{version}")
+    except Exception as error:  # lineage links are a convenience: never fail a registration on them
+        logger.warning("registry: could not tag the index run with %s/%s: %s", name, version, error)
+
+
+def check_index_matches_model(client: Any, experiment: str, lineage: Mapping[str, str]) -> str | None:
+    """Refuse an index built with another model: the index run's input model md5 must be this model's.
+
+    Returns the md5 of the model that encoded the index when the index run is on record, else None.
+    """
+    index_md5, model_md5 = lineage.get("lineage.index.md5"), lineage.get("lineage.model.md5")
+    if not index_md5 or not model_md5:
+        return None
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.stage = 'index' and tags.`lineage.index.md5` = '{index_md5}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        logger.warning("registry: no index run on record for index md5 %s; cannot check its model", index_md5)
+        return None
+    encoded_with = runs[0].data.tags.get("lineage.model.md5")
+    if encoded_with and encoded_with != model_md5:
+        raise ValueError(
+            f"the index (md5 {index_md5}) was built with model md5 {encoded_with}, but the model to register "
+            f"has md5 {model_md5}: re-run the index stage so the served index matches the model"
+        )
+    return encoded_with
+
+
+def register_and_promote(
+    params: Params,
+    project: Path,
+    metrics: Mapping[str, float],
+    lineage: Mapping[str, str],
+    model_dir: Path,
+    index_dir: Path,
+    reevaluate: Reevaluate | None = None,
+    log_model: Callable[[], Any] | None = None,
+) -> Decision:
+    """Register ``model_dir`` + ``index_dir`` as a new version (inside the active run) and apply the rule.
+
+    ``lineage`` holds the tags for the version (see :func:`pipeline.ops.lineage.lineage_tags`);
+    ``lineage.data_eval.md5`` identifies the benchmark. ``log_model`` overrides how the pyfunc is logged
+    (tests); it must return mlflow's ``ModelInfo``.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    config = params.register
+    name, metric, margin = config.model_name, config.metric, config.margin
+    value = float(metrics[metric])
+    benchmark = lineage.get("lineage.data_eval.md5")
+    uri = mlflow.get_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    run = mlflow.active_run()
+    run_id = run.info.run_id if run else None
+
+    encoded_with = check_index_matches_model(client, params.tracking.experiment, lineage)
+
+    # 1. Decide, before anything is written.
+    champion = _alias(client, name, CHAMPION)
+    champion_before = str(champion.version) if champion else None
+    challenger = _alias(client, name, CHALLENGER)
+    challenger_before = str(challenger.version) if challenger else None
+    key = registration_key(lineage, metrics, metric)
+    existing = _find_registered(client, name, key)
+    champion_benchmark = (champion.tags or {}).get(BENCHMARK_TAG) if champion else None
+    promote, comparison, reason, champion_value = decide(
+        value, metric, margin, benchmark, champion, existing, reevaluate
+    )
+    if comparison == "re_evaluated" and champion_value is not None and benchmark:
+        tag = reeval_tag(benchmark, metric)
+        if (champion.tags or {}).get(tag) is None:
+            client.set_model_version_tag(name, champion.version, tag, str(champion_value))
+
+    # 2. Log the served model (upload only: no version exists yet), then create the version with its tags.
+    tags = {
+        **{k: str(v) for k, v in lineage.items() if not k.startswith("mlflow.")},
+        BENCHMARK_TAG: benchmark or "unknown",
+        METRIC_NAME_TAG: metric,
+        METRIC_VALUE_TAG: repr(value),
+        EVAL_METRICS_TAG: json.dumps(dict(sorted(metrics.items())))[:90_000],
+        IDENTITY_TAG: key,
+        "promotion.decision": "promoted" if promote else "not promoted",
+        "promotion.reason": reason[:5000],
+        "promotion.champion_before": champion_before or "none",
+    }
+    if encoded_with:
+        tags["lineage.index.encoded_with_model.md5"] = encoded_with
+    if run_id:
+        tags["mlflow_run_id"] = run_id
+    reused = existing is not None
+    if existing is not None:
+        version = existing
+        logger.info("registry: %s v%s already holds this model, index and evaluation", name, version.version)
+    else:
+        info = (log_model or (lambda: _log_default(params, model_dir, index_dir)))()
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
+        logger.info("registry: created %s v%s from %s", name, version.version, info.model_uri)
+
+    # 3. Aliases. A failure here removes the version this call created: no half-registered version.
+    try:
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        if promote:
+            client.set_registered_model_alias(name, CHAMPION, version.version)
+    except Exception as error:
+        if not reused:
+            before = {CHAMPION: champion_before, CHALLENGER: challenger_before}
+            _rollback(client, name, str(version.version), before)
+        raise RegistrationError(
+            f"registering {name}: setting aliases on v{version.version} failed ({error}); "
+            + ("the version was removed again" if not reused else "the existing version was left as it was")
+        ) from error
+
+    _link_index_run(client, params.tracking.experiment, lineage, name, str(version.version))
+    champion_after = str(version.version) if promote else champion_before
+    return Decision(
+        model_name=name,
+        version=str(version.version),
+        promoted=promote,
+        reason=reason,
+        metric=metric,
+        value=value,
+        margin=margin,
+        benchmark=benchmark,
+        comparison=comparison,
+        champion_before=champion_before,
+        champion_value=champion_value,
+        champion_benchmark=champion_benchmark,
+        champion_after=champion_after,
+        model_uri=f"models:/{name}/{version.version}",
+        run_id=run_id,
+        reused_version=reused,
+        lineage=dict(lineage),
+    )
+
+
+def _log_default(params: Params, model_dir: Path, index_dir: Path) -> Any:
+    from pipeline.ops import serving
+
+    return serving.log_search_model(model_dir, index_dir, k=params.register.k)
+
+
+def _rollback(client: Any, name: str, version: str, before: Mapping[str, str | None]) -> None:
+    # Deleting the version drops the aliases it took over; point them back where they were.
+    try:
+        held = list(client.get_model_version(name, version).aliases or [])
+        client.delete_model_version(name, version)
+        for alias in held:
+            if before.get(alias) is not None:
+                client.set_registered_model_alias(name, alias, before[alias])
+        logger.warning("registry: removed %s v%s after a failed registration", name, version)
+    except Exception as error:
+        logger.error(
+            "registry: could not remove %s v%s after a failed registration (%s): delete it by hand "
+            "(MlflowClient().delete_model_version(%r, %r)) and check the aliases (before: %s)",
+            name,
+            version,
+            error,
+            name,
+            version,
+            dict(before),
+        )
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+
+def status(params: Params, project: Path) -> dict[str, Any]:
+    """The champion (and challenger) of ``register.model_name``: version, metrics, benchmark and lineage.
+
+    See the module example: ``status(...)["champion"]`` is ``None`` before the first registration, else a dict
+    with ``version``, ``metric``, ``value``, ``benchmark``, ``hashes`` ... (:func:`describe_version`).
+    """
+    from mlflow import MlflowClient
+
+    uri = tracking.configure(params, project, experiment=False)
+    client = MlflowClient(tracking_uri=uri)
+    name = params.register.model_name
+    result: dict[str, Any] = {"tracking_uri": uri, "model_name": name}
+    for alias in (CHAMPION, CHALLENGER):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            result[alias] = None
+            continue
+        result[alias] = describe_version(version)
+    return result

@@ -1,0 +1,148 @@
+"""A run's params: turn an orchestrator's run Params into ``params.yaml`` overrides, apply them, undo them.
+
+DVC decides what to re-run from ``params.yaml``, so a run's overrides are written into it (atomically,
+validated first, the previous file kept under ``.colbert-pipeline/``) and put back when the run fails.
+
+Example:
+    >>> overrides_from_dag_params({"epochs": 2, "overrides": {"train.max_steps": 5}}, current_source="sample")
+    {'train.epochs': 2, 'train.max_steps': 5}
+    >>> overrides_from_dag_params({"overrides": {"bad key": 1}}, "sample")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    pipeline.config.ConfigError: DAG param overrides: 'bad key' is not a dotted params key like ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError, apply_overrides, load_params, read_params_file, write_params
+from pipeline.io import atomic_write_text
+from pipeline.layout import STATE_DIR
+
+logger = logging.getLogger(__name__)
+
+#: DAG ``Param`` name -> the params.yaml key it overrides (``data_path`` depends on the source).
+DAG_PARAM_KEYS = {
+    "base_model": "train.base_model",
+    "data_source": "prepare.source",
+    "epochs": "train.epochs",
+    "promotion_margin": "register.margin",
+}
+#: Which key ``data_path`` sets for each source; kd needs three files, so it goes through ``overrides``.
+DATA_PATH_KEYS = {"triplets": "prepare.triplets.path", "beir": "prepare.beir.folder"}
+
+_DOTTED_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def overrides_from_dag_params(dag_params: Mapping[str, Any], current_source: str) -> dict[str, Any]:
+    """Turn the DAG's run ``Param``s into dotted params.yaml overrides (``None`` means "keep params.yaml").
+
+    ``overrides`` (a mapping of dotted keys) comes last, so it can set anything the named Params do not.
+    """
+    overrides: dict[str, Any] = {}
+    for name, key in DAG_PARAM_KEYS.items():
+        if dag_params.get(name) is not None:
+            overrides[key] = dag_params[name]
+    data_path = dag_params.get("data_path")
+    if data_path is not None:
+        source = overrides.get("prepare.source", current_source)
+        if source not in DATA_PATH_KEYS:
+            raise ConfigError(
+                f"DAG param data_path: the {source!r} source takes no single data path "
+                f"(use overrides, e.g. prepare.kd.scores / prepare.kd.queries / prepare.kd.documents)"
+            )
+        overrides[DATA_PATH_KEYS[source]] = data_path
+    extra = dag_params.get("overrides") or {}
+    if not isinstance(extra, Mapping):
+        raise ConfigError(
+            f"DAG param overrides: expected a mapping of dotted keys, got {type(extra).__name__}"
+        )
+    for key, value in extra.items():
+        if not isinstance(key, str) or not _DOTTED_KEY.fullmatch(key):
+            raise ConfigError(f"DAG param overrides: {key!r} is not a dotted params key like train.max_steps")
+        overrides[key] = value
+    return overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamsUpdate:
+    """What ``apply_run_overrides`` did: the file, its hash now, the keys it changed, and its backup."""
+
+    params_path: str
+    sha256: str
+    changed: list[str]
+    backup: str | None
+
+    def as_xcom(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file ("" when it does not exist)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+def _get_dotted(raw: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def apply_run_overrides(params_path: Path, overrides: Mapping[str, Any], run_key: str) -> ParamsUpdate:
+    """Validate ``overrides`` against ``params_path``; write the changed ones into it atomically.
+
+    The file is the one DVC tracks, so writing the overrides there is what makes ``dvc repro`` re-run exactly
+    the stages whose section changed. The previous file is kept under ``.colbert-pipeline/`` (named by
+    ``run_key``) so ``restore_params`` can put it back when the run fails. Raises ``ConfigError`` naming the
+    key for a bad override, before anything is written.
+    """
+    load_params(params_path, dict(overrides))  # raises ConfigError naming the key (and missing paths)
+    raw = read_params_file(params_path)
+    changed = sorted(key for key, value in overrides.items() if _get_dotted(raw, key) != (True, value))
+    backup: Path | None = None
+    if changed:
+        state = params_path.parent / STATE_DIR
+        state.mkdir(parents=True, exist_ok=True)
+        # The folder ignores itself, so the workspace's git status stays clean without touching .gitignore.
+        (state / ".gitignore").write_text("*\n", encoding="utf-8")
+        backup = state / f"params.before-{_safe_name(run_key)}.yaml"
+        atomic_write_text(backup, params_path.read_text(encoding="utf-8") if params_path.exists() else "")
+        write_params(apply_overrides(raw, {key: overrides[key] for key in changed}), params_path)
+        logger.info(
+            "params: wrote %s to %s", ", ".join(f"{k}={overrides[k]!r}" for k in changed), params_path
+        )
+    else:
+        logger.info("params: %s already has every override; nothing to write", params_path)
+    return ParamsUpdate(
+        params_path=str(params_path),
+        sha256=file_sha256(params_path),
+        changed=changed,
+        backup=str(backup) if backup else None,
+    )
+
+
+def restore_params(update: Mapping[str, Any]) -> bool:
+    """Put back the params file a failed run replaced, unless someone changed it since. True if restored."""
+    backup = update.get("backup")
+    if not backup or not Path(backup).exists():
+        return False
+    params_path = Path(update["params_path"])
+    if file_sha256(params_path) != update.get("sha256"):
+        logger.warning("params: %s changed since this run wrote it; not restoring %s", params_path, backup)
+        return False
+    atomic_write_text(params_path, Path(backup).read_text(encoding="utf-8"))
+    logger.info("params: restored %s from %s (the run failed)", params_path, backup)
+    return True
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:150]

@@ -1,0 +1,221 @@
+"""Run a stage command in a child process group that never outlives the process that started it.
+
+The command runs under a small supervisor (``python -m pipeline.ops.runner --parent PID -- COMMAND``) that
+leads a new process group: the command and everything it starts (``dvc repro`` → ``colbert-pipeline <stage>``
+→ data loader workers) share that group. The supervisor polls its parent; when the runner is gone (an Airflow
+worker SIGKILLed, an OOM kill), it stops the whole group (SIGTERM, then SIGKILL), so no stage keeps running or
+keeps DVC's workspace lock. On Linux it also asks the kernel for ``SIGTERM`` on the parent's death
+(``PR_SET_PDEATHSIG``), which wakes it at once instead of at its next poll.
+
+Output is read as bytes and split on newlines only: a progress bar's carriage-return refreshes are folded, so
+a log gets one progress line per ``progress_seconds`` (and the last one), not one per refresh.
+
+Example:
+    >>> lines = []
+    >>> run_process([sys.executable, "-c", "print('hello'); print('world')"], emit=lines.append).returncode
+    0
+    >>> lines
+    ['hello', 'world']
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: How often the supervisor checks that its parent is alive.
+POLL_SECONDS = 0.5
+#: After SIGTERM, how long the group gets before SIGKILL.
+GRACE_SECONDS = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessResult:
+    """Exit status, the last lines of output, and the wall time of one supervised command."""
+
+    returncode: int
+    tail: list[str]
+    seconds: float
+
+
+def run_process(
+    command: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    emit: Callable[[str], None] | None = None,
+    tail_lines: int = 200,
+    progress_seconds: float = 10.0,
+    grace_seconds: float = 30.0,
+) -> ProcessResult:
+    """Run ``command`` under the supervisor, streaming its output lines to ``emit``.
+
+    If this call is interrupted (an Airflow ``execution_timeout`` raises into it, or Ctrl-C), the child's
+    whole process group gets SIGTERM, then SIGKILL after ``grace_seconds``. If this *process* dies, the
+    supervisor does the same by itself.
+    """
+    emit = emit or (lambda line: logger.info("%s", line))
+    supervised = [sys.executable, "-m", "pipeline.ops.runner", "--parent", str(os.getpid()), "--", *command]
+    child_env = dict(env if env is not None else os.environ)
+    # The supervisor must import this package even when the command runs elsewhere.
+    package_root = str(Path(__file__).resolve().parents[2])
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [child_env.get("PYTHONPATH"), package_root]))
+    started = time.monotonic()
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    process = subprocess.Popen(
+        supervised,
+        cwd=cwd,
+        env=child_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # The supervisor leads a new process group: stopping the group stops everything it started.
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in _lines(process.stdout, progress_seconds):
+            tail.append(line)
+            emit(line)
+        returncode = process.wait()
+    except BaseException:
+        stop_group(process.pid, grace_seconds)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace_seconds + 5)
+        raise
+    return ProcessResult(returncode=returncode, tail=list(tail), seconds=round(time.monotonic() - started, 3))
+
+
+def _lines(stream: object, progress_seconds: float):
+    """Decoded output lines; carriage-return refreshes are emitted at most once per ``progress_seconds``."""
+    buffer = b""
+    last_progress = 0.0
+    pending_progress: str | None = None
+    read = stream.read1  # type: ignore[attr-defined]
+    while True:
+        chunk = read(65536)
+        if not chunk:
+            break
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for raw in complete:
+            # A line that had refreshes keeps only its final state (tqdm's last write before the newline).
+            text = raw.rsplit(b"\r", 1)[-1].decode("utf-8", "replace").rstrip()
+            pending_progress = None
+            yield text
+        if b"\r" in buffer:
+            # A progress bar refreshing in place: remember its latest state; show it now and then.
+            latest = buffer.rstrip(b"\r").rsplit(b"\r", 1)[-1].decode("utf-8", "replace").strip()
+            buffer = latest.encode()
+            now = time.monotonic()
+            if latest and now - last_progress >= progress_seconds:
+                last_progress = now
+                pending_progress = None
+                yield latest
+            else:
+                pending_progress = latest or pending_progress
+    rest = buffer.rsplit(b"\r", 1)[-1].decode("utf-8", "replace").rstrip()
+    if rest:
+        yield rest
+    elif pending_progress:
+        yield pending_progress
+
+
+def stop_group(pgid: int, grace_seconds: float = GRACE_SECONDS) -> None:
+    """SIGTERM the process group ``pgid``, then SIGKILL it if anything is left after ``grace_seconds``."""
+    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not group_alive(pgid):
+                return
+            time.sleep(0.1)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still running (zombies do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: ask the kernel directly
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def supervise(parent: int, command: Sequence[str]) -> int:
+    """The supervisor's body: run ``command`` in this process group; stop the group if ``parent`` dies."""
+    parent_gone = False
+
+    def on_parent_death(signum: int, frame: object) -> None:
+        nonlocal parent_gone
+        parent_gone = True
+
+    signal.signal(signal.SIGTERM, on_parent_death)
+    _set_parent_death_signal(signal.SIGTERM)
+    child = subprocess.Popen(list(command))
+    while True:
+        if os.getppid() != parent:
+            parent_gone = True
+        if parent_gone:
+            # The runner is gone: nobody reads our output or waits for the result. Stop everything we started.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+            deadline = time.monotonic() + GRACE_SECONDS
+            while child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # includes this process: nothing of the stage is left
+        try:
+            code = child.wait(timeout=POLL_SECONDS)
+        except subprocess.TimeoutExpired:
+            continue
+        return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.ops.runner", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--parent", type=int, required=True, help="pid whose death stops the command")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    return supervise(args.parent, command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""The supervised stage process: it never outlives its runner, and progress bars do not flood the log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.ops import runner
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait_for(path: Path, seconds: float = 60) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_sigkill_of_the_runner_stops_the_whole_stage_group(tmp_path: Path) -> None:
+    """A runner SIGKILLed (an Airflow worker killed, an OOM kill) takes its stage and the stage's children."""
+    pids = tmp_path / "pids"
+    stage = tmp_path / "stage.py"
+    stage.write_text(
+        textwrap.dedent(
+            f"""
+            import os, subprocess, time
+            child = subprocess.Popen(["sleep", "300"])
+            open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{child.pid}}")
+            time.sleep(300)
+            """
+        )
+    )
+    runner_script = tmp_path / "runner.py"
+    runner_script.write_text(
+        "import sys\nfrom pipeline.ops.runner import run_process\n"
+        f"run_process([sys.executable, {str(stage)!r}])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(runner.__file__).resolve().parents[2])}
+    process = subprocess.Popen([sys.executable, str(runner_script)], env=env)
+    try:
+        stage_pid, grandchild = (int(p) for p in _wait_for(pids).split())
+        assert _alive(stage_pid) and _alive(grandchild)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        deadline = time.monotonic() + 20
+        while (_alive(stage_pid) or _alive(grandchild)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(stage_pid), "the stage outlived its runner"
+        assert not _alive(grandchild), "the stage's own child outlived the runner"
+    finally:
+        process.kill()
+
+
+def test_exit_status_and_signals_come_back(tmp_path: Path) -> None:
+    assert (
+        runner.run_process([sys.executable, "-c", "raise SystemExit(7)"], emit=lambda line: None).returncode
+        == 7
+    )
+    killed = runner.run_process(
+        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+        emit=lambda line: None,
+    )
+    assert killed.returncode == 128 + signal.SIGKILL
+
+
+def test_progress_refreshes_become_periodic_lines(tmp_path: Path) -> None:
+    script = tmp_path / "bar.py"
+    script.write_text(
+        "import sys, time\n"
+        "for i in range(200):\n"
+        "    sys.stdout.write(f'\\rstep {i}/200'); sys.stdout.flush(); time.sleep(0.005)\n"
+        "print()\nprint('done')\n"
+    )
+    lines: list[str] = []
+    result = runner.run_process([sys.executable, str(script)], emit=lines.append, progress_seconds=3600)
+    assert result.returncode == 0
+    # At most one refresh shown early (when one arrives alone), then the final state: not 200 lines.
+    assert lines[-2:] == ["step 199/200", "done"] and len(lines) <= 3
+
+
+def test_an_interrupted_call_stops_the_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+
+    class Interrupted(Exception):
+        pass
+
+    def emit(line: str) -> None:
+        if line == "ready":
+            raise Interrupted
+
+    code = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+        "print('ready', flush=True); time.sleep(300)"
+    )
+    with pytest.raises(Interrupted):
+        runner.run_process([sys.executable, "-c", code], emit=emit, grace_seconds=5)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 15
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
