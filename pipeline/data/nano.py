@@ -15,7 +15,7 @@ The output uses the on-disk layout of the ``sentence-transformers/NanoBEIR-en`` 
     <folder>/corpus/Nano<Name>.parquet      _id, text
     <folder>/queries/Nano<Name>.parquet     _id, text
     <folder>/qrels/Nano<Name>.parquet       query-id, corpus-id, score
-    <folder>/meta/Nano<Name>.json           provenance: source folder, split, seed, counts
+    <folder>/meta/Nano<Name>.json           provenance: source folder's name, split, seed, counts
 
 Several benchmarks can share a folder (one per source dataset).
 
@@ -302,7 +302,11 @@ def build_nano_benchmark(
         source_split=data.split,
         seed=seed,
     )
-    _write_text_atomic(json.dumps(asdict(info), indent=2) + "\n", folder / "meta" / f"{split_name}.json")
+    # The meta file is inside a DVC-hashed output: nothing machine-specific goes in (no absolute paths), so the
+    # same data built in two workspaces hashes the same.
+    meta = {key: value for key, value in asdict(info).items() if key != "folder"}
+    meta["source"] = Path(info.source).name if info.source else None
+    _write_text_atomic(json.dumps(meta, indent=2) + "\n", folder / "meta" / f"{split_name}.json")
     _write_readme(folder)
     logger.info(
         "Wrote %s to %s: %d queries, %d documents (%d judged, %d hard negatives)",
