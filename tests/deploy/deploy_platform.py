@@ -79,7 +79,7 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: fl
 
 
 def http_json(
-    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 30.0
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 60.0
 ) -> tuple[int, Any]:
     """One JSON request; returns ``(status, decoded body)`` for any HTTP status."""
     data = None if body is None else json.dumps(body).encode()
@@ -503,7 +503,10 @@ class AirflowApi:
         def finished() -> str | None:
             if platform is not None:
                 platform.check_alive()
-            state = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            try:
+                state = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            except OSError:  # a slow answer from a busy API server: ask again (the wait stays bounded)
+                return None
             return state if state in ("success", "failed") else None
 
         return wait_until(f"DAG run {dag_id}/{run_id}", finished, timeout, interval=2.0)

@@ -18,6 +18,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
+import shutil
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -116,8 +119,23 @@ def serve(args: argparse.Namespace) -> int:
     )
     request = {"dataframe_split": {"columns": ["query"], "data": [[QUERY]]}, "params": {"k": 3}}
     status, body = http_json("POST", f"{args.serve}/invocations", request, timeout=120)
-    print(json.dumps(body, indent=1)[:3000])
     ok = status == 200 and len(body["predictions"][0]["ids"]) == 3
+    if shutil.which("curl"):  # the same question as an operator asks it (README "Orchestration")
+        command = [
+            "curl",
+            "-s",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps(request),
+            f"{args.serve}/invocations",
+        ]
+        print("$ " + " ".join(shlex.quote(part) for part in command), flush=True)
+        answer = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        print(answer.stdout[:4000])
+        ok = ok and answer.returncode == 0 and json.loads(answer.stdout)["predictions"][0]["ids"]
+    else:
+        print(json.dumps(body, indent=1)[:4000])
     return 0 if ok else 1
 
 
