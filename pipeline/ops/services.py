@@ -128,6 +128,9 @@ def airflow_environment(env: Mapping[str, str]) -> dict[str, str]:
         # Task instances record this host name: COLBERT_HOSTNAME when set (two workers on one host).
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pipeline.ops.services.hostname",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": setting(env, "COLBERT_BIND_HOST"),
+        # A worker busy training (or a shared 2-core test machine) answers slowly: Airflow's 5 s timeout on
+        # the task runner's calls to the API server failed tasks before they started (seen in tests/deploy).
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
         "MLFLOW_TRACKING_URI": setting(env, "MLFLOW_TRACKING_URI"),
     }
     if env.get("COLBERT_DAGS_FOLDER"):
