@@ -10,16 +10,31 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run test test-fast lint format clean quality quality-scifact quality-nfcorpus quality-arguana
+.PHONY: install services run test test-fast test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana
 
 $(UV):
 	python3 -m pip install --user --quiet uv
 
+# The `deploy` extra: the Postgres and Celery/Redis drivers of the deployed platform (tests/deploy, docker/).
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --extra deploy
 	touch $@
 
 install: $(VENV)/.installed
+
+# The deploy tier (tests/deploy) runs PostgreSQL (initdb, postgres, psql) and redis-server from the machine.
+# As root (CI), install what is missing with apt-get; otherwise say what to install.
+DEPLOY_BINARIES := initdb postgres psql redis-server
+services:
+	@missing=""; for b in $(DEPLOY_BINARIES); do command -v $$b >/dev/null || ls /usr/lib/postgresql/*/bin/$$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  packages=""; case "$$missing" in *redis-server*) packages="redis-server";; esac; \
+	  case "$$missing" in *initdb*|*postgres*|*psql*) packages="$$packages postgresql";; esac; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make services: installing$$packages for tests/deploy (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$packages >/dev/null; \
+	  else echo "make services: tests/deploy needs$$missing: apt-get install$$packages" >&2; exit 1; fi; \
+	fi
 
 # The main job: every stage on the offline sample (prepare, baseline, train, evaluate, index, register).
 run: install
@@ -56,13 +71,18 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Everything: unit tests, the package's docstring examples and the slow end-to-end tiers.
-test: lint
-	$(VENV)/bin/pytest
+# COLBERT_DEPLOY_REQUIRED: the deploy tier fails (instead of skipping) where its binaries are missing.
+test: lint services
+	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest
 
-# The same without the slow tiers (end-to-end runs, real servers): a few minutes.
+# The image built and the compose stack started for real (root; starts and stops its own dockerd, builds the
+# base images from Debian packages): one DAG run through the stack, then the champion served. Not in `test`.
+test-docker: install
+	docker/test-docker.sh
+
+# The same without the slow tiers (end-to-end runs, real servers, the deploy tier): a few minutes.
 test-fast: lint
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m "not slow and not deploy"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

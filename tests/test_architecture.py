@@ -243,3 +243,32 @@ def test_layout_stage_io_agrees_with_dvc_yaml(stage: str) -> None:
     outs, deps = _paths(spec.get("outs")), _paths(spec.get("deps"))
     assert {artifacts[name] for name in writes} == outs & set(artifacts.values())
     assert {artifacts[name] for name in reads} <= deps
+
+
+def write_dvc_code_deps(path: Path = REPO / "dvc.yaml") -> None:
+    """Rewrite each stage's ``pipeline/`` deps in ``dvc.yaml`` as its import closure (keeps the other deps).
+
+    Run it after moving code between modules: ``.venv/bin/python tests/test_architecture.py``.
+    """
+    lines, out, stage, index = path.read_text().split("\n"), [], None, 0
+    while index < len(lines):
+        line = lines[index]
+        if match := re.match(r"^  (\w+):$", line):
+            stage = match[1]
+        if line == "    deps:" and stage:
+            note = f"# code: what `colbert-pipeline {stage}` imports (tests/test_architecture.py checks it)"
+            out += [line, f"      {note}"]
+            out += [f"      - {file}" for file in sorted(stage_closure_files(stage))]
+            index += 1
+            while index < len(lines) and (lines[index].startswith("      - ") or "# code:" in lines[index]):
+                if lines[index].startswith("      - ") and not lines[index][8:].startswith("pipeline"):
+                    out.append(lines[index])
+                index += 1
+            continue
+        out.append(line)
+        index += 1
+    path.write_text("\n".join(out))
+
+
+if __name__ == "__main__":
+    write_dvc_code_deps()

@@ -302,8 +302,8 @@ def build_nano_benchmark(
         source_split=data.split,
         seed=seed,
     )
-    # The meta file is inside a DVC-hashed output: nothing machine-specific goes in (no absolute paths), so the
-    # same data built in two workspaces hashes the same.
+    # The meta file is inside a DVC-hashed output: nothing machine-specific goes in (no absolute paths),
+    # so the same data built in two workspaces hashes the same.
     meta = {key: value for key, value in asdict(info).items() if key != "folder"}
     meta["source"] = Path(info.source).name if info.source else None
     _write_text_atomic(json.dumps(meta, indent=2) + "\n", folder / "meta" / f"{split_name}.json")

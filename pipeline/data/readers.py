@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.data.beir import BeirFormatError, find_file, read_jsonl_records
+from pipeline.data.beir import BeirFormatError, read_jsonl_records
 from pipeline.errors import InputError
 
 OnBadRows = Literal["error", "drop"]
@@ -183,15 +183,3 @@ def read_kd(
     if not rows:
         raise DataFormatError(f"{scores_path}: no valid KD rows")
     return rows, counts
-
-
-def read_corpus(path: Path) -> Iterator[tuple[str, str]]:
-    """Stream ``(id, text)`` from a BEIR folder's corpus or a corpus JSONL[.gz] (title prefixed to text)."""
-    file = find_file(path, "corpus") if path.is_dir() else path
-    if file is None:
-        raise BeirFormatError(f"{path}: no corpus.jsonl[.gz] in this folder")
-    for number, record in read_jsonl_records(file):
-        if "_id" not in record:
-            raise BeirFormatError(f"{file}:{number}: missing field '_id'")
-        title = record.get("title") or ""
-        yield str(record["_id"]), f"{title} {record['text']}".strip()

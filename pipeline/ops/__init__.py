@@ -3,6 +3,7 @@
 - ``tracking``: MLflow runs (one parent per pipeline run, a child per stage) and the bounded retry layer;
 - ``lineage``: git and DVC hashes (the one ``dvc.lock`` reader);
 - ``promotion``: the pure promotion rule and the registry's records; ``registry``: the MLflow registry calls;
-- ``serving``: the served pyfunc;
+- ``serving``: the served pyfunc; ``canary``: the new champion's check;
+- ``services``: the deployment's service commands (the compose stack and tests/deploy run the same);
 - ``run_params``, ``orchestration``, ``runner``: what the Airflow DAG does; its supervised stage processes.
 """

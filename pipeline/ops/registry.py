@@ -223,7 +223,7 @@ def register_and_promote(
         version = existing
         logger.info("registry: %s v%s already holds this model, index and evaluation", name, version.version)
     else:
-        info = (log_model or (lambda: _log_default(params, model_dir, index_dir)))()
+        info = (log_model or (lambda: _log_default(params, model_dir, index_dir, project)))()
         version = mlflow.register_model(info.model_uri, name, tags=tags)
         logger.info("registry: created %s v%s from %s", name, version.version, info.model_uri)
 
@@ -264,10 +264,20 @@ def register_and_promote(
     )
 
 
-def _log_default(params: Params, model_dir: Path, index_dir: Path) -> Any:
+def _log_default(params: Params, model_dir: Path, index_dir: Path, project: Path | None = None) -> Any:
     from pipeline.ops import serving
 
-    return serving.log_search_model(model_dir, index_dir, k=params.register.k)
+    documents = None
+    if project is not None:
+        # The texts the index was built from, so the served model answers with them (what a RAG user needs).
+        from pipeline.data.corpus import corpus_for
+
+        try:
+            ids, texts, _ = corpus_for(params, project)
+            documents = dict(zip(ids, texts, strict=True))
+        except (OSError, ValueError) as error:
+            logger.warning("registry: serving ids only, the indexed texts are unavailable: %s", error)
+    return serving.log_search_model(model_dir, index_dir, k=params.register.k, documents=documents)
 
 
 def _rollback(client: Any, name: str, version: str, before: Mapping[str, str | None]) -> None:

@@ -11,7 +11,14 @@ works). **Params**: ``k`` (hits per query; default ``register.k`` at registratio
 
 - ``query``: the query text;
 - ``ids``: the ``k`` best document ids (strings), best first;
-- ``scores``: their MaxSim scores (floats), same order.
+- ``scores``: their MaxSim scores (floats), same order;
+- ``texts``: the hits' document texts, same order, each cut to :data:`MAX_TEXT_CHARS` characters (only when
+  the version packs the texts the index was built from: artifact ``documents``).
+
+The logged model carries an input example (``serving_input_example.json``), the request body
+``mlflow models serve`` accepts::
+
+    {"dataframe_split": {"columns": ["query"], "data": [["..."]]}, "params": {"k": 10}}
 
 Example (``model_dir`` and ``index_dir``: a small model and the index built with it, which the doctests
 provide; in production, ``mlflow.pyfunc.load_model("models:/colbert-pipeline@champion")``):
@@ -26,7 +33,10 @@ provide; in production, ``mlflow.pyfunc.load_model("models:/colbert-pipeline@cha
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +47,10 @@ logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 INDEX_ARTIFACT = "index"
+DOCUMENTS_ARTIFACT = "documents"
+#: Each hit's text is cut to this many characters: a bounded answer whatever the corpus.
+MAX_TEXT_CHARS = 2000
+EXAMPLE_QUERY = "what is late interaction retrieval?"
 QUERY_COLUMN = "query"
 #: Distributions the served model needs, pinned to the versions that logged it.
 REQUIREMENTS = ("mlflow", "torch", "sentence-transformers", "transformers", "fast-plaid", "voyager", "pandas")
@@ -65,6 +79,10 @@ class ColBERTSearchModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"{index_path}: the packaged index is empty")
         self.model = models.ColBERT(model_name_or_path=context.artifacts[MODEL_ARTIFACT], device=device)
         self.retriever = retrieve.ColBERT(index=index)
+        self.texts: dict[str, str] | None = None
+        documents = (getattr(context, "artifacts", None) or {}).get(DOCUMENTS_ARTIFACT)
+        if documents:
+            self.texts = read_documents(Path(documents))
         logger.info("serving %d documents from %s", index.num_documents, index_path)
 
     def predict(
@@ -74,17 +92,21 @@ class ColBERTSearchModel(mlflow.pyfunc.PythonModel):
         k = (params or {}).get("k") or self.k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"params k: expected a positive integer, got {k!r}")
+        texts = getattr(self, "texts", None)
         if not queries:
-            return pd.DataFrame({QUERY_COLUMN: [], "ids": [], "scores": []})
+            empty = {QUERY_COLUMN: [], "ids": [], "scores": []}
+            return pd.DataFrame({**empty, "texts": []} if texts is not None else empty)
         embeddings = self.model.encode(queries, is_query=True, show_progress_bar=False)
         results = self.retriever.retrieve(embeddings, k=k, show_progress=False)
-        return pd.DataFrame(
-            {
-                QUERY_COLUMN: queries,
-                "ids": [[str(hit["id"]) for hit in hits] for hits in results],
-                "scores": [[float(hit["score"]) for hit in hits] for hits in results],
-            }
-        )
+        ids = [[str(hit["id"]) for hit in hits] for hits in results]
+        columns = {
+            QUERY_COLUMN: queries,
+            "ids": ids,
+            "scores": [[float(hit["score"]) for hit in hits] for hits in results],
+        }
+        if texts is not None:
+            columns["texts"] = [[texts.get(doc_id, "") for doc_id in row] for row in ids]
+        return pd.DataFrame(columns)
 
 
 def packaged_artifact(local_model: Path, artifact: str = MODEL_ARTIFACT) -> Path:
@@ -98,6 +120,28 @@ def packaged_artifact(local_model: Path, artifact: str = MODEL_ARTIFACT) -> Path
             f"{local_model}/MLmodel: no {artifact!r} artifact (not a colbert-pipeline model)"
         )
     return Path(local_model) / entry["path"]
+
+
+def write_documents(documents: Mapping[str, str], path: Path, max_chars: int = MAX_TEXT_CHARS) -> Path:
+    """``{id: text}`` as JSON lines ``{"id", "text"}``, each text cut to ``max_chars`` (the served bound)."""
+    with open(path, "w", encoding="utf-8") as stream:
+        for doc_id, text in documents.items():
+            row = {"id": str(doc_id), "text": str(text)[:max_chars]}
+            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_documents(path: Path) -> dict[str, str]:
+    """What :func:`write_documents` wrote; a bad line is an error naming the file and line."""
+    texts = {}
+    with open(path, encoding="utf-8") as stream:
+        for number, line in enumerate(stream, 1):
+            try:
+                row = json.loads(line)
+                texts[str(row["id"])] = str(row["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}:{number}: not a {{id, text}} JSON line ({error})") from None
+    return texts
 
 
 def queries_from_input(model_input: Any) -> list[str]:
@@ -143,6 +187,7 @@ def signature(k: int) -> Any:
                 ColSpec(DataType.string, QUERY_COLUMN),
                 ColSpec(Array(DataType.string), "ids"),
                 ColSpec(Array(DataType.double), "scores"),
+                ColSpec(Array(DataType.string), "texts", required=False),
             ]
         ),
         params=ParamSchema([ParamSpec("k", DataType.long, k)]),
@@ -167,11 +212,13 @@ def log_search_model(
     index_kind: str = "plaid",
     name: str = "search_model",
     device: str | None = None,
+    documents: Mapping[str, str] | None = None,
 ) -> Any:
     """Log the pyfunc (model + index + this package's code) to the active run; return mlflow's ModelInfo.
 
     Checks both folders before uploading anything: ``model_dir`` must hold a saved model, ``index_dir`` an
-    index (its ``CURRENT`` pointer).
+    index (its ``CURRENT`` pointer). ``documents`` (``{id: text}``, the corpus the index was built from) is
+    packed too, each text cut to :data:`MAX_TEXT_CHARS`, so answers carry the hits' texts.
 
     The module's example logs one and asks it a question.
     """
@@ -183,15 +230,21 @@ def log_search_model(
     if index_kind not in INDEX_KINDS:
         raise ValueError(f"index_kind: {index_kind!r} is not one of {', '.join(INDEX_KINDS)}")
     package_dir = Path(__file__).resolve().parents[1]  # the whole ``pipeline`` package
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=ColBERTSearchModel(),
-        artifacts={MODEL_ARTIFACT: str(model_dir), INDEX_ARTIFACT: str(index_dir)},
-        code_paths=[str(package_dir)],
-        model_config={"k": int(k), "index_kind": index_kind, "device": device},
-        signature=signature(k),
-        pip_requirements=pinned_requirements(),
-    )
+    artifacts = {MODEL_ARTIFACT: str(model_dir), INDEX_ARTIFACT: str(index_dir)}
+    with tempfile.TemporaryDirectory(prefix="colbert-documents-") as scratch:
+        if documents:
+            artifacts[DOCUMENTS_ARTIFACT] = str(write_documents(documents, Path(scratch) / "documents.jsonl"))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=ColBERTSearchModel(),
+            artifacts=artifacts,
+            code_paths=[str(package_dir)],
+            model_config={"k": int(k), "index_kind": index_kind, "device": device},
+            signature=signature(k),
+            # Saved as serving_input_example.json: the request body `mlflow models serve` accepts.
+            input_example=(pd.DataFrame({QUERY_COLUMN: [EXAMPLE_QUERY]}), {"k": int(k)}),
+            pip_requirements=pinned_requirements(),
+        )
 
 
 def default_model_uri(params: Any) -> str:

@@ -16,33 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params, resolve_path
-from pipeline.data.readers import read_corpus
+from pipeline.config import Params
+from pipeline.data.corpus import corpus_for
 from pipeline.io import atomic_write_json
 from pipeline.layout import Layout
 from pipeline.ops import tracking
 
 logger = logging.getLogger(__name__)
-
-
-def corpus_for(params: Params, project: Path) -> tuple[list[str], list[str], str]:
-    """The ids, texts and a description of the corpus to index."""
-    from pipeline.data.nano import list_nano_benchmarks, load_nano_benchmark
-
-    if params.index.corpus:
-        source = resolve_path(params.index.corpus, project)
-        pairs = list(read_corpus(source))
-    else:
-        benchmark = Layout(params, project).benchmark
-        names = list_nano_benchmarks(benchmark)
-        if not names:
-            raise FileNotFoundError(f"{benchmark}: no benchmark to index (run the prepare stage first)")
-        source = benchmark
-        pairs = [pair for name in names for pair in load_nano_benchmark(benchmark, name).corpus.items()]
-    if not pairs:
-        raise ValueError(f"{source}: the corpus to index is empty")
-    ids, texts = zip(*pairs, strict=True)
-    return list(ids), list(texts), str(source)
 
 
 def run(params: Params, project: Path) -> dict[str, Any]:

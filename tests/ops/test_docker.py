@@ -32,6 +32,7 @@ BASE_SERVICES = {
     "mlflow",
 }
 CELERY_SERVICES = {"redis", "airflow-worker", "airflow-worker-gpu"}
+SERVE_SERVICES = {"serve"}
 AIRFLOW_SERVICES = {name for name in BASE_SERVICES | CELERY_SERVICES if name.startswith("airflow-")}
 
 
@@ -63,11 +64,12 @@ def _command(service: dict[str, Any]) -> str:
 
 
 def test_services_and_profiles(services: dict[str, Any]) -> None:
-    assert set(services) == BASE_SERVICES | CELERY_SERVICES
+    assert set(services) == BASE_SERVICES | CELERY_SERVICES | SERVE_SERVICES
     for name in BASE_SERVICES:
         assert "profiles" not in services[name], f"{name} must start with a plain `docker compose up`"
     for name in CELERY_SERVICES:
         assert services[name]["profiles"] == ["celery"], name
+    assert services["serve"]["profiles"] == ["serve"]  # it needs a champion: started after the first run
 
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
@@ -92,7 +94,7 @@ def test_start_order(services: dict[str, Any]) -> None:
 
 def test_ports_are_published_on_loopback_only(services: dict[str, Any]) -> None:
     published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
-    assert set(published) == {"airflow-apiserver", "mlflow"}
+    assert set(published) == {"airflow-apiserver", "mlflow", "serve"}
     for name, ports in published.items():
         for port in ports:
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
@@ -114,21 +116,36 @@ def test_volumes(compose: dict[str, Any], services: dict[str, Any]) -> None:
         assert "workspace:/workspace" in services[name]["volumes"], name
 
 
+def _compose_env(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment with compose's ``${NAME:-default}`` defaults filled in."""
+    return {
+        key: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+        for key, value in service.get("environment", {}).items()
+    }
+
+
 def test_environment(services: dict[str, Any]) -> None:
+    """Compose gives pipeline.ops.services its inputs; the module derives what each service gets."""
+    from pipeline.ops import services as platform
+
     for name in AIRFLOW_SERVICES:
-        env = services[name]["environment"]
+        assert (
+            _command(services[name]).startswith("python -m pipeline.ops.services ") or name == "airflow-init"
+        )
+        env = platform.environment("scheduler", _compose_env(services[name]))
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://"), name
         assert "@postgres:5432/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], name
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
         assert env["COLBERT_PIPELINE_WORKSPACE"] == "/workspace", name
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW_EXECUTOR:-LocalExecutor}"
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"  # the celery profile sets CeleryExecutor
         assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
-    mlflow = _command(services["mlflow"])
-    assert "--backend-store-uri=postgresql+psycopg2://mlflow:" in mlflow and "@postgres:5432/mlflow" in mlflow
-    assert "--artifacts-destination=/mlflow/artifacts" in mlflow and "--serve-artifacts" in mlflow
+    mlflow_env = _compose_env(services["mlflow"])
+    mlflow = " ".join(platform.command("mlflow", mlflow_env))
+    assert "--backend-store-uri postgresql+psycopg2://mlflow:" in mlflow and "@postgres:5432/mlflow" in mlflow
+    assert "--artifacts-destination /mlflow/artifacts" in mlflow and "--serve-artifacts" in mlflow
     # MLflow 3 checks the Host header: the name other containers use must be allowed.
-    assert re.search(r"--allowed-hosts=\S*\bmlflow:5000\b", mlflow)
+    assert re.search(r"--allowed-hosts \S*\bmlflow:5000\b", mlflow)
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "airflow"
     assert services["airflow-init"]["environment"]["AIRFLOW_ADMIN_PASSWORD"]
 
@@ -138,18 +155,19 @@ def test_gpu_worker_takes_the_dags_gpu_queue_with_a_reserved_gpu(services: dict[
     worker = services["airflow-worker-gpu"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert re.search(rf"--queues {constants['GPU_QUEUE']}\b", _command(worker))
-    assert re.search(rf"--queues {constants['DEFAULT_QUEUE']}\b", _command(services["airflow-worker"]))
+    assert re.search(rf"--queue {constants['GPU_QUEUE']}\b", _command(worker))
+    assert re.search(rf"--queue {constants['DEFAULT_QUEUE']}\b", _command(services["airflow-worker"]))
     for name in set(services) - {"airflow-worker-gpu"}:
         assert "deploy" not in services[name], f"{name} must not need a GPU"
 
 
 def test_init_creates_the_dags_pools() -> None:
+    from pipeline.ops import services as platform
+
     constants = _dag_constants()
     script = (DOCKER / "airflow-init.sh").read_text()
-    assert f"airflow pools set {constants['DVC_POOL']} 1 " in script
-    assert f"airflow pools set {constants['GPU_POOL']} " in script
-    assert "airflow db migrate" in script
+    assert "python -m pipeline.ops.services init" in script  # migrate, login, pools: tests/deploy runs it too
+    assert (constants["DVC_POOL"], constants["GPU_POOL"]) == (platform.DVC_POOL, platform.GPU_POOL)
 
 
 def test_shell_scripts_parse() -> None:
@@ -163,7 +181,13 @@ def test_shell_scripts_parse() -> None:
 
 def test_dockerfile_builds_from_the_lock_as_a_non_root_user() -> None:
     text = DOCKERFILE.read_text()
-    assert re.search(r"^FROM python:\$\{PYTHON_VERSION\}-slim", text, re.MULTILINE)
+    # Base images are build arguments whose defaults are the public images.
+    assert "ARG PYTHON_IMAGE=python:${PYTHON_VERSION}-slim-bookworm" in text
+    assert "ARG UV_IMAGE=ghcr.io/astral-sh/uv:${UV_VERSION}" in text
+    bases = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    assert bases == ["${UV_IMAGE}", "${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+    # The CA bundle of a test build is a secret mount, never copied into the image.
+    assert "ca-certificates.crt" not in text and not re.search(r"^(COPY|ADD)\b.*\bca\b", text, re.MULTILINE)
     assert "ARG PYTHON_VERSION=3.11" in text
     syncs = re.findall(r"uv sync ([^\n]*)", text)
     assert syncs and all("--frozen" in line for line in syncs)

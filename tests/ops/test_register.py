@@ -326,7 +326,9 @@ def test_champion_pyfunc_answers_from_its_index(project, server):
     served = mlflow.pyfunc.load_model("models:/served@champion")
     queries = ["The koala mostly eats gum leaves.", "The falcon lives in the cliffs."]
     answer = served.predict(pd.DataFrame({"query": queries}))
-    assert list(answer.columns) == ["query", "ids", "scores"] and answer["query"].tolist() == queries
+    # texts: the indexed corpus packed with the version, one per hit.
+    assert list(answer.columns) == ["query", "ids", "scores", "texts"] and answer["query"].tolist() == queries
+    assert [len(texts) for texts in answer["texts"]] == [4, 4]
     assert [len(ids) for ids in answer["ids"]] == [4, 4]
     assert all(list(s) == sorted(s, reverse=True) for s in answer["scores"])
     # Exactly what the model and index in the project answer directly ...
@@ -336,6 +338,7 @@ def test_champion_pyfunc_answers_from_its_index(project, server):
     assert answer["ids"].tolist() == [[str(hit["id"]) for hit in hits] for hits in direct]
     # ... and a document's own text finds it first.
     assert [ids[0] for ids in answer["ids"]] == ["d3b", "d5a"]
+    assert "koala" in answer["texts"][0][0].lower() and "falcon" in answer["texts"][1][0].lower()
     assert len(served.predict(pd.DataFrame({"query": queries[:1]}), params={"k": 2})["ids"][0]) == 2
     with pytest.raises(Exception, match="query"):
         served.predict(pd.DataFrame({"text": queries}))

@@ -1,0 +1,60 @@
+"""The champion canary DAG: runs on each ``colbert_champion`` event the pipeline DAG emits.
+
+    probe_champion   load the new champion (and the one it replaced) from the MLflow registry, ask both
+                     the fixed canary queries of the workspace's benchmark, log latency p50/p95 and
+                     recall@10 to MLflow (experiment ``colbert-canary``); fail, with the numbers, if the
+                     new champion cannot answer
+
+The logic lives in ``pipeline.ops.canary``. Settings: ``COLBERT_PIPELINE_WORKSPACE`` and
+``MLFLOW_TRACKING_URI`` (Airflow Variable first, then environment), as for the pipeline DAG;
+``COLBERT_CANARY_QUERIES`` (default 8).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset, Variable, dag, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from pipeline.ops import canary, orchestration
+
+#: The asset ``dags/colbert_pipeline.py`` emits from its ``promote`` task (same name and URI).
+CHAMPION = Asset(name="colbert_champion", uri="x-colbert-pipeline://registry/champion")
+
+
+@dag(
+    dag_id="colbert_canary",
+    schedule=[CHAMPION],
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "colbert-pipeline", "retries": 0, "queue": "default"},
+    tags=["colbert", "mlops", "canary"],
+    doc_md=__doc__,
+)
+def colbert_canary() -> None:
+    """Probe each new champion with fixed benchmark queries; fail loudly if it cannot answer."""
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def probe_champion() -> dict[str, Any]:
+        def lookup(name: str) -> str | None:
+            return Variable.get(name, default=None) or os.environ.get(name)
+
+        try:
+            settings = orchestration.Settings.resolve(lookup)
+            return canary.run_canary(
+                settings.workspace,
+                orchestration.resolve_tracking_uri(settings),
+                n_queries=int(lookup("COLBERT_CANARY_QUERIES") or canary.DEFAULT_QUERIES),
+            )
+        except (canary.CanaryFailed, orchestration.OrchestrationError) as error:
+            raise AirflowFailException(str(error)) from None
+
+    probe_champion()
+
+
+canary_dag = colbert_canary()

@@ -1,0 +1,349 @@
+"""The pipeline as its users run it: Airflow 3 on Celery, Postgres-backed MLflow, the champion over HTTP.
+
+``deploy_platform`` starts PostgreSQL, Redis, ``mlflow server``, Airflow's api-server, scheduler,
+dag-processor and triggerer, and one Celery worker per queue (``default``, ``gpu``, distinct host names), each
+through ``python -m pipeline.ops.services`` as ``docker/compose.yaml`` does. The tests drive it only through
+Airflow's REST API v2 (a token from ``/auth/token``), MLflow's client over HTTP and ``POST /invocations``, in
+order, on one platform:
+
+1. a run with a few training steps: every task succeeds, ``train`` on the gpu worker, the rest on default, the
+   DVC pool held; the champion alias, its lineage tags, the ``colbert_champion`` asset event, the input
+   example;
+2. the canary DAG runs on that asset event and records its numbers to MLflow;
+3. ``mlflow models serve`` answers the champion's ids, scores and texts over HTTP;
+4. a bad Param fails in ``validate_params``, once, leaving ``params.yaml`` as it was;
+5. the gpu worker SIGKILLed during ``train``: the task fails (retries are 0 here), no stage survives, and the
+   next run completes, keeping the champion where it was.
+
+Set ``COLBERT_DEPLOY_REPORT=<file>`` to keep a JSON record of the first run's tasks (the README's table).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import datetime as dt
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_platform import (
+    REPO_ROOT,
+    AirflowApi,
+    Platform,
+    Process,
+    binary,
+    http_json,
+    running_platform,
+    tail,
+    wait_until,
+)
+
+from pipeline.ops import services
+
+pytestmark = pytest.mark.deploy
+
+DAG_ID = "colbert_pipeline"
+CANARY_DAG_ID = "colbert_canary"
+MODEL_NAME = "colbert-deploy"
+#: A few training steps on a few entities: the offline sample at a size 2 CPU cores run in minutes.
+TINY = {
+    "prepare.sample.n_train_entities": 8,
+    "prepare.sample.n_eval_entities": 2,
+    "prepare.sample.n_distractors": 20,
+    "prepare.eval_queries": 8,
+    "prepare.eval_documents": 24,
+    "train.max_steps": 2,
+    "train.batch_size": 4,
+    "train.save_steps": 1000,
+    "evaluate.batch_size": 16,
+    "index.kmeans_niters": 1,
+    "register.model_name": MODEL_NAME,
+}
+RUN_TIMEOUT = 1500.0  # bounded, with room for a loaded 2-core machine
+ENV = {
+    "COLBERT_PIPELINE_SCHEDULE": "none",  # runs come from the API only (a weekly run would start at unpause)
+    "COLBERT_PIPELINE_RETRIES": "0",  # "as configured": a killed task fails at once, no retry delay to wait
+    "COLBERT_CANARY_QUERIES": "4",
+    "AIRFLOW__API__WORKERS": "1",
+    "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+    # A task whose worker vanished is failed after 30 s without a heartbeat (default 300 s).
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+}
+
+
+def _require_binaries() -> None:
+    missing = [name for name in ("initdb", "postgres", "psql", "redis-server") if binary(name) is None]
+    if not missing:
+        return
+    message = f"the deploy tier needs {', '.join(missing)} on PATH (`make services` installs redis-server)"
+    if os.environ.get("COLBERT_DEPLOY_REQUIRED") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def deployed() -> Iterator[dict[str, Any]]:
+    _require_binaries()
+    with running_platform(extra_env=ENV) as platform:
+        api = AirflowApi(platform.api_url, services.ADMIN_USER, platform.admin_password)
+
+        def dags_parsed() -> bool:
+            platform.check_alive()
+            errors = api.get("/importErrors")["import_errors"]
+            assert not errors, errors
+            found = {
+                dag_id: api.get(f"/dags/{dag_id}", expect=(200, 404)) for dag_id in (DAG_ID, CANARY_DAG_ID)
+            }
+            return all(body.get("dag_id") == dag_id for dag_id, body in found.items())
+
+        wait_until("both DAGs parsed by the dag-processor", dags_parsed, 240, interval=2.0)
+        for dag_id in (DAG_ID, CANARY_DAG_ID):
+            api.request("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+        yield {"platform": platform, "api": api, "runs": {}}
+
+
+def _mlflow(platform: Platform) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=platform.mlflow_url)
+
+
+def _seconds(ti: dict[str, Any]) -> float:
+    start = dt.datetime.fromisoformat(ti["start_date"])
+    end = dt.datetime.fromisoformat(ti["end_date"])
+    return (end - start).total_seconds()
+
+
+def _run(deployed: dict[str, Any], conf: dict[str, Any], key: str) -> tuple[str, str]:
+    api, platform = deployed["api"], deployed["platform"]
+    run_id = api.trigger(DAG_ID, conf)
+    state = api.wait_run(DAG_ID, run_id, RUN_TIMEOUT, platform)
+    deployed["runs"][key] = run_id
+    return run_id, state
+
+
+def _task_logs(deployed: dict[str, Any], run_id: str, task_id: str, try_number: int = 1) -> str:
+    body = deployed["api"].get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}")
+    content = body.get("content") if isinstance(body, dict) else body
+    return json.dumps(content) if not isinstance(content, str) else content
+
+
+def test_the_pools_the_dag_uses_are_the_ones_init_creates(deployed: dict[str, Any]) -> None:
+    tree = ast.parse((REPO_ROOT / "dags" / "colbert_pipeline.py").read_text())
+    constants = {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    assert (constants["DVC_POOL"], constants["GPU_POOL"]) == (services.DVC_POOL, services.GPU_POOL)
+    assert {constants["DEFAULT_QUEUE"], constants["GPU_QUEUE"]} == set(services.QUEUES)
+    pools = {pool["name"]: pool for pool in deployed["api"].get("/pools")["pools"]}
+    assert pools[services.DVC_POOL]["slots"] == 1
+    assert pools[services.GPU_POOL]["slots"] == 1
+
+
+def test_a_run_trains_on_the_gpu_worker_and_promotes(deployed: dict[str, Any]) -> None:
+    api, platform = deployed["api"], deployed["platform"]
+    run_id, state = _run(deployed, {"overrides": TINY}, "first")
+    tis = api.task_instances(DAG_ID, run_id)
+    states = {task: ti["state"] for task, ti in tis.items()}
+    assert state == "success", states
+    expected = {task: "success" for task in tis} | {"keep_champion": "skipped"}
+    assert states == expected
+
+    # Queues and workers: train on the gpu queue's worker, every other task on the default one.
+    for task, ti in tis.items():
+        if ti["state"] != "success":
+            continue
+        queue = "gpu" if task == "train" else "default"
+        assert (ti["queue"], ti["hostname"]) == (queue, f"worker-{queue}"), task
+        assert ti["try_number"] == 1, task
+    assert tis["train"]["pool"] == services.GPU_POOL
+    # The DVC pool held: its tasks ran one at a time.
+    spans = sorted(
+        (ti["start_date"], ti["end_date"], task)
+        for task, ti in tis.items()
+        if ti["pool"] == services.DVC_POOL and ti["state"] == "success"
+    )
+    assert len(spans) >= 6
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        assert end <= start, f"{first} and {second} held the one-slot DVC pool at once"
+
+    record = [
+        {
+            "task": task,
+            "queue": ti["queue"],
+            "worker": ti["hostname"],
+            "pool": ti["pool"],
+            "seconds": round(_seconds(ti), 1),
+        }
+        for task, ti in sorted(tis.items(), key=lambda item: item[1]["start_date"] or "9")
+        if ti["state"] == "success"
+    ]
+    print(json.dumps(record, indent=1))
+    if os.environ.get("COLBERT_DEPLOY_REPORT"):
+        Path(os.environ["COLBERT_DEPLOY_REPORT"]).write_text(json.dumps(record, indent=1) + "\n")
+
+    # The champion: the version this run registered, with its lineage tags, linked to the train output.
+    client = _mlflow(platform)
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    register = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/register/xcomEntries/return_value")
+    promote = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/promote/xcomEntries/return_value")
+    assert str(promote["value"]["version"]) == str(champion.version)
+    train = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train/xcomEntries/return_value")
+    tags = champion.tags
+    assert tags["promotion.decision"] == "promoted"
+    assert tags["lineage.model.md5"] == train["value"]["outputs"]["models/colbert"]
+    assert {"lineage.data_eval.md5", "lineage.index.md5", "git_commit", "params_hash"} <= set(tags)
+    assert register["value"]["skipped"] is False
+    deployed["champion"] = str(champion.version)
+
+    # The asset event the canary DAG is scheduled on.
+    assets = api.get("/assets?name_pattern=colbert_champion")["assets"]
+    assert [asset["name"] for asset in assets] == ["colbert_champion"]
+    events = api.get(f"/assets/events?asset_id={assets[0]['id']}")["asset_events"]
+    assert [event["source_run_id"] for event in events] == [run_id]
+    assert str(events[0]["extra"]["version"]) == str(champion.version)
+
+
+def test_the_logged_champion_carries_a_valid_serving_input_example(deployed: dict[str, Any]) -> None:
+    import mlflow
+    from mlflow.models import validate_serving_input
+
+    platform = deployed["platform"]
+    mlflow.set_tracking_uri(platform.mlflow_url)
+    uri = f"models:/{MODEL_NAME}@champion"
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(platform.root / "champion-model")))
+    example = json.loads((local / "serving_input_example.json").read_text())
+    assert example["dataframe_split"]["columns"] == ["query"]
+    k = example["params"]["k"]
+    answer = validate_serving_input(str(local), example)  # (it pops "params" from the dict it is given)
+    assert len(answer["ids"][0]) == k
+    assert len(answer["texts"][0]) == len(answer["ids"][0]) and all(answer["texts"][0])
+
+
+def test_the_canary_dag_probes_the_new_champion(deployed: dict[str, Any]) -> None:
+    api, platform = deployed["api"], deployed["platform"]
+    assert "champion" in deployed, "needs the first run's champion"
+
+    def canary_run() -> dict[str, Any] | None:
+        platform.check_alive()
+        runs = api.get(f"/dags/{CANARY_DAG_ID}/dagRuns")["dag_runs"]
+        done = [run for run in runs if run["state"] in ("success", "failed")]
+        return done[0] if done else None
+
+    run = wait_until("the canary DAG run on the champion asset", canary_run, 600, interval=3.0)
+    assert run["run_type"] == "asset_triggered"
+    assert run["state"] == "success", _task_logs_canary(api, run["dag_run_id"])
+    client = _mlflow(platform)
+    experiment = client.get_experiment_by_name("colbert-canary")
+    (result,) = client.search_runs([experiment.experiment_id])
+    assert result.data.tags["champion_version"] == deployed["champion"]
+    assert result.data.tags["canary.passed"] == "true"
+    metrics = result.data.metrics
+    assert metrics["new_answered"] == metrics["new_queries"] == 4
+    assert 0.0 <= metrics["new_recall_at_10"] <= 1.0
+    assert 0.0 < metrics["new_p50_ms"] <= metrics["new_p95_ms"]
+    assert result.data.tags["previous_version"] == "none"  # the first champion has nothing to compare to
+
+
+def _task_logs_canary(api: AirflowApi, run_id: str) -> str:
+    with contextlib.suppress(Exception):
+        body = api.get(f"/dags/{CANARY_DAG_ID}/dagRuns/{run_id}/taskInstances/probe_champion/logs/1")
+        return json.dumps(body)[-4000:]
+    return "(no log)"
+
+
+def test_the_champion_answers_over_http(deployed: dict[str, Any]) -> None:
+    platform = deployed["platform"]
+    serve = platform._service("serve", ["serve"], COLBERT_MODEL_NAME=MODEL_NAME)
+    try:
+        serve.wait_ready(lambda: http_json("GET", f"{platform.serve_url}/ping", timeout=3)[0] == 200, 300)
+        query = {"dataframe_split": {"columns": ["query"], "data": [["a question about entity 3"]]}}
+        status, body = http_json("POST", f"{platform.serve_url}/invocations", {**query, "params": {"k": 3}})
+        assert status == 200, body
+        (row,) = body["predictions"]
+        assert len(row["ids"]) == len(row["scores"]) == len(row["texts"]) == 3
+        assert row["scores"] == sorted(row["scores"], reverse=True)
+        assert all(isinstance(text, str) and text for text in row["texts"])
+        status, body = http_json("POST", f"{platform.serve_url}/invocations", {"dataframe_split": {}})
+        assert status == 400, body
+    finally:
+        serve.stop()
+
+
+def test_a_bad_param_fails_in_validate_params_once(deployed: dict[str, Any]) -> None:
+    api, platform = deployed["api"], deployed["platform"]
+    params = platform.workspace / "params.yaml"
+    before = params.read_bytes()
+    run_id, state = _run(deployed, {"overrides": {"train.no_such_key": 3}}, "bad")
+    assert state == "failed"
+    tis = api.task_instances(DAG_ID, run_id)
+    assert tis["validate_params"]["state"] == "failed"
+    assert tis["validate_params"]["try_number"] == 1  # AirflowFailException: no retry
+    assert "train.no_such_key" in _task_logs(deployed, run_id, "validate_params")
+    assert {ti["state"] for task, ti in tis.items() if task != "validate_params"} <= {"upstream_failed"}
+    assert params.read_bytes() == before
+
+
+def test_a_worker_killed_during_train_fails_the_task_and_the_next_run_completes(
+    deployed: dict[str, Any],
+) -> None:
+    api, platform = deployed["api"], deployed["platform"]
+    assert "champion" in deployed, "needs the first run's champion"
+    # Many more steps: train is still running when its worker dies.
+    run_id = api.trigger(DAG_ID, {"overrides": {**TINY, "train.max_steps": 2000}})
+    worker: Process = platform.services["worker-gpu"]
+
+    def training() -> bool:
+        platform.check_alive()
+        ti = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train")
+        stage = [p for p in platform.stage_processes() if "train" in " ".join(p.cmdline())]
+        return ti["state"] == "running" and bool(stage) and time.time() - stage[0].create_time() > 5
+
+    wait_until("train running on the gpu worker", training, RUN_TIMEOUT, interval=1.0)
+    members = {proc.pid for proc in worker.group_members()}
+    stages = {proc.pid: " ".join(proc.cmdline()) for proc in platform.stage_processes()}
+    worker.kill_group()
+
+    state = api.wait_run(DAG_ID, run_id, 300, None)
+    ti = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train")
+    assert (state, ti["state"], ti["try_number"]) == ("failed", "failed", 1)
+
+    # No stage process outlives its worker (none left holding DVC's lock).
+    time.sleep(5)
+    survivors = {proc.pid: " ".join(proc.cmdline()) for proc in platform.stage_processes()}
+    for proc in platform.stage_processes():  # whatever the verdict, the next run needs the workspace
+        with contextlib.suppress(Exception):
+            proc.kill()
+    platform.start_worker("gpu")
+
+    run_id, state = _run(deployed, {"overrides": TINY}, "after-kill")
+    tis = api.task_instances(DAG_ID, run_id)
+    assert state == "success", {task: ti["state"] for task, ti in tis.items()}
+    # Nothing new to register: the champion stays where the first run put it.
+    assert tis["keep_champion"]["state"] == "success" and tis["promote"]["state"] == "skipped"
+    champion = _mlflow(platform).get_model_version_by_alias(MODEL_NAME, "champion")
+    assert str(champion.version) == deployed["champion"]
+    assert not survivors, (
+        f"stage processes outlived the SIGKILLed worker (worker group {sorted(members)}, stages before the "
+        f"kill {stages}): {survivors}"
+    )
+
+
+def test_every_service_is_still_up(deployed: dict[str, Any]) -> None:
+    platform = deployed["platform"]
+    for name, process in platform.services.items():
+        if name != "serve":
+            assert process.process is not None and process.process.poll() is None, (
+                f"{name} died: {tail(process.log)}"
+            )
