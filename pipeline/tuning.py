@@ -615,6 +615,20 @@ def open_store(index_path: str | os.PathLike[str], index_version: str | None) ->
     return store
 
 
+def queries_from_documents(texts: Sequence[str], n: int, seed: int = 42, words: int = 12) -> list[str]:
+    """``n`` probe queries when a corpus comes without any: the first ``words`` words of random documents.
+
+    Example:
+        >>> queries_from_documents(["a b c d", "e f"], 5, words=2)
+        ['a b', 'e f']
+    """
+    import random
+
+    chosen = random.Random(seed).sample(range(len(texts)), min(n, len(texts)))
+    queries = [" ".join(texts[i].split()[:words]) for i in chosen]
+    return [q for q in queries if q]
+
+
 def describe_qps(result: TuningResult) -> str:
     """One line for logs and the CLI summary."""
     ratio = result.qps / result.exact_qps if result.exact_qps else math.nan
