@@ -7,6 +7,7 @@ recall@10 against exact MaxSim on the corpus's test queries (plain PLAID search 
 
 Usage (minutes):
     OMP_NUM_THREADS=2 .venv/bin/python bench/profile_build.py --dataset scifact --docs 1000 --queries 100
+    .venv/bin/python bench/profile_build.py --cache bench/results/cache/scifact-500d-50q-50p.npz  # reuse
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def embeddings(dataset: str, docs: int, queries: int) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
-    path = RESULTS / "cache" / f"profile-{dataset}-{docs}d-{queries}q.npz"
+def embeddings(
+    dataset: str, docs: int, queries: int, cache: Path | None = None
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Ids, document and query embeddings: from ``cache`` (an index_bench.py cache) or encoded once here."""
+    path = cache or RESULTS / "cache" / f"profile-{dataset}-{docs}d-{queries}q.npz"
     if not path.is_file():
         from pipeline import models
 
@@ -63,12 +67,13 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--top", type=int, default=25, help="functions shown from the profile")
+    parser.add_argument("--cache", type=Path, default=None, help="embeddings cached by index_bench.py")
     args = parser.parse_args()
 
     from pipeline import indexes
     from pipeline.indexing import exact_search, recall_at_k
 
-    ids, documents, queries = embeddings(args.dataset, args.docs, args.queries)
+    ids, documents, queries = embeddings(args.dataset, args.docs, args.queries, args.cache)
     reference = exact_search(queries, documents, ids, k=10)
     scratch = Path(tempfile.mkdtemp(prefix="profile-build-"))
     report: dict[str, dict] = {}
