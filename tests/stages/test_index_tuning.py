@@ -98,3 +98,23 @@ def test_a_missing_backend_is_named_before_any_work(project):
     with pytest.raises(ValueError, match=r"index\.backend: 'onnx' needs"):
         index_stage.run(_params(backend="onnx"), project)
     assert not (project / "indexes").exists()
+
+
+def test_the_prepared_benchmark_gives_its_queries_as_probes(tmp_path):
+    from pipeline.data.beir import BeirData
+    from pipeline.data.nano import build_nano_benchmark
+
+    corpus = {f"d{i}": f"document {i} about {animal}" for i, animal in enumerate(ANIMALS)}
+    queries = {f"q{i}": f"what does the {animal} eat" for i, animal in enumerate(ANIMALS)}
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(len(ANIMALS))}
+    build_nano_benchmark(
+        BeirData(corpus=corpus, queries=queries, qrels=qrels, name="animals"),
+        tmp_path / "data" / "prepared" / "eval",
+        n_queries=len(queries),
+        n_documents=len(corpus),
+        seed=0,
+    )
+    params = Params.model_validate({"index": {"probe_queries": 3}})
+    probes, origin = index_stage.probe_texts(params, tmp_path, list(corpus.values()))
+    assert len(probes) == 3 and set(probes) <= set(queries.values())
+    assert origin.endswith("eval queries")
