@@ -138,6 +138,7 @@ class PLAID(MultiVectorIndex):
         self._plaid: Any = None
         self.search_settings: tuning.SearchSettings | None = None
         self._embeddings: tuning.EmbeddingStore | None = None
+        self._untuned = (n_ivf_probe, n_full_scores)  # what searches use when no tuned settings apply
         super().__init__(
             index_folder,
             index_name,
@@ -165,6 +166,7 @@ class PLAID(MultiVectorIndex):
                 self._plaid.close()
         self._plaid = None
         self.search_settings, self._embeddings = None, None
+        self.n_ivf_probe, self.n_full_scores = self._untuned
         if version is None or not self._slot_ids:
             return
         folder = version / PLAID_FOLDER

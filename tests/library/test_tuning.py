@@ -244,6 +244,9 @@ def test_stored_settings_drive_search_and_explicit_settings_override_them(tmp_pa
     reopened = indexes.PLAID(index_folder=tmp_path, index_name="stored", device="cpu")
     assert [[h["id"] for h in row] for row in reopened(queries, k=10)] == reference_ids(queries, documents)
     assert reopened(queries[:1], k=3, subset=["d7", "d9"])[0][0]["id"] in {"d7", "d9"}
+    # A write makes a new version: this same object drops the tuned settings and searches with the defaults.
+    tuned.add_documents(["extra"], [documents[0]])
+    assert tuned.search_settings is None and (tuned.n_ivf_probe, tuned.n_full_scores) == (8, 8192)
 
 
 def test_settings_of_another_index_version_are_ignored(tmp_path, caplog):
