@@ -2,14 +2,21 @@
 
 For each dataset (``../shared/data/<name>``) it measures, each step in its own process so peak RSS is the
 step's own: encode docs/s (the offline MiniLM ColBERT), index build seconds, QPS (``retrieve``, k=10),
-recall@10 against exact MaxSim over all documents, index size on disk, and peak RSS. Both systems index
-the *same* embeddings (ours, cached under ``bench/results/``), so recall and speed compare the indexes,
-not two random projections. ``--peer`` installs ``pylate==1.6.*`` into ``bench/.peer-venv`` (with uv,
-reusing the locked torch) and runs the same steps there; the table then shows ours/peer ratios.
+recall@10 against exact MaxSim over all documents, index size on disk, and peak RSS. For PLAID it also
+measures search at a recall target: ours tuned by :func:`pipeline.tuning.tune` on probe queries disjoint from
+the measured ones (``--recall-target``, ``--probe-queries``), and PyLate over a sweep of ``n_ivf_probe`` x
+``n_full_scores``, from which the report takes PyLate's fastest setting reaching our recall (or its best).
+Both systems index the *same* embeddings (ours, cached under ``bench/results/``), so recall and speed
+compare the indexes, not two random projections. ``--peer`` installs ``pylate==1.6.*`` into
+``bench/.peer-venv`` (with uv, reusing the locked torch) and runs the same steps there; the tables then show
+ours/peer ratios.
 ``--rss`` also measures :func:`pipeline.indexing.index_corpus`'s peak RSS for N and 10*N documents.
 
+The report (``--record PATH`` keeps a copy to commit) renders to Markdown: ``bench/render_index_bench.py``.
+
 Usage (minutes; run it in the background):
-    nohup .venv/bin/python bench/index_bench.py --peer --rss > /tmp/bench.log 2>&1 &
+    nohup .venv/bin/python bench/index_bench.py --peer --rss --kinds plaid \
+        --record bench/records/index_bench.json > /tmp/bench.log 2>&1 &
     .venv/bin/python bench/index_bench.py --datasets scifact --max-docs 500 --max-queries 50   # quick
 
 This file imports neither ``pipeline`` nor ``pylate`` at module level: the same file runs as a worker
@@ -73,6 +80,24 @@ def read_corpus(dataset: str, max_docs: int | None) -> tuple[list[str], list[str
     return ids, texts
 
 
+def read_probe_queries(dataset: str, measured: list[str], n: int) -> list[str]:
+    """Up to ``n`` query texts of the dataset that are not among the ``measured`` ones (to tune on)."""
+    folder = DATA / dataset
+    path = folder / "queries.jsonl"
+    opener = gzip.open if not path.is_file() else open
+    path = path if path.is_file() else folder / "queries.jsonl.gz"
+    taken, probes = set(measured), []
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            text = json.loads(line)["text"]
+            if text not in taken:
+                taken.add(text)
+                probes.append(text)
+            if len(probes) >= n:
+                break
+    return probes
+
+
 def read_queries(dataset: str, max_queries: int) -> list[str]:
     """Texts of the test queries (those in ``qrels/test.tsv``), at most ``max_queries``."""
     folder = DATA / dataset
@@ -105,8 +130,8 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def cache_path(dataset: str, n_docs: int, n_queries: int) -> Path:
-    return RESULTS / "cache" / f"{dataset}-{n_docs}d-{n_queries}q.npz"
+def cache_path(dataset: str, n_docs: int, n_queries: int, n_probes: int = 0) -> Path:
+    return RESULTS / "cache" / f"{dataset}-{n_docs}d-{n_queries}q-{n_probes}p.npz"
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -132,8 +157,10 @@ def worker_encode(system: str, args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     query_embeddings = model.encode(queries, is_query=True, batch_size=32, show_progress_bar=False)
     if system == "ours":
+        probes = read_probe_queries(args.dataset, queries, args.probe_queries)
+        probe_embeddings = model.encode(probes, is_query=True, batch_size=32, show_progress_bar=False)
         documents = [np.asarray(d, dtype=np.float32) for d in documents]
-        path = cache_path(args.dataset, len(ids), len(queries))
+        path = cache_path(args.dataset, len(ids), len(queries), len(probes))
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(path.name + ".tmp.npz")
         np.savez(
@@ -141,10 +168,12 @@ def worker_encode(system: str, args: argparse.Namespace) -> dict[str, Any]:
             tokens=np.concatenate(documents),
             lengths=np.array([len(d) for d in documents]),
             queries=np.stack([np.asarray(q, dtype=np.float32) for q in query_embeddings]),
+            probes=np.stack([np.asarray(q, dtype=np.float32) for q in probe_embeddings]),
             ids=np.array(ids),
         )
         os.replace(temp, path)
     return {
+        "probes": len(probes) if system == "ours" else 0,
         "documents": len(ids),
         "queries": len(queries),
         "tokens": int(sum(len(d) for d in documents)),
@@ -200,24 +229,89 @@ def worker_index(system: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     index.add_documents(documents_ids=ids, documents_embeddings=documents)
     build = time.perf_counter() - started
-    retriever = retrieve.ColBERT(index=index)
+    qps, recall = measure_search(retrieve.ColBERT(index=index), queries, reference)
+    result: dict[str, Any] = {
+        "build_s": build,
+        "qps": qps,
+        "recall@10": recall,
+        "disk_mib": folder_bytes(folder) / 2**20,
+    }
+    if args.kind == "plaid" and system == "ours":
+        result["tuned"] = tuned_search(index, folder, documents, args, queries, reference)
+    elif args.kind == "plaid":
+        result["sweep"] = peer_sweep(index, retrieve, queries, reference)
+    shutil.rmtree(folder, ignore_errors=True)
+    return {**result, "peak_rss_mib": peak_rss_mib()}
+
+
+def measure_search(retriever: Any, queries: list[Any], reference: list[list[str]]) -> tuple[float, float]:
+    """QPS (after a warm-up) and recall@10 against the exact reference of ``retriever`` over ``queries``."""
     retriever.retrieve(queries_embeddings=queries[:2], k=10)  # warm-up: lazy loads, thread pools
     started = time.perf_counter()
     results = retriever.retrieve(queries_embeddings=queries, k=10)
-    search = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     recall = sum(
         len({str(h["id"]) for h in row[:10]} & set(expected)) / len(expected)
         for row, expected in zip(results, reference, strict=True)
     ) / len(reference)
-    size = folder_bytes(folder)
-    shutil.rmtree(folder, ignore_errors=True)
+    return len(queries) / seconds, recall
+
+
+def tuned_search(
+    index: Any,
+    folder: Path,
+    documents: list[Any],
+    args: argparse.Namespace,
+    queries: list[Any],
+    reference: Any,
+) -> dict[str, Any]:
+    """Ours at the recall target: write the float16 store, tune on the probe queries, search as users do."""
+    import numpy as np
+
+    from pipeline import indexes, retrieve, tuning
+
+    version = index.stats()["version"]
+    started = time.perf_counter()
+    with tuning.EmbeddingStoreWriter(index.path / tuning.STORE_FOLDER, scratch=folder) as writer:
+        writer.add(documents)
+        store = writer.commit(index_version=version)
+    store_seconds = time.perf_counter() - started
+    probes = list(np.load(args.cache)["probes"])
+    started = time.perf_counter()
+    result = tuning.tune(store, probes, index.candidate_slots, target=args.recall_target)
+    tune_seconds = time.perf_counter() - started
+    tuning.write_settings(index.path, version, result)
+    if not result.settings.needs_store:
+        shutil.rmtree(index.path / tuning.STORE_FOLDER)
+    reopened = indexes.PLAID(index_folder=str(folder), index_name="index", device=args.device)
+    qps, recall = measure_search(retrieve.ColBERT(index=reopened), queries, reference)
     return {
-        "build_s": build,
-        "qps": len(queries) / search,
+        "settings": result.summary()["settings"],
+        "description": result.settings.describe(),
+        "qps": qps,
         "recall@10": recall,
-        "disk_mib": size / 2**20,
-        "peak_rss_mib": peak_rss_mib(),
+        "probe_recall@10": result.recall,
+        "probe_queries": len(probes),
+        "target": args.recall_target,
+        "store_s": store_seconds,
+        "tune_s": tune_seconds,
+        "disk_mib": folder_bytes(folder) / 2**20,
     }
+
+
+#: PyLate's PLAID search settings swept for the row at our recall (its defaults are 8 and 8192).
+PEER_SWEEP = [(probe, full) for probe in (2, 8, 32) for full in (256, 1024, 4096)]
+
+
+def peer_sweep(index: Any, retrieve: Any, queries: list[Any], reference: Any) -> list[dict[str, Any]]:
+    """PyLate's QPS and recall@10 at each ``(n_ivf_probe, n_full_scores)`` of :data:`PEER_SWEEP`."""
+    backend = index._index  # pylate.indexes.PLAID delegates to its FastPlaid, which reads these per search
+    rows = []
+    for probe, full in PEER_SWEEP:
+        backend.n_ivf_probe, backend.n_full_scores = probe, full
+        qps, recall = measure_search(retrieve.ColBERT(index=index), queries, reference)
+        rows.append({"n_ivf_probe": probe, "n_full_scores": full, "qps": qps, "recall@10": recall})
+    return rows
 
 
 def worker_rss(args: argparse.Namespace) -> dict[str, Any]:
@@ -286,32 +380,42 @@ def environment() -> dict[str, Any]:
     }
 
 
-def format_table(rows: list[dict[str, Any]], peer: bool) -> str:
-    metrics = [
-        ("encode docs/s", "encode_docs_per_s", "{:.1f}"),
-        ("build s", "build_s", "{:.1f}"),
-        ("QPS", "qps", "{:.2f}"),
-        ("recall@10 vs exact", "recall@10", "{:.3f}"),
-        ("disk MiB", "disk_mib", "{:.1f}"),
-        ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
-    ]
-    header = "| dataset (docs, queries) | index | metric | ours |" + (
-        " PyLate 1.6 | ours/PyLate |" if peer else ""
+def at_target_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Ours tuned to the recall target beside PyLate's fastest swept setting reaching our recall.
+
+    When no PyLate setting reaches it, PyLate's highest-recall setting stands in (``reached: false``).
+    """
+    tuned = row["ours"]["tuned"]
+    ours = {
+        "qps": tuned["qps"],
+        "recall@10": tuned["recall@10"],
+        "build_s": row["ours"]["build_s"] + tuned["store_s"],
+        "tune_s": tuned["tune_s"],
+        "disk_mib": tuned["disk_mib"],
+        "settings": tuned["description"],
+    }
+    peer: dict[str, Any] = {}
+    candidates = (
+        [{"n_ivf_probe": 8, "n_full_scores": 8192, **{k: row["peer"][k] for k in ("qps", "recall@10")}}]
+        if row.get("peer")
+        else []
     )
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for row in rows:
-        for label, key, fmt in metrics:
-            ours = row["ours"].get(key)
-            if ours is None:
-                continue
-            where = f"{row['dataset']} ({row['documents']}, {row['queries']})"
-            line = f"| {where} | {row['index']} | {label} | {fmt.format(ours)} |"
-            if peer:
-                theirs = row.get("peer", {}).get(key)
-                ratio = f"{ours / theirs:.2f}" if theirs else "n/a"
-                line += f" {fmt.format(theirs) if theirs is not None else 'n/a'} | {ratio} |"
-            lines.append(line)
-    return "\n".join(lines)
+    candidates += row.get("peer", {}).get("sweep", [])
+    if candidates:
+        reaching = [c for c in candidates if c["recall@10"] >= tuned["recall@10"]]
+        best = (
+            max(reaching, key=lambda c: c["qps"])
+            if reaching
+            else max(candidates, key=lambda c: (c["recall@10"], c["qps"]))
+        )
+        peer = {
+            "qps": best["qps"],
+            "recall@10": best["recall@10"],
+            "settings": f"n_ivf_probe={best['n_ivf_probe']} n_full_scores={best['n_full_scores']}",
+            "reached": bool(reaching),
+        }
+    keys = ("dataset", "documents", "queries")
+    return {**{k: row[k] for k in keys}, "index": "plaid at target", "ours": ours, "peer": peer}
 
 
 def orchestrate(args: argparse.Namespace) -> None:
@@ -326,6 +430,7 @@ def orchestrate(args: argparse.Namespace) -> None:
     report: dict[str, Any] = {"environment": environment(), "command": " ".join(sys.argv), "rows": rows}
     for dataset in args.datasets:
         common = ["--dataset", dataset, "--max-queries", str(args.max_queries), "--scratch", scratch]
+        common += ["--probe-queries", str(args.probe_queries), "--recall-target", str(args.recall_target)]
         if args.max_docs:
             common += ["--max-docs", str(args.max_docs)]
         encoded = {"ours": run_worker(ours, "encode-ours", common, args.timeout)}
@@ -334,7 +439,7 @@ def orchestrate(args: argparse.Namespace) -> None:
                 peer, "encode-peer", [*common, "--model-path", model_path], args.timeout
             )
         n_docs, n_queries = encoded["ours"]["documents"], encoded["ours"]["queries"]
-        cache = cache_path(dataset, n_docs, n_queries)
+        cache = cache_path(dataset, n_docs, n_queries, encoded["ours"]["probes"])
         reference = Path(scratch) / f"{dataset}-reference.json"
         files = ["--cache", str(cache), "--reference", str(reference), "--device", args.device]
         exact = run_worker(ours, "exact", [*common, *files], args.timeout)
@@ -371,6 +476,8 @@ def orchestrate(args: argparse.Namespace) -> None:
                     row["peer"] = {}
             rows.append(row)
             logger.info("%s %s: %s", dataset, kind, row)
+            if kind == "plaid":
+                rows.append(at_target_row(row))
     if args.rss:
         base = args.rss_docs
         rss_args = ["--dataset", args.rss_dataset, "--scratch", scratch, "--device", args.device]
@@ -387,13 +494,17 @@ def orchestrate(args: argparse.Namespace) -> None:
             }
             for n in (base, 10 * base)
         ]
+    if args.note:
+        report["note"] = args.note
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"index_bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=2))
-    env = report["environment"]
-    print(f"environment: {json.dumps(env)}")
-    print(f"command: {report['command']}")
-    print(format_table(rows, peer is not None))
+    if args.record:
+        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.record).write_text(json.dumps(report, indent=2) + "\n")
+    from render_index_bench import render
+
+    print(render(report))
     if args.rss:
         print(f"\nindex_corpus peak RSS (PLAID, chunk_size={args.chunk_size}, {args.rss_dataset}):")
         print("| documents | tokens | seconds | RSS after model load MiB | peak RSS MiB |")
@@ -422,6 +533,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
     parser.add_argument("--scratch", default=None, help="where temporary indexes go")
+    parser.add_argument("--recall-target", type=float, default=0.95, help="recall@10 ours is tuned to")
+    parser.add_argument("--probe-queries", type=int, default=100, help="queries (not measured) tuned on")
+    parser.add_argument("--record", default=None, help="also write the report here (to commit)")
+    parser.add_argument("--note", default=None, help="a caveat printed with the tables")
     # internal: one measured step in a fresh process
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", default=None, help=argparse.SUPPRESS)

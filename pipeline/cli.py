@@ -136,6 +136,11 @@ def summary(args: argparse.Namespace) -> int:
         where = layout.index
         size = f"{index['documents']} documents, {index['tokens']} tokens, {index['bytes']:,} bytes"
         lines.append(f"index:    {where} ({size})")
+        if search := index.get("search"):
+            lines.append(
+                f"search:   {search['description']}: recall@10 {search['recall@10']} vs exact MaxSim "
+                f"(target {search['target']}), {search['qps']} QPS on {search['probe_queries']} queries"
+            )
     if registry:
         verdict = "promoted to champion" if registry.get("promoted") else "kept the current champion"
         name = registry.get("model_name", params.register.model_name)

@@ -155,6 +155,13 @@ class IndexParams(Section):
     seed: int = 42
     device: str | None = None
     folder: str = "indexes"
+    recall_target: float = Field(
+        0.95, gt=0, le=1, description="recall@10 vs exact MaxSim that the stored search settings must reach"
+    )
+    probe_queries: int = Field(100, ge=1, description="queries the search settings are tuned on")
+    backend: Literal["torch", "onnx", "openvino"] = Field(
+        "torch", description="encoder backend (onnx/openvino need sentence-transformers' extras)"
+    )
 
 
 class RegisterParams(Section):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ def index_corpus(
     chunk_size: int = 1000,
     batch_size: int = 32,
     show_progress: bool = True,
+    on_chunk: Callable[[list[DocumentId], list[Any]], None] | None = None,
 ) -> dict[str, float]:
     """Encode ``documents`` with ``model`` and add them to ``index`` under ``ids``, ``chunk_size`` at a time.
 
@@ -59,6 +60,8 @@ def index_corpus(
         chunk_size: Documents encoded and added per step: peak memory grows with it, not with the corpus.
         batch_size: Encoder batch size.
         show_progress: Show a progress bar over documents.
+        on_chunk: Called with each chunk's ids and embeddings once they are added (the index stage keeps
+            a full-precision copy with it, without encoding twice or holding the corpus in memory).
 
     Returns:
         ``{"documents": added, "tokens": token embeddings added, "seconds": wall time, "chunks": steps}``.
@@ -103,6 +106,8 @@ def index_corpus(
                     )
             embeddings = model.encode(texts, is_query=False, batch_size=batch_size, show_progress_bar=False)
             index.add_documents(documents_ids=[i for _, i in chunk], documents_embeddings=embeddings)
+            if on_chunk is not None:
+                on_chunk([i for _, i in chunk], embeddings)
             added_documents += len(chunk)
             added_tokens += sum(len(e) for e in embeddings)
             chunks += 1

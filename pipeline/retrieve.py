@@ -40,7 +40,7 @@ class ColBERT:
         queries_embeddings: Any,
         k: int = 10,
         subset: Any = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> list[list[dict[str, Any]]]:
         """Top-``k`` documents of each query, best first: ``[[{"id": ..., "score": ...}, ...], ...]``.
@@ -50,9 +50,11 @@ class ColBERT:
                 returns them.
             k: Documents per query.
             subset: ``None``, a list of allowed document ids for every query, or one list per query.
-            batch_size: Queries searched per index call.
+            batch_size: Queries searched per index call (``None``: the index's tuned batch size, else 64).
             show_progress: Progress bar over batches (``None``: only when there is more than one batch).
         """
+        if batch_size is None:
+            batch_size = getattr(self.index, "search_batch_queries", None) or 64
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:

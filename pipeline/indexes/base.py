@@ -57,6 +57,10 @@ CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".lock"
 MANIFEST_FILE = "manifest.json"
 DOCUMENTS_FILE = "documents.json"
+#: Beside the versions (see :mod:`pipeline.tuning`): tuned search settings and full-precision embeddings.
+SEARCH_SETTINGS_FILE = "search.json"
+STORE_FOLDER = "embeddings"
+_SIDECARS = (SEARCH_SETTINGS_FILE, STORE_FOLDER)
 _VERSION_RE = re.compile(r"^v(\d{6})-[0-9a-f]{8}$")
 
 
@@ -257,7 +261,9 @@ class VersionStore:
         foreign = [
             p.name
             for p in self.path.iterdir()
-            if p.name not in {CURRENT_FILE, LOCK_FILE} and not _VERSION_RE.match(p.name)
+            if p.name not in {CURRENT_FILE, LOCK_FILE, *_SIDECARS}
+            and not _VERSION_RE.match(p.name)
+            and not p.name.startswith(tuple(f".{name}." for name in _SIDECARS))  # their temporary files
         ]
         if foreign:
             raise IndexFormatError(

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from pipeline import tuning
 from pipeline.indexes.base import MultiVectorIndex
 
 logger = logging.getLogger(__name__)
@@ -66,13 +67,18 @@ class PLAID(MultiVectorIndex):
         kmeans_niters: k-means iterations when computing centroids.
         max_points_per_centroid: k-means sample cap per centroid.
         n_samples_kmeans: Documents sampled for k-means (``None``: fast-plaid's heuristic).
-        n_ivf_probe: Centroids probed per query token at search time.
-        n_full_scores: Candidates re-scored with decompressed embeddings per query.
+        n_ivf_probe: Centroids probed per query token at search time (default: the tuned value, else 8).
+        n_full_scores: Candidates re-scored with decompressed embeddings per query (default: the tuned
+            value, else 8192).
         batch_size: Documents per chunk when fast-plaid builds or updates the index.
         search_batch_size: Documents per scoring chunk when searching (``"auto"``: fast-plaid plans it).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available.
         seed: Seed for k-means sampling and initialisation, so builds are reproducible.
         embedding_size: Expected embedding dimension; ``None`` takes it from the first documents.
+        tuned: Search with the settings the index stage measured and stored beside the index
+            (``search.json``, see :mod:`pipeline.tuning`: possibly exact re-scoring or exact search from
+            the stored full-precision embeddings). Passing ``n_ivf_probe`` or ``n_full_scores``, or
+            ``tuned=False``, searches with plain PLAID instead.
 
     Facts: ``num_documents``, ``num_tokens``, ``disk_bytes``, ``embedding_size``, ``documents_ids`` and
     ``stats()``.
@@ -91,14 +97,19 @@ class PLAID(MultiVectorIndex):
         kmeans_niters: int = 4,
         max_points_per_centroid: int = 256,
         n_samples_kmeans: int | None = None,
-        n_ivf_probe: int = 8,
-        n_full_scores: int = 8192,
+        n_ivf_probe: int | None = None,
+        n_full_scores: int | None = None,
         batch_size: int = 25_000,
         search_batch_size: int | Literal["auto"] = "auto",
         device: str | None = None,
         seed: int = 42,
         embedding_size: int | None = None,
+        tuned: bool = True,
     ) -> None:
+        # Explicit search settings win over the stored, tuned ones.
+        self.tuned = bool(tuned) and n_ivf_probe is None and n_full_scores is None
+        n_ivf_probe = 8 if n_ivf_probe is None else n_ivf_probe
+        n_full_scores = 8192 if n_full_scores is None else n_full_scores
         for name, value in {
             "kmeans_niters": kmeans_niters,
             "max_points_per_centroid": max_points_per_centroid,
@@ -125,6 +136,9 @@ class PLAID(MultiVectorIndex):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.seed = seed
         self._plaid: Any = None
+        self.search_settings: tuning.SearchSettings | None = None
+        self._embeddings: tuning.EmbeddingStore | None = None
+        self._untuned = (n_ivf_probe, n_full_scores)  # what searches use when no tuned settings apply
         super().__init__(
             index_folder,
             index_name,
@@ -151,12 +165,40 @@ class PLAID(MultiVectorIndex):
             with _frozen_heap():
                 self._plaid.close()
         self._plaid = None
+        self.search_settings, self._embeddings = None, None
+        self.n_ivf_probe, self.n_full_scores = self._untuned
         if version is None or not self._slot_ids:
             return
         folder = version / PLAID_FOLDER
         if not (folder / "metadata.json").is_file():
             raise FileNotFoundError(f"{folder / 'metadata.json'} is missing")
         self._plaid = self._fast_plaid(folder)
+        if self.tuned:
+            self._load_tuned(version.name)
+
+    def _load_tuned(self, version: str) -> None:
+        """Pick up ``search.json`` (and the embedding store it needs) when they match ``version``."""
+        settings = tuning.read_settings(self.path, version)
+        if settings is None:
+            return
+        if settings.needs_store:
+            self._embeddings = tuning.open_store(self.path, version)
+            if self._embeddings is None or self._embeddings.num_documents != len(self._slot_ids):
+                logger.warning(
+                    "%s: the tuned settings need %s, which is missing or stale: plain PLAID search",
+                    self.path,
+                    tuning.STORE_FOLDER,
+                )
+                self._embeddings = None
+                return
+        self.search_settings = settings
+        self.n_ivf_probe, self.n_full_scores = settings.n_ivf_probe, settings.n_full_scores
+        logger.info("%s: searching with the tuned settings: %s", self.path, settings.describe())
+
+    @property
+    def search_batch_queries(self) -> int | None:
+        """The tuned number of queries per search call (``retrieve.ColBERT``'s default), if any."""
+        return None if self.search_settings is None else self.search_settings.batch_size
 
     def _build_kwargs(self) -> dict[str, Any]:
         return {
@@ -208,6 +250,21 @@ class PLAID(MultiVectorIndex):
     def _search_slots(
         self, queries: list[np.ndarray], k: int, allowed: list[np.ndarray | None]
     ) -> list[list[tuple[int, float]]]:
+        if self.search_settings is not None:
+            return tuning.search_slots(
+                self.search_settings, self._embeddings, self.candidate_slots, queries, k, allowed
+            )
+        return self.candidate_slots(queries, k, self.n_ivf_probe, self.n_full_scores, allowed)
+
+    def candidate_slots(
+        self,
+        queries: list[np.ndarray],
+        k: int,
+        n_ivf_probe: int,
+        n_full_scores: int,
+        allowed: list[np.ndarray | None],
+    ) -> list[list[tuple[int, float]]]:
+        """PLAID's own top-``k`` ``(slot, score)`` per query with the given settings (what tuning varies)."""
         results: list[list[tuple[int, float]]] = [[] for _ in queries]
         unfiltered = [i for i, a in enumerate(allowed) if a is None]
         # An empty subset means "nothing allowed"; fast-plaid would read it as "no filter".
@@ -222,8 +279,8 @@ class PLAID(MultiVectorIndex):
                 queries_embeddings=[torch.from_numpy(queries[i]) for i in group],
                 top_k=k,
                 batch_size=self.search_batch_size,
-                n_full_scores=max(self.n_full_scores, k),
-                n_ivf_probe=self.n_ivf_probe,
+                n_full_scores=max(n_full_scores, k),
+                n_ivf_probe=n_ivf_probe,
                 show_progress=False,
                 subset=subset,
             )

@@ -3,7 +3,11 @@
 The corpus is the prepared benchmark's (default) or ``index.corpus`` (a BEIR folder or a corpus JSONL with
 ``_id``/``title``/``text``). Documents are encoded and added in chunks of ``index.chunk_size``, so peak
 memory does not grow with the corpus. The index is built beside ``indexes/<name>`` and swapped in at the
-end: a crash leaves the previous index in place. Writes ``metrics/index.json``.
+end: a crash leaves the previous index in place. A float16 copy of the embeddings is written beside it, then
+:func:`pipeline.tuning.tune` picks the fastest search settings reaching ``index.recall_target`` recall@10
+against exact MaxSim on probe queries (the benchmark's queries, else queries drawn from the corpus) and
+stores them in ``indexes/<name>/search.json``, where every search finds them. The copy is kept only when
+those settings read it. Writes ``metrics/index.json`` (with the chosen settings, their recall and QPS).
 
 Example:
     $ colbert-pipeline index --set index.corpus=../shared/data/scifact --set index.name=scifact
@@ -16,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params
+from pipeline.config import Params, resolve_path
 from pipeline.data.corpus import corpus_for
 from pipeline.io import atomic_write_json
 from pipeline.layout import Layout
@@ -25,18 +29,50 @@ from pipeline.ops import tracking
 logger = logging.getLogger(__name__)
 
 
+def probe_texts(params: Params, project: Path, texts: list[str]) -> tuple[list[str], str]:
+    """Up to ``index.probe_queries`` query texts to tune search on, and where they came from.
+
+    The benchmark's queries when the corpus has them (the prepared benchmark, or a BEIR folder's test
+    queries), otherwise the first words of documents drawn from the corpus.
+    """
+    import random
+
+    from pipeline.data.beir import find_file, load_beir
+    from pipeline.data.nano import list_nano_benchmarks, load_nano_benchmark
+    from pipeline.tuning import queries_from_documents
+
+    config = params.index
+    queries: list[str] = []
+    source = resolve_path(config.corpus, project) if config.corpus else None
+    if source is None:
+        benchmark = Layout(params, project).benchmark
+        for name in list_nano_benchmarks(benchmark):
+            queries += list(load_nano_benchmark(benchmark, name).queries.values())
+        origin = f"{benchmark} queries"
+    elif source.is_dir() and find_file(source, "queries") is not None and (source / "qrels").is_dir():
+        queries = list(load_beir(source, "test").queries.values())
+        origin = f"{source} test queries"
+    if queries:
+        random.Random(config.seed).shuffle(queries)
+        return queries[: config.probe_queries], origin
+    return queries_from_documents(texts, config.probe_queries, seed=config.seed), "drawn from the corpus"
+
+
 def run(params: Params, project: Path) -> dict[str, Any]:
     """Encode the corpus with ``train.output`` and build ``<index.folder>/<index.name>``."""
-    from pipeline import indexes, models
+    from pipeline import indexes, tuning
+    from pipeline.encoding import check_backend, load_model
     from pipeline.indexing import index_corpus
 
     config = params.index
+    check_backend(config.backend)
     layout = Layout(params, project)
     model_path = layout.model
     ids, texts, source = corpus_for(params, project)
+    probes, probe_source = probe_texts(params, project, texts)
     folder = layout.index_folder
     with tracking.stage_run("index", params, project, tags={"corpus": source}) as mlflow_run:
-        model = models.ColBERT(model_name_or_path=str(model_path), device=config.device)
+        model = load_model(str(model_path), config.backend, device=config.device)
         index = indexes.PLAID(
             index_folder=str(folder),
             index_name=config.name,
@@ -47,10 +83,23 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             device=config.device,
         )
         started = time.perf_counter()
-        stats = index_corpus(
-            model, texts, ids, index, chunk_size=config.chunk_size, batch_size=config.batch_size
-        )
-        seconds = time.perf_counter() - started
+        # The float16 copy is written outside the index folder until it is complete (the build's first
+        # commit clears the folder), then moved beside the version it was encoded for.
+        with tuning.EmbeddingStoreWriter(index.path / tuning.STORE_FOLDER, scratch=folder) as writer:
+            stats = index_corpus(
+                model,
+                texts,
+                ids,
+                index,
+                chunk_size=config.chunk_size,
+                batch_size=config.batch_size,
+                on_chunk=lambda _, embeddings: writer.add(embeddings),
+            )
+            seconds = time.perf_counter() - started
+            version = index.stats()["version"]
+            store = writer.commit(index_version=version)
+        search = tune_search(model, index, store, probes, config, version)
+        search["probe_source"] = probe_source
         summary = {
             "documents": int(stats["documents"]),
             "tokens": int(stats["tokens"]),
@@ -58,12 +107,42 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             "bytes": int(index.disk_bytes),
             "corpus": source,
             "model": str(model_path),
+            "backend": config.backend,
+            "search": search,
         }
         atomic_write_json(layout.index_metrics, summary)
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
+        mlflow.log_metrics(
+            {
+                f"search_{k.replace('@', '_at_')}": float(v)
+                for k, v in search.items()
+                if isinstance(v, int | float)
+            }
+        )
+        mlflow.log_params({f"search.{k}": v for k, v in search["settings"].items()})
     logger.info(
         "indexed %d documents (%d tokens) in %.1f s", summary["documents"], summary["tokens"], seconds
     )
     return {"index": str(layout.index), **summary, "mlflow_run_id": mlflow_run.info.run_id}
+
+
+def tune_search(
+    model: Any, index: Any, store: Any, probes: list[str], config: Any, version: str
+) -> dict[str, Any]:
+    """Tune search on ``probes``, store the settings, and drop the store when they do not read it."""
+    import shutil
+
+    from pipeline import tuning
+
+    queries = model.encode(probes, is_query=True, batch_size=config.batch_size, show_progress_bar=False)
+    queries = [q.detach().cpu().float().numpy() if hasattr(q, "detach") else q for q in queries]
+    result = tuning.tune(store, queries, index.candidate_slots, target=config.recall_target)
+    tuning.write_settings(index.path, version, result)
+    if not result.settings.needs_store:
+        shutil.rmtree(index.path / tuning.STORE_FOLDER, ignore_errors=True)
+    logger.info("search settings: %s", tuning.describe_qps(result))
+    summary = {k: v for k, v in result.summary().items() if k != "trials"}  # every trial: search.json
+    summary["embeddings_kept"] = result.settings.needs_store
+    return summary

@@ -1,0 +1,110 @@
+"""Profile a PLAID build (encoding excluded) and compare k-means settings by build time and recall@10.
+
+Encodes the first ``--docs`` documents of a ``../shared/data`` corpus once (cached under
+``bench/results/cache/``), then in this one process: builds :class:`pipeline.indexes.PLAID` under cProfile
+and prints where the time goes, then builds once per k-means variant (the default again included), printing
+its build seconds and recall@10 against exact MaxSim on the corpus's test queries (plain PLAID search at
+``n_full_scores=1024``).
+
+Usage (minutes):
+    OMP_NUM_THREADS=2 .venv/bin/python bench/profile_build.py --dataset scifact --docs 1000 --queries 100
+    .venv/bin/python bench/profile_build.py --cache bench/results/cache/scifact-500d-50q-50p.npz  # reuse
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from index_bench import RESULTS, read_corpus, read_queries
+
+#: name -> PLAID keyword arguments (the default first).
+VARIANTS: dict[str, dict] = {
+    "default (niters 4, 256 points/centroid)": {},
+    "kmeans_niters 2": {"kmeans_niters": 2},
+    "max_points_per_centroid 128": {"max_points_per_centroid": 128},
+    "niters 2, 128 points/centroid": {"kmeans_niters": 2, "max_points_per_centroid": 128},
+}
+
+
+def embeddings(
+    dataset: str, docs: int, queries: int, cache: Path | None = None
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Ids, document and query embeddings: from ``cache`` (an index_bench.py cache) or encoded once here."""
+    path = cache or RESULTS / "cache" / f"profile-{dataset}-{docs}d-{queries}q.npz"
+    if not path.is_file():
+        from pipeline import models
+
+        ids, texts = read_corpus(dataset, docs)
+        model = models.ColBERT(device="cpu")
+        documents = model.encode(texts, is_query=False, batch_size=32, show_progress_bar=True)
+        encoded = model.encode(read_queries(dataset, queries), is_query=True, batch_size=32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            path,
+            tokens=np.concatenate([np.asarray(d, np.float32) for d in documents]),
+            lengths=np.array([len(d) for d in documents]),
+            queries=np.stack([np.asarray(q, np.float32) for q in encoded]),
+            ids=np.array(ids),
+        )
+    data = np.load(path)
+    documents = np.split(data["tokens"], np.cumsum(data["lengths"])[:-1])
+    return [str(i) for i in data["ids"]], documents, list(data["queries"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="scifact")
+    parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--top", type=int, default=25, help="functions shown from the profile")
+    parser.add_argument("--cache", type=Path, default=None, help="embeddings cached by index_bench.py")
+    args = parser.parse_args()
+
+    from pipeline import indexes
+    from pipeline.indexing import exact_search, recall_at_k
+
+    ids, documents, queries = embeddings(args.dataset, args.docs, args.queries, args.cache)
+    reference = exact_search(queries, documents, ids, k=10)
+    scratch = Path(tempfile.mkdtemp(prefix="profile-build-"))
+    report: dict[str, dict] = {}
+    # The profiled build runs first and apart: the first build in a process also pays one-off loads, and
+    # the profiler's overhead; every variant (the default included) is then timed the same way.
+    runs = [("profiled default", {}), *VARIANTS.items()]
+    for position, (name, kwargs) in enumerate(runs):
+        index = indexes.PLAID(
+            index_folder=scratch, index_name=f"v{position}", override=True, device="cpu", **kwargs
+        )
+        profiler = cProfile.Profile() if position == 0 else None
+        started = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        index.add_documents(ids, documents)
+        if profiler:
+            profiler.disable()
+        seconds = time.perf_counter() - started
+        plain = indexes.PLAID(
+            index_folder=scratch, index_name=f"v{position}", device="cpu", n_full_scores=1024
+        )
+        recall = recall_at_k(plain(queries, k=10), reference, k=10)
+        report[name] = {"build_s": round(seconds, 1), "recall@10": round(recall, 3)}
+        print(f"{name}: build {seconds:.1f} s, recall@10 {recall:.3f}", flush=True)
+        if profiler:
+            stream = io.StringIO()
+            pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(args.top)
+            print(stream.getvalue(), flush=True)
+    print(json.dumps({"dataset": args.dataset, "documents": len(ids), "variants": report}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

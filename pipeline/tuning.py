@@ -1,0 +1,638 @@
+"""Search settings that reach a recall target in the least time, and the full-precision embeddings they use.
+
+PLAID's 4-bit residuals reorder close candidates, so its recall@10 against exact MaxSim stops short of 0.95
+whatever its probes (about 0.91 on SciFact). Two ways past that plateau need the documents' full-precision
+token embeddings: re-score PLAID's top candidates exactly (MaxSim over a short list), or skip PLAID and score
+every document exactly, which on a small corpus is also the fastest of all. :func:`tune` measures, on probe
+queries, which of these and which PLAID settings (``n_ivf_probe``, ``n_full_scores``, re-scoring depth, query
+batch size) reach a recall@10 target against exact MaxSim in the least time; :func:`write_settings` stores
+the choice beside the index, and :class:`pipeline.indexes.PLAID` searches with it unless told otherwise.
+
+Two entries sit in the index folder beside its version folders (so their names never change between builds):
+
+- ``search.json``: the chosen :class:`SearchSettings`, what was measured, and the index version they were
+  measured on (a later write to the index makes them stale: they are then ignored, with a warning);
+- ``embeddings/``: an :class:`EmbeddingStore`, the documents' token embeddings in float16, in slot order.
+
+Example:
+    >>> import numpy as np, tempfile
+    >>> from pathlib import Path
+    >>> rng = np.random.default_rng(0)
+    >>> docs = [rng.standard_normal((6, 8)).astype("float32") for _ in range(5)]
+    >>> folder = Path(tempfile.mkdtemp()) / "embeddings"
+    >>> with EmbeddingStoreWriter(folder) as writer:
+    ...     writer.add(docs)
+    ...     store = writer.commit(index_version="v000001-00000000")
+    >>> [slot for slot, _ in store.exact_topk([docs[3]], k=1)[0]]
+    [3]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from pipeline.indexes.base import SEARCH_SETTINGS_FILE, STORE_FOLDER
+from pipeline.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FORMAT = 1
+STORE_FORMAT = 1
+#: Float32 scores held at once while scoring (bounds the memory of exact search): 16M floats, 64 MiB.
+SCORE_BUDGET = 1 << 24
+#: A store whose float32 copy fits here is converted once and kept in memory (otherwise per chunk).
+CACHE_BYTES = 1 << 30
+
+#: ``(queries, depth, n_ivf_probe, n_full_scores, allowed) -> top-depth (slot, score) per query``.
+CandidateSearch = Callable[
+    [list[np.ndarray], int, int, int, list[np.ndarray | None]], list[list[tuple[int, float]]]
+]
+Hits = list[list[tuple[int, float]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """How to search a PLAID index.
+
+    Attributes:
+        mode: ``"plaid"`` (IVF probing, then optional exact re-scoring) or ``"exact"`` (MaxSim over every
+            document from the full-precision store; no PLAID at all).
+        n_ivf_probe: Centroids probed per query token.
+        n_full_scores: Candidates PLAID scores with its decompressed embeddings.
+        rerank: PLAID's top ``rerank`` candidates are re-scored with full-precision embeddings (0: none,
+            PLAID's own scores are final).
+        batch_size: Queries per search call.
+    """
+
+    mode: Literal["plaid", "exact"] = "plaid"
+    n_ivf_probe: int = 8
+    n_full_scores: int = 8192
+    rerank: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("plaid", "exact"):
+            raise ValueError(f"mode must be 'plaid' or 'exact', got {self.mode!r}")
+        for name in ("n_ivf_probe", "n_full_scores", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.rerank, bool) or not isinstance(self.rerank, int) or self.rerank < 0:
+            raise ValueError(f"rerank must be a non-negative integer, got {self.rerank!r}")
+
+    @property
+    def needs_store(self) -> bool:
+        """Whether searching with these settings reads the full-precision embeddings."""
+        return self.mode == "exact" or self.rerank > 0
+
+    def describe(self) -> str:
+        if self.mode == "exact":
+            return f"exact MaxSim over every document (batch {self.batch_size})"
+        rerank = f", exact re-scoring of the top {self.rerank}" if self.rerank else ""
+        return (
+            f"PLAID n_ivf_probe={self.n_ivf_probe} n_full_scores={self.n_full_scores}{rerank} "
+            f"(batch {self.batch_size})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- the store
+class EmbeddingStore:
+    """Read-only float16 token embeddings of an index's documents, in slot order, memory-mapped.
+
+    Files: ``tokens.f16`` (all token vectors, ``(tokens, dim)`` row-major), ``offsets.npy`` (``documents + 1``
+    int64 row offsets) and ``meta.json`` (``dim``, counts, and the index version they belong to).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], cache_bytes: int = CACHE_BYTES) -> None:
+        self.folder = Path(folder)
+        meta_path = self.folder / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{meta_path}: missing (no embedding store here)") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{meta_path}: corrupt ({error})") from None
+        if meta.get("format") != STORE_FORMAT:
+            raise ValueError(f"{meta_path}: unsupported format {meta.get('format')!r}")
+        self.dim = int(meta["dim"])
+        self.index_version = meta.get("index_version")
+        self.offsets = np.load(self.folder / "offsets.npy")
+        if len(self.offsets) != int(meta["documents"]) + 1 or int(self.offsets[-1]) != int(meta["tokens"]):
+            raise ValueError(f"{self.folder}: offsets.npy does not match meta.json's counts")
+        expected = int(meta["tokens"]) * self.dim * 2
+        actual = (self.folder / "tokens.f16").stat().st_size
+        if actual != expected:
+            raise ValueError(f"{self.folder / 'tokens.f16'}: {actual} bytes, expected {expected}")
+        self.tokens: np.ndarray = (
+            np.memmap(
+                self.folder / "tokens.f16", dtype=np.float16, mode="r", shape=(int(meta["tokens"]), self.dim)
+            )
+            if expected
+            else np.zeros((0, self.dim), dtype=np.float16)
+        )
+        self._cache_bytes = cache_bytes
+        self._float32: torch.Tensor | None = None
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def _float_tokens(self) -> torch.Tensor | None:
+        """All token rows as float32, converted once, when they fit ``cache_bytes`` (else ``None``)."""
+        if self._float32 is None and self.num_tokens * self.dim * 4 <= self._cache_bytes:
+            self._float32 = torch.from_numpy(np.asarray(self.tokens, dtype=np.float32))
+        return self._float32
+
+    def _rows(self, start: int, stop: int) -> torch.Tensor:
+        """Token rows ``start:stop`` as a float32 tensor."""
+        cached = self._float_tokens()
+        if cached is not None:
+            return cached[start:stop]
+        return torch.from_numpy(np.asarray(self.tokens[start:stop], dtype=np.float32))
+
+    def _gather(self, slots: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The token rows of ``slots`` (concatenated) and each document's first row within them."""
+        starts, stops = self.offsets[slots], self.offsets[slots + 1]
+        lengths = stops - starts
+        firsts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        rows = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
+        cached = self._float_tokens()
+        if cached is not None:
+            return cached[torch.from_numpy(rows)], firsts
+        return torch.from_numpy(np.asarray(self.tokens[rows], dtype=np.float32)), firsts
+
+    @staticmethod
+    def _maxsim(queries: torch.Tensor, tokens: torch.Tensor, firsts: np.ndarray) -> np.ndarray:
+        """MaxSim of each query (``(B, Lq, d)``, zero-padded) with each segment of ``tokens``: ``(B, m)``."""
+        batch, length, dim = queries.shape
+        similarities = (queries.reshape(-1, dim) @ tokens.T).numpy()
+        best = np.maximum.reduceat(similarities, firsts, axis=1)
+        return best.reshape(batch, length, -1).sum(axis=1)
+
+    def exact_topk(self, queries: Sequence[np.ndarray], k: int, batch_size: int = 32) -> Hits:
+        """Top-``k`` ``(slot, score)`` of each query by exact MaxSim over every document, best first."""
+        results: Hits = []
+        for start in range(0, len(queries), batch_size):
+            padded = _pad(queries[start : start + batch_size], self.dim)
+            rows_per_chunk = max(1, SCORE_BUDGET // (padded.shape[0] * padded.shape[1]))
+            best_scores = np.full((len(padded), 0), -np.inf, dtype=np.float32)
+            best_slots = np.zeros((len(padded), 0), dtype=np.int64)
+            first = 0
+            while first < self.num_documents:
+                # As many documents as fit the score budget (at least one).
+                last = (
+                    int(np.searchsorted(self.offsets, self.offsets[first] + rows_per_chunk, side="right")) - 1
+                )
+                last = min(max(last, first + 1), self.num_documents)
+                begin, end = int(self.offsets[first]), int(self.offsets[last])
+                scores = self._maxsim(padded, self._rows(begin, end), self.offsets[first:last] - begin)
+                merged = np.concatenate([best_scores, scores], axis=1)
+                slots = np.concatenate(
+                    [best_slots, np.broadcast_to(np.arange(first, last), scores.shape)], axis=1
+                )
+                keep = min(k, merged.shape[1])
+                top = np.argpartition(-merged, keep - 1, axis=1)[:, :keep]
+                best_scores = np.take_along_axis(merged, top, axis=1)
+                best_slots = np.take_along_axis(slots, top, axis=1)
+                first = last
+            order = np.argsort(-best_scores, axis=1, kind="stable")
+            for scores_row, slots_row in zip(
+                np.take_along_axis(best_scores, order, axis=1),
+                np.take_along_axis(best_slots, order, axis=1),
+                strict=True,
+            ):
+                results.append([(int(s), float(v)) for s, v in zip(slots_row, scores_row, strict=True)])
+        return results
+
+    def rescore(self, queries: Sequence[np.ndarray], candidates: Sequence[Sequence[int]], k: int) -> Hits:
+        """Re-rank each query's candidate slots by exact MaxSim; top ``k`` ``(slot, score)``, best first."""
+        results: Hits = []
+        for query, slots in zip(queries, candidates, strict=True):
+            slots = np.asarray(list(dict.fromkeys(int(s) for s in slots)), dtype=np.int64)
+            if len(slots) == 0:
+                results.append([])
+                continue
+            padded = _pad([query], self.dim)
+            scores = np.empty(len(slots), dtype=np.float32)
+            budget = max(1, SCORE_BUDGET // padded.shape[1])
+            lengths = self.offsets[slots + 1] - self.offsets[slots]
+            start = 0
+            while start < len(slots):  # chunks of candidates within the score budget
+                stop = start + max(1, int(np.searchsorted(np.cumsum(lengths[start:]), budget, side="right")))
+                tokens, firsts = self._gather(slots[start:stop])
+                scores[start:stop] = self._maxsim(padded, tokens, firsts)[0]
+                start = stop
+            order = np.argsort(-scores, kind="stable")[:k]
+            results.append([(int(slots[i]), float(scores[i])) for i in order])
+        return results
+
+    def search(self, queries: Sequence[np.ndarray], k: int, allowed: Sequence[np.ndarray | None]) -> Hits:
+        """Exact search of every query, within its ``allowed`` slots when given."""
+        results: Hits = [[] for _ in queries]
+        free = [i for i, a in enumerate(allowed) if a is None]
+        for position, hits in zip(free, self.exact_topk([queries[i] for i in free], k), strict=True):
+            results[position] = hits
+        for position, slots in enumerate(allowed):
+            if slots is not None:
+                results[position] = self.rescore([queries[position]], [slots.tolist()], k)[0]
+        return results
+
+
+def _pad(queries: Sequence[np.ndarray], dim: int) -> torch.Tensor:
+    """Queries as one zero-padded ``(B, max tokens, dim)`` float32 tensor; a zero token adds 0 to MaxSim."""
+    length = max(len(q) for q in queries)
+    padded = np.zeros((len(queries), length, dim), dtype=np.float32)
+    for row, query in enumerate(queries):
+        padded[row, : len(query)] = query
+    return torch.from_numpy(padded)
+
+
+class EmbeddingStoreWriter:
+    """Write an :class:`EmbeddingStore` chunk by chunk (memory stays one chunk), then swap it into place.
+
+    Use as a context manager: leaving the block without :meth:`commit` (or on an error) removes the
+    temporary folder and leaves any previous store where it was.
+
+    Args:
+        folder: Where the store goes (``<index>/embeddings``).
+        scratch: Where the temporary folder is written meanwhile (default: beside ``folder``; the index stage
+            puts it outside the index, whose first commit sweeps everything that is not a version).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], scratch: str | os.PathLike[str] | None = None) -> None:
+        self.folder = Path(folder)
+        parent = Path(scratch) if scratch is not None else self.folder.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self._temp = parent / f".{self.folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self._temp.mkdir()
+        self._handle = open(self._temp / "tokens.f16", "wb")  # noqa: SIM115 - closed in commit/discard
+        self._lengths: list[int] = []
+        self.dim: int | None = None
+
+    def __enter__(self) -> EmbeddingStoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def add(self, embeddings: Sequence[Any]) -> None:
+        """Append documents (one ``(tokens, dim)`` array or tensor each), in index slot order."""
+        for position, item in enumerate(embeddings):
+            if isinstance(item, torch.Tensor):
+                item = item.detach().cpu().numpy()
+            array = np.asarray(item)
+            if array.ndim != 2 or array.shape[0] == 0:
+                raise ValueError(f"embeddings[{position}] must be a non-empty (tokens, dim) array")
+            if self.dim is None:
+                self.dim = int(array.shape[1])
+            elif array.shape[1] != self.dim:
+                raise ValueError(
+                    f"embeddings[{position}] has dimension {array.shape[1]}, expected {self.dim}"
+                )
+            self._handle.write(np.ascontiguousarray(array, dtype=np.float16).tobytes())
+            self._lengths.append(int(array.shape[0]))
+
+    def commit(self, index_version: str | None) -> EmbeddingStore:
+        """Finish the files, replace ``folder`` with them, and open the result."""
+        if self._handle.closed:
+            raise RuntimeError(f"{self.folder}: this writer was already committed or discarded")
+        if self.dim is None:
+            raise ValueError(f"{self.folder}: no documents were added to the store")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        offsets = np.concatenate([[0], np.cumsum(self._lengths)]).astype(np.int64)
+        np.save(self._temp / "offsets.npy", offsets)
+        atomic_write_json(
+            self._temp / "meta.json",
+            {
+                "format": STORE_FORMAT,
+                "dim": self.dim,
+                "documents": len(self._lengths),
+                "tokens": int(offsets[-1]),
+                "dtype": "float16",
+                "index_version": index_version,
+            },
+        )
+        old = self._temp.with_name(f".{self.folder.name}.old-{uuid.uuid4().hex[:8]}")
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        if self.folder.exists():
+            os.replace(self.folder, old)
+        os.replace(self._temp, self.folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return EmbeddingStore(self.folder)
+
+    def discard(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+        shutil.rmtree(self._temp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- searching
+def search_slots(
+    settings: SearchSettings,
+    store: EmbeddingStore | None,
+    candidates: CandidateSearch,
+    queries: list[np.ndarray],
+    k: int,
+    allowed: list[np.ndarray | None],
+) -> Hits:
+    """Top-``k`` ``(slot, score)`` per query under ``settings`` (``candidates`` is the PLAID search)."""
+    if settings.needs_store and store is None:
+        raise ValueError(f"{settings.describe()} needs the full-precision embedding store")
+    if settings.mode == "exact":
+        return store.search(queries, k, allowed)  # type: ignore[union-attr]
+    depth = max(k, settings.rerank)
+    hits = candidates(queries, depth, settings.n_ivf_probe, max(settings.n_full_scores, depth), allowed)
+    if not settings.rerank:
+        return [row[:k] for row in hits]
+    return store.rescore(queries, [[slot for slot, _ in row] for row in hits], k)  # type: ignore[union-attr]
+
+
+def recall(results: Hits, reference: Hits, k: int = 10) -> float:
+    """Mean fraction of each query's reference top-``k`` slots found in its top ``k`` results."""
+    fractions = []
+    for found, expected in zip(results, reference, strict=True):
+        wanted = {slot for slot, _ in expected[:k]}
+        if wanted:
+            fractions.append(len(wanted & {slot for slot, _ in found[:k]}) / len(wanted))
+    return sum(fractions) / len(fractions) if fractions else 1.0
+
+
+# ---------------------------------------------------------------------------------------------- tuning
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One measured setting: recall@k against exact MaxSim and seconds for all the probe queries."""
+
+    settings: SearchSettings
+    recall: float
+    seconds: float
+
+    def as_dict(self, n_queries: int) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self.settings),
+            "recall": round(self.recall, 4),
+            "qps": round(n_queries / self.seconds, 2) if self.seconds > 0 else None,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningResult:
+    """What :func:`tune` chose and the evidence: every trial, the exact baseline, the probe-set size."""
+
+    settings: SearchSettings
+    recall: float
+    qps: float
+    target: float
+    reached: bool
+    exact_qps: float
+    queries: int
+    k: int
+    trials: list[Trial]
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready record for ``search.json`` and ``metrics/index.json``."""
+        return {
+            "settings": dataclasses.asdict(self.settings),
+            "description": self.settings.describe(),
+            f"recall@{self.k}": round(self.recall, 4),
+            "qps": round(self.qps, 2),
+            "target": self.target,
+            "reached": self.reached,
+            "exact_qps": round(self.exact_qps, 2),
+            "probe_queries": self.queries,
+            "threads": torch.get_num_threads(),
+            "trials": [t.as_dict(self.queries) for t in self.trials],
+        }
+
+
+def _timed(function: Callable[[], Any], timer: Callable[[], float]) -> tuple[Any, float]:
+    started = timer()
+    value = function()
+    return value, max(timer() - started, 1e-9)
+
+
+def _batched(function: Callable[[list[np.ndarray]], Hits], queries: list[np.ndarray], size: int) -> Hits:
+    hits: Hits = []
+    for start in range(0, len(queries), size):
+        hits.extend(function(queries[start : start + size]))
+    return hits
+
+
+def tune(
+    store: EmbeddingStore,
+    queries: Sequence[np.ndarray],
+    candidates: CandidateSearch | None,
+    *,
+    target: float = 0.95,
+    k: int = 10,
+    probes: Sequence[int] = (1, 2, 4, 8, 16),
+    full_scores: Sequence[int] = (64, 128, 256, 512, 1024, 2048, 4096),
+    reranks: Sequence[int] = (0, 16, 32, 64, 128),
+    batch_sizes: Sequence[int] = (1, 16, 64),
+    consider_exact: bool = True,
+    finalists: int = 3,
+    timer: Callable[[], float] = time.perf_counter,
+) -> TuningResult:
+    """The fastest search settings whose recall@``k`` against exact MaxSim reaches ``target`` on ``queries``.
+
+    The reference is exact MaxSim over every document of ``store`` (float16 embeddings, float32 math). For
+    each ``n_ivf_probe``, ``n_full_scores`` grows until some re-scoring depth reaches the target (more
+    would only cost more); one PLAID search at the deepest depth serves every depth (PLAID's order does not
+    depend on ``top_k``). Exact search over every document (recall 1 by definition) competes on time
+    unless ``consider_exact`` is false, and is the fallback when no PLAID setting reaches the target. The
+    ``finalists`` fastest candidates are timed once more (noise on a busy machine), then the query batch
+    size of the winner.
+
+    Args:
+        store: The index's full-precision embeddings (slot order).
+        queries: Probe query embeddings, ``(tokens, dim)`` each.
+        candidates: The PLAID search (``None``: only exact search is considered).
+        target: Recall@``k`` to reach, in (0, 1].
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"target must be in (0, 1], got {target!r}")
+    if not queries:
+        raise ValueError("tune needs at least one probe query")
+    if candidates is None and not consider_exact:
+        raise ValueError("nothing to tune: no PLAID search given and exact search not considered")
+    queries = list(queries)
+    n = len(queries)
+    reference, exact_seconds = _timed(lambda: store.exact_topk(queries, k), timer)
+    exact = SearchSettings(mode="exact")
+    trials: list[Trial] = [Trial(exact, 1.0, exact_seconds)] if consider_exact else []
+    no_filter: list[np.ndarray | None] = [None] * n
+    depths = sorted({r for r in reranks if r == 0 or r >= k})
+    for probe in probes if candidates is not None else ():
+        for n_full in sorted(full_scores):
+            usable = [r for r in depths if r <= n_full]
+            if n_full < k or not usable:
+                continue
+            depth = max(k, *usable)
+            hits, plaid_seconds = _timed(
+                lambda probe=probe, n_full=n_full, depth=depth: candidates(  # type: ignore[misc]
+                    queries, depth, probe, n_full, no_filter
+                ),
+                timer,
+            )
+            reached = False
+            for rerank in usable:
+                settings = SearchSettings(n_ivf_probe=probe, n_full_scores=n_full, rerank=rerank)
+                if rerank == 0:
+                    results, seconds = [row[:k] for row in hits], plaid_seconds
+                else:
+                    results, extra = _timed(
+                        lambda rerank=rerank, hits=hits: store.rescore(
+                            queries, [[s for s, _ in row[:rerank]] for row in hits], k
+                        ),
+                        timer,
+                    )
+                    seconds = plaid_seconds + extra
+                trials.append(Trial(settings, recall(results, reference, k), seconds))
+                reached = reached or trials[-1].recall >= target
+            logger.info(
+                "tuning: probe %d, n_full_scores %d: best recall@%d %.3f",
+                probe,
+                n_full,
+                k,
+                max(t.recall for t in trials[-len(usable) :]),
+            )
+            if reached:
+                break
+
+    def run(settings: SearchSettings, batch: int) -> tuple[Hits, float]:
+        return _timed(
+            lambda: _batched(
+                lambda chunk: search_slots(settings, store, candidates, chunk, k, [None] * len(chunk)),  # type: ignore[arg-type]
+                queries,
+                batch,
+            ),
+            timer,
+        )
+
+    passing = sorted((t for t in trials if t.recall >= target), key=lambda t: t.seconds)
+    reached_target = bool(passing)
+    if not passing:  # only possible without exact search: report the best recall, marked as not reached
+        passing = sorted(trials, key=lambda t: (-t.recall, t.seconds))[:1]
+    retimed = []
+    for trial in passing[:finalists]:
+        results, seconds = run(trial.settings, trial.settings.batch_size)
+        retimed.append(Trial(trial.settings, recall(results, reference, k), min(seconds, trial.seconds)))
+    best = min(retimed, key=lambda t: t.seconds)
+    for batch in batch_sizes:
+        if batch == best.settings.batch_size:
+            continue
+        settings = dataclasses.replace(best.settings, batch_size=batch)
+        results, seconds = run(settings, batch)
+        if seconds < best.seconds:
+            best = Trial(settings, recall(results, reference, k), seconds)
+    logger.info(
+        "tuned search: %s, recall@%d %.3f at %.1f QPS (exact MaxSim %.1f QPS)",
+        best.settings.describe(),
+        k,
+        best.recall,
+        n / best.seconds,
+        n / exact_seconds,
+    )
+    return TuningResult(
+        settings=best.settings,
+        recall=best.recall,
+        qps=n / best.seconds,
+        target=target,
+        reached=reached_target and best.recall >= target,
+        exact_qps=n / exact_seconds,
+        queries=n,
+        k=k,
+        trials=trials,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- on disk
+def write_settings(index_path: str | os.PathLike[str], index_version: str, result: TuningResult) -> Path:
+    """Store ``result`` as ``<index_path>/search.json`` (atomically), for that index version."""
+    path = Path(index_path) / SEARCH_SETTINGS_FILE
+    atomic_write_json(path, {"format": SETTINGS_FORMAT, "index_version": index_version, **result.summary()})
+    return path
+
+
+def read_settings(index_path: str | os.PathLike[str], index_version: str | None) -> SearchSettings | None:
+    """The stored settings of ``index_path`` if they were measured on ``index_version``; else ``None``.
+
+    A missing file is ``None`` silently; stale or unreadable settings are ``None`` with a warning.
+    """
+    path = Path(index_path) / SEARCH_SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != SETTINGS_FORMAT:
+            raise ValueError(f"unsupported format {data.get('format')!r}")
+        settings = SearchSettings(**data["settings"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        logger.warning("%s: unreadable search settings, searching with defaults (%s)", path, error)
+        return None
+    if data.get("index_version") != index_version:
+        logger.warning(
+            "%s: tuned on index version %s, but %s is live: searching with defaults (rerun the index stage)",
+            path,
+            data.get("index_version"),
+            index_version,
+        )
+        return None
+    return settings
+
+
+def open_store(index_path: str | os.PathLike[str], index_version: str | None) -> EmbeddingStore | None:
+    """The index's embedding store if it exists and belongs to ``index_version``; else ``None``."""
+    folder = Path(index_path) / STORE_FOLDER
+    if not folder.is_dir():
+        return None
+    try:
+        store = EmbeddingStore(folder)
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("%s: unreadable embedding store (%s)", folder, error)
+        return None
+    if store.index_version != index_version:
+        logger.warning("%s: written for index version %s, not %s", folder, store.index_version, index_version)
+        return None
+    return store
+
+
+def queries_from_documents(texts: Sequence[str], n: int, seed: int = 42, words: int = 12) -> list[str]:
+    """``n`` probe queries when a corpus comes without any: the first ``words`` words of random documents.
+
+    Example:
+        >>> queries_from_documents(["a b c d", "e f"], 5, words=2)
+        ['a b', 'e f']
+    """
+    import random
+
+    chosen = random.Random(seed).sample(range(len(texts)), min(n, len(texts)))
+    queries = [" ".join(texts[i].split()[:words]) for i in chosen]
+    return [q for q in queries if q]
+
+
+def describe_qps(result: TuningResult) -> str:
+    """One line for logs and the CLI summary."""
+    ratio = result.qps / result.exact_qps if result.exact_qps else math.nan
+    return (
+        f"{result.settings.describe()}: recall@{result.k} {result.recall:.3f} (target {result.target}), "
+        f"{result.qps:.1f} QPS, {ratio:.2f}x exact MaxSim"
+    )
