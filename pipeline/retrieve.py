@@ -5,7 +5,7 @@ Example:
     >>> from pipeline import indexes, retrieve
     >>> index = indexes.Voyager(index_folder=tempfile.mkdtemp(), index_name="index", show_progress=False)
     >>> docs = [np.eye(4, dtype="float32")[:2], np.eye(4, dtype="float32")[2:]]
-    >>> index.add_documents(documents_ids=["1", "3"], documents_embeddings=docs)
+    >>> index = index.add_documents(documents_ids=["1", "3"], documents_embeddings=docs)
     >>> retriever = retrieve.ColBERT(index=index)
     >>> retriever.retrieve(queries_embeddings=[np.eye(4, dtype="float32")[2:3]], k=10)
     [[{'id': '3', 'score': 1.0}, {'id': '1', 'score': 0.0}]]
@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -39,24 +41,36 @@ class ColBERT:
         self,
         queries_embeddings: Any,
         k: int = 10,
+        k_token: int | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
         subset: Any = None,
-        batch_size: int = 64,
         show_progress: bool | None = None,
     ) -> list[list[dict[str, Any]]]:
         """Top-``k`` documents of each query, best first: ``[[{"id": ..., "score": ...}, ...], ...]``.
 
+        PyLate's signature and order of arguments.
+
         Args:
             queries_embeddings: One ``(tokens, dim)`` array per query, as ``model.encode(..., is_query=True)``
-                returns them.
+                returns them; a single 2-D array (``model.encode("one query")``) is one query.
             k: Documents per query.
+            k_token: Voyager: nearest document tokens fetched per query token for this call (default: the
+                index's ``k_token``, raised to ``k`` when smaller, as PyLate does). PLAID ranks end to end
+                and ignores it, as in PyLate.
+            device: Accepted for PyLate code; scoring runs where the index keeps its embeddings (CPU
+                for Voyager, the index's ``device`` for PLAID).
+            batch_size: Queries searched per index call (default 64).
             subset: ``None``, a list of allowed document ids for every query, or one list per query.
-            batch_size: Queries searched per index call.
             show_progress: Progress bar over batches (``None``: only when there is more than one batch).
         """
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        if k_token is not None and (isinstance(k_token, bool) or not isinstance(k_token, int) or k_token < 1):
+            raise ValueError(f"k_token must be a positive integer, got {k_token!r}")
         # Validate everything up front, so a bad query late in the list fails before any search runs.
         queries = as_float_arrays(
             queries_embeddings, argument="queries_embeddings", dim=self.index.embedding_size
@@ -69,7 +83,30 @@ class ColBERT:
         if show_progress is None:
             show_progress = len(starts) > 1
         results: list[list[dict[str, Any]]] = []
-        for start in tqdm(starts, desc="Retrieving", unit="batch", disable=not show_progress):
-            batch_subset = subset[start : start + batch_size] if per_query else subset
-            results.extend(self.index(queries[start : start + batch_size], k=k, subset=batch_subset))
+        with _token_depth(self.index, k_token, k):
+            for start in tqdm(starts, desc="Retrieving", unit="batch", disable=not show_progress):
+                batch_subset = subset[start : start + batch_size] if per_query else subset
+                results.extend(
+                    self.index.search(queries[start : start + batch_size], k=k, subset=batch_subset)
+                )
         return results
+
+
+#: Queries per index call when ``batch_size`` is not given.
+DEFAULT_BATCH_SIZE = 64
+
+
+@contextlib.contextmanager
+def _token_depth(index: MultiVectorIndex, k_token: int | None, k: int) -> Iterator[None]:
+    """Give a Voyager index a per-call ``k_token`` (at least ``k``), restored afterwards."""
+    current = getattr(index, "k_token", None)
+    if current is None or k_token is None:
+        yield
+        return
+    if k > k_token:
+        logger.warning("k (%d) is greater than k_token (%d): using k_token = k", k, k_token)
+    index.k_token = max(k_token, k)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        index.k_token = current  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import inspect
 import logging
 import math
@@ -80,6 +81,10 @@ def _check_columns(columns: dict[str, list[Any]], where: Callable[[int], str]) -
         )
     n_rows = len(columns[texts[0]])
     list_lengths: dict[str, int] = {}
+    # KD rows (a list of teacher scores per row) may hold different numbers of documents: the collator
+    # pads them and the loss masks the padding. Without per-row scores, ragged lists stay an error.
+    ragged_allowed = any(isinstance(value, (list, tuple)) for name in labels for value in columns[name])
+    row_lengths: dict[str, list[int]] = {}
     for name in texts:
         for row, value in enumerate(columns[name]):
             if value is None:
@@ -100,7 +105,8 @@ def _check_columns(columns: dict[str, list[Any]], where: Callable[[int], str]) -
             if bad is not None:
                 raise TrainingDataError(f"{where(row)}: column {name!r}, item {bad} is not a non-empty text")
             expected_length = list_lengths.setdefault(name, len(value))
-            if len(value) != expected_length:
+            row_lengths.setdefault(name, [0] * n_rows)[row] = len(value)
+            if len(value) != expected_length and not ragged_allowed:
                 raise TrainingDataError(
                     f"{where(row)}: column {name!r} has {len(value)} items, the rows before it have "
                     f"{expected_length} (use KDProcessing(n_ways=...) to give every row the same count)"
@@ -113,7 +119,7 @@ def _check_columns(columns: dict[str, list[Any]], where: Callable[[int], str]) -
                     f"{where(row)}: column {name!r} holds a missing, NaN or infinite score"
                 )
             if isinstance(value, (list, tuple)):
-                documents = next((list_lengths[t] for t in texts if t in list_lengths), len(texts) - 1)
+                documents = next((row_lengths[t][row] for t in texts if t in row_lengths), len(texts) - 1)
                 if len(value) != documents:
                     raise TrainingDataError(
                         f"{where(row)}: column {name!r} has {len(value)} scores for {documents} documents"
@@ -235,9 +241,15 @@ class ColBERTCollator(MultiVectorEncoderDataCollator):
                     row[name] = value
                 continue
             # A list column becomes numbered columns: the losses take one document column per position.
+            # Rows with fewer documents (KD rows under an n_ways cap) are padded with a copy of their first
+            # document and a NaN teacher score, which losses.Distillation masks out of both softmaxes.
+            width = max(len(value) for value in values)
             for row, value in zip(rows, values, strict=True):
-                for position, text in enumerate(value, start=1):
+                padding = width - len(value)
+                for position, text in enumerate([*value, *[value[0]] * padding], start=1):
                     row[f"{name}_{position}"] = text
+                if padding and labels:
+                    row[labels[0]] = [*row[labels[0]], *[math.nan] * padding]
         return super().__call__(rows)
 
 
@@ -301,6 +313,26 @@ class _TextTable:
         return list(self._dataset[positions][self._text_column])
 
 
+def _parse_listish(value: Any, *, strict: bool = True) -> Any:
+    """A list stored as its text (``"[1, 2]"``), parsed as a Python literal; anything else as given.
+
+    With ``strict=False`` unparsable text is returned unchanged (the row check reports it).
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        if strict:
+            raise ValueError(f"{_excerpt(value)} is text that is not a Python list literal") from None
+        return value
+    if not isinstance(parsed, list | tuple):
+        if strict:
+            raise ValueError(f"{_excerpt(value)} parses to {type(parsed).__name__}, not a list")
+        return value
+    return list(parsed)
+
+
 @dataclass
 class _KDRowProblem:
     reason: str
@@ -315,17 +347,22 @@ class KDProcessing:
             of records, or a dict id -> text.
         documents: The documents table, same forms.
         split: The split taken from a ``DatasetDict`` (PyLate's ``load_dataset(..., name)`` returns one).
-        n_ways: Documents kept per query, the first ``n_ways`` of each row (positives first in the usual
-            layout). Rows with fewer documents are an error (or dropped, see ``on_invalid``).
+        n_ways: The most documents kept per query: the first ``n_ways`` of each row (positives first in
+            the usual layout), as in PyLate. A row with fewer keeps all of its documents (at least two);
+            rows of different lengths in one batch are padded and masked by :class:`ColBERTCollator` and
+            ``losses.Distillation``.
         on_invalid: ``"error"`` (default) or ``"drop"``: what to do with a row whose ids do not resolve or
-            that has fewer than ``n_ways`` documents. Dropped rows are logged and counted in
-            :attr:`dropped`. Rows whose ``document_ids`` and ``scores`` differ in length, or with NaN
-            scores, are always an error.
+            that has fewer than two documents. Dropped rows are logged and counted in :attr:`dropped`.
+            Rows whose ``document_ids`` and ``scores`` differ in length, or with NaN scores, are always
+            an error.
         query_id_column, document_id_column, text_column: Column names of the tables.
 
     Ids may be integers or strings: both sides are compared as strings, so ``54528`` finds ``"54528"``.
+    ``scores`` and ``document_ids`` stored as strings (``"[0.9, 0.1]"``, as some exported KD sets hold
+    them) are parsed as Python literals, as PyLate does.
 
-    Output rows are ``{"query": str, "documents": [str] * n_ways, "scores": [float] * n_ways}``.
+    Output rows are ``{"query": str, "documents": [str] * m, "scores": [float] * m}``, ``m = min(n_ways,
+    documents in the row)``.
     """
 
     def __init__(
@@ -354,6 +391,10 @@ class KDProcessing:
         self.dropped: dict[str, str] = {}
 
     def _problem(self, query_id: Any, document_ids: Any, scores: Any) -> _KDRowProblem | None:
+        try:
+            document_ids, scores = _parse_listish(document_ids), _parse_listish(scores)
+        except ValueError as error:
+            return _KDRowProblem(str(error), False)
         if not isinstance(document_ids, (list, tuple)) or not isinstance(scores, (list, tuple)):
             return _KDRowProblem("'document_ids' and 'scores' must be lists", False)
         if len(document_ids) != len(scores):
@@ -365,8 +406,8 @@ class KDProcessing:
         absent = next((d for d in document_ids[: self.n_ways] if d not in self.documents), None)
         if absent is not None:
             return _KDRowProblem(f"document id {absent!r} is not in the documents table", True)
-        if len(document_ids) < self.n_ways:
-            return _KDRowProblem(f"{len(document_ids)} documents, fewer than n_ways={self.n_ways}", True)
+        if len(document_ids) < 2:
+            return _KDRowProblem(f"{len(document_ids)} document(s): distillation needs at least two", True)
         return None
 
     def transform(self, examples: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -374,6 +415,11 @@ class KDProcessing:
         for key in ("query_id", "document_ids", "scores"):
             if key not in examples:
                 raise TrainingDataError(f"KD rows need a {key!r} column (columns: {list(examples)})")
+        examples = {
+            **examples,
+            "document_ids": [_parse_listish(value, strict=False) for value in examples["document_ids"]],
+            "scores": [_parse_listish(value, strict=False) for value in examples["scores"]],
+        }
         kept: list[int] = []
         for row, (query_id, document_ids, scores) in enumerate(
             zip(examples["query_id"], examples["document_ids"], examples["scores"], strict=True)
@@ -390,11 +436,24 @@ class KDProcessing:
                 raise TrainingDataError(f"KD row with query_id {query_id!r}: {problem.reason}{hint}")
         queries = self.queries.lookup([examples["query_id"][row] for row in kept])
         # One look-up for the whole batch's documents, then split back per row.
-        flat_ids = [doc for row in kept for doc in examples["document_ids"][row][: self.n_ways]]
-        flat_texts = self.documents.lookup(flat_ids)
-        documents = [flat_texts[i * self.n_ways : (i + 1) * self.n_ways] for i in range(len(kept))]
+        kept_ids = [examples["document_ids"][row][: self.n_ways] for row in kept]
+        flat_texts = self.documents.lookup([doc for ids in kept_ids for doc in ids])
+        documents, start = [], 0
+        for ids in kept_ids:
+            documents.append(flat_texts[start : start + len(ids)])
+            start += len(ids)
         scores = [[float(s) for s in examples["scores"][row][: self.n_ways]] for row in kept]
         return {"query": queries, "documents": documents, "scores": scores}
+
+    def map(self, example: dict[str, Any]) -> dict[str, Any]:
+        """PyLate's one-row form of :meth:`transform`, for ``dataset.map(kd.map)``."""
+        batch = self.transform({key: [value] for key, value in example.items()})
+        if not batch["query"]:  # dropped (on_invalid="drop"): map cannot drop, so say why
+            raise TrainingDataError(
+                f"KD row with query_id {example.get('query_id')!r}: "
+                f"{self.dropped.get(str(example.get('query_id')), 'unusable')}"
+            )
+        return {key: values[0] for key, values in batch.items()}
 
     def validate(self, dataset: Any) -> int:
         """Check every raw KD row before training; returns how many rows are usable.
