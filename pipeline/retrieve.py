@@ -110,3 +110,72 @@ def _token_depth(index: MultiVectorIndex, k_token: int | None, k: int) -> Iterat
         yield
     finally:
         index.k_token = current  # type: ignore[attr-defined]
+
+
+class XTR:
+    """PyLate's XTR retriever on a :class:`pipeline.indexes.Voyager` index.
+
+    Each query token fetches its ``k_token`` nearest document tokens; a document is scored from those
+    retrieved tokens only (no document embeddings are read back), with XTR's min imputation for the query
+    tokens that missed it (:func:`pipeline.rank.score_xtr`). Voyager reports inner-product *distances*
+    (``1 - dot``); they are turned back into similarities before scoring, so the best match ranks first.
+
+    Args:
+        index: A Voyager index (PLAID ranks end to end and has no token-level answer).
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> from pipeline import indexes, retrieve
+        >>> index = indexes.Voyager(index_folder=tempfile.mkdtemp(), index_name="x", show_progress=False)
+        >>> eye = np.eye(4, dtype="float32")
+        >>> index = index.add_documents(["a", "b"], [eye[:2], eye[2:]])
+        >>> [hit["id"] for hit in retrieve.XTR(index=index).retrieve([eye[2:3]], k=2)[0]]
+        ['b', 'a']
+    """
+
+    #: Token-level candidates per query token when ``k_token`` is not given (PyLate's default).
+    default_k_token = 10_000
+
+    def __init__(self, index: MultiVectorIndex) -> None:
+        from pipeline.indexes import Voyager
+
+        if not isinstance(index, Voyager):
+            raise TypeError(
+                f"retrieve.XTR needs a token-level index (indexes.Voyager), got {type(index).__name__}"
+            )
+        self.index = index
+
+    def retrieve(
+        self,
+        queries_embeddings: Any,
+        k: int = 10,
+        k_token: int | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
+        subset: Any = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Top-``k`` documents of each query by XTR score, best first (PyLate's signature).
+
+        ``subset`` is not supported on the token path (as in PyLate): it raises ``NotImplementedError``.
+        """
+        if subset is not None:
+            raise NotImplementedError("subset filtering is not implemented for XTR retrieval (as in PyLate)")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k_token = self.default_k_token if k_token is None else k_token
+        if k > k_token:
+            logger.warning("k (%d) is greater than k_token (%d): using k_token = k", k, k_token)
+            k_token = k
+        from pipeline.rank import score_xtr
+
+        queries = as_float_arrays(
+            queries_embeddings, argument="queries_embeddings", dim=self.index.embedding_size
+        )
+        batch_size = 1 if batch_size is None else batch_size
+        results: list[list[dict[str, Any]]] = []
+        for start in range(0, len(queries), batch_size):
+            hits = self.index(queries[start : start + batch_size], k=k_token)
+            for ids, distances in zip(hits["documents_ids"], hits["distances"], strict=True):
+                similarities = [[1.0 - d for d in token] for token in distances]
+                results.append(score_xtr(ids, similarities, k=k, device=device or "cpu"))
+        return results
