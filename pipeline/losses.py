@@ -30,6 +30,9 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from sentence_transformers.base.losses.merged_forward import embed_columns_padded
 from sentence_transformers.multi_vector_encoder.losses import (
     CachedMultiVectorMultipleNegativesRankingLoss,
     MultiVectorDistillKLDivLoss,
@@ -37,6 +40,7 @@ from sentence_transformers.multi_vector_encoder.losses import (
 )
 from sentence_transformers.multi_vector_encoder.model import MultiVectorEncoder
 from sentence_transformers.multi_vector_encoder.scoring import colbert_kd_scores, mean_colbert_kd_scores
+from sentence_transformers.util import stack_padded_token_embeddings
 from torch import Tensor
 
 __all__ = [
@@ -217,7 +221,33 @@ class Distillation(MultiVectorDistillKLDivLoss):
                 "Distillation needs the teacher's scores: rows must have a 'scores' column "
                 "(use utils.KDProcessing and utils.ColBERTCollator)"
             )
-        return super().forward(sentence_features, labels)
+        real = torch.isfinite(labels)
+        if bool(real.all()):
+            return super().forward(sentence_features, labels)
+        return self._masked_forward(list(sentence_features), labels, real)
+
+    def _masked_forward(self, features: list[dict[str, Tensor]], labels: Tensor, real: Tensor) -> Tensor:
+        """The same KL divergence over rows of different lengths: padded documents (NaN teacher score,
+        from :class:`pipeline.utils.ColBERTCollator`) are left out of both softmaxes and of the sum."""
+        if bool((real.sum(dim=1) < 2).any()):
+            raise ValueError("every distillation row needs at least two documents with a teacher score")
+        features = [dict(f) for f in features]
+        query = self.model(features[0], task=features[0].get("task", "query"))
+        documents, documents_mask = stack_padded_token_embeddings(
+            *embed_columns_padded(self.model, features[1:], self.mini_batch_size, task_default="document")
+        )
+        scores = self.similarity_fct(
+            query["token_embeddings"],
+            documents,
+            queries_mask=query["attention_mask"].bool(),
+            documents_mask=documents_mask,
+        )
+        lowest = torch.finfo(scores.dtype).min
+        student = F.log_softmax((scores / self.student_temperature).masked_fill(~real, lowest), dim=-1)
+        teacher_logits = labels.detach().nan_to_num(0.0) / self.teacher_temperature
+        teacher = F.log_softmax(teacher_logits.masked_fill(~real, lowest), dim=-1)
+        divergence = (teacher.exp() * (teacher - student)).masked_fill(~real, 0.0).sum(dim=-1).mean()
+        return divergence * (self.student_temperature**2)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"normalize_scores": self.normalize_scores, **super().get_config_dict()}

@@ -241,6 +241,66 @@ class ColBERT(MultiVectorEncoder):
         mask = self._mask_module()
         return list(mask.skiplist_words) if mask is not None else []
 
+    @property
+    def query_prefix(self) -> str:
+        """Text prepended to queries (``"[Q] "`` by default), PyLate's attribute; held in ``prompts``."""
+        return self.prompts.get("query") or ""
+
+    @property
+    def document_prefix(self) -> str:
+        """Text prepended to documents (``"[D] "`` by default), PyLate's attribute; held in ``prompts``."""
+        return self.prompts.get("document") or ""
+
+    @property
+    def query_prefix_id(self) -> int | None:
+        """Token id of the query prefix when it is one token of the vocabulary (PyLate's attribute)."""
+        return self._prefix_id(self.query_prefix)
+
+    @property
+    def document_prefix_id(self) -> int | None:
+        """Token id of the document prefix when it is one token of the vocabulary (PyLate's attribute)."""
+        return self._prefix_id(self.document_prefix)
+
+    def _prefix_id(self, prefix: str) -> int | None:
+        if not prefix:
+            return None
+        vocabulary = self.transformer.tokenizer.get_vocab()
+        for candidate in (prefix, prefix.strip()):
+            if candidate in vocabulary:
+                return int(vocabulary[candidate])
+        return None
+
+    @property
+    def do_query_expansion(self) -> bool:
+        """Whether queries are padded with ``[MASK]`` expansion tokens (PyLate's attribute)."""
+        return self.transformer.query_expansion is not None
+
+    @property
+    def attend_to_expansion_tokens(self) -> bool:
+        """Whether the encoder attends to the expansion tokens (PyLate's attribute)."""
+        expansion = self.transformer.query_expansion
+        return bool(expansion and expansion.get("attend"))
+
+    def _get_model_config(self) -> dict[str, Any]:
+        """sentence-transformers' saved config plus PyLate's top-level keys, so PyLate code and tools that
+        read ``query_prefix``, ``document_prefix``, ``query_length`` ... from a saved model find them."""
+        config = super()._get_model_config()
+        config.update(
+            {
+                "query_prefix": self.query_prefix,
+                "document_prefix": self.document_prefix,
+                "query_length": self.query_length,
+                "document_length": self.document_length,
+                "attend_to_expansion_tokens": self.attend_to_expansion_tokens,
+                "skiplist_words": self.skiplist_words,
+                "do_query_expansion": self.do_query_expansion,
+                # sentence-transformers' own spelling of the expansion, so a reload never falls back to
+                # the PyLate default it applies when only the flat keys are present.
+                "query_expansion": self.transformer.query_expansion,
+            }
+        )
+        return config
+
     def _mask_module(self) -> MultiVectorMask | None:
         return next((module for module in self if isinstance(module, MultiVectorMask)), None)
 

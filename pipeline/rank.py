@@ -12,11 +12,20 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
 from pipeline.scores import as_tensors, colbert_scores
+
+__all__ = ["RerankResult", "rerank", "score_xtr"]
+
+
+class RerankResult(TypedDict):
+    """One ranked document: its ``id`` (as given) and its ``score`` (PyLate's type)."""
+
+    id: int | str
+    score: float
 
 
 def rerank(
@@ -24,7 +33,7 @@ def rerank(
     queries_embeddings: Any,
     documents_embeddings: Sequence[Any],
     device: str | torch.device | None = None,
-) -> list[list[dict[str, Any]]]:
+) -> list[list[RerankResult]]:
     """Sort each query's candidates by MaxSim score, best first.
 
     Args:
@@ -43,7 +52,7 @@ def rerank(
             f"{len(documents_ids)}, {len(queries)} and {len(documents_embeddings)}"
         )
     dim = queries[0].shape[1] if queries else None
-    results: list[list[dict[str, Any]]] = []
+    results: list[list[RerankResult]] = []
     for index, (query, ids, candidates) in enumerate(
         zip(queries, documents_ids, documents_embeddings, strict=True)
     ):
@@ -58,5 +67,59 @@ def rerank(
         documents = as_tensors(candidates, argument=f"documents_embeddings[{index}]", dim=dim)
         scores = colbert_scores([query], documents, device=device)[0].tolist()
         order = sorted(range(len(ids)), key=lambda i: scores[i], reverse=True)
-        results.append([{"id": ids[i], "score": float(scores[i])} for i in order])
+        results.append([RerankResult(id=ids[i], score=float(scores[i])) for i in order])
     return results
+
+
+def score_xtr(
+    query_doc_ids: Sequence[Sequence[Any]],
+    query_scores: Sequence[Sequence[float]],
+    k: int,
+    device: str = "cpu",
+) -> list[RerankResult]:
+    """XTR scoring of one query from its token-level retrieval, without the documents' embeddings.
+
+    Args:
+        query_doc_ids: For each query token, the ids of the documents owning its retrieved tokens.
+        query_scores: For each query token, the similarity of each retrieved token (higher is better).
+        k: How many documents to return.
+        device: Where to compute.
+
+    A document's score sums, over query tokens, its best retrieved token's similarity; a query token that
+    retrieved none of its tokens contributes that query token's lowest retrieved similarity (XTR's
+    min imputation). Returns the top ``k`` as :class:`RerankResult`, best first.
+
+    Example:
+        >>> [r["id"] for r in score_xtr([["a", "b"], ["b", "c"]], [[0.9, 0.7], [0.9, 0.6]], k=3)]
+        ['b', 'a', 'c']
+    """
+    if len(query_doc_ids) != len(query_scores):
+        raise ValueError(
+            f"query_doc_ids has {len(query_doc_ids)} query tokens but query_scores has {len(query_scores)}"
+        )
+    for token, (ids, values) in enumerate(zip(query_doc_ids, query_scores, strict=True)):
+        if len(ids) != len(values):
+            raise ValueError(f"query token {token}: {len(ids)} document ids but {len(values)} scores")
+    positions: dict[Any, int] = {}
+    rows, columns, values = [], [], []
+    for token, (ids, token_scores) in enumerate(zip(query_doc_ids, query_scores, strict=True)):
+        for document_id, score in zip(ids, token_scores, strict=True):
+            rows.append(positions.setdefault(document_id, len(positions)))
+            columns.append(token)
+            values.append(float(score))
+    if not positions:
+        return []
+    n_tokens = len(query_doc_ids)
+    lowest = torch.full((len(positions), n_tokens), float("-inf"), device=device)
+    flat = lowest.view(-1)
+    index = torch.tensor(rows, device=device) * n_tokens + torch.tensor(columns, device=device)
+    flat.scatter_reduce_(0, index, torch.tensor(values, device=device), reduce="amax", include_self=True)
+    imputed = torch.tensor([min(s) if len(s) else 0.0 for s in query_scores], device=device)
+    per_token = torch.where(torch.isneginf(lowest), imputed.expand_as(lowest), lowest)
+    totals = per_token.sum(dim=1)
+    top = torch.topk(totals, min(int(k), len(positions)))
+    ids = list(positions)
+    return [
+        RerankResult(id=ids[i], score=float(s))
+        for i, s in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+    ]

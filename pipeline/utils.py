@@ -24,18 +24,33 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import numpy as np
+import torch
 from sentence_transformers.multi_vector_encoder.data_collator import MultiVectorEncoderDataCollator
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ColBERTCollator", "KDProcessing", "TrainingDataError", "check_training_dataset"]
+__all__ = [
+    "ColBERTCollator",
+    "KDProcessing",
+    "TrainingDataError",
+    "all_gather",
+    "all_gather_with_gradients",
+    "check_training_dataset",
+    "convert_to_tensor",
+    "get_rank",
+    "get_world_size",
+    "iter_batch",
+]
 
 #: Columns read as the teacher's scores / the label, PyLate's and sentence-transformers' names.
 LABEL_COLUMNS = ("scores", "score", "label", "labels")
@@ -80,6 +95,10 @@ def _check_columns(columns: dict[str, list[Any]], where: Callable[[int], str]) -
         )
     n_rows = len(columns[texts[0]])
     list_lengths: dict[str, int] = {}
+    # KD rows (a list of teacher scores per row) may hold different numbers of documents: the collator
+    # pads them and the loss masks the padding. Without per-row scores, ragged lists stay an error.
+    ragged_allowed = any(isinstance(value, (list, tuple)) for name in labels for value in columns[name])
+    row_lengths: dict[str, list[int]] = {}
     for name in texts:
         for row, value in enumerate(columns[name]):
             if value is None:
@@ -100,7 +119,8 @@ def _check_columns(columns: dict[str, list[Any]], where: Callable[[int], str]) -
             if bad is not None:
                 raise TrainingDataError(f"{where(row)}: column {name!r}, item {bad} is not a non-empty text")
             expected_length = list_lengths.setdefault(name, len(value))
-            if len(value) != expected_length:
+            row_lengths.setdefault(name, [0] * n_rows)[row] = len(value)
+            if len(value) != expected_length and not ragged_allowed:
                 raise TrainingDataError(
                     f"{where(row)}: column {name!r} has {len(value)} items, the rows before it have "
                     f"{expected_length} (use KDProcessing(n_ways=...) to give every row the same count)"
@@ -113,7 +133,7 @@ def _check_columns(columns: dict[str, list[Any]], where: Callable[[int], str]) -
                     f"{where(row)}: column {name!r} holds a missing, NaN or infinite score"
                 )
             if isinstance(value, (list, tuple)):
-                documents = next((list_lengths[t] for t in texts if t in list_lengths), len(texts) - 1)
+                documents = next((row_lengths[t][row] for t in texts if t in row_lengths), len(texts) - 1)
                 if len(value) != documents:
                     raise TrainingDataError(
                         f"{where(row)}: column {name!r} has {len(value)} scores for {documents} documents"
@@ -235,9 +255,15 @@ class ColBERTCollator(MultiVectorEncoderDataCollator):
                     row[name] = value
                 continue
             # A list column becomes numbered columns: the losses take one document column per position.
+            # Rows with fewer documents (KD rows under an n_ways cap) are padded with a copy of their first
+            # document and a NaN teacher score, which losses.Distillation masks out of both softmaxes.
+            width = max(len(value) for value in values)
             for row, value in zip(rows, values, strict=True):
-                for position, text in enumerate(value, start=1):
+                padding = width - len(value)
+                for position, text in enumerate([*value, *[value[0]] * padding], start=1):
                     row[f"{name}_{position}"] = text
+                if padding and labels:
+                    row[labels[0]] = [*row[labels[0]], *[math.nan] * padding]
         return super().__call__(rows)
 
 
@@ -301,6 +327,26 @@ class _TextTable:
         return list(self._dataset[positions][self._text_column])
 
 
+def _parse_listish(value: Any, *, strict: bool = True) -> Any:
+    """A list stored as its text (``"[1, 2]"``), parsed as a Python literal; anything else as given.
+
+    With ``strict=False`` unparsable text is returned unchanged (the row check reports it).
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        if strict:
+            raise ValueError(f"{_excerpt(value)} is text that is not a Python list literal") from None
+        return value
+    if not isinstance(parsed, list | tuple):
+        if strict:
+            raise ValueError(f"{_excerpt(value)} parses to {type(parsed).__name__}, not a list")
+        return value
+    return list(parsed)
+
+
 @dataclass
 class _KDRowProblem:
     reason: str
@@ -315,17 +361,22 @@ class KDProcessing:
             of records, or a dict id -> text.
         documents: The documents table, same forms.
         split: The split taken from a ``DatasetDict`` (PyLate's ``load_dataset(..., name)`` returns one).
-        n_ways: Documents kept per query, the first ``n_ways`` of each row (positives first in the usual
-            layout). Rows with fewer documents are an error (or dropped, see ``on_invalid``).
+        n_ways: The most documents kept per query: the first ``n_ways`` of each row (positives first in
+            the usual layout), as in PyLate. A row with fewer keeps all of its documents (at least two);
+            rows of different lengths in one batch are padded and masked by :class:`ColBERTCollator` and
+            ``losses.Distillation``.
         on_invalid: ``"error"`` (default) or ``"drop"``: what to do with a row whose ids do not resolve or
-            that has fewer than ``n_ways`` documents. Dropped rows are logged and counted in
-            :attr:`dropped`. Rows whose ``document_ids`` and ``scores`` differ in length, or with NaN
-            scores, are always an error.
+            that has fewer than two documents. Dropped rows are logged and counted in :attr:`dropped`.
+            Rows whose ``document_ids`` and ``scores`` differ in length, or with NaN scores, are always
+            an error.
         query_id_column, document_id_column, text_column: Column names of the tables.
 
     Ids may be integers or strings: both sides are compared as strings, so ``54528`` finds ``"54528"``.
+    ``scores`` and ``document_ids`` stored as strings (``"[0.9, 0.1]"``, as some exported KD sets hold
+    them) are parsed as Python literals, as PyLate does.
 
-    Output rows are ``{"query": str, "documents": [str] * n_ways, "scores": [float] * n_ways}``.
+    Output rows are ``{"query": str, "documents": [str] * m, "scores": [float] * m}``, ``m = min(n_ways,
+    documents in the row)``.
     """
 
     def __init__(
@@ -354,6 +405,10 @@ class KDProcessing:
         self.dropped: dict[str, str] = {}
 
     def _problem(self, query_id: Any, document_ids: Any, scores: Any) -> _KDRowProblem | None:
+        try:
+            document_ids, scores = _parse_listish(document_ids), _parse_listish(scores)
+        except ValueError as error:
+            return _KDRowProblem(str(error), False)
         if not isinstance(document_ids, (list, tuple)) or not isinstance(scores, (list, tuple)):
             return _KDRowProblem("'document_ids' and 'scores' must be lists", False)
         if len(document_ids) != len(scores):
@@ -365,8 +420,8 @@ class KDProcessing:
         absent = next((d for d in document_ids[: self.n_ways] if d not in self.documents), None)
         if absent is not None:
             return _KDRowProblem(f"document id {absent!r} is not in the documents table", True)
-        if len(document_ids) < self.n_ways:
-            return _KDRowProblem(f"{len(document_ids)} documents, fewer than n_ways={self.n_ways}", True)
+        if len(document_ids) < 2:
+            return _KDRowProblem(f"{len(document_ids)} document(s): distillation needs at least two", True)
         return None
 
     def transform(self, examples: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -374,6 +429,11 @@ class KDProcessing:
         for key in ("query_id", "document_ids", "scores"):
             if key not in examples:
                 raise TrainingDataError(f"KD rows need a {key!r} column (columns: {list(examples)})")
+        examples = {
+            **examples,
+            "document_ids": [_parse_listish(value, strict=False) for value in examples["document_ids"]],
+            "scores": [_parse_listish(value, strict=False) for value in examples["scores"]],
+        }
         kept: list[int] = []
         for row, (query_id, document_ids, scores) in enumerate(
             zip(examples["query_id"], examples["document_ids"], examples["scores"], strict=True)
@@ -390,11 +450,24 @@ class KDProcessing:
                 raise TrainingDataError(f"KD row with query_id {query_id!r}: {problem.reason}{hint}")
         queries = self.queries.lookup([examples["query_id"][row] for row in kept])
         # One look-up for the whole batch's documents, then split back per row.
-        flat_ids = [doc for row in kept for doc in examples["document_ids"][row][: self.n_ways]]
-        flat_texts = self.documents.lookup(flat_ids)
-        documents = [flat_texts[i * self.n_ways : (i + 1) * self.n_ways] for i in range(len(kept))]
+        kept_ids = [examples["document_ids"][row][: self.n_ways] for row in kept]
+        flat_texts = self.documents.lookup([doc for ids in kept_ids for doc in ids])
+        documents, start = [], 0
+        for ids in kept_ids:
+            documents.append(flat_texts[start : start + len(ids)])
+            start += len(ids)
         scores = [[float(s) for s in examples["scores"][row][: self.n_ways]] for row in kept]
         return {"query": queries, "documents": documents, "scores": scores}
+
+    def map(self, example: dict[str, Any]) -> dict[str, Any]:
+        """PyLate's one-row form of :meth:`transform`, for ``dataset.map(kd.map)``."""
+        batch = self.transform({key: [value] for key, value in example.items()})
+        if not batch["query"]:  # dropped (on_invalid="drop"): map cannot drop, so say why
+            raise TrainingDataError(
+                f"KD row with query_id {example.get('query_id')!r}: "
+                f"{self.dropped.get(str(example.get('query_id')), 'unusable')}"
+            )
+        return {key: values[0] for key, values in batch.items()}
 
     def validate(self, dataset: Any) -> int:
         """Check every raw KD row before training; returns how many rows are usable.
@@ -433,3 +506,93 @@ class KDProcessing:
             else:
                 raise TrainingDataError(f"KD row {row} (query_id {query_id!r}): {problem.reason}")
         return usable
+
+
+# ------------------------------------------------------------------------------------------- PyLate helpers
+T = TypeVar("T")
+
+
+def convert_to_tensor(x: Any) -> torch.Tensor:
+    """A tensor from a tensor (as is), a numpy array, or a list of arrays / tensors / lists of numbers.
+
+    Lists are stacked, so their items must share one shape; an empty list gives an empty float tensor.
+    Numpy arrays and lists of arrays become float32 where PyLate makes them so (lists), and keep their
+    dtype otherwise (``torch.from_numpy``), as in PyLate.
+    """
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if isinstance(x, list | tuple):
+        if len(x) == 0:
+            return torch.tensor([], dtype=torch.float32)
+        first = x[0]
+        if isinstance(first, torch.Tensor):
+            return torch.stack(list(x))
+        if isinstance(first, np.ndarray):
+            return torch.from_numpy(np.asarray(x, dtype=np.float32))
+        return torch.tensor(x, dtype=torch.float32)
+    raise TypeError(f"cannot convert {type(x).__name__} to a tensor (expected a tensor, an array or a list)")
+
+
+def iter_batch(
+    X: Sequence[T], batch_size: int, tqdm_bar: bool = True, desc: str = ""
+) -> Iterator[Sequence[T]]:
+    """Consecutive slices of ``X`` of ``batch_size`` items (the last may be shorter), with a progress bar."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batches = (X[start : start + batch_size] for start in range(0, len(X), batch_size))
+    total = -(-len(X) // batch_size)
+    yield from tqdm(batches, total=total, desc=desc, disable=not tqdm_bar)
+
+
+def get_rank() -> int:
+    """This process's rank in distributed training (0 when not distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes in distributed training (1 when not distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """One tensor per rank; this rank's is ``tensor`` itself (with its gradient), the others have none.
+
+    PyLate's contract: a list (not a concatenation); ``[tensor]`` when not distributed, with one warning.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        gathered = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor)
+        gathered[dist.get_rank()] = tensor
+        return gathered
+    _warn_not_distributed()
+    return [tensor]
+
+
+def all_gather_with_gradients(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """One tensor per rank, every one keeping its gradient (``torch.distributed.nn.all_gather``)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        import torch.distributed.nn
+
+        return list(torch.distributed.nn.all_gather(tensor))
+    _warn_not_distributed()
+    return [tensor]
+
+
+_warned_not_distributed = False
+
+
+def _warn_not_distributed() -> None:
+    global _warned_not_distributed
+    if not _warned_not_distributed:
+        logger.warning("all_gather outside distributed training: returning this process's tensor only")
+        _warned_not_distributed = True

@@ -18,6 +18,7 @@ from pipeline.indexes.base import (
     IndexFormatError,
     MultiVectorIndex,
     UnknownDocumentIdError,
+    UnknownIdWarning,
 )
 from pipeline.indexes.plaid import PLAID
 from pipeline.indexes.voyager import Voyager
@@ -28,5 +29,6 @@ __all__ = [
     "IndexFormatError",
     "MultiVectorIndex",
     "UnknownDocumentIdError",
+    "UnknownIdWarning",
     "Voyager",
 ]

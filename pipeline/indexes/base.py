@@ -36,10 +36,11 @@ import re
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -74,6 +75,10 @@ class DuplicateDocumentIdError(ValueError):
 
 class UnknownDocumentIdError(ValueError):
     """A document id to remove is not in the index."""
+
+
+class UnknownIdWarning(UserWarning):
+    """``remove_documents`` was given ids that are not in the index; they were skipped."""
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -131,14 +136,15 @@ def validate_ids(documents_ids: Any, *, argument: str = "documents_ids") -> list
 def as_float_arrays(
     embeddings: Any, *, argument: str, dim: int | None, expected: int | None = None
 ) -> list[np.ndarray]:
-    """Per-item ``(tokens, dim)`` float32 arrays; errors name ``argument[i]`` and the expected shape."""
+    """Per-item ``(tokens, dim)`` float32 arrays; errors name ``argument[i]`` and the expected shape.
+
+    A single 2-D ``(tokens, dim)`` array or tensor is one item, as PyLate reads it: it is what
+    ``model.encode("one text")`` returns.
+    """
     if isinstance(embeddings, np.ndarray | torch.Tensor):
         if embeddings.ndim == 2:
-            raise ValueError(
-                f"{argument} is a single 2-D array {tuple(embeddings.shape)}: pass a list with one "
-                "(tokens, dim) array per item, or a 3-D (items, tokens, dim) array"
-            )
-        if embeddings.ndim != 3:
+            embeddings = [embeddings]
+        elif embeddings.ndim != 3:
             raise ValueError(f"{argument} must be 3-D (items, tokens, dim), got {tuple(embeddings.shape)}")
     elif not isinstance(embeddings, Sequence):
         raise ValueError(
@@ -534,12 +540,18 @@ class MultiVectorIndex(abc.ABC):
         self._pending_override = False
         self._version = target.name
 
-    def add_documents(self, documents_ids: Sequence[DocumentId], documents_embeddings: Any) -> None:
-        """Add documents (one ``(tokens, dim)`` array each) under the given ids.
+    def add_documents(
+        self, documents_ids: Sequence[DocumentId] | DocumentId, documents_embeddings: Any
+    ) -> Self:
+        """Add documents (one ``(tokens, dim)`` array each) under the given ids; returns the index.
 
+        Returning the index keeps PyLate's ``index = index.add_documents(...)`` idiom working. A single
+        ``(tokens, dim)`` array is one document (then ``documents_ids`` may be one id or a one-id list).
         An id that is already indexed is an error (:class:`DuplicateDocumentIdError`): remove it first to
         replace a document. Everything is checked before any work; a failure leaves the index unchanged.
         """
+        if isinstance(documents_ids, str | int | np.integer) and not isinstance(documents_ids, bool):
+            documents_ids = [documents_ids]
         ids = validate_ids(documents_ids)
         if not ids:
             raise ValueError("documents_ids is empty: nothing to add")
@@ -564,21 +576,31 @@ class MultiVectorIndex(abc.ABC):
                 [*self._slot_tokens, *(int(a.shape[0]) for a in arrays)],
             )
         logger.info("Added %d documents to %s (%d in total)", len(ids), self.path, self.num_documents)
+        return self
 
-    def remove_documents(self, documents_ids: Sequence[DocumentId]) -> None:
-        """Remove documents by id; an id that is not indexed is an error and nothing is removed."""
+    def remove_documents(self, documents_ids: Sequence[DocumentId] | DocumentId) -> Self:
+        """Remove documents by id; returns the index.
+
+        Ids that are not indexed are skipped with a warning (:class:`UnknownIdWarning`) that names them,
+        as PyLate's tests expect removal of an absent id not to raise; the others are removed.
+        """
         if isinstance(documents_ids, str | int):
             documents_ids = [documents_ids]
         ids = validate_ids(list(dict.fromkeys(documents_ids)))
         if not ids:
-            return
+            return self
         with self._write_lock():
             missing = [v for v in ids if id_key(v) not in self._positions]
             if missing:
-                raise UnknownDocumentIdError(
-                    f"documents_ids not in the index {self.path}: {missing[:10]!r}"
-                    + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+                message = (
+                    f"remove_documents: {len(missing)} id(s) not in the index {self.path}, skipped: "
+                    f"{missing[:10]!r}" + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
                 )
+                logger.warning(message)
+                warnings.warn(message, UnknownIdWarning, stacklevel=3)
+                ids = [v for v in ids if id_key(v) in self._positions]
+                if not ids:
+                    return self
             slots = sorted(self._positions[id_key(v)] for v in ids)
             gone = set(slots)
             if self.compacts_on_remove:
@@ -594,6 +616,7 @@ class MultiVectorIndex(abc.ABC):
 
             self._apply(write, slot_ids, slot_tokens)
         logger.info("Removed %d documents from %s (%d left)", len(ids), self.path, self.num_documents)
+        return self
 
     def _recover(self) -> None:
         """After a failed write, return the in-memory state to the committed version."""
@@ -606,13 +629,16 @@ class MultiVectorIndex(abc.ABC):
             logger.exception("could not reload %s after a failed write", self.path)
 
     # ------------------------------------------------------------------ searching
-    def __call__(
-        self, queries_embeddings: Any, k: int = 10, subset: Any = None
-    ) -> list[list[dict[str, Any]]]:
+    def __call__(self, queries_embeddings: Any, k: int = 10, subset: Any = None) -> Any:
+        """PyLate's call: the ranked results of :meth:`search` (the :class:`Voyager` index differs)."""
+        return self.search(queries_embeddings, k=k, subset=subset)
+
+    def search(self, queries_embeddings: Any, k: int = 10, subset: Any = None) -> list[list[dict[str, Any]]]:
         """Top-``k`` documents per query, best first, as ``{"id": ..., "score": ...}`` dicts.
 
         Args:
-            queries_embeddings: One ``(tokens, dim)`` array per query (or a 3-D array).
+            queries_embeddings: One ``(tokens, dim)`` array per query (or a 3-D array); a single 2-D
+                array is one query.
             k: How many documents to return per query (fewer when the index or subset is smaller).
             subset: ``None``; a list of allowed ids for every query; or one list of allowed ids per
                 query. Ids that are not indexed are ignored; an empty list gives no results.
@@ -646,8 +672,6 @@ class MultiVectorIndex(abc.ABC):
                 row.append({"id": document_id, "score": float(score)})
             results.append(row[:k])
         return results
-
-    search = __call__
 
     # ------------------------------------------------------------------ facts
     @property

@@ -25,6 +25,7 @@ import gc
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,58 @@ def _frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
+#: Stanford-PLAID settings that PyLate's ``PLAID`` accepts and that have no fast-plaid meaning.
+STANFORD_ONLY_OPTIONS = ("nranks", "index_bsize", "ndocs", "centroid_score_threshold", "ncells")
+
+
+def _triton_usable(device: str) -> bool:
+    if not device.startswith("cuda"):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check_pylate_options(
+    use_fast: bool, use_triton: bool | None, low_memory: bool, kwargs: dict[str, Any]
+) -> None:
+    """Warn, naming each PyLate option this index cannot honour and what runs instead; refuse unknown ones."""
+    unknown = sorted(set(kwargs) - set(STANFORD_ONLY_OPTIONS))
+    if unknown:
+        raise TypeError(f"PLAID got unexpected keyword argument(s) {unknown}")
+    if kwargs:
+        warnings.warn(
+            f"PLAID ignores the Stanford-PLAID option(s) {sorted(kwargs)}: fast-plaid runs, with its own "
+            "settings (nbits, kmeans_niters, n_ivf_probe, n_full_scores ...)",
+            UserWarning,
+            stacklevel=3,
+        )
+    if not use_fast:
+        warnings.warn(
+            "PLAID(use_fast=False) asks for the Stanford PLAID backend, which this project does not ship: "
+            "the fast-plaid backend runs instead",
+            UserWarning,
+            stacklevel=3,
+        )
+    if use_triton:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            warnings.warn(
+                "PLAID(use_triton=True): Triton is not installed, so fast-plaid's k-means runs in torch",
+                UserWarning,
+                stacklevel=3,
+            )
+    if low_memory:
+        warnings.warn(
+            "PLAID(low_memory=True) is ignored: fast-plaid places the index in memory itself",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class PLAID(MultiVectorIndex):
     """A PLAID index (fast-plaid) with PyLate's constructor.
 
@@ -79,6 +132,18 @@ class PLAID(MultiVectorIndex):
             (``search.json``, see :mod:`pipeline.tuning`: possibly exact re-scoring or exact search from
             the stored full-precision embeddings). Passing ``n_ivf_probe`` or ``n_full_scores``, or
             ``tuned=False``, searches with plain PLAID instead.
+        use_fast: PyLate's backend switch. ``True`` (the default) is fast-plaid, which is what runs here;
+            ``False`` asks for the Stanford PLAID backend, which this project does not ship: a warning
+            says so and fast-plaid runs instead.
+        use_triton: Triton k-means in fast-plaid. Honoured when Triton is installed and the index runs on
+            CUDA; otherwise (asked for with ``True``) a warning says torch k-means runs instead.
+        show_progress: Progress bars while fast-plaid searches.
+        num_threads: Processes fast-plaid may use while searching on CPU (``None``: its default).
+        low_memory: Accepted for PyLate code; fast-plaid places the index itself and ignores it, so
+            ``True`` gives a warning.
+        **kwargs: Stanford-PLAID settings PyLate also accepts (``nranks``, ``index_bsize``, ``ndocs``,
+            ``centroid_score_threshold``, ``ncells``): they have no fast-plaid meaning, so a warning names
+            them. Any other keyword is an error.
 
     Facts: ``num_documents``, ``num_tokens``, ``disk_bytes``, ``embedding_size``, ``documents_ids`` and
     ``stats()``.
@@ -105,7 +170,14 @@ class PLAID(MultiVectorIndex):
         seed: int = 42,
         embedding_size: int | None = None,
         tuned: bool = True,
+        use_fast: bool = True,
+        use_triton: bool | None = None,
+        show_progress: bool = True,
+        num_threads: int | None = None,
+        low_memory: bool = False,
+        **kwargs: Any,
     ) -> None:
+        _check_pylate_options(use_fast, use_triton, low_memory, kwargs)
         # Explicit search settings win over the stored, tuned ones.
         self.tuned = bool(tuned) and n_ivf_probe is None and n_full_scores is None
         n_ivf_probe = 8 if n_ivf_probe is None else n_ivf_probe
@@ -135,6 +207,17 @@ class PLAID(MultiVectorIndex):
         self.search_batch_size = search_batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.seed = seed
+        self.use_fast = use_fast
+        self.use_triton = bool(use_triton) and _triton_usable(self.device)
+        if use_triton and not self.use_triton and not self.device.startswith("cuda"):
+            warnings.warn(
+                f"PLAID(use_triton=True): Triton k-means needs CUDA and this index runs on {self.device}, "
+                "so fast-plaid's k-means runs in torch",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.show_progress = show_progress
+        self.num_threads = num_threads
         self._plaid: Any = None
         self.search_settings: tuning.SearchSettings | None = None
         self._embeddings: tuning.EmbeddingStore | None = None
@@ -207,6 +290,7 @@ class PLAID(MultiVectorIndex):
             "n_samples_kmeans": self.n_samples_kmeans,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "use_triton_kmeans": self.use_triton,
         }
 
     def _working_copy(self, source: Path | None, target: Path) -> Path:
@@ -281,8 +365,9 @@ class PLAID(MultiVectorIndex):
                 batch_size=self.search_batch_size,
                 n_full_scores=max(n_full_scores, k),
                 n_ivf_probe=n_ivf_probe,
-                show_progress=False,
+                show_progress=self.show_progress and len(group) > 1,
                 subset=subset,
+                n_processes=self.num_threads,
             )
             for position, query_hits in zip(group, hits, strict=True):
                 results[position] = [(int(slot), float(score)) for slot, score in query_hits]

@@ -16,9 +16,13 @@ Example:
     >>> docs = [rng.standard_normal((6, 16)).astype("float32") for _ in range(20)]
     >>> index = indexes.Voyager(index_folder=tempfile.mkdtemp(), index_name="demo")
     >>> index.add_documents(documents_ids=list(range(20)), documents_embeddings=docs)
-    >>> index.remove_documents([4])
-    >>> [hit["id"] for hit in index(docs[3:5], k=1)[0]], 4 in index
+    >>> index = index.remove_documents([4])
+    >>> [hit["id"] for hit in index.search(docs[3:5], k=1)[0]], 4 in index
     ([3], False)
+
+Called directly, as in PyLate, the index answers with its token-level neighbours,
+``{"documents_ids": [query][token][k], "distances": [query][token][k]}`` (voyager's inner-product distance,
+``1 - dot``); :class:`pipeline.retrieve.ColBERT` and :meth:`search` turn them into ranked documents.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import voyager
 from tqdm.auto import tqdm
 
-from pipeline.indexes.base import MultiVectorIndex
+from pipeline.indexes.base import DocumentId, MultiVectorIndex, as_float_arrays, id_key
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +114,58 @@ class Voyager(MultiVectorIndex):
             embedding_size,
             settings={"M": M, "ef_construction": ef_construction, "seed": seed, "space": "InnerProduct"},
         )
+
+    # ------------------------------------------------------------------ PyLate's token-level API
+    def __call__(self, queries_embeddings: Any, k: int = 10, subset: Any = None) -> dict[str, list[Any]]:  # type: ignore[override]
+        """PyLate's Voyager call: the ``k`` nearest document tokens of every query token.
+
+        Returns ``{"documents_ids": [...], "distances": [...]}``, each indexed ``[query][query token][k]``:
+        the id of the document owning each neighbour token and voyager's distance to it (``1 - dot``,
+        smaller is closer). Removed documents never appear. ``subset`` is not supported at token level
+        (as in PyLate): pass it to :meth:`search` or ``retrieve.ColBERT.retrieve`` instead.
+        """
+        if subset is not None:
+            raise ValueError("Voyager(...) at token level takes no subset: use index.search(..., subset=...)")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        queries = as_float_arrays(queries_embeddings, argument="queries_embeddings", dim=self._dim)
+        if self.num_documents == 0 or self._hnsw is None:
+            raise ValueError(f"the index {self.path} is empty: add documents before querying")
+        live_tokens = self.num_tokens
+        k = min(int(k), live_tokens)
+        stacked = np.concatenate(queries)
+        neighbours, distances = self._hnsw.query(stacked, k=k, query_ef=max(self.ef_search, k))
+        owners = np.searchsorted(self._starts, neighbours.astype(np.int64), side="right") - 1
+        documents_ids: list[list[list[DocumentId]]] = []
+        all_distances: list[list[list[float]]] = []
+        offset = 0
+        for query in queries:
+            rows = slice(offset, offset + len(query))
+            offset += len(query)
+            documents_ids.append([[self._slot_ids[s] for s in token] for token in owners[rows].tolist()])
+            all_distances.append(distances[rows].tolist())
+        return {"documents_ids": documents_ids, "distances": all_distances}
+
+    def get_documents_embeddings(self, document_ids: list[list[DocumentId]]) -> list[list[np.ndarray]]:
+        """PyLate's helper: the stored ``(tokens, dim)`` embeddings of each id, in the same nesting.
+
+        An id that is not in the index is an error naming it (the group and position).
+        """
+        result: list[list[np.ndarray]] = []
+        for group_number, group in enumerate(document_ids):
+            slots = []
+            for position, value in enumerate(group):
+                slot = (
+                    self._positions.get(id_key(value)) if isinstance(value, str | int | np.integer) else None
+                )
+                if slot is None:
+                    raise KeyError(
+                        f"document_ids[{group_number}][{position}] = {value!r} is not in {self.path}"
+                    )
+                slots.append(slot)
+            tensors = self._document_embeddings(np.asarray(slots, dtype=np.int64)) if slots else []
+            result.append([t.numpy() for t in tensors])
+        return result
 
     # ------------------------------------------------------------------ backend
     def _open_backend(self, version: Path | None) -> None:

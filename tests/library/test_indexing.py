@@ -45,7 +45,7 @@ def test_index_corpus_in_chunks_equals_one_shot(colbert_model, encoded, tmp_path
     # One committed version for the whole corpus, not one per chunk.
     assert [p.name for p in index.path.iterdir() if p.name.startswith("v")] == [index.stats()["version"]]
     expected = exact_search(queries, documents, IDS, k=5)
-    results = index(queries, k=5)
+    results = index.search(queries, k=5)
     assert [[h["id"] for h in row] for row in results] == [[h["id"] for h in row] for row in expected]
     for row, reference in zip(results, expected, strict=True):
         assert [h["score"] for h in row] == pytest.approx([h["score"] for h in reference], rel=1e-4)

@@ -95,14 +95,16 @@ def test_kd_unresolved_ids_error_or_are_dropped_and_counted() -> None:
             "2 document_ids but 1 scores",
         ),
         ({"query_id": 54528, "document_ids": [6862419, 335116], "scores": [0.5, math.nan]}, "NaN"),
-        ({"query_id": 54528, "document_ids": [6862419], "scores": [0.5]}, "fewer than n_ways=2"),
+        ({"query_id": 54528, "document_ids": [6862419], "scores": [0.5]}, "needs at least two"),
     ],
 )
 def test_kd_malformed_rows_are_errors(row: dict, message: str) -> None:
     _, queries, documents = seed_tables()
     kd = utils.KDProcessing(queries=queries, documents=documents, n_ways=2, on_invalid="drop")
     dataset = Dataset.from_list([row])
-    if "fewer" in message:  # a short list is droppable; the others are corrupt data and always errors
+    if (
+        "at least two" in message
+    ):  # a one-document row is droppable; the others are corrupt data and always errors
         assert kd.validate(dataset) == 0
         kd = utils.KDProcessing(queries=queries, documents=documents, n_ways=2)
     with pytest.raises(utils.TrainingDataError, match=message):
@@ -135,12 +137,13 @@ def test_collator_spreads_kd_rows_into_document_columns(colbert_model) -> None:
     assert batch["documents_1_task"] == "document"
     document_prefix = colbert_model.tokenize(["x"], is_query=False)["input_ids"][0, 1]
     assert int(batch["documents_2_input_ids"][0, 1]) == int(document_prefix)  # "[D] " right after [CLS]
-    # Ragged document lists in one batch cannot be stacked: named error, not a shape crash.
+    # Ragged lists without per-row teacher scores (negatives) cannot be padded meaningfully: named error.
+    # (Ragged KD rows, with scores, are padded and masked: tests/library/test_pylate_kd.py.)
     with pytest.raises(utils.TrainingDataError, match=r"batch row 1 .*has 2 items"):
         utils.ColBERTCollator(colbert_model.tokenize)(
             [
-                {"query": "a", "documents": ["x", "y", "z"], "scores": [1, 2, 3]},
-                {"query": "b", "documents": ["x", "y"], "scores": [1, 2]},
+                {"query": "a", "positive": "p", "negatives": ["x", "y", "z"]},
+                {"query": "b", "positive": "p", "negatives": ["x", "y"]},
             ]
         )
 
