@@ -3,7 +3,7 @@
 One cohesive module: the base class both indexes extend (argument checks, id maps, versioned storage).
 
 An index lives in ``<index_folder>/<index_name>/``. Committed states are immutable *version folders*
-(``v000001-3fa2c1d0/`` ...); a small ``CURRENT`` file names the live one. Every write (a first build, an
+(``v000001/`` ...); a small ``CURRENT`` file names the live one. Every write (a first build, an
 addition, a removal) copies or rebuilds into a fresh version folder, flushes it, then replaces ``CURRENT``
 in one ``os.replace``. A process killed at any moment therefore leaves ``CURRENT`` pointing at a complete
 version: the previous index stays readable and correct, and the half-written folder is swept away by the
@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -62,7 +61,8 @@ DOCUMENTS_FILE = "documents.json"
 SEARCH_SETTINGS_FILE = "search.json"
 STORE_FOLDER = "embeddings"
 _SIDECARS = (SEARCH_SETTINGS_FILE, STORE_FOLDER)
-_VERSION_RE = re.compile(r"^v(\d{6})-[0-9a-f]{8}$")
+#: ``v000001``; folders written before names became deterministic also carry a random ``-3fa2c1d0`` suffix.
+_VERSION_RE = re.compile(r"^v(\d{6})(?:-[0-9a-f]{8})?$")
 
 
 class IndexFormatError(ValueError):
@@ -286,7 +286,9 @@ class VersionStore:
     def new_version(self) -> Path:
         """A fresh, empty version folder (not live until :meth:`commit`)."""
         numbers = [int(m.group(1)) for p in self.path.iterdir() if (m := _VERSION_RE.match(p.name))]
-        name = f"v{max(numbers, default=0) + 1:06d}-{uuid.uuid4().hex[:8]}"
+        # Writers hold the index lock, so the next number is free; no random part, so the same build in two
+        # workspaces (or a DVC re-run) gives the same folder name, and the same DVC hash.
+        name = f"v{max(numbers, default=0) + 1:06d}"
         folder = self.path / name
         folder.mkdir()
         return folder

@@ -110,6 +110,9 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume)
         seconds = time.perf_counter() - started
+        # The generated model card would carry the training time: nothing time-specific goes into a DVC-hashed
+        # output, so the same training in two workspaces gives the same md5 (the time is in the MLflow run).
+        model.model_card_data._training_start_time = None
         with atomic_directory(output) as staging:
             model.save_pretrained(str(staging))
             # The model carries its own training curve: the quality report plots it next to the scores.
