@@ -8,80 +8,23 @@ model and index.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from pipeline.config import apply_overrides, load_params
+from tests.workspace import make_workspace, run, tree_md5, workspace_env
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-TINY = {
-    "prepare.sample.n_train_entities": 6,
-    "prepare.sample.n_eval_entities": 4,
-    "prepare.sample.n_distractors": 20,
-    "prepare.eval_queries": 12,
-    "prepare.eval_documents": 80,
-    "train.max_steps": 3,
-    "train.batch_size": 8,
-    "train.device": "cpu",
-    "evaluate.device": "cpu",
-    "index.device": "cpu",
-}
 OUTPUTS = ["data/prepared/train", "data/prepared/eval", "models/colbert", "indexes/sample"]
 
 pytestmark = pytest.mark.slow
 
 
-def run(
-    command: list[str], cwd: Path, env: dict[str, str], timeout: int = 900
-) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, (
-        f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
-    return result
-
-
-def tree_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """A git repository holding the project's tracked files, with tiny params."""
-    root = tmp_path_factory.mktemp("workspace") / "project"
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for name in files.splitlines():
-        source = REPO / name
-        if source.is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(apply_overrides(raw, TINY), sort_keys=False))
-    load_params(root / "params.yaml")  # still valid
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "workspace"]):
-        subprocess.run(command, cwd=root, check=True, env={**os.environ, **GIT_IDENTITY})
-    return root
-
-
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-}
+    return make_workspace(tmp_path_factory.mktemp("workspace") / "project")
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +37,7 @@ def tracking_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(tracking_server) -> dict[str, str]:
-    return {
-        **os.environ,
-        **GIT_IDENTITY,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "MLFLOW_TRACKING_URI": tracking_server,
-        "HF_HUB_OFFLINE": "1",
-    }
+    return workspace_env(tracking_server)
 
 
 @pytest.fixture(scope="module")

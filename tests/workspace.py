@@ -1,0 +1,85 @@
+"""A project workspace for end-to-end tests: the tracked files, as a fresh clone has them, in git."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import apply_overrides, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+#: Params small enough for a whole pipeline run in a test on two CPU cores.
+TINY = {
+    "prepare.sample.n_train_entities": 6,
+    "prepare.sample.n_eval_entities": 4,
+    "prepare.sample.n_distractors": 20,
+    "prepare.eval_queries": 12,
+    "prepare.eval_documents": 80,
+    "train.max_steps": 3,
+    "train.batch_size": 8,
+    "train.device": "cpu",
+    "evaluate.device": "cpu",
+    "index.device": "cpu",
+}
+
+
+def run(
+    command: list[str], cwd: Path, env: Mapping[str, str], timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """Run ``command``; a failure shows the end of its output."""
+    result = subprocess.run(command, cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (
+        f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result
+
+
+def tree_md5(path: Path) -> str:
+    """One md5 over a folder's relative file names and bytes."""
+    digest = hashlib.md5()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def make_workspace(root: Path, overrides: Mapping[str, Any] = TINY) -> Path:
+    """Copy the project's tracked files to ``root`` with ``overrides`` in params.yaml; commit them to git."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in files.splitlines():
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(apply_overrides(raw, dict(overrides)), sort_keys=False))
+    load_params(root / "params.yaml")  # still valid
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "workspace"]):
+        subprocess.run(command, cwd=root, check=True, env={**os.environ, **GIT_IDENTITY})
+    return root
+
+
+def workspace_env(tracking_uri: str) -> dict[str, str]:
+    """The environment a stage gets in a test workspace: the project's venv first, offline, this store."""
+    return {
+        **os.environ,
+        **GIT_IDENTITY,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "HF_HUB_OFFLINE": "1",
+    }
