@@ -32,5 +32,5 @@ def test_two_workspaces_give_identical_dvc_hashes(tmp_path: Path) -> None:
         run(["dvc", "repro", CHAIN], workspace, env, timeout=1500)
         locks.append(lock_outputs(workspace))
     first, second = locks
-    assert set(first) == {"data/prepared/train", "data/prepared/eval", "models/colbert", "indexes/sample"}
+    assert {"data/prepared/train", "data/prepared/eval", "models/colbert", "indexes/sample"} <= set(first)
     assert first == second
