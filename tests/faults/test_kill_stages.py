@@ -1,8 +1,9 @@
 """Fault injection: every stage SIGKILLed under ``dvc repro`` at seeded random points, then recovered.
 
 One reference run gives the DVC hashes of every output. Then, for each stage,
-``dvc repro --force --single-item <stage>`` is started in its own process group and the whole group is SIGKILLed after a seeded random delay
-(early: DVC and Python still starting; later: the stage working or writing). The next plain ``dvc repro`` must
+``dvc repro --force --single-item <stage>`` is started in its own process group and the whole group is
+SIGKILLed after a seeded random delay (early: DVC and Python still starting; later: the stage working or
+writing). The next plain ``dvc repro`` must
 complete without a lock error and leave outputs whose hashes equal the reference's (every output here is
 deterministic on CPU), and metrics with the same keys. What happened to each fault is printed as a table.
 """
@@ -93,7 +94,6 @@ def test_a_stage_killed_anywhere_recovers_to_the_same_outputs(reference) -> None
     print("\nstage      kill at  what happened   recovered identical")
     for stage, delay, what, same in rows:
         print(f"{stage:<10} {delay:>6.2f}s  {what:<15} {same}")
-    print(
-        f"faults injected {len(killed)}, recovered {sum(r[3] for r in killed)}, lost {sum(not r[3] for r in rows)}"
-    )
+    lost = sum(not row[3] for row in rows)
+    print(f"faults injected {len(killed)}, recovered {sum(row[3] for row in killed)}, lost {lost}")
     assert len(killed) >= len(STAGES), "most kills must land while the stage runs"
