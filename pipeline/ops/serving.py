@@ -28,6 +28,9 @@ provide; in production, ``mlflow.pyfunc.load_model("models:/colbert-pipeline@cha
     >>> answer = model.predict(pd.DataFrame({"query": ["what do koalas eat?"]}), params={"k": 2})
     >>> list(answer.columns), answer["ids"][0][0], len(answer["scores"][0])
     (['query', 'ids', 'scores'], 'koala', 2)
+    >>> local = Path(mlflow.artifacts.download_artifacts(info.model_uri))  # code, weights, index: no pickle
+    >>> sorted({p.suffix for p in local.rglob("*.pkl")}), any(local.rglob("*.safetensors"))
+    ([], True)
 """
 
 from __future__ import annotations
@@ -236,7 +239,8 @@ def log_search_model(
             artifacts[DOCUMENTS_ARTIFACT] = str(write_documents(documents, Path(scratch) / "documents.jsonl"))
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=ColBERTSearchModel(),
+            # Models from code: the artifact holds served_model.py, never a pickled object.
+            python_model=str(Path(__file__).with_name("served_model.py")),
             artifacts=artifacts,
             code_paths=[str(package_dir)],
             model_config={"k": int(k), "index_kind": index_kind, "device": device},
