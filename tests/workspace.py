@@ -74,12 +74,18 @@ def make_workspace(root: Path, overrides: Mapping[str, Any] = TINY) -> Path:
     return root
 
 
-def workspace_env(tracking_uri: str) -> dict[str, str]:
-    """The environment a stage gets in a test workspace: the project's venv first, offline, this store."""
-    return {
+def workspace_env(tracking_uri: str, workspace: Path | None = None) -> dict[str, str]:
+    """The environment a stage gets in a test workspace: the project's venv first, offline, this store.
+
+    With ``workspace``, its copy of the code runs (as the orchestrator arranges): the code DVC hashes.
+    """
+    env = {
         **os.environ,
         **GIT_IDENTITY,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": tracking_uri,
         "HF_HUB_OFFLINE": "1",
     }
+    if workspace is not None:
+        env["PYTHONPATH"] = str(workspace)
+    return env

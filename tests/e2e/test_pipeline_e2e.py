@@ -36,8 +36,8 @@ def tracking_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def env(tracking_server) -> dict[str, str]:
-    return workspace_env(tracking_server)
+def env(tracking_server, workspace) -> dict[str, str]:
+    return workspace_env(tracking_server, workspace)
 
 
 @pytest.fixture(scope="module")

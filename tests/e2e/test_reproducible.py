@@ -28,7 +28,7 @@ def test_two_workspaces_give_identical_dvc_hashes(tmp_path: Path) -> None:
     locks = []
     for name in ("first", "second"):
         workspace = make_workspace(tmp_path / name / "project")
-        env = workspace_env(f"sqlite:///{tmp_path / name / 'mlruns.db'}")
+        env = workspace_env(f"sqlite:///{tmp_path / name / 'mlruns.db'}", workspace)
         run(["dvc", "repro", CHAIN], workspace, env, timeout=1500)
         locks.append(lock_outputs(workspace))
     first, second = locks

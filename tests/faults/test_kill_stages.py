@@ -52,7 +52,7 @@ def group_alive(pgid: int) -> bool:
 def reference(tmp_path_factory) -> tuple[Path, dict[str, str], dict[str, list[str]], dict[str, str]]:
     root = tmp_path_factory.mktemp("faults")
     workspace = make_workspace(root / "project")
-    env = workspace_env(f"sqlite:///{root / 'mlruns.db'}")
+    env = workspace_env(f"sqlite:///{root / 'mlruns.db'}", workspace)
     run(["dvc", "repro"], workspace, env, timeout=1500)
     return workspace, lock_outputs(workspace), metric_keys(workspace), env
 
