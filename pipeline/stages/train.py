@@ -6,6 +6,11 @@ after a crash with the same params, resumes from the last checkpoint. The finish
 ``train.output`` (default ``models/colbert``) in one rename. Precision ``auto`` picks bf16 (or fp16) on a
 GPU and fp32 on the CPU. Per-step loss goes to the stage's MLflow run.
 
+Batches keep a query out of its own in-batch negatives (``train.batch_sampler``, see ``pipeline.samplers``).
+With ``train.dev_fraction`` > 0, whole training queries are held out as a dev split: the dev loss is logged
+every ``train.eval_steps`` steps and the model saved is the checkpoint with the lowest one
+(``train.early_stopping_patience`` stops training early). ``train.query_length`` sets the query tokens.
+
 Example:
     $ colbert-pipeline train --set train.max_steps=20
 """
@@ -26,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: Saved in the model folder: the per-step loss, which the quality report plots.
 TRAINING_LOSS_FILE = "training_loss.json"
+#: Saved in the model folder when a dev split is used: the dev loss per evaluation.
+DEV_LOSS_FILE = "dev_loss.json"
 
 
 def precision_flags(precision: str, device: str | None = None) -> dict[str, bool]:
@@ -109,10 +116,94 @@ def training_loss(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
     ]
 
 
-def run(params: Params, project: Path) -> dict[str, Any]:
-    """Fine-tune ``train.base_model`` on ``<prepare.output>/train`` and save it to ``train.output``."""
+def build_trainer(
+    config: TrainParams,
+    model: Any,
+    loss: Any,
+    dataset: Any,
+    kind: str,
+    output_dir: Path,
+    *,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The stage's trainer: its arguments, batch sampler, dev split and callbacks (the bench times this).
+
+    With ``train.dev_fraction`` > 0 a share of the training queries becomes a dev split: the dev loss is
+    computed (and logged) every ``train.eval_steps`` steps, a checkpoint is saved at each evaluation, and
+    the best one (lowest dev loss) is loaded at the end; ``train.early_stopping_patience`` stops early.
+    """
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from transformers import EarlyStoppingCallback
+
+    from pipeline import samplers, utils
+    from pipeline.data.dev_split import split_dev
+
+    dev = None
+    if config.dev_fraction > 0:
+        dataset, dev = split_dev(dataset, config.dev_fraction, config.seed, kind)
+        logger.info("dev split: %d training rows, %d dev rows", len(dataset), len(dev))
+    batch_sampler = samplers.choose_batch_sampler(config.batch_sampler, dataset, kind)
+    evaluation: dict[str, Any] = {}
+    if dev is not None:
+        evaluation = {
+            "eval_strategy": "steps",
+            "eval_steps": config.eval_steps,
+            # load_best_model_at_end needs a checkpoint at every evaluation.
+            "save_steps": config.eval_steps,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
+            "per_device_eval_batch_size": config.batch_size,
+        }
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_ratio,  # transformers v5: a float below 1 is a ratio of all steps
+        seed=config.seed,
+        save_strategy="steps",
+        save_steps=evaluation.pop("save_steps", config.save_steps),
+        save_total_limit=2,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=config.device == "cpu" or not torch.cuda.is_available(),
+        batch_sampler=batch_sampler,
+        **evaluation,
+        **precision_flags(config.precision, config.device),
+    )
+    extra = list(callbacks or [])
+    if config.early_stopping_patience is not None:
+        extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    return SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=dev,
+        loss=loss,
+        data_collator=utils.ColBERTCollator(model.tokenize),
+        callbacks=extra,
+    )
+
+
+def dev_curve(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The dev loss per evaluation step from the trainer's log.
+
+    Example:
+        >>> dev_curve([{"loss": 2.5, "step": 1}, {"eval_loss": 1.5, "step": 1}])
+        [{'step': 1, 'eval_loss': 1.5}]
+    """
+    return [
+        {"step": int(entry["step"]), "eval_loss": float(entry["eval_loss"])}
+        for entry in log_history
+        if "eval_loss" in entry
+    ]
+
+
+def run(params: Params, project: Path) -> dict[str, Any]:
+    """Fine-tune ``train.base_model`` on ``<prepare.output>/train`` and save it to ``train.output``."""
     from transformers import set_seed
 
     from pipeline import models, utils
@@ -127,36 +218,17 @@ def run(params: Params, project: Path) -> dict[str, Any]:
 
     with tracking.stage_run("train", params, project) as mlflow_run:
         set_seed(config.seed)
-        model = models.ColBERT(model_name_or_path=config.base_model, device=config.device)
+        model = models.ColBERT(
+            model_name_or_path=config.base_model, device=config.device, query_length=config.query_length
+        )
         loss = build_loss(model, config, kind)
         fingerprint = tracking.params_hash({"train": config.model_dump(mode="json"), "data": str(train_dir)})
         resume = _checkpoint_to_resume(checkpoints, fingerprint)
         checkpoints.mkdir(parents=True, exist_ok=True)
         (checkpoints / "params.sha").write_text(fingerprint)
         flags = precision_flags(config.precision, config.device)
-        args = SentenceTransformerTrainingArguments(
-            output_dir=str(checkpoints),
-            num_train_epochs=config.epochs,
-            max_steps=config.max_steps or -1,
-            per_device_train_batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            warmup_steps=config.warmup_ratio,  # transformers v5: a float below 1 is a ratio of all steps
-            seed=config.seed,
-            save_strategy="steps",
-            save_steps=config.save_steps,
-            save_total_limit=2,
-            logging_steps=1,
-            report_to="none",
-            use_cpu=config.device == "cpu" or not torch.cuda.is_available(),
-            **flags,
-        )
-        trainer = SentenceTransformerTrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            loss=loss,
-            data_collator=utils.ColBERTCollator(model.tokenize),
-            callbacks=[tracking.MlflowLossCallback()],
+        trainer = build_trainer(
+            config, model, loss, dataset, kind, checkpoints, callbacks=[tracking.MlflowLossCallback()]
         )
         if resume:
             logger.info("resuming from %s", resume)
@@ -167,6 +239,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             model.save_pretrained(str(staging))
             # The model carries its own training curve: the quality report plots it next to the scores.
             atomic_write_json(staging / TRAINING_LOSS_FILE, training_loss(trainer.state.log_history))
+            if config.dev_fraction > 0:
+                atomic_write_json(staging / DEV_LOSS_FILE, dev_curve(trainer.state.log_history))
         shutil.rmtree(checkpoints, ignore_errors=True)  # finished: a later run starts fresh
         summary = {
             "steps": int(result.global_step),
@@ -175,6 +249,10 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             "samples_per_second": round(result.global_step * config.batch_size / max(seconds, 1e-9), 3),
             **{k: v for k, v in flags.items() if v},
         }
+        if config.dev_fraction > 0 and trainer.state.best_model_checkpoint:
+            # The model saved is the best checkpoint's (load_best_model_at_end), not the last step's.
+            summary["best_step"] = int(trainer.state.best_model_checkpoint.rpartition("-")[2])
+            summary["best_eval_loss"] = float(trainer.state.best_metric)
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
