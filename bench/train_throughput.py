@@ -466,6 +466,19 @@ def report_trainers(args: argparse.Namespace, result: dict) -> None:
     print(f"\nresults: {output}")
 
 
+def _die_with_parent() -> None:
+    """Worker processes end with the process that started them (Linux: ``PR_SET_PDEATHSIG``)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the call
+        raise SystemExit("the bench's orchestrator is gone")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=16)
@@ -492,6 +505,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    if args.trainer_worker or args.loss:
+        _die_with_parent()
     if args.trainer_worker:
         spec = json.loads(Path(args.job).read_text(encoding="utf-8"))
         worker = worker_stage if args.trainer_worker == "stage" else worker_peer

@@ -36,7 +36,7 @@ def test_the_stage_trainer_bench_runs_on_tiny_data_and_writes_its_results(tmp_pa
         "--short", str(_tiny(tmp_path / "short.jsonl", 5)),
         "--output", str(output),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900, check=False)
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1800, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(output.read_text())
     assert [(run["data"], run["system"]) for run in result["runs"]] == [
