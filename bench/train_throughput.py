@@ -11,6 +11,20 @@ process above its size before the first step (sampled every 5 ms).
 Example:
     .venv/bin/python bench/train_throughput.py --batch-size 16 --mini-batch-size 4 --steps 4
     .venv/bin/python bench/train_throughput.py --device cuda --dtype bf16 --batch-size 128
+
+**The train stage against PyLate** (``--peer``): the stage's trainer (``pipeline.training.build_trainer``:
+its arguments, batch sampler, collator and per-step MLflow callback, inside an MLflow run) and PyLate 1.6's
+(``bench/.peer-venv``, installed by ``bench/index_bench.py``'s ``ensure_peer_venv``) each train in a fresh
+process on the same rows with the same settings, on long documents (SciFact's prepared triplets:
+``data/scifact/prepared/train`` from ``colbert-pipeline prepare --config configs/scifact.yaml``, or, when that
+is absent, SciFact's train qrels from ``../shared/data/scifact`` with seeded random negatives: the cost of a
+step depends on the texts' lengths, not on how hard the negatives are) and on short passages
+(``../shared/data/kd-sample-flagembedding``). Runs are interleaved (stage then PyLate, then the other way
+round) so load drift hits both; samples/s counts the timed steps after ``--warmup`` steps, from the end of the
+last warm-up step to the end of the last step (data loading, collation, forward, backward, optimizer step and
+callbacks included). ``--stage`` runs the stage alone (no PyLate). Results go to ``--output`` (JSON).
+
+    .venv/bin/python bench/train_throughput.py --peer --steps 8 --warmup 2 --repeats 2
 """
 
 from __future__ import annotations
@@ -157,6 +171,314 @@ def run_one(args: argparse.Namespace) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------ stage vs PyLate
+SCIFACT_PREPARED = REPO / "data" / "scifact" / "prepared" / "train"
+SHARED_SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+RESULTS = REPO / "bench" / "results"
+
+
+def _read_triplets(path: Path) -> list[dict]:
+    """``query, positive, negative`` rows from a prepared train folder, a JSONL file or a ``.jsonl.gz``."""
+    if (path / "dataset").is_dir():
+        from datasets import load_from_disk
+
+        dataset = load_from_disk(str(path / "dataset"))
+        negative = next((c for c in dataset.column_names if c.startswith("negative")), None)
+        if negative is None:
+            raise SystemExit(f"{path}: the prepared rows have no negative column ({dataset.column_names})")
+        return [{"query": r["query"], "positive": r["positive"], "negative": r[negative]} for r in dataset]
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            row = json.loads(line)
+            if not all(isinstance(row.get(k), str) for k in ("query", "positive", "negative")):
+                raise SystemExit(f"{path}:{number}: needs string fields query, positive, negative")
+            rows.append({k: row[k] for k in ("query", "positive", "negative")})
+    return rows
+
+
+def _scifact_from_qrels(folder: Path, seed: int) -> list[dict]:
+    """SciFact's train (query, positive) pairs with a seeded random negative each."""
+    from pipeline.data.beir import load_beir
+
+    data = load_beir(folder, split="train")
+    rng = random.Random(seed)
+    ids = sorted(data.corpus)
+    return [
+        {"query": data.queries[q], "positive": data.corpus[d], "negative": data.corpus[rng.choice(ids)]}
+        for q, judged in sorted(data.qrels.items())
+        for d, grade in sorted(judged.items())
+        if grade > 0
+    ]
+
+
+def bench_datasets(args: argparse.Namespace) -> list[tuple[str, str, list[dict]]]:
+    """(name, where from, rows) for the long and the short documents."""
+    if args.long:
+        long_rows, long_from = _read_triplets(Path(args.long)), str(args.long)
+    elif SCIFACT_PREPARED.is_dir():
+        long_rows, long_from = _read_triplets(SCIFACT_PREPARED), str(SCIFACT_PREPARED.relative_to(REPO))
+    elif SHARED_SCIFACT.is_dir():
+        long_rows = _scifact_from_qrels(SHARED_SCIFACT, args.seed)
+        long_from = "../shared/data/scifact train qrels, seeded random negatives"
+    else:
+        raise SystemExit("no long documents: pass --long, or prepare configs/scifact.yaml, or add ../shared")
+    short_path = Path(args.short) if args.short else SHARED_TRIPLETS
+    if not short_path.is_file() and not (short_path / "dataset").is_dir():
+        raise SystemExit(f"{short_path}: no short passages (pass --short)")
+    short_rows = _read_triplets(short_path)
+    need = (args.warmup + args.steps) * args.batch_size
+    picked = []
+    for name, source, rows in (("scifact", long_from, long_rows), ("short", str(short_path), short_rows)):
+        if len(rows) < need:
+            raise SystemExit(f"{source}: {len(rows)} rows, the run needs {need} (batch x steps)")
+        shuffled = rows[:]
+        random.Random(args.seed).shuffle(shuffled)
+        # Exactly one epoch of these rows: both trainers see the same texts (each in its own order).
+        picked.append((name, source, shuffled[:need]))
+    return picked
+
+
+def _step_timer_class():
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall-clock time at the end of each optimizer step (callbacks of that step included)."""
+
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+    return StepTimer()
+
+
+def _rate(ends: list[float], warmup: int, batch_size: int) -> dict:
+    """Samples/s over the steps after ``warmup`` (>= 1), timed from the end of the last warm-up step."""
+    if len(ends) <= warmup:
+        raise RuntimeError(f"only {len(ends)} steps ran; {warmup} are warm-up")
+    timed = len(ends) - warmup
+    seconds = ends[-1] - ends[warmup - 1]
+    return {"timed_steps": timed, "seconds": seconds, "samples_per_s": timed * batch_size / seconds}
+
+
+def worker_stage(spec: dict) -> dict:
+    """The train stage's trainer (``build_trainer``) with its MLflow callback, inside an MLflow run."""
+    import tempfile
+
+    import mlflow
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+
+    from pipeline import models, tracking
+    from pipeline.config import load_params
+    from pipeline.training import build_loss, build_trainer
+
+    overrides = {f"train.{key}": value for key, value in spec["train"].items()}
+    config = load_params(Path(spec["workdir"]) / "params.yaml", overrides, check_paths=False).train
+    dataset = Dataset.from_list(spec["rows"])
+    set_seed(config.seed)
+    model = models.ColBERT(
+        model_name_or_path=config.base_model, device=config.device, query_length=config.query_length
+    )
+    loss = build_loss(model, config, "triplets")
+    timer = _step_timer_class()
+    mlflow.set_tracking_uri(f"sqlite:///{Path(spec['workdir']) / 'mlruns.db'}")
+    with tempfile.TemporaryDirectory(dir=spec["workdir"]) as checkpoints, mlflow.start_run():
+        trainer = build_trainer(
+            config,
+            model,
+            loss,
+            dataset,
+            "triplets",
+            Path(checkpoints),
+            callbacks=[tracking.MlflowLossCallback(), timer],
+        )
+        trainer.train()
+        chosen = trainer.args.batch_sampler  # a BatchSamplers value, or a sampler class
+        sampler = getattr(chosen, "value", getattr(chosen, "__name__", str(chosen)))
+    return {
+        **_rate(timer.ends, spec["warmup"], config.batch_size),
+        "batch_sampler": sampler,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def worker_peer(spec: dict) -> dict:
+    """PyLate 1.6's model, loss and collator, with the stage's trainer arguments (runs in the peer venv)."""
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from pylate import losses, models, utils
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from transformers import set_seed
+
+    settings = spec["train"]
+    dataset = Dataset.from_list(spec["rows"])
+    set_seed(settings["seed"])
+    model = models.ColBERT(model_name_or_path=spec["base_model_path"], device=settings["device"])
+    loss = losses.Contrastive(model=model, temperature=settings["temperature"])
+    timer = _step_timer_class()
+    with tempfile.TemporaryDirectory(dir=spec["workdir"]) as checkpoints:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=checkpoints,
+            max_steps=settings["max_steps"],
+            per_device_train_batch_size=settings["batch_size"],
+            learning_rate=settings["learning_rate"],
+            seed=settings["seed"],
+            save_strategy="steps",
+            save_steps=settings["save_steps"],
+            logging_steps=1,
+            report_to="none",
+            use_cpu=settings["device"] == "cpu",
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            loss=loss,
+            data_collator=utils.ColBERTCollator(model.tokenize),
+            callbacks=[timer],
+        )
+        trainer.train()
+    return {**_rate(timer.ends, spec["warmup"], settings["batch_size"]), "threads": torch.get_num_threads()}
+
+
+def _run_trainer_worker(python: str, system: str, spec: dict, timeout: float | None) -> dict:
+    job = Path(spec["workdir"]) / f"{system}-job.json"
+    job.write_text(json.dumps(spec), encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if system == "stage":
+        env["PYTHONPATH"] = str(REPO)
+    else:  # the peer venv must not see this checkout's packages
+        env.pop("PYTHONPATH", None)
+    command = [python, str(Path(__file__).resolve()), "--trainer-worker", system, "--job", str(job)]
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, check=False
+    )
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stderr[-4000:])
+        raise SystemExit(f"{system} trainer run failed (exit {completed.returncode})")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(temp, path)
+
+
+def compare_trainers(args: argparse.Namespace) -> dict:
+    """Interleaved runs of the stage (and PyLate with ``--peer``) on long and short documents."""
+    import importlib.util
+    import tempfile
+
+    from pipeline.models import resolve_model_name
+
+    spec_module = importlib.util.spec_from_file_location("index_bench", REPO / "bench" / "index_bench.py")
+    assert spec_module is not None and spec_module.loader is not None
+    index_bench = importlib.util.module_from_spec(spec_module)
+    spec_module.loader.exec_module(index_bench)
+    systems = {"stage": sys.executable}
+    if args.peer:
+        systems["peer"] = str(index_bench.ensure_peer_venv())
+    train = {
+        "batch_size": args.batch_size,
+        "max_steps": args.warmup + args.steps,
+        "learning_rate": 3e-5,
+        "temperature": 1.0,
+        "seed": args.seed,
+        "device": args.device,
+        "save_steps": 100,
+    }
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="train-throughput-") as workdir:
+        for repeat in range(args.repeats):
+            for name, source, rows in bench_datasets(args):
+                order = list(systems) if repeat % 2 == 0 else list(reversed(systems))
+                for system in order:
+                    spec = {
+                        "rows": rows,
+                        "train": train,
+                        "warmup": args.warmup,
+                        "workdir": workdir,
+                        "base_model_path": resolve_model_name(None),
+                    }
+                    logger.info("repeat %d, %s, %s", repeat + 1, name, system)
+                    result = _run_trainer_worker(systems[system], system, spec, args.timeout)
+                    runs.append(
+                        {"repeat": repeat + 1, "data": name, "source": source, "system": system, **result}
+                    )
+                    logger.info("  %.3f samples/s", result["samples_per_s"])
+    summary = {}
+    for name in dict.fromkeys(run["data"] for run in runs):
+        row = {
+            system: _median([r["samples_per_s"] for r in runs if r["data"] == name and r["system"] == system])
+            for system in systems
+        }
+        if "peer" in row:
+            row["stage_vs_peer"] = row["stage"] / row["peer"]
+        summary[name] = row
+    return {"runs": runs, "samples_per_s_median": summary, "train": train}
+
+
+def report_trainers(args: argparse.Namespace, result: dict) -> None:
+    import psutil
+    import torch
+
+    environment = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    command = "bench/train_throughput.py " + " ".join(sys.argv[1:])
+    record = {
+        "command": command,
+        "environment": environment,
+        **result,
+        "peer": "pylate==1.6.*" if args.peer else None,
+    }
+    output = Path(args.output)
+    _write_json_atomic(output, record)
+    peer = args.peer
+    print(f"\ncommand: {command}\nenvironment: {json.dumps(environment)}")
+    print(f"\n| documents | stage samples/s |{' PyLate 1.6 samples/s | stage / PyLate |' if peer else ''}")
+    print(f"|---|---|{'---|---|' if peer else ''}")
+    for name, row in result["samples_per_s_median"].items():
+        extra = f" {row['peer']:.2f} | {row['stage_vs_peer']:.2f} |" if peer else ""
+        print(f"| {name} | {row['stage']:.2f} |{extra}")
+    print(f"\nresults: {output}")
+
+
+def _die_with_parent() -> None:
+    """Worker processes end with the process that started them (Linux: ``PR_SET_PDEATHSIG``)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the call
+        raise SystemExit("the bench's orchestrator is gone")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=16)
@@ -169,8 +491,32 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show a progress bar per configuration")
     parser.add_argument("--loss", choices=["plain", "cached"], help=argparse.SUPPRESS)  # child-process mode
+    parser.add_argument("--peer", action="store_true", help="the train stage against PyLate 1.6, interleaved")
+    parser.add_argument("--stage", action="store_true", help="the train stage alone (no PyLate)")
+    parser.add_argument("--repeats", type=int, default=1, help="--peer/--stage: runs per system and data")
+    parser.add_argument("--long", help="--peer/--stage: long documents (prepared train folder or JSONL)")
+    parser.add_argument("--short", help="--peer/--stage: short passages (prepared train folder or JSONL)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per trainer run")
+    parser.add_argument(
+        "--output", default=str(RESULTS / "train_throughput.json"), help="--peer/--stage: results JSON"
+    )
+    parser.add_argument("--trainer-worker", choices=["stage", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.trainer_worker or args.loss:
+        _die_with_parent()
+    if args.trainer_worker:
+        spec = json.loads(Path(args.job).read_text(encoding="utf-8"))
+        worker = worker_stage if args.trainer_worker == "stage" else worker_peer
+        print(json.dumps(worker(spec)))
+        return
+    if args.peer or args.stage:
+        if args.steps < 1 or args.warmup < 1:
+            raise SystemExit("--steps and --warmup must be at least 1")
+        report_trainers(args, compare_trainers(args))
+        return
 
     if args.loss:
         print(json.dumps(run_one(args)))

@@ -132,6 +132,25 @@ class TrainParams(Section):
     save_steps: int = Field(100, ge=1, description="checkpoint every N steps (resume after a crash)")
     device: str | None = Field(None, description="cpu, cuda, ... (None: auto)")
     output: str = "models/colbert"
+    query_length: int | None = Field(
+        None, ge=1, description="query tokens in training (long queries: ArguAna); None: the model's (32)"
+    )
+    batch_sampler: Literal["auto", "no_duplicates", "default"] = Field(
+        "auto", description="no_duplicates: a query at most once per batch; auto: when a query repeats"
+    )
+    dev_fraction: float = Field(
+        0.0, ge=0, lt=1, description="training queries held out to evaluate during training; 0: off"
+    )
+    eval_steps: int = Field(50, ge=1, description="with a dev split: evaluate (and checkpoint) every N steps")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="with a dev split: stop after N evaluations without a better dev loss"
+    )
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_dev(self) -> TrainParams:
+        if self.early_stopping_patience is not None and self.dev_fraction == 0:
+            raise ValueError("early_stopping_patience needs a dev split: set train.dev_fraction > 0")
+        return self
 
 
 class EvaluateParams(Section):

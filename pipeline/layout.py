@@ -44,6 +44,8 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 METRICS_DIR = "metrics"
 #: Written into the model folder by the train stage: the per-step loss, which the quality report plots.
 TRAINING_LOSS_FILE = "training_loss.json"
+#: Written into the model folder when training used a dev split: the dev loss per evaluation.
+DEV_LOSS_FILE = "dev_loss.json"
 #: Orchestration state in a workspace (params backups); git-ignored.
 STATE_DIR = ".colbert-pipeline"
 #: The environment variable naming the file where a stage process writes its result for the orchestrator.

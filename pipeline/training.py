@@ -1,5 +1,5 @@
-"""Training helpers shared by the train stage and ``bench/``: precision flags, the loss by name, the loss
-curve, and a callback that logs the trainer's numbers to MLflow.
+"""Training helpers shared by the train stage and ``bench/``: precision flags, the loss by name, the trainer
+(arguments, batch sampler, dev split, early stopping), the loss curves, and a callback that logs to MLflow.
 
 They sit outside the train stage so that another caller (the PyLate peer benchmark, a notebook) uses the
 same rules without importing a stage.
@@ -11,11 +11,15 @@ Example:
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from pipeline.config import TrainParams
+
+logger = logging.getLogger(__name__)
 
 
 def precision_flags(precision: str, device: str | None = None) -> dict[str, bool]:
@@ -66,6 +70,92 @@ def training_loss(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
     """
     return [
         {"step": int(entry["step"]), "loss": float(entry["loss"])} for entry in log_history if "loss" in entry
+    ]
+
+
+def build_trainer(
+    config: TrainParams,
+    model: Any,
+    loss: Any,
+    dataset: Any,
+    kind: str,
+    output_dir: Path,
+    *,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The stage's trainer: its arguments, batch sampler, dev split and callbacks (the bench times this).
+
+    With ``train.dev_fraction`` > 0 a share of the training queries becomes a dev split: the dev loss is
+    computed (and logged) every ``train.eval_steps`` steps, a checkpoint is saved at each evaluation, and
+    the best one (lowest dev loss) is loaded at the end; ``train.early_stopping_patience`` stops early.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from transformers import EarlyStoppingCallback
+
+    from pipeline import samplers, utils
+    from pipeline.data.dev_split import split_dev
+
+    dev = None
+    if config.dev_fraction > 0:
+        dataset, dev = split_dev(dataset, config.dev_fraction, config.seed, kind)
+        logger.info("dev split: %d training rows, %d dev rows", len(dataset), len(dev))
+    batch_sampler = samplers.choose_batch_sampler(config.batch_sampler, dataset, kind)
+    evaluation: dict[str, Any] = {}
+    if dev is not None:
+        evaluation = {
+            "eval_strategy": "steps",
+            "eval_steps": config.eval_steps,
+            # load_best_model_at_end needs a checkpoint at every evaluation.
+            "save_steps": config.eval_steps,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
+            "per_device_eval_batch_size": config.batch_size,
+        }
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_ratio,  # transformers v5: a float below 1 is a ratio of all steps
+        seed=config.seed,
+        save_strategy="steps",
+        save_steps=evaluation.pop("save_steps", config.save_steps),
+        save_total_limit=2,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=config.device == "cpu" or not torch.cuda.is_available(),
+        batch_sampler=batch_sampler,
+        **evaluation,
+        **precision_flags(config.precision, config.device),
+    )
+    extra = list(callbacks or [])
+    if config.early_stopping_patience is not None:
+        extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    return SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=dev,
+        loss=loss,
+        data_collator=utils.ColBERTCollator(model.tokenize),
+        callbacks=extra,
+    )
+
+
+def dev_curve(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The dev loss per evaluation step from the trainer's log.
+
+    Example:
+        >>> dev_curve([{"loss": 2.5, "step": 1}, {"eval_loss": 1.5, "step": 1}])
+        [{'step': 1, 'eval_loss': 1.5}]
+    """
+    return [
+        {"step": int(entry["step"]), "eval_loss": float(entry["eval_loss"])}
+        for entry in log_history
+        if "eval_loss" in entry
     ]
 
 

@@ -6,6 +6,11 @@ after a crash with the same params, resumes from the last checkpoint. The finish
 ``train.output`` (default ``models/colbert``) in one rename. Precision ``auto`` picks bf16 (or fp16) on a
 GPU and fp32 on the CPU. Per-step loss goes to the stage's MLflow run.
 
+Batches keep a query out of its own in-batch negatives (``train.batch_sampler``, see ``pipeline.samplers``).
+With ``train.dev_fraction`` > 0, whole training queries are held out as a dev split: the dev loss is logged
+every ``train.eval_steps`` steps and the model saved is the checkpoint with the lowest one
+(``train.early_stopping_patience`` stops training early). ``train.query_length`` sets the query tokens.
+
 Example:
     $ colbert-pipeline train --set train.max_steps=20
 """
@@ -20,7 +25,7 @@ from typing import Any
 
 from pipeline.config import Params, TrainParams
 from pipeline.io import atomic_directory, atomic_write_json, read_json
-from pipeline.layout import TRAINING_LOSS_FILE, Layout
+from pipeline.layout import DEV_LOSS_FILE, TRAINING_LOSS_FILE, Layout
 from pipeline.ops import lineage, tracking
 
 logger = logging.getLogger(__name__)
@@ -58,12 +63,17 @@ def _checkpoint_to_resume(folder: Path, fingerprint: str) -> str | None:
 
 def run(params: Params, project: Path) -> dict[str, Any]:
     """Fine-tune ``train.base_model`` on ``<prepare.output>/train`` and save it to ``train.output``."""
-    import torch
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from transformers import set_seed
 
     from pipeline import models, utils
-    from pipeline.training import MlflowLossCallback, build_loss, precision_flags, training_loss
+    from pipeline.training import (
+        MlflowLossCallback,
+        build_loss,
+        build_trainer,
+        dev_curve,
+        precision_flags,
+        training_loss,
+    )
 
     config = params.train
     layout = Layout(params, project)
@@ -74,36 +84,17 @@ def run(params: Params, project: Path) -> dict[str, Any]:
 
     with tracking.stage_run("train", params, project) as mlflow_run:
         set_seed(config.seed)
-        model = models.ColBERT(model_name_or_path=config.base_model, device=config.device)
+        model = models.ColBERT(
+            model_name_or_path=config.base_model, device=config.device, query_length=config.query_length
+        )
         loss = build_loss(model, config, kind)
         fingerprint = lineage.params_hash({"train": config.model_dump(mode="json"), "data": str(train_dir)})
         resume = _checkpoint_to_resume(checkpoints, fingerprint)
         checkpoints.mkdir(parents=True, exist_ok=True)
         (checkpoints / "params.sha").write_text(fingerprint)
         flags = precision_flags(config.precision, config.device)
-        args = SentenceTransformerTrainingArguments(
-            output_dir=str(checkpoints),
-            num_train_epochs=config.epochs,
-            max_steps=config.max_steps or -1,
-            per_device_train_batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            warmup_steps=config.warmup_ratio,  # transformers v5: a float below 1 is a ratio of all steps
-            seed=config.seed,
-            save_strategy="steps",
-            save_steps=config.save_steps,
-            save_total_limit=2,
-            logging_steps=1,
-            report_to="none",
-            use_cpu=config.device == "cpu" or not torch.cuda.is_available(),
-            **flags,
-        )
-        trainer = SentenceTransformerTrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            loss=loss,
-            data_collator=utils.ColBERTCollator(model.tokenize),
-            callbacks=[MlflowLossCallback()],
+        trainer = build_trainer(
+            config, model, loss, dataset, kind, checkpoints, callbacks=[MlflowLossCallback()]
         )
         if resume:
             logger.info("resuming from %s", resume)
@@ -117,6 +108,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             model.save_pretrained(str(staging))
             # The model carries its own training curve: the quality report plots it next to the scores.
             atomic_write_json(staging / TRAINING_LOSS_FILE, training_loss(trainer.state.log_history))
+            if config.dev_fraction > 0:
+                atomic_write_json(staging / DEV_LOSS_FILE, dev_curve(trainer.state.log_history))
         shutil.rmtree(checkpoints, ignore_errors=True)  # finished: a later run starts fresh
         summary = {
             "steps": int(result.global_step),
@@ -125,6 +118,10 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             "samples_per_second": round(result.global_step * config.batch_size / max(seconds, 1e-9), 3),
             **{k: v for k, v in flags.items() if v},
         }
+        if config.dev_fraction > 0 and trainer.state.best_model_checkpoint:
+            # The model saved is the best checkpoint's (load_best_model_at_end), not the last step's.
+            summary["best_step"] = int(trainer.state.best_model_checkpoint.rpartition("-")[2])
+            summary["best_eval_loss"] = float(trainer.state.best_metric)
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})

@@ -1,0 +1,52 @@
+"""``bench/train_throughput.py --stage`` runs the train stage's trainer on tiny data (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _tiny(path: Path, words: int) -> Path:
+    rows = [
+        {
+            "query": f"question {i % 2}",
+            "positive": " ".join(["relevant"] * words) + f" {i}",
+            "negative": " ".join(["other"] * words) + f" {i}",
+        }
+        for i in range(6)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_the_stage_trainer_bench_runs_on_tiny_data_and_writes_its_results(tmp_path):
+    output = tmp_path / "results.json"
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "train_throughput.py"),
+        "--stage",
+        "--steps", "1",
+        "--warmup", "1",
+        "--batch-size", "2",
+        "--long", str(_tiny(tmp_path / "long.jsonl", 120)),
+        "--short", str(_tiny(tmp_path / "short.jsonl", 5)),
+        "--output", str(output),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1800, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert [(run["data"], run["system"]) for run in result["runs"]] == [
+        ("scifact", "stage"),
+        ("short", "stage"),
+    ]
+    for run in result["runs"]:
+        assert run["timed_steps"] == 1 and run["samples_per_s"] > 0
+        # Each query appears three times: the stage's auto sampler keeps them apart.
+        assert run["batch_sampler"] == "no_duplicates"
+    assert set(result["samples_per_s_median"]) == {"scifact", "short"}
+    assert "bench/train_throughput.py --stage" in result["command"] and result["environment"]["cores"]
+    assert "| scifact |" in completed.stdout
