@@ -109,7 +109,8 @@ def airflow_environment(env: Mapping[str, str]) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres_url(env, AIRFLOW_DB),
         "AIRFLOW__CELERY__BROKER_URL": setting(env, "COLBERT_REDIS_URL"),
-        "AIRFLOW__CELERY__RESULT_BACKEND": postgres_url(env, AIRFLOW_DB, driver="db+postgresql"),
+        # The driver named: in the image a bare postgresql:// picked psycopg 3, whose version probe failed.
+        "AIRFLOW__CELERY__RESULT_BACKEND": postgres_url(env, AIRFLOW_DB, driver="db+postgresql+psycopg2"),
         # Task runners report to the API server: it must be reachable at this URL from every worker.
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
         "AIRFLOW__API__HOST": setting(env, "COLBERT_BIND_HOST"),

@@ -28,7 +28,9 @@ def test_airflow_services_share_one_celery_postgres_environment() -> None:
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == (
         "postgresql+psycopg2://airflow:p%40ss%2Fword@db.local:6543/airflow"
     )
-    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://airflow:p%40ss%2Fword@db.local")
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith(
+        "db+postgresql+psycopg2://airflow:p%40ss%2Fword@db."
+    )
     assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://broker:6379/0"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://api:9090/execution/"
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
