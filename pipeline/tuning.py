@@ -449,23 +449,27 @@ def tune(
     batch_sizes: Sequence[int] = (1, 16, 64),
     consider_exact: bool = True,
     finalists: int = 3,
+    slack: float = 1.25,
     timer: Callable[[], float] = time.perf_counter,
 ) -> TuningResult:
     """The fastest search settings whose recall@``k`` against exact MaxSim reaches ``target`` on ``queries``.
 
     The reference is exact MaxSim over every document of ``store`` (float16 embeddings, float32 math). For
     each ``n_ivf_probe``, ``n_full_scores`` grows until some re-scoring depth reaches the target (more
-    would only cost more); one PLAID search at the deepest depth serves every depth (PLAID's order does not
-    depend on ``top_k``). Exact search over every document (recall 1 by definition) competes on time
-    unless ``consider_exact`` is false, and is the fallback when no PLAID setting reaches the target. The
-    ``finalists`` fastest candidates are timed once more (noise on a busy machine), then the query batch
-    size of the winner.
+    would only cost more), recall stops growing, or PLAID alone is slower than the fastest setting already
+    reaching the target (see the comments in the loop); one PLAID search at the deepest depth serves every
+    depth (PLAID's order does not depend on ``top_k``). Exact search over every document (recall 1 by
+    definition) competes on time unless ``consider_exact`` is false, and is the fallback when no PLAID
+    setting reaches the target. The ``finalists`` fastest candidates are timed once more (noise on a busy
+    machine), then the query batch size of the winner.
 
     Args:
         store: The index's full-precision embeddings (slot order).
         queries: Probe query embeddings, ``(tokens, dim)`` each.
         candidates: The PLAID search (``None``: only exact search is considered).
         target: Recall@``k`` to reach, in (0, 1].
+        slack: A PLAID search this many times slower than the fastest setting reaching the target ends
+            the search of its row (timings on a busy machine are noisy; 1.25 keeps near-ties in play).
     """
     if not 0 < target <= 1:
         raise ValueError(f"target must be in (0, 1], got {target!r}")
@@ -480,7 +484,17 @@ def tune(
     trials: list[Trial] = [Trial(exact, 1.0, exact_seconds)] if consider_exact else []
     no_filter: list[np.ndarray | None] = [None] * n
     depths = sorted({r for r in reranks if r == 0 or r >= k})
+    # PLAID's cost grows with n_ivf_probe and n_full_scores, so the grid is walked cheapest first and cut
+    # short: a setting that reaches the target ends its probe's row (more full scores only cost more);
+    # a row stops when doubling n_full_scores gains no recall (the probed centroids bound the candidates);
+    # and once PLAID alone is slower than the fastest setting that already reaches the target (exact
+    # search included), the rest of the row, or when it is the row's first setting every later row, can
+    # only be slower.
+    fastest = min((t.seconds for t in trials if t.recall >= target), default=math.inf)
     for probe in probes if candidates is not None else ():
+        previous = -1.0
+        first_in_row = True
+        stop_all = False
         for n_full in sorted(full_scores):
             usable = [r for r in depths if r <= n_full]
             if n_full < k or not usable:
@@ -492,7 +506,11 @@ def tune(
                 ),
                 timer,
             )
-            reached = False
+            if plaid_seconds > slack * fastest:
+                stop_all = first_in_row
+                break
+            first_in_row = False
+            measured = []
             for rerank in usable:
                 settings = SearchSettings(n_ivf_probe=probe, n_full_scores=n_full, rerank=rerank)
                 if rerank == 0:
@@ -505,17 +523,16 @@ def tune(
                         timer,
                     )
                     seconds = plaid_seconds + extra
-                trials.append(Trial(settings, recall(results, reference, k), seconds))
-                reached = reached or trials[-1].recall >= target
-            logger.info(
-                "tuning: probe %d, n_full_scores %d: best recall@%d %.3f",
-                probe,
-                n_full,
-                k,
-                max(t.recall for t in trials[-len(usable) :]),
-            )
-            if reached:
+                measured.append(Trial(settings, recall(results, reference, k), seconds))
+            trials.extend(measured)
+            best = max(t.recall for t in measured)
+            logger.info("tuning: probe %d, n_full_scores %d: best recall@%d %.3f", probe, n_full, k, best)
+            fastest = min([fastest, *(t.seconds for t in measured if t.recall >= target)])
+            if best >= target or best <= previous + 1e-9:
                 break
+            previous = best
+        if stop_all:
+            break
 
     def run(settings: SearchSettings, batch: int) -> tuple[Hits, float]:
         return _timed(
