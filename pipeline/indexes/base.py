@@ -19,10 +19,10 @@ Example:
     >>> index = indexes.Voyager(index_folder=tempfile.mkdtemp(), index_name="demo")
     >>> rng = np.random.default_rng(0)
     >>> docs = [rng.standard_normal((5, 8)).astype("float32") for _ in range(3)]
-    >>> index.add_documents(documents_ids=["a", "b", 7], documents_embeddings=docs)
+    >>> index = index.add_documents(documents_ids=["a", "b", 7], documents_embeddings=docs)
     >>> index.stats()["documents"], index.documents_ids
     (3, ['a', 'b', 7])
-    >>> index(docs[2:], k=1)[0][0]["id"]
+    >>> index.search(docs[2:], k=1)[0][0]["id"]
     7
 """
 
@@ -459,8 +459,8 @@ class MultiVectorIndex(abc.ABC):
             >>> from pipeline import indexes
             >>> index = indexes.Voyager(index_folder=tempfile.mkdtemp(), index_name="t", show_progress=False)
             >>> with index.transaction():
-            ...     index.add_documents(["a"], [np.ones((2, 4), "float32")])
-            ...     index.add_documents(["b"], [-np.ones((2, 4), "float32")])
+            ...     index = index.add_documents(["a"], [np.ones((2, 4), "float32")])
+            ...     index = index.add_documents(["b"], [-np.ones((2, 4), "float32")])
             >>> index.documents_ids
             ['a', 'b']
         """

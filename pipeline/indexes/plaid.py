@@ -13,7 +13,7 @@ Example:
     >>> rng = np.random.default_rng(0)
     >>> docs = [rng.standard_normal((12, 16)).astype("float32") for _ in range(40)]
     >>> index = indexes.PLAID(index_folder=tempfile.mkdtemp(), index_name="demo", device="cpu")
-    >>> index.add_documents(documents_ids=[f"d{i}" for i in range(40)], documents_embeddings=docs)
+    >>> index = index.add_documents(documents_ids=[f"d{i}" for i in range(40)], documents_embeddings=docs)
     >>> index(docs[3:4], k=1)[0][0]["id"]
     'd3'
 """

@@ -15,7 +15,7 @@ Example:
     >>> rng = np.random.default_rng(0)
     >>> docs = [rng.standard_normal((6, 16)).astype("float32") for _ in range(20)]
     >>> index = indexes.Voyager(index_folder=tempfile.mkdtemp(), index_name="demo")
-    >>> index.add_documents(documents_ids=list(range(20)), documents_embeddings=docs)
+    >>> index = index.add_documents(documents_ids=list(range(20)), documents_embeddings=docs)
     >>> index = index.remove_documents([4])
     >>> [hit["id"] for hit in index.search(docs[3:5], k=1)[0]], 4 in index
     ([3], False)

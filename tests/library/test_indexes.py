@@ -255,8 +255,8 @@ from pipeline import indexes
 folder, queries_path = sys.argv[1], sys.argv[2]
 queries = list(np.load(queries_path))
 out = {
-    "PLAID": indexes.PLAID(index_folder=folder, index_name="plaid", device="cpu")(queries, k=10),
-    "Voyager": indexes.Voyager(index_folder=folder, index_name="voyager")(queries, k=10),
+    "PLAID": indexes.PLAID(index_folder=folder, index_name="plaid", device="cpu").search(queries, k=10),
+    "Voyager": indexes.Voyager(index_folder=folder, index_name="voyager").search(queries, k=10),
 }
 print(json.dumps(out))
 """
@@ -358,7 +358,7 @@ def test_override_replaces_only_at_the_first_write(tmp_path):
     first.add_documents(documents_ids=list(range(5)), documents_embeddings=documents[:5])
     assert make_index("Voyager", tmp_path, "idx").documents_ids == list(range(5))  # override=False opens
     fresh = make_index("Voyager", tmp_path, "idx", override=True)
-    assert fresh.num_documents == 0 and fresh(documents[:1], k=3) == [[]]
+    assert fresh.num_documents == 0 and fresh.search(documents[:1], k=3) == [[]]
     assert make_index("Voyager", tmp_path, "idx").documents_ids == list(range(5))  # not replaced yet
     fresh.add_documents(documents_ids=["a", "b"], documents_embeddings=documents[5:7])
     assert make_index("Voyager", tmp_path, "idx").documents_ids == ["a", "b"]
