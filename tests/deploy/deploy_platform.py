@@ -123,6 +123,7 @@ class Process:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path, cwd: Path, **popen: Any):
         self.name, self.argv, self.env, self.log, self.cwd, self.popen = name, argv, env, log, cwd, popen
         self.process: subprocess.Popen[bytes] | None = None
+        self.stopped = False  # stopped on purpose: no longer expected to be up
 
     def start(self) -> Process:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ class Process:
         return self.process.pid
 
     def check_alive(self) -> None:
-        if self.process is not None and self.process.poll() is not None:
+        if not self.stopped and self.process is not None and self.process.poll() is not None:
             raise ServiceFailed(
                 f"{self.name} exited with status {self.process.returncode}; "
                 f"end of {self.log}:\n{tail(self.log)}"
@@ -176,11 +177,13 @@ class Process:
     def kill_group(self) -> None:
         """SIGKILL the whole process group at once (a worker dying without any chance to clean up)."""
         assert self.process is not None
+        self.stopped = True
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
+        self.stopped = True
         if self.process is None or self.process.poll() is not None:
             return
         for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):

@@ -267,7 +267,7 @@ def test_the_champion_answers_over_http(deployed: dict[str, Any]) -> None:
     platform = deployed["platform"]
     serve = platform._service("serve", ["serve"], COLBERT_MODEL_NAME=MODEL_NAME)
     try:
-        serve.wait_ready(lambda: http_json("GET", f"{platform.serve_url}/ping", timeout=3)[0] == 200, 300)
+        serve.wait_ready(lambda: _pings(f"{platform.serve_url}/ping"), 300)
         query = {"dataframe_split": {"columns": ["query"], "data": [["a question about entity 3"]]}}
         status, body = http_json("POST", f"{platform.serve_url}/invocations", {**query, "params": {"k": 3}})
         assert status == 200, body
@@ -279,6 +279,13 @@ def test_the_champion_answers_over_http(deployed: dict[str, Any]) -> None:
         assert status == 400, body
     finally:
         serve.stop()
+
+
+def _pings(url: str) -> bool:
+    try:
+        return http_json("GET", url, timeout=5)[0] == 200
+    except OSError:  # not listening yet
+        return False
 
 
 def test_a_bad_param_fails_in_validate_params_once(deployed: dict[str, Any]) -> None:
