@@ -131,18 +131,17 @@ def run(params: Params, project: Path) -> dict[str, Any]:
 def tune_search(
     model: Any, index: Any, store: Any, probes: list[str], config: Any, version: str
 ) -> dict[str, Any]:
-    """Tune search on ``probes``, store the settings, and drop the store when they do not read it."""
-    import shutil
+    """Tune search on ``probes`` and store the settings beside the index.
 
+    The embeddings store stays whatever is chosen: which setting wins depends on measured time, and an output
+    whose files depended on timing would not hash the same twice. ``search.json`` itself is timing-dependent,
+    so ``.dvcignore`` keeps it out of the index's DVC hash (it lives beside the data, outside the hash).
+    """
     from pipeline import tuning
 
     queries = model.encode(probes, is_query=True, batch_size=config.batch_size, show_progress_bar=False)
     queries = [q.detach().cpu().float().numpy() if hasattr(q, "detach") else q for q in queries]
     result = tuning.tune(store, queries, index.candidate_slots, target=config.recall_target)
     tuning.write_settings(index.path, version, result)
-    if not result.settings.needs_store:
-        shutil.rmtree(index.path / tuning.STORE_FOLDER, ignore_errors=True)
     logger.info("search settings: %s", tuning.describe_qps(result))
-    summary = {k: v for k, v in result.summary().items() if k != "trials"}  # every trial: search.json
-    summary["embeddings_kept"] = result.settings.needs_store
-    return summary
+    return {k: v for k, v in result.summary().items() if k != "trials"}  # every trial: search.json

@@ -11,8 +11,11 @@ import pytest
 from pipeline import indexes, retrieve
 from pipeline.config import Params
 from pipeline.indexes.base import SEARCH_SETTINGS_FILE, STORE_FOLDER
+
 from pipeline.indexing import exact_search, recall_at_k
 from pipeline.stages import index as index_stage
+
+REPO = Path(__file__).resolve().parents[2]
 
 ANIMALS = ["otter", "heron", "badger", "lynx", "gecko", "walrus", "ibis", "marmot"]
 
@@ -62,9 +65,10 @@ def test_index_stage_stores_settings_that_reach_the_target_and_search_uses_them(
     path = Path(result["index"])
     stored = json.loads((path / SEARCH_SETTINGS_FILE).read_text())
     assert stored["settings"] == search["settings"] and stored["trials"]
-    # The full-precision copy stays exactly when the chosen settings read it.
-    needs_store = search["settings"]["mode"] == "exact" or search["settings"]["rerank"] > 0
-    assert (path / STORE_FOLDER).is_dir() == needs_store == search["embeddings_kept"]
+    # The full-precision copy stays whatever won (which one wins is a matter of timing, and the index's files
+    # must not depend on timing); the timing-dependent search.json is outside the DVC hash (.dvcignore).
+    assert (path / STORE_FOLDER).is_dir()
+    assert SEARCH_SETTINGS_FILE in (REPO / ".dvcignore").read_text().split()
 
     # A fresh PLAID (as `search` and the served model open it) searches with the stored settings and
     # reaches the target on the probe queries.
