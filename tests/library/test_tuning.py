@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import indexes, retrieve, tuning
+from pipeline import embedding_store, indexes, retrieve, tuning
 from pipeline.indexes.base import SEARCH_SETTINGS_FILE, STORE_FOLDER
 from pipeline.indexing import exact_search
 
@@ -97,7 +97,7 @@ def test_store_exact_search_matches_the_reference_implementation(small):
 def test_store_scores_in_chunks_when_the_budget_is_small(small, monkeypatch):
     queries = small["queries"][:5]
     full = small["store"].exact_topk(queries, k=10)
-    monkeypatch.setattr(tuning, "SCORE_BUDGET", 300)  # a few documents per chunk
+    monkeypatch.setattr(embedding_store, "SCORE_BUDGET", 300)  # a few documents per chunk
     chunked_exact = small["store"].exact_topk(queries, k=10)
     assert [[s for s, _ in row] for row in chunked_exact] == [[s for s, _ in row] for row in full]
     np.testing.assert_allclose(
