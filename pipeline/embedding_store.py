@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.indexes.base import STORE_FOLDER
 from pipeline.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
+#: The store's folder inside an index folder, beside its versions.
+STORE_FOLDER = "embeddings"
 STORE_FORMAT = 1
 #: Float32 scores held at once while scoring (bounds the memory of exact search): 16M floats, 64 MiB.
 SCORE_BUDGET = 1 << 24

@@ -50,10 +50,12 @@ from pipeline.embedding_store import (  # noqa: F401  (part of this module's API
     Hits,
     open_store,
 )
-from pipeline.indexes.base import SEARCH_SETTINGS_FILE
 from pipeline.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
+
+#: The tuned settings' file inside an index folder, beside its versions.
+SEARCH_SETTINGS_FILE = "search.json"
 
 SETTINGS_FORMAT = 1
 

@@ -45,7 +45,9 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from pipeline.embedding_store import STORE_FOLDER
 from pipeline.io import atomic_write_json
+from pipeline.tuning import SEARCH_SETTINGS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +60,6 @@ LOCK_FILE = ".lock"
 MANIFEST_FILE = "manifest.json"
 DOCUMENTS_FILE = "documents.json"
 #: Beside the versions (see :mod:`pipeline.tuning`): tuned search settings and full-precision embeddings.
-SEARCH_SETTINGS_FILE = "search.json"
-STORE_FOLDER = "embeddings"
 _SIDECARS = (SEARCH_SETTINGS_FILE, STORE_FOLDER)
 #: ``v000001``; folders written before names became deterministic also carry a random ``-3fa2c1d0`` suffix.
 _VERSION_RE = re.compile(r"^v(\d{6})(?:-[0-9a-f]{8})?$")

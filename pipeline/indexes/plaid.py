@@ -1,5 +1,7 @@
 """PLAID index on fast-plaid: k-means centroids plus residual compression, searched with IVF probing.
 
+One cohesive module: the `PLAID` class (its build, search and PyLate keyword arguments).
+
 fast-plaid does the clustering, compression, incremental updates, deletions and search; this module adds
 what it lacks: arbitrary str/int document ids, atomic on-disk versions (see :mod:`pipeline.indexes.base`),
 per-query id filtering, and input validation.

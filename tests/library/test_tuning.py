@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from pipeline import embedding_store, indexes, retrieve, tuning
-from pipeline.indexes.base import SEARCH_SETTINGS_FILE, STORE_FOLDER
+from pipeline.embedding_store import STORE_FOLDER
 from pipeline.indexing import exact_search
+from pipeline.tuning import SEARCH_SETTINGS_FILE
 
 DIM = 32
 

@@ -10,9 +10,10 @@ import pytest
 
 from pipeline import indexes, retrieve
 from pipeline.config import Params
-from pipeline.indexes.base import SEARCH_SETTINGS_FILE, STORE_FOLDER
+from pipeline.embedding_store import STORE_FOLDER
 from pipeline.indexing import exact_search, recall_at_k
 from pipeline.stages import index as index_stage
+from pipeline.tuning import SEARCH_SETTINGS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 
