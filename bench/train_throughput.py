@@ -273,9 +273,9 @@ def worker_stage(spec: dict) -> dict:
     from datasets import Dataset
     from transformers import set_seed
 
-    from pipeline import models, tracking
+    from pipeline import models
     from pipeline.config import load_params
-    from pipeline.training import build_loss, build_trainer
+    from pipeline.training import MlflowLossCallback, build_loss, build_trainer
 
     overrides = {f"train.{key}": value for key, value in spec["train"].items()}
     config = load_params(Path(spec["workdir"]) / "params.yaml", overrides, check_paths=False).train
@@ -295,7 +295,7 @@ def worker_stage(spec: dict) -> dict:
             dataset,
             "triplets",
             Path(checkpoints),
-            callbacks=[tracking.MlflowLossCallback(), timer],
+            callbacks=[MlflowLossCallback(), timer],
         )
         trainer.train()
         chosen = trainer.args.batch_sampler  # a BatchSamplers value, or a sampler class

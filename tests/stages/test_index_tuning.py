@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import indexes, retrieve
 from pipeline.config import Params
+from pipeline.data.corpus import read_corpus
 from pipeline.embedding_store import STORE_FOLDER
 from pipeline.indexing import exact_search, recall_at_k
 from pipeline.stages import index as index_stage
@@ -79,7 +80,7 @@ def test_index_stage_stores_settings_that_reach_the_target_and_search_uses_them(
     assert index.search_settings is not None
     assert index.search_settings.mode == search["settings"]["mode"]
     queries = model.encode([f"what does the {a} eat" for a in ANIMALS], is_query=True)
-    ids, texts = zip(*index_stage.read_corpus(project / "corpus"), strict=True)
+    ids, texts = zip(*read_corpus(project / "corpus"), strict=True)
     reference = exact_search(queries, model.encode(list(texts), is_query=False), list(ids), k=10)
     found = retrieve.ColBERT(index).retrieve(queries, k=10)
     assert recall_at_k(found, reference, k=10) >= 0.95
