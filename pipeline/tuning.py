@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from pipeline.embedding_store import (  # noqa: F401  (part of this module's API: the store it tunes over)
+    STORE_FOLDER,
     EmbeddingStore,
     EmbeddingStoreWriter,
     Hits,
