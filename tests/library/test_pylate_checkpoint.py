@@ -66,5 +66,7 @@ def test_resaved_by_pipeline_it_still_encodes_the_same(pylate_model, texts, tmp_
     assert config["query_prefix"] == "[Q] " and config["document_prefix"] == "[D] "
     reloaded = models.ColBERT(model_name_or_path=str(tmp_path / "resaved"), device="cpu")
     np.testing.assert_allclose(
-        np.stack(reloaded.encode(texts["queries"], is_query=True)), np.load(FIXTURE / "queries.npy"), atol=1e-5
+        np.stack(reloaded.encode(texts["queries"], is_query=True)),
+        np.load(FIXTURE / "queries.npy"),
+        atol=1e-5,
     )
