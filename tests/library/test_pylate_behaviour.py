@@ -74,6 +74,15 @@ def test_voyager_call_answers_token_neighbours_and_the_retriever_ranks_them(voya
     np.testing.assert_allclose(stored[0][0], documents[4], atol=1e-6)
 
 
+def test_update_documents_replaces_embeddings_in_one_commit(voyager) -> None:
+    documents = unit_documents(3, seed=7)
+    voyager.add_documents(documents_ids=["a", "b"], documents_embeddings=documents[:2])
+    assert voyager.update_documents(["b"], documents[2]) is voyager
+    assert sorted(voyager.documents_ids) == ["a", "b"]
+    assert voyager.search(documents[2], k=1)[0][0]["id"] == "b"
+    np.testing.assert_allclose(voyager.get_documents_embeddings([["b"]])[0][0], documents[2], atol=1e-6)
+
+
 def test_removing_an_unknown_id_warns_and_removes_the_others(voyager) -> None:
     voyager.add_documents(documents_ids=["a", "b"], documents_embeddings=unit_documents(2))
     with pytest.warns(indexes.UnknownIdWarning, match="'zz'"):
