@@ -620,6 +620,19 @@ class MultiVectorIndex(abc.ABC):
         logger.info("Removed %d documents from %s (%d left)", len(ids), self.path, self.num_documents)
         return self
 
+    def update_documents(
+        self, documents_ids: Sequence[DocumentId] | DocumentId, documents_embeddings: Any
+    ) -> Self:
+        """Replace the embeddings of documents (PyLate's call); returns the index.
+
+        A removal and an addition in one transaction, so readers see the old or the new documents, never
+        neither. An id that is not indexed yet is added (with the :class:`UnknownIdWarning` of the removal).
+        """
+        with self.transaction():
+            self.remove_documents(documents_ids)
+            self.add_documents(documents_ids, documents_embeddings)
+        return self
+
     def _recover(self) -> None:
         """After a failed write, return the in-memory state to the committed version."""
         try:

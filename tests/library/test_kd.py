@@ -102,9 +102,7 @@ def test_kd_malformed_rows_are_errors(row: dict, message: str) -> None:
     _, queries, documents = seed_tables()
     kd = utils.KDProcessing(queries=queries, documents=documents, n_ways=2, on_invalid="drop")
     dataset = Dataset.from_list([row])
-    if (
-        "at least two" in message
-    ):  # a one-document row is droppable; the others are corrupt data and always errors
+    if "at least two" in message:  # a one-document row is droppable; the others are corrupt: always errors
         assert kd.validate(dataset) == 0
         kd = utils.KDProcessing(queries=queries, documents=documents, n_ways=2)
     with pytest.raises(utils.TrainingDataError, match=message):
