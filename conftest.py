@@ -45,10 +45,23 @@ def _doctest_namespace(request: pytest.FixtureRequest, doctest_namespace: dict) 
     import numpy as np
 
     doctest_namespace.update(np=np, Path=Path)
+    if request.node.name.startswith("pipeline.evaluation"):
+        doctest_namespace["model"] = request.getfixturevalue("doctest_model")
     if request.node.name.startswith("pipeline.ops.serving"):
         model_dir, index_dir = request.getfixturevalue("doctest_search_artifacts")
         doctest_namespace.update(model_dir=model_dir, index_dir=index_dir)
     request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
+
+
+@pytest.fixture(scope="session")
+def doctest_model():
+    """A ColBERT model from the packaged MiniLM (its projection seeded) for the evaluators' examples."""
+    import torch
+
+    from pipeline import models
+
+    torch.manual_seed(0)
+    return models.ColBERT(device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,10 @@ Contrastive rows are ``query, positive`` followed by any number of negative colu
 :class:`pipeline.utils.KDProcessing` produces them.
 
 Example:
-    >>> from pipeline import losses, models  # doctest: +SKIP
-    >>> model = models.ColBERT()  # doctest: +SKIP
-    >>> loss = losses.Contrastive(model=model, temperature=0.02)  # doctest: +SKIP
-    >>> loss.scale  # doctest: +SKIP
+    >>> from pipeline import losses, models
+    >>> model = models.ColBERT()
+    >>> loss = losses.Contrastive(model=model, temperature=0.02)
+    >>> loss.scale
     50.0
 """
 
@@ -104,8 +104,8 @@ class Contrastive(_ContrastiveColumns, MultiVectorMultipleNegativesRankingLoss):
         mini_batch_size: Rows per forward when embedding the document columns (bounds padding waste).
 
     Example:
-        >>> from pipeline import losses, models  # doctest: +SKIP
-        >>> loss = losses.Contrastive(model=models.ColBERT(), temperature=0.02)  # doctest: +SKIP
+        >>> from pipeline import losses, models
+        >>> loss = losses.Contrastive(model=models.ColBERT(), temperature=0.02)
     """
 
     def __init__(
@@ -145,8 +145,8 @@ class CachedContrastive(_ContrastiveColumns, CachedMultiVectorMultipleNegativesR
         show_progress_bar: Show tqdm bars over the chunks.
 
     Example:
-        >>> from pipeline import losses, models  # doctest: +SKIP
-        >>> loss = losses.CachedContrastive(model=models.ColBERT(), mini_batch_size=8)  # doctest: +SKIP
+        >>> from pipeline import losses, models
+        >>> loss = losses.CachedContrastive(model=models.ColBERT(), mini_batch_size=8)
     """
 
     def __init__(
@@ -191,8 +191,8 @@ class Distillation(MultiVectorDistillKLDivLoss):
         mini_batch_size: Rows per forward when embedding the documents (bounds padding waste).
 
     Example:
-        >>> from pipeline import losses, models  # doctest: +SKIP
-        >>> loss = losses.Distillation(model=models.ColBERT())  # doctest: +SKIP
+        >>> from pipeline import losses, models
+        >>> loss = losses.Distillation(model=models.ColBERT())
     """
 
     def __init__(

@@ -10,10 +10,14 @@
 - :class:`BEIREvaluator`: the whole corpus of a local BEIR folder.
 
 Example:
-    >>> from pipeline import evaluation  # doctest: +SKIP
-    >>> evaluator = evaluation.NanoBEIREvaluator(["scifact"], dataset_id="data/nano")  # doctest: +SKIP
-    >>> evaluator(model)["NanoBEIR_mean_MaxSim_ndcg@10"]  # doctest: +SKIP
-    0.61
+    >>> from pipeline import evaluation
+    >>> from pipeline.data import BeirData, build_nano_benchmark
+    >>> data = BeirData(corpus={"d1": "koalas eat leaves", "d2": "trains run"},
+    ...                 queries={"q1": "what do koalas eat?"}, qrels={"q1": {"d1": 1}}, name="toy")
+    >>> _ = build_nano_benchmark(data, "nano", n_queries=1, n_documents=2, seed=0)
+    >>> metrics = evaluation.NanoBEIREvaluator(dataset_id="nano")(model)  # ``model``: a ColBERT model
+    >>> 0.0 <= metrics["NanoBEIR_mean_MaxSim_ndcg@10"] <= 1.0
+    True
 
 A package, as PyLate's ``evaluation`` is: ``retrieval`` (triplet and retrieval evaluators), ``distillation``
 and ``beir`` (datasets and run metrics); everything public is importable from here.

@@ -32,12 +32,13 @@ class ColBERTDistillationEvaluator(SentenceEvaluator):
         normalize_scores: Min-max scale the student's scores per query before the softmax (PyLate's default).
 
     Example:
-        >>> from pipeline import evaluation  # doctest: +SKIP
-        >>> evaluator = evaluation.ColBERTDistillationEvaluator(  # doctest: +SKIP
-        ...     ["q"], [["a", "b"]], [[1.0, 0.0]]
+        >>> from pipeline import evaluation
+        >>> evaluator = evaluation.ColBERTDistillationEvaluator(
+        ...     ["what do koalas eat?"], [["Koalas eat leaves.", "Trains run."]], [[1.0, 0.0]]
         ... )
-        >>> evaluator(model)  # doctest: +SKIP
-        {'kl_divergence': 0.02}
+        >>> result = evaluator(model)  # ``model``: a ColBERT model
+        >>> sorted(result), result["kl_divergence"] >= 0
+        (['kl_divergence'], True)
     """
 
     def __init__(

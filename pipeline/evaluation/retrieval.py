@@ -41,10 +41,12 @@ class ColBERTTripletEvaluator(MultiVectorTripletEvaluator):
     Returns (when called): ``{"accuracy": ..., "maxsim_accuracy": ...}``, keys prefixed by ``name``.
 
     Example:
-        >>> from pipeline import evaluation  # doctest: +SKIP
-        >>> evaluator = evaluation.ColBERTTripletEvaluator(["q"], ["yes"], ["no"])  # doctest: +SKIP
-        >>> evaluator(model)["accuracy"]  # doctest: +SKIP
-        1.0
+        >>> from pipeline import evaluation
+        >>> evaluator = evaluation.ColBERTTripletEvaluator(
+        ...     ["what do koalas eat?"], ["Koalas eat eucalyptus leaves."], ["Trains run on rails."]
+        ... )
+        >>> 0.0 <= evaluator(model)["accuracy"] <= 1.0  # ``model``: a ColBERT model
+        True
     """
 
     def __init__(
@@ -132,8 +134,14 @@ class NanoBEIREvaluator(MultiVectorNanoBEIREvaluator):
     the primary metric is ``NanoBEIR_mean_MaxSim_ndcg@10``.
 
     Example:
-        >>> from pipeline import evaluation  # doctest: +SKIP
-        >>> evaluator = evaluation.NanoBEIREvaluator(dataset_id="data/nano")  # doctest: +SKIP
+        >>> from pipeline import evaluation
+        >>> from pipeline.data import BeirData, build_nano_benchmark
+        >>> data = BeirData(corpus={"d1": "koalas eat leaves", "d2": "trains run"},
+        ...                 queries={"q1": "what do koalas eat?"}, qrels={"q1": {"d1": 1}}, name="toy")
+        >>> _ = build_nano_benchmark(data, "nano", n_queries=1, n_documents=2, seed=0)
+        >>> evaluator = evaluation.NanoBEIREvaluator(dataset_id="nano")
+        >>> "NanoBEIR_mean_MaxSim_ndcg@10" in evaluator(model)
+        True
     """
 
     information_retrieval_class = InformationRetrievalEvaluator
@@ -206,8 +214,16 @@ class BEIREvaluator(InformationRetrievalEvaluator):
         **kwargs: As :class:`InformationRetrievalEvaluator` (``batch_size``, ``corpus_chunk_size`` ...).
 
     Example:
-        >>> from pipeline import evaluation  # doctest: +SKIP
-        >>> evaluator = evaluation.BEIREvaluator("../shared/data/scifact", split="test")  # doctest: +SKIP
+        >>> import json
+        >>> from pipeline import evaluation
+        >>> folder = Path("toy"); (folder / "qrels").mkdir(parents=True)
+        >>> rows = [{"_id": "d1", "text": "koalas eat leaves"}, {"_id": "d2", "text": "trains run"}]
+        >>> _ = (folder / "corpus.jsonl").write_text("\\n".join(json.dumps(row) for row in rows))
+        >>> _ = (folder / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "koala food?"}))
+        >>> _ = (folder / "qrels" / "test.tsv").write_text("query-id\\tcorpus-id\\tscore\\nq1\\td1\\t1\\n")
+        >>> evaluator = evaluation.BEIREvaluator(str(folder), split="test")
+        >>> 0.0 <= evaluator(model)["toy_MaxSim_ndcg@10"] <= 1.0
+        True
     """
 
     def __init__(

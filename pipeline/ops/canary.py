@@ -13,6 +13,8 @@ champions on, so the same queries are asked of every champion.
 Nothing heavy is imported at module level: the DAG file that imports this stays cheap to parse.
 
 Example:
+    The example needs a running MLflow server and a workspace (tests/deploy runs it for real):
+
     >>> from pipeline.ops import canary  # doctest: +SKIP
     >>> canary.run_canary(Path("/workspace"), "http://mlflow:5000")  # doctest: +SKIP
     {'model': 'colbert-pipeline', 'version': '3', 'new': {'answered': 8, 'p50_ms': 41.2, ...}, ...}

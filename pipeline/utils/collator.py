@@ -37,10 +37,10 @@ class ColBERTCollator(MultiVectorEncoderDataCollator):
     spread into ``documents_1 ... documents_N`` columns, which is what the losses read.
 
     Example:
-        >>> from pipeline import models  # doctest: +SKIP
-        >>> model = models.ColBERT()  # doctest: +SKIP
-        >>> batch = ColBERTCollator(model.tokenize)([{"query": "q", "positive": "p"}])  # doctest: +SKIP
-        >>> batch["query_input_ids"].shape  # doctest: +SKIP
+        >>> from pipeline import models
+        >>> model = models.ColBERT()
+        >>> batch = ColBERTCollator(model.tokenize)([{"query": "q", "positive": "p"}])
+        >>> batch["query_input_ids"].shape
         torch.Size([1, 32])
     """
 
