@@ -24,7 +24,7 @@ import yaml
 from pipeline.layout import STAGES
 from tests.workspace import make_workspace, run, workspace_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 SEED = 20261128
 #: Seconds after the start at which a stage is killed: one early point and one later, drawn per stage.
