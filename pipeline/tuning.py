@@ -16,17 +16,14 @@ Two entries sit in the index folder beside its version folders (so their names n
   measured on (a later write to the index makes them stale: they are then ignored, with a warning);
 - ``embeddings/``: an :class:`EmbeddingStore`, the documents' token embeddings in float16, in slot order.
 
-Example:
-    >>> import numpy as np, tempfile
-    >>> from pathlib import Path
-    >>> rng = np.random.default_rng(0)
-    >>> docs = [rng.standard_normal((6, 8)).astype("float32") for _ in range(5)]
-    >>> folder = Path(tempfile.mkdtemp()) / "embeddings"
-    >>> with EmbeddingStoreWriter(folder) as writer:
-    ...     writer.add(docs)
-    ...     store = writer.commit(index_version="v000001")
-    >>> [slot for slot, _ in store.exact_topk([docs[3]], k=1)[0]]
-    [3]
+Example (the store's own example is in :mod:`pipeline.embedding_store`):
+    >>> [SearchSettings(mode="exact").needs_store, SearchSettings(rerank=32).needs_store]
+    [True, True]
+    >>> SearchSettings().needs_store  # plain PLAID reads only its own compressed index
+    False
+    >>> SearchSettings(n_ivf_probe=0)
+    Traceback (most recent call last):
+    ValueError: n_ivf_probe must be a positive integer, got 0
 """
 
 from __future__ import annotations

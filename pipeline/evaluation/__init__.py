@@ -9,15 +9,11 @@
   :func:`pipeline.data.nano.build_nano_benchmark`, which is how it runs offline.
 - :class:`BEIREvaluator`: the whole corpus of a local BEIR folder.
 
-Example:
+Example (each evaluator's own example runs it on a small benchmark):
     >>> from pipeline import evaluation
-    >>> from pipeline.data import BeirData, build_nano_benchmark
-    >>> data = BeirData(corpus={"d1": "koalas eat leaves", "d2": "trains run"},
-    ...                 queries={"q1": "what do koalas eat?"}, qrels={"q1": {"d1": 1}}, name="toy")
-    >>> _ = build_nano_benchmark(data, "nano", n_queries=1, n_documents=2, seed=0)
-    >>> metrics = evaluation.NanoBEIREvaluator(dataset_id="nano")(model)  # ``model``: a ColBERT model
-    >>> 0.0 <= metrics["NanoBEIR_mean_MaxSim_ndcg@10"] <= 1.0
-    True
+    >>> evaluation.evaluate(scores=[[{"id": "d1", "score": 2.0}, {"id": "d2", "score": 1.0}]],
+    ...                     qrels={"q1": {"d1": 1}}, queries=["q1"], metrics=["ndcg@10"])
+    {'ndcg@10': 1.0}
 
 A package, as PyLate's ``evaluation`` is: ``retrieval`` (triplet and retrieval evaluators), ``distillation``
 and ``beir`` (datasets and run metrics); everything public is importable from here.
