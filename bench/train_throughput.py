@@ -287,6 +287,8 @@ def worker_stage(spec: dict) -> dict:
     loss = build_loss(model, config, "triplets")
     timer = _step_timer_class()
     mlflow.set_tracking_uri(f"sqlite:///{Path(spec['workdir']) / 'mlruns.db'}")
+    # Its own store and experiment: an MLFLOW_EXPERIMENT_ID inherited from the caller names another store's.
+    mlflow.set_experiment("train-throughput")
     with tempfile.TemporaryDirectory(dir=spec["workdir"]) as checkpoints, mlflow.start_run():
         trainer = build_trainer(
             config,
