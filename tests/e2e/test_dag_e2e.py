@@ -246,9 +246,11 @@ def test_failing_stage_fails_its_task_and_leaves_the_champion(
     assert result["tasks"]["prepare"] == "failed"  # ... the data it points at is not
     assert all(result["tasks"][stage] == "upstream_failed" for stage in STAGES[1:])
     assert result["tasks"]["promote"] in {"upstream_failed", "skipped"}
-    # The task fails with the stage's own one-line error (file and line), not a generic DVC message.
+    # The task fails at once (bad input, no retry) with the stage's own error from its result file (file and
+    # line), not a generic DVC message.
     assert re.search(
-        r"AirflowFailException: stage 'prepare' failed \(exit status \d+\): \S*bad-triplets\.jsonl:1\b",
+        r"AirflowFailException: stage 'prepare' failed \(exit status \d+, input\): "
+        r"DataFormatError: \S*bad-triplets\.jsonl:1\b",
         output,
     )
     assert _champion_version(e2e) == champion
