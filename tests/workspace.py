@@ -49,10 +49,14 @@ def run(
     return result
 
 
+#: Files DVC ignores (.dvcignore): the index's timing-dependent search.json is not pushed or pulled.
+DVC_IGNORED = ("search.json",)
+
+
 def tree_md5(path: Path) -> str:
-    """One md5 over a folder's relative file names and bytes."""
+    """One md5 over a folder's relative file names and bytes (the files DVC tracks)."""
     digest = hashlib.md5()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in DVC_IGNORED):
         digest.update(str(file.relative_to(path)).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
