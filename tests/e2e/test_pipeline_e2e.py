@@ -50,7 +50,7 @@ def test_repro_runs_every_stage_and_registers_a_champion(workspace, first_repro)
         assert f"Running stage '{stage}'" in first_repro.stdout
     metrics = json.loads((workspace / "metrics" / "eval.json").read_text())
     baseline = json.loads((workspace / "metrics" / "baseline.json").read_text())
-    # Both record the benchmark they scored; eval.json also the model (register refuses another model's score).
+    # Both record the benchmark they scored; eval.json also the model (register refuses another's score).
     assert set(metrics) == set(baseline) | {"model_md5"} and "NanoSample_MaxSim_ndcg@10" in metrics
     assert metrics["benchmark_md5"] == baseline["benchmark_md5"]
     index = json.loads((workspace / "metrics" / "index.json").read_text())
