@@ -13,7 +13,7 @@ import yaml
 
 from tests.workspace import make_workspace, run, workspace_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.repro]
 
 #: The stages whose outputs are bit-reproducible on CPU for a seed (the chain the DAG trains and serves).
 CHAIN = "index"
