@@ -81,7 +81,7 @@ test-repro: lint
 
 # The platform as processes (PostgreSQL, Redis, MLflow, Airflow on Celery workers), driven over HTTP; and the
 # fault-injection suite (every stage SIGKILLed under dvc repro). Not yet in `test`: neither has run green from
-# start to finish on a quiet machine (README, "Tiers not yet in make test").
+# start to finish on a quiet machine (the README's first section says so).
 # COLBERT_DEPLOY_REQUIRED: the deploy tier fails (instead of skipping) where its binaries are missing.
 test-deploy: lint services
 	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m deploy
