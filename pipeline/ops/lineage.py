@@ -68,22 +68,36 @@ def params_hash(section: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def compute_md5(path: Path) -> str:
+def compute_md5(path: Path, project: Path | None = None) -> str:
     """DVC's md5 of a file or folder (a folder's ends in ``.dir``), the value ``dvc.lock`` records.
+
+    With ``project``, the files its ``.dvcignore`` names are left out, as DVC leaves them out (the index's
+    ``search.json``), so the md5 is the one ``dvc.lock`` records and a pulled copy has.
 
     Example:
         >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp()); _ = (folder / "a.txt").write_text("hello\\n")
+        >>> folder = Path(tempfile.mkdtemp()) / "out"; folder.mkdir()
+        >>> _ = (folder / "a.txt").write_text("hello\\n")
         >>> compute_md5(folder).endswith(".dir"), compute_md5(folder / "a.txt")
         (True, 'b1946ac92492d2347c6235b4d2611184')
+        >>> project = folder.parent; _ = (project / ".dvcignore").write_text("b.txt\\n")
+        >>> before = compute_md5(folder, project)
+        >>> _ = (folder / "b.txt").write_text("ignored\\n"); compute_md5(folder, project) == before
+        True
     """
     from dvc_data.hashfile.build import build
     from dvc_data.hashfile.db import HashFileDB
     from dvc_objects.fs.local import LocalFileSystem
     from dvc_objects.fs.memory import MemoryFileSystem
 
+    ignore = None
+    if project is not None and (Path(project) / ".dvcignore").is_file():
+        from dvc.fs import LocalFileSystem as DvcLocalFileSystem
+        from dvc.ignore import DvcIgnoreFilter
+
+        ignore = DvcIgnoreFilter(DvcLocalFileSystem(), str(Path(project).resolve()))
     odb = HashFileDB(MemoryFileSystem(), "/lineage-odb")
-    _, _, obj = build(odb, str(Path(path).resolve()), LocalFileSystem(), "md5", dry_run=True)
+    _, _, obj = build(odb, str(Path(path).resolve()), LocalFileSystem(), "md5", dry_run=True, ignore=ignore)
     return str(obj.hash_info.value)
 
 
@@ -159,7 +173,7 @@ def dvc_md5(path: Path, project: Path) -> str | None:
         entry = _dvc_lock_entries(project).get(relative)
         if entry and _lock_entry_is_current(entry, path, (project / "dvc.lock").stat().st_mtime):
             return str(entry["md5"])
-    return compute_md5(path)
+    return compute_md5(path, project)
 
 
 def lineage_tags(params: Params, project: Path, artifacts: Iterable[str] = ()) -> dict[str, str]:
