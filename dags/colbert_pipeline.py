@@ -1,7 +1,11 @@
 """The colbert-pipeline DAG: the DVC stages, one task each, then a visible promotion decision.
 
     validate_params -> start_mlflow_run -> prepare -> baseline -> train -> evaluate -> index -> register
-        -> decide_promotion -> promote | keep_champion
+        -> record_run -> decide_promotion -> promote | keep_champion
+
+``record_run`` pushes the run's outputs to the DVC remote, commits its ``params.yaml`` and ``dvc.lock`` to
+``refs/colbert-runs/<run_id>`` (the checked-out branch is untouched), tags the new model version with both,
+then puts the workspace's ``params.yaml`` back as it was before the run's Params.
 
 Each stage task runs ``dvc repro --single-item <stage>`` (or ``colbert-pipeline <stage>`` when
 ``COLBERT_PIPELINE_RUNNER=cli``) in a child process in the workspace, so GPU work never inherits a forked CUDA
@@ -12,6 +16,7 @@ Settings (Airflow Variable first, then environment):
     COLBERT_PIPELINE_WORKSPACE   the project checkout the stages run in (default: this repo)
     COLBERT_PIPELINE_RUNNER      dvc (default) | cli
     COLBERT_PIPELINE_HF_OFFLINE  1 (default) | 0: let stages reach the Hugging Face Hub
+    COLBERT_PIPELINE_DVC_REMOTE  the DVC remote (by name) the outputs are pushed to; default: the workspace's
     MLFLOW_TRACKING_URI          default: the workspace's params.yaml, else sqlite:///<workspace>/mlruns.db
 Parse-time settings (environment only, so parsing never touches the metadata database):
     COLBERT_PIPELINE_SCHEDULE    cron or preset (default @weekly; "none" for manual runs only)
@@ -30,7 +35,7 @@ import pendulum
 from airflow.sdk import Asset, Param, Variable, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline.config import ConfigError, read_params_file
+from pipeline.config import ConfigError, check_tracked_inputs, load_params, read_params_file
 from pipeline.layout import STAGES
 from pipeline.ops import orchestration
 
@@ -191,6 +196,8 @@ def colbert_pipeline() -> None:
             current = read_params_file(settings.params_path)
             source = (current.get("prepare") or {}).get("source", "sample")
             overrides = orchestration.overrides_from_dag_params(context["params"], source)
+            if settings.runner == "dvc":  # an input DVC does not watch would never re-run anything
+                check_tracked_inputs(load_params(settings.params_path, overrides), settings.workspace)
             update = orchestration.apply_run_overrides(
                 settings.params_path, overrides, run_key=context["run_id"]
             )
@@ -208,6 +215,18 @@ def colbert_pipeline() -> None:
             run_id=context["run_id"],
             tags={"params_sha256": params_update["sha256"], "overrides": ",".join(params_update["changed"])},
         )
+
+    @task(pool=DVC_POOL, on_failure_callback=_restore_params_and_fail_parent)
+    def record_run(params_update: dict[str, Any], register_result: dict[str, Any]) -> dict[str, Any]:
+        """Push outputs, commit params.yaml + dvc.lock to this run's ref, tag the version; restore params."""
+        context = get_current_context()
+        settings = _settings()
+        version = None if register_result.get("skipped") else orchestration.read_registry(settings).version
+        record = orchestration.record_run(settings, context["run_id"], version)
+        # Scheduled runs use the configured defaults: this run's Params live on in its ref, not here.
+        record["params_restored"] = orchestration.restore_params(params_update)
+        logger.info("run recorded: %s", record)
+        return record
 
     @task.branch
     def decide_promotion(register_result: dict[str, Any]) -> str:
@@ -269,10 +288,9 @@ def colbert_pipeline() -> None:
         previous = current
     chain(*stage_tasks)
     register_result = stage_tasks[-1]
-    decide_promotion(register_result) >> [
-        promote(parent_run_id, register_result),
-        keep_champion(parent_run_id, register_result),
-    ]
+    decision = decide_promotion(register_result)
+    record_run(params_update, register_result) >> decision
+    decision >> [promote(parent_run_id, register_result), keep_champion(parent_run_id, register_result)]
 
 
 pipeline_dag = colbert_pipeline()

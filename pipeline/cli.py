@@ -9,6 +9,8 @@ Example:
     $ colbert-pipeline demo                        # encode a few texts with the offline model and rerank them
     $ colbert-pipeline search "who wrote Dune?"    # top hits from the registry's champion and its index
     $ colbert-pipeline status                      # the champion: version, metrics, data/model/index hashes
+    $ colbert-pipeline reproduce champion --into /tmp/champion   # its run's checkout, pulled and verified
+    $ colbert-pipeline experiments                 # DVC experiments: differing params and nDCG@10
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def run_stage(args: argparse.Namespace) -> int:
 
     params = _load(args)
     project = Path(args.params).resolve().parent
+    if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: DVC must watch every input this stage reads
+        from pipeline.config import check_tracked_inputs
+
+        check_tracked_inputs(params, project, args.params)
     module = importlib.import_module(f"pipeline.stages.{args.command}")
     summary = module.run(params, project)
     print(json.dumps({"stage": args.command, **summary}, indent=2, default=str))
@@ -147,6 +153,15 @@ def summary(args: argparse.Namespace) -> int:
         lines.append(f"registry: {name} version {registry.get('version')}: {verdict}")
         if registry.get("reason"):
             lines.append(f"          ({registry['reason']})")
+    if (project / ".dvc").is_dir():
+        from pipeline.ops.versioning import find_remote
+
+        remote = find_remote(project)
+        lines.append(
+            f"outputs:  .venv/bin/dvc push  (to DVC remote {remote.name!r}: {remote.url})"
+            if remote
+            else "outputs:  not pushed: no DVC remote (dvc remote add -d storage <url>, then dvc push)"
+        )
     from pipeline.ops.tracking import tracking_uri
 
     lines.append(
@@ -176,6 +191,49 @@ def status(args: argparse.Namespace) -> int:
 
     params = _load(args)
     print(json.dumps(registry.status(params, Path(args.params).resolve().parent), indent=2, default=str))
+    return 0
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    """Check out a registered version's run in a new folder, pull its outputs, verify their hashes."""
+    from pipeline.ops import reproduce as reproducing
+    from pipeline.ops import tracking
+
+    params = _load(args)
+    project = Path(args.params).resolve().parent
+    report = reproducing.reproduce(
+        args.reference,
+        Path(args.repo or project),
+        Path(args.into),
+        model_name=params.register.model_name,
+        tracking_uri=tracking.tracking_uri(params, project),
+        remote_url=args.remote,
+        rerun_stages=reproducing.LINEAGE_STAGES if args.rerun else (),
+    )
+    print(json.dumps(report, indent=2))
+    where = f"{report['ref']} ({report['commit'][:12]})"
+    print(f"\n{report['model']} v{report['version']} from {where} in {args.into}:")
+    for check in report["checks"]:
+        print(
+            f"  {check['artifact']:<12} {check['path']:<32} {check['actual']}  identical to its lineage tag"
+        )
+    for path, same in (report.get("rerun") or {}).items():
+        print(f"  re-run: {path:<32} {'bit-identical' if same else 'DIFFERENT from the recorded run'}")
+    return 0
+
+
+def experiments(args: argparse.Namespace) -> int:
+    """Print DVC's experiments (``dvc exp show``) as a Markdown table, or a config's ``dvc exp run`` args."""
+    from pipeline.ops import experiments as exps
+
+    if args.set_arguments:
+        from pipeline.config import read_params_file
+
+        print(" ".join(exps.set_arguments(read_params_file(args.set_arguments))))
+        return 0
+    params = _load(args)
+    metrics = args.metric or [f"eval.{params.register.metric}"]
+    print(exps.experiment_table(exps.show(Path(args.params).resolve().parent), metrics, args.param or ()))
     return 0
 
 
@@ -234,6 +292,36 @@ def build_parser() -> argparse.ArgumentParser:
     status_parser = commands.add_parser("status", help="the champion: version, metrics, data/index hashes")
     _add_params_arguments(status_parser)
     status_parser.set_defaults(handler=status)
+    reproduce_parser = commands.add_parser(
+        "reproduce", help="check out a model version's run, dvc pull it and verify its lineage hashes"
+    )
+    reproduce_parser.add_argument("reference", help="a version number or alias (champion), or models:/name/3")
+    reproduce_parser.add_argument("--into", required=True, help="a new (or empty) folder for the checkout")
+    reproduce_parser.add_argument("--rerun", action="store_true", help="also re-run prepare, train and index")
+    reproduce_parser.add_argument(
+        "--repo", default=None, help="git repository holding the run refs (default: here)"
+    )
+    reproduce_parser.add_argument(
+        "--remote", default=None, help="DVC remote URL (default: the version's tag)"
+    )
+    _add_params_arguments(reproduce_parser)
+    reproduce_parser.set_defaults(handler=reproduce)
+    experiments_parser = commands.add_parser(
+        "experiments", help="DVC experiments as a Markdown table of differing params and metrics"
+    )
+    experiments_parser.add_argument(
+        "--metric", action="append", help="a metrics key, e.g. eval.NanoBEIR_mean_MaxSim_ndcg@10 (repeatable)"
+    )
+    experiments_parser.add_argument(
+        "--param", action="append", help="a params key to show (default: those that differ)"
+    )
+    experiments_parser.add_argument(
+        "--set-arguments",
+        metavar="CONFIG",
+        help="print `dvc exp run -S ...` arguments for a configs/*.yaml overlay",
+    )
+    _add_params_arguments(experiments_parser)
+    experiments_parser.set_defaults(handler=experiments)
     return parser
 
 

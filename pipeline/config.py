@@ -93,6 +93,12 @@ class PrepareParams(Section):
     triplets: TripletsSource = TripletsSource()
     kd: KDSource = KDSource()
     beir: BeirSource = BeirSource()
+    data: str = Field(
+        "inputs",
+        min_length=1,
+        description="file or folder holding every local input (sources, index.corpus, quality.dataset): "
+        "a DVC dependency of prepare, index and quality, so a changed byte re-runs them",
+    )
     output: str = "data/prepared"
 
     @model_validator(mode="after")
@@ -370,6 +376,18 @@ def load_params(
 
 def check_input_paths(params: Params, base: Path, source: str = DEFAULT_PARAMS_FILE) -> None:
     """Every local input the configured source needs must exist; Hub ids are left to the loaders."""
+    for key, value, must_be_local in _input_paths(params):
+        if value is None:
+            continue
+        resolved = resolve_path(value, base)
+        if resolved.exists():
+            continue
+        if must_be_local or _looks_local(value):
+            raise ConfigError(f"{source}: {key}: path {value!r} does not exist (looked at {resolved})")
+
+
+def _input_paths(params: Params) -> list[tuple[str, str | None, bool]]:
+    # (key, configured value, must be a local path rather than a Hub id) for every input the params read
     prepare = params.prepare
     checks: list[tuple[str, str | None, bool]] = []
     if prepare.source == "triplets":
@@ -386,14 +404,39 @@ def check_input_paths(params: Params, base: Path, source: str = DEFAULT_PARAMS_F
         checks.append(("index.corpus", params.index.corpus, True))
     if params.quality.dataset:
         checks.append(("quality.dataset", params.quality.dataset, True))
-    for key, value, must_be_local in checks:
-        if value is None:
-            continue
-        resolved = resolve_path(value, base)
-        if resolved.exists():
-            continue
-        if must_be_local or _looks_local(value):
-            raise ConfigError(f"{source}: {key}: path {value!r} does not exist (looked at {resolved})")
+    return checks
+
+
+def untracked_inputs(params: Params, base: Path) -> list[tuple[str, Path]]:
+    """The configured local inputs outside ``prepare.data``: ``(key, path)`` pairs DVC would not watch.
+
+    dvc.yaml can only name fixed keys as dependencies, so every input must sit in the one path it names.
+
+    Example:
+        >>> params = Params.model_validate({"index": {"corpus": "/elsewhere/corpus.jsonl"}})
+        >>> untracked_inputs(params, Path("/project"))
+        [('index.corpus', PosixPath('/elsewhere/corpus.jsonl'))]
+    """
+    root = resolve_path(params.prepare.data, base).resolve()
+    outside = []
+    for key, value, must_be_local in _input_paths(params):
+        if value is None or not (must_be_local or _looks_local(value) or resolve_path(value, base).exists()):
+            continue  # a Hub dataset id: DVC cannot watch it
+        path = resolve_path(value, base).resolve()
+        if path != root and root not in path.parents:
+            outside.append((key, path))
+    return outside
+
+
+def check_tracked_inputs(params: Params, base: Path, source: str = DEFAULT_PARAMS_FILE) -> None:
+    """Under DVC: refuse inputs outside ``prepare.data`` (a change there would silently re-run nothing)."""
+    outside = untracked_inputs(params, base)
+    if outside:
+        listed = ", ".join(f"{key} ({path})" for key, path in outside)
+        raise ConfigError(
+            f"{source}: {listed} outside prepare.data ({params.prepare.data}), the path dvc.yaml watches: "
+            "set prepare.data to a folder that holds every input"
+        )
 
 
 def _looks_local(value: str) -> bool:

@@ -62,17 +62,34 @@ def tree_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def make_workspace(root: Path, overrides: Mapping[str, Any] = TINY) -> Path:
-    """Copy the project's tracked files to ``root`` with ``overrides`` in params.yaml; commit them to git."""
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for name in files.splitlines():
+def make_workspace(
+    root: Path, overrides: Mapping[str, Any] = TINY, files: Mapping[str, str] | None = None
+) -> Path:
+    """Copy the project's files and ``files`` (name -> text) to ``root``, with ``overrides``; commit them.
+
+    The files are git's: tracked ones and new ones not ignored (the code under test, without outputs, caches
+    or the venv), as a fresh clone of this change would have them.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for name in filter(None, listed.split("\0")):
         source = REPO / name
         if source.is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(apply_overrides(raw, dict(overrides)), sort_keys=False))
-    load_params(root / "params.yaml")  # still valid
+    for name, text in (files or {}).items():  # e.g. input data the overrides point at
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    if overrides:
+        raw = yaml.safe_load((root / "params.yaml").read_text())
+        changed = apply_overrides(raw, dict(overrides))
+        (root / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+        load_params(root / "params.yaml")  # still valid
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "workspace"]):
         subprocess.run(command, cwd=root, check=True, env={**os.environ, **GIT_IDENTITY})
     return root

@@ -1,4 +1,6 @@
-"""What the Airflow DAG does, without Airflow: settings, the MLflow parent run, and running one stage.
+"""What the Airflow DAG does, without Airflow: settings, the MLflow parent run, running and recording stages.
+
+One cohesive module: every call the DAG makes into the pipeline, each a few lines over the ops modules.
 
 The DAG in ``dags/colbert_pipeline.py`` is a thin layer over this module, so everything here is unit tested
 (and reusable by another orchestrator) without a scheduler. Nothing here imports torch, so the DAG file stays
@@ -39,7 +41,7 @@ from typing import Any
 
 from pipeline.config import DEFAULT_PARAMS_FILE, load_params
 from pipeline.errors import RETRYABLE, InputError, PipelineError, kind_of_exit_code
-from pipeline.layout import RESULT_FILE_ENV, Layout
+from pipeline.layout import RESULT_FILE_ENV, STAGES, Layout
 from pipeline.ops import lineage
 from pipeline.ops.promotion import Decision
 from pipeline.ops.run_params import (  # noqa: F401  (the DAG's entry points, re-exported)
@@ -57,6 +59,7 @@ RUNNER_ENV = "COLBERT_PIPELINE_RUNNER"
 HF_OFFLINE_ENV = "COLBERT_PIPELINE_HF_OFFLINE"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 PARENT_RUN_ENV = "COLBERT_PIPELINE_PARENT_RUN_ID"
+DVC_REMOTE_ENV = "COLBERT_PIPELINE_DVC_REMOTE"
 RUNNERS = ("dvc", "cli")
 
 #: The project root: the default workspace when nothing is configured (a checkout with dvc.yaml).
@@ -94,6 +97,7 @@ class Settings:
     tracking_uri: str | None = None
     hf_offline: bool = True
     params_file: str = DEFAULT_PARAMS_FILE
+    dvc_remote: str | None = None  # a remote named in the workspace's DVC config; None: its default remote
 
     @property
     def params_path(self) -> Path:
@@ -114,6 +118,7 @@ class Settings:
             runner=runner,
             tracking_uri=lookup(TRACKING_URI_ENV) or None,
             hf_offline=offline_text in _TRUE,
+            dvc_remote=(lookup(DVC_REMOTE_ENV) or "").strip() or None,
         )
         settings.check()
         return settings
@@ -340,6 +345,22 @@ def run_stage(
         outputs=outputs,
         mlflow_run_id=str(run_id) if run_id else None,
         seconds=process.seconds,
+    )
+
+
+def record_run(settings: Settings, run_id: str, version: str | None) -> dict[str, Any]:
+    """Push the run's outputs, commit its ``params.yaml`` and ``dvc.lock`` to its ref, tag ``version``."""
+    from pipeline.ops import versioning
+
+    params = load_params(settings.params_path, check_paths=False)
+    return versioning.record_run(
+        settings.workspace,
+        run_id,
+        STAGES if settings.runner == "dvc" else (),
+        remote_name=settings.dvc_remote,
+        model_name=params.register.model_name,
+        version=version,
+        tracking_uri=resolve_tracking_uri(settings),
     )
 
 

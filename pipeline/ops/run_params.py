@@ -1,7 +1,7 @@
 """A run's params: turn an orchestrator's run Params into ``params.yaml`` overrides, apply them, undo them.
 
 DVC decides what to re-run from ``params.yaml``, so a run's overrides are written into it (atomically,
-validated first, the previous file kept under ``.colbert-pipeline/``) and put back when the run fails.
+validated first, the previous file kept under ``.colbert-pipeline/``) and put back when the run ends.
 
 Example:
     >>> overrides_from_dag_params({"epochs": 2, "overrides": {"train.max_steps": 5}}, current_source="sample")
@@ -131,7 +131,11 @@ def apply_run_overrides(params_path: Path, overrides: Mapping[str, Any], run_key
 
 
 def restore_params(update: Mapping[str, Any]) -> bool:
-    """Put back the params file a failed run replaced, unless someone changed it since. True if restored."""
+    """Put back the params file a run replaced, unless someone changed it since. True if restored.
+
+    Called when the run fails, and after it is recorded (its ref keeps its params): either way the next
+    scheduled run starts from the configured defaults.
+    """
     backup = update.get("backup")
     if not backup or not Path(backup).exists():
         return False
@@ -140,7 +144,7 @@ def restore_params(update: Mapping[str, Any]) -> bool:
         logger.warning("params: %s changed since this run wrote it; not restoring %s", params_path, backup)
         return False
     atomic_write_text(params_path, Path(backup).read_text(encoding="utf-8"))
-    logger.info("params: restored %s from %s (the run failed)", params_path, backup)
+    logger.info("params: restored %s from %s", params_path, backup)
     return True
 
 

@@ -5,6 +5,8 @@ A copy of the repository (``git ls-files``) is the DVC workspace; ``airflow db m
 process), which prints the run's task states and XComs for the assertions here. Three runs:
 
 1. tiny overrides through the DAG's ``overrides`` Param: every stage runs; the first model becomes champion;
+   the run is pushed to the workspace's DVC remote and committed to its own git ref, params.yaml is put back,
+   and ``colbert-pipeline reproduce champion`` pulls the same hashes into a fresh folder;
 2. the same Params again: DVC skips every stage, outputs keep their timestamps, the champion stays;
 3. a bad data file: ``prepare`` fails with the stage's own error; the champion, ``metrics/registry.json`` and
    ``params.yaml`` are left as they were.
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ import pytest
 
 from pipeline.layout import STAGES
 from tests.mlflow_server import running_mlflow_server  # tests/mlflow_server.py: a real server process
+from tests.workspace import make_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -72,44 +74,13 @@ print("E2E-RESULT " + json.dumps(result, default=str), flush=True)
 """
 
 
-def _copy_repository(destination: Path) -> Path:
-    """The project files of this checkout, as a fresh git + DVC workspace."""
-    listed = subprocess.run(
-        # Tracked files and new ones not ignored: the code under test, without outputs, caches or the venv.
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    for name in filter(None, listed.split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            target = destination / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "e2e",
-        "GIT_AUTHOR_EMAIL": "e2e@localhost",
-        "GIT_COMMITTER_NAME": "e2e",
-        "GIT_COMMITTER_EMAIL": "e2e@localhost",
-    }
-    commands = [["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "workspace"]]
-    if not (destination / ".dvc" / "config").exists():
-        commands.insert(1, [str(BIN / "dvc"), "init", "-q"])
-    for command in commands:
-        subprocess.run(command, cwd=destination, check=True, env=env, capture_output=True)
-    return destination
-
-
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     missing = [stage for stage in STAGES if not (REPO_ROOT / "pipeline" / "stages" / f"{stage}.py").exists()]
     if missing or not (REPO_ROOT / "dvc.yaml").exists():
         pytest.skip(f"the pipeline is not complete yet (missing stages: {missing or 'dvc.yaml'})")
     root = tmp_path_factory.mktemp("dag-e2e")
-    workspace = _copy_repository(root / "workspace")
+    workspace = make_workspace(root / "workspace", overrides={})  # the DAG run's Params set TINY
     home = root / "airflow-home"
     home.mkdir()
     with running_mlflow_server(root) as uri:
@@ -173,15 +144,26 @@ def _mtimes(workspace: Path) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def first_run(e2e: dict[str, Any]) -> dict[str, Any]:
+    params_before = (e2e["workspace"] / "params.yaml").read_bytes()
     result, output = _trigger(e2e, {"overrides": TINY, "epochs": 1}, "run1")
-    return {"result": result, "output": output, "mtimes": _mtimes(e2e["workspace"])}
+    return {
+        "result": result,
+        "output": output,
+        "mtimes": _mtimes(e2e["workspace"]),
+        "params_before": params_before,
+    }
+
+
+def _git(workspace: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True, check=True).stdout
 
 
 def test_first_run_trains_registers_and_promotes(e2e: dict[str, Any], first_run: dict[str, Any]) -> None:
     result = first_run["result"]
     assert result["state"] == "success", first_run["output"][-6000:]
     expected = {
-        task: "success" for task in ("validate_params", "start_mlflow_run", *STAGES, "decide_promotion")
+        task: "success"
+        for task in ("validate_params", "start_mlflow_run", *STAGES, "record_run", "decide_promotion")
     }
     assert {task: result["tasks"][task] for task in expected} == expected
     # No champion existed, so the first model is promoted: the branch ran promote and skipped the other way.
@@ -212,11 +194,63 @@ def test_first_run_trains_registers_and_promotes(e2e: dict[str, Any], first_run:
     assert {run.data.tags.get("stage", run.info.run_name) for run in children} >= set(STAGES)
 
 
+def test_first_run_is_recorded_in_a_ref_and_the_remote(
+    e2e: dict[str, Any], first_run: dict[str, Any]
+) -> None:
+    workspace, record = e2e["workspace"], first_run["result"]["xcom"]["record_run"]
+    # The run's params and dvc.lock went to a ref of its own; the checked-out branch did not move.
+    assert record["ref"] == "refs/colbert-runs/" + first_run["result"]["run_id"].replace(":", "-")
+    assert _git(workspace, "rev-parse", record["ref"]).strip() == record["commit"]
+    assert _git(workspace, "rev-list", "--count", "HEAD").strip() == "1"
+    committed = _git(workspace, "show", f"{record['commit']}:params.yaml")
+    assert "max_steps: 2" in committed and "max_steps: 2" not in (workspace / "params.yaml").read_text()
+    assert _git(workspace, "show", f"{record['commit']}:dvc.lock") == (workspace / "dvc.lock").read_text()
+    # The workspace's params.yaml is what it was before the run's Params: scheduled runs keep the defaults.
+    assert record["params_restored"] is True
+    assert (workspace / "params.yaml").read_bytes() == first_run["params_before"]
+    # The outputs are in the workspace's default remote, and the new version points at the ref and remote.
+    assert record["pushed"] is True
+    assert Path(record["remote"]["url"]).resolve() == (workspace / ".dvc-remote").resolve()
+    assert any((workspace / ".dvc-remote").rglob("*.dir"))
+    tags = _client(e2e).get_model_version(MODEL_NAME, record["version"]).tags
+    assert tags["colbert.run_ref"] == record["ref"] and tags["colbert.run_commit"] == record["commit"]
+    assert (tags["colbert.dvc_remote"], tags["colbert.dvc_pushed"]) == (record["remote"]["url"], "true")
+
+
+def test_reproduce_the_champion_in_a_fresh_folder(e2e: dict[str, Any], first_run: dict[str, Any]) -> None:
+    """The champion's run, checked out elsewhere and pulled from the remote, has its lineage hashes."""
+    record = first_run["result"]["xcom"]["record_run"]
+    folder = e2e["root"] / "reproduced"
+    completed = subprocess.run(
+        [
+            *(str(BIN / "colbert-pipeline"), "reproduce", "champion", "--into", str(folder)),
+            *("--repo", str(e2e["workspace"]), "--set", f"register.model_name={MODEL_NAME}"),
+        ],
+        cwd=e2e["workspace"],
+        env=e2e["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    report = json.loads(completed.stdout[: completed.stdout.rindex("}") + 1])
+    assert (report["version"], report["commit"]) == (record["version"], record["commit"])
+    checks = {check["artifact"]: check for check in report["checks"]}
+    assert set(checks) == {"data_train", "data_eval", "model", "index"}
+    assert all(check["identical"] for check in checks.values()), checks
+    assert _git(folder, "rev-parse", "HEAD").strip() == record["commit"]
+    assert (folder / "models" / "colbert" / "model.safetensors").is_file()
+
+
 def test_second_run_skips_unchanged_stages(e2e: dict[str, Any], first_run: dict[str, Any]) -> None:
     champion = _champion_version(e2e)
     result, output = _trigger(e2e, {"overrides": TINY, "epochs": 1}, "run2")
     assert result["state"] == "success", output[-6000:]
-    assert result["xcom"]["validate_params"]["changed"] == []
+    # The first run's Params were put back, so the same Params are written again, and match dvc.lock.
+    assert (
+        result["xcom"]["validate_params"]["changed"]
+        == first_run["result"]["xcom"]["validate_params"]["changed"]
+    )
     for stage in STAGES:
         assert result["xcom"][stage]["skipped"] is True, stage
         # DVC's own `dvc status --json` said so, and the stage was not started at all.
@@ -236,9 +270,10 @@ def test_failing_stage_fails_its_task_and_leaves_the_champion(
     assert champion is not None
     registry_before = (workspace / "metrics" / "registry.json").read_bytes()
     params_before = (workspace / "params.yaml").read_bytes()
-    (workspace / "bad-triplets.jsonl").write_text('{"query": "q", "positive": "p"\n')  # line 1 is cut short
+    # In prepare.data (inputs/), the path dvc.yaml watches; line 1 is cut short.
+    (workspace / "inputs" / "bad-triplets.jsonl").write_text('{"query": "q", "positive": "p"\n')
 
-    bad = {**TINY, "prepare.source": "triplets", "prepare.triplets.path": "bad-triplets.jsonl"}
+    bad = {**TINY, "prepare.source": "triplets", "prepare.triplets.path": "inputs/bad-triplets.jsonl"}
     result, output = _trigger(e2e, {"overrides": bad}, "run3")
 
     assert result["state"] == "failed"

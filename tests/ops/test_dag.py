@@ -74,6 +74,7 @@ def test_tasks_and_edges(dag) -> None:
         "validate_params",
         "start_mlflow_run",
         *STAGES,
+        "record_run",
         "decide_promotion",
         "promote",
         "keep_champion",
@@ -85,7 +86,10 @@ def test_tasks_and_edges(dag) -> None:
     for before, after in itertools.pairwise(STAGES):
         assert before in dag.task_dict[after].upstream_task_ids, f"{before} -> {after}"
         assert after not in dag.task_dict[before].upstream_task_ids
-    assert dag.task_dict["decide_promotion"].upstream_task_ids == {"register"}
+    # The run is pushed and committed to its ref (and params.yaml restored) before the decision is shown.
+    assert dag.task_dict["record_run"].upstream_task_ids == {"validate_params", "register"}
+    assert dag.task_dict["decide_promotion"].upstream_task_ids == {"register", "record_run"}
+    assert dag.task_dict["record_run"].pool == "colbert_dvc_workspace"
     assert dag.task_dict["decide_promotion"].downstream_task_ids == {"promote", "keep_champion"}
     assert type(dag.task_dict["decide_promotion"]).__name__ == "_BranchPythonDecoratedOperator"
 

@@ -1,0 +1,129 @@
+"""Runs you can compare: DVC experiments (``dvc exp run -S key=value``) as a table of params and metrics.
+
+Trials and real-data runs are DVC experiments, so ``dvc exp show`` lists them with their params and metrics
+and ``dvc metrics diff`` / ``dvc plots diff`` compare any two. :func:`experiment_table` renders what
+``dvc exp show --json`` returns (nothing kept by hand): one row per experiment, the params that differ between
+them, and the chosen metrics. :func:`set_arguments` turns a ``configs/*.yaml`` overlay into the ``-S``
+arguments of ``dvc exp run``, so a real-data config runs as an experiment.
+
+Example:
+    >>> rows = [Experiment("a", "1a2b3c4", {"train.max_steps": 2, "train.seed": 42}, {"ndcg@10": 0.87648}),
+    ...         Experiment("b", "5d6e7f8", {"train.max_steps": 4, "train.seed": 42}, {"ndcg@10": 0.84573})]
+    >>> print(experiment_table(rows, ["ndcg@10"]))
+    | experiment | rev | train.max_steps | ndcg@10 |
+    |---|---|---|---|
+    | a | 1a2b3c4 | 2 | 0.8765 |
+    | b | 5d6e7f8 | 4 | 0.8457 |
+    >>> set_arguments({"train": {"max_steps": 240, "query_length": None}})
+    ['-S', 'train.max_steps=240', '-S', 'train.query_length=null']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+PARAMS_FILE = "params.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One experiment (or the committed baseline): its name, short rev, flat params and flat metrics."""
+
+    name: str
+    rev: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _entries(show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for commit in show:
+        if commit.get("rev") == "workspace":
+            continue
+        if commit.get("data"):
+            yield commit.get("name") or commit["rev"][:7], commit
+        for experiment in commit.get("experiments") or []:
+            for rev in experiment.get("revs") or []:
+                yield rev.get("name") or rev["rev"][:7], rev
+
+
+def parse_show(show: list[dict[str, Any]]) -> list[Experiment]:
+    """The experiments in ``dvc exp show --json`` output, with flat params (params.yaml) and metrics."""
+    rows = []
+    for name, entry in _entries(show):
+        data = entry.get("data") or {}
+        params = ((data.get("params") or {}).get(PARAMS_FILE) or {}).get("data") or {}
+        metrics: dict[str, Any] = {}
+        for file, content in (data.get("metrics") or {}).items():
+            for key, value in _flatten((content or {}).get("data") or {}).items():
+                metrics[f"{Path(file).stem}.{key}"] = value
+        rows.append(Experiment(name, str(entry["rev"])[:7], _flatten(params), metrics))
+    return rows
+
+
+def show(workspace: Path) -> list[Experiment]:
+    """``dvc exp show --json`` in ``workspace``, parsed."""
+    from pipeline.ops.versioning import dvc_executable
+
+    completed = subprocess.run(
+        [dvc_executable(), "exp", "show", "--json", "--no-pager"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise PipelineError(f"dvc exp show in {workspace} failed: {completed.stderr.strip()[-800:]}")
+    return parse_show(json.loads(completed.stdout or "[]"))
+
+
+def experiment_table(rows: Sequence[Experiment], metrics: Sequence[str], params: Sequence[str] = ()) -> str:
+    """A Markdown table: experiment, rev, ``params`` (default: those that differ), then ``metrics``."""
+    if not params:
+        keys = sorted({key for row in rows for key in row.params})
+        params = [key for key in keys if len({json.dumps(row.params.get(key)) for row in rows}) > 1]
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return "-" if value is None else str(value)
+
+    header = ["experiment", "rev", *params, *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        values = [
+            row.name,
+            row.rev,
+            *(row.params.get(p) for p in params),
+            *(row.metrics.get(m) for m in metrics),
+        ]
+        lines.append("| " + " | ".join(cell(value) for value in values) + " |")
+    return "\n".join(lines)
+
+
+def set_arguments(overlay: Mapping[str, Any]) -> list[str]:
+    """``dvc exp run`` arguments (``-S key=value``) that set every key of a params overlay."""
+    arguments: list[str] = []
+    for key, value in _flatten(overlay).items():
+        # Compact JSON (no spaces), so the arguments survive a shell's word splitting in a Makefile.
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        arguments += ["-S", f"{key}={text}"]
+    return arguments

@@ -1,0 +1,212 @@
+"""Reproduce a registered model version: check out its run in a new folder, pull, verify, maybe re-run.
+
+A version registered by a DAG run carries ``colbert.run_ref`` / ``colbert.run_commit`` (the commit holding
+that run's code, ``params.yaml`` and ``dvc.lock``), ``colbert.dvc_remote`` (where its outputs were pushed) and
+``lineage.<artifact>.md5`` (DVC's hashes of its data, model and index). :func:`reproduce` clones the project
+at that commit into a new folder, ``dvc pull``s from that remote and compares the artifacts' hashes with
+the tags; with ``rerun`` it runs the stages again there and says which outputs come out bit-identical.
+
+Example (how a version is named on the command line):
+    >>> parse_reference("champion", "colbert-pipeline"), parse_reference("models:/other/3", "any")
+    (('colbert-pipeline', 'alias', 'champion'), ('other', 'version', '3'))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import load_params
+from pipeline.errors import InputError, PipelineError
+from pipeline.layout import Layout
+from pipeline.ops import versioning
+from pipeline.ops.lineage import LINEAGE_PREFIX, compute_md5, read_dvc_lock
+from pipeline.ops.runner import run_process
+
+logger = logging.getLogger(__name__)
+
+#: The stages whose outputs a version's lineage names (data, model, index): pulled, and re-run by ``rerun``.
+LINEAGE_STAGES = ("prepare", "train", "index")
+REPRODUCE_REMOTE = "colbert-reproduce"
+
+
+class ReproduceError(PipelineError):
+    """The pulled artifacts do not match the version's lineage hashes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One artifact: the hash the version was tagged with, the hash found, and the path it was found at."""
+
+    artifact: str
+    path: str
+    expected: str
+    actual: str | None
+
+    @property
+    def identical(self) -> bool:
+        return self.actual == self.expected
+
+
+def parse_reference(reference: str, default_name: str) -> tuple[str, str, str]:
+    """``(name, "version" | "alias", value)`` from ``3``, ``champion``, ``name@alias``, ``models:/name/3``."""
+    text = reference.strip()
+    if text.startswith("models:/"):
+        text = text[len("models:/") :].replace("/", "@", 1)
+    name, at, value = text.rpartition("@")
+    if not at:
+        name, value = default_name, text
+    if not value or not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise InputError(f"model reference {reference!r}: expected a version number or an alias")
+    return name, ("version" if value.isdigit() else "alias"), value
+
+
+def _run(command: Sequence[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 3600) -> str:
+    completed = subprocess.run(
+        list(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if completed.returncode != 0:
+        output = (completed.stderr or completed.stdout).strip()[-1500:]
+        raise PipelineError(
+            f"{' '.join(command[:4])} in {cwd} failed (exit {completed.returncode}): {output}"
+        )
+    return completed.stdout
+
+
+def version_tags(
+    reference: str, default_name: str, tracking_uri: str | None
+) -> tuple[str, str, dict[str, str]]:
+    """The model name, version number and tags of the referenced version (from the registry over MLflow)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, kind, value = parse_reference(reference, default_name)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        found = (
+            client.get_model_version(name, value)
+            if kind == "version"
+            else client.get_model_version_by_alias(name, value)
+        )
+    except MlflowException as error:
+        raise InputError(f"model {name!r} {kind} {value!r} is not in the registry: {error.message}") from None
+    return name, str(found.version), dict(found.tags or {})
+
+
+def checkout(repo: Path, ref: str, commit: str, dest: Path) -> None:
+    """A clean clone of ``repo`` at ``commit`` (fetched through ``ref``) in ``dest`` (new or empty)."""
+    if dest.exists() and any(dest.iterdir()):
+        raise InputError(f"{dest}: the folder to reproduce into must be new or empty")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _run(["git", "clone", "--quiet", "--no-checkout", str(repo), str(dest)], cwd=dest.parent)
+    try:
+        _run(["git", "fetch", "--quiet", "origin", f"+{ref}:{ref}"], cwd=dest)
+    except PipelineError as error:
+        raise InputError(
+            f"{repo} has no ref {ref} (was the version made in another checkout?): {error}"
+        ) from None
+    _run(["git", "checkout", "--quiet", "--detach", commit], cwd=dest)
+
+
+def verify(dest: Path, tags: dict[str, str]) -> list[Check]:
+    """Compare every ``lineage.<artifact>.md5`` tag with DVC's hash of that artifact in ``dest``."""
+    layout = Layout(load_params(dest / "params.yaml", check_paths=False), dest)
+    paths = layout.artifacts()
+    checks = []
+    for key, expected in sorted(tags.items()):
+        artifact = key[len(LINEAGE_PREFIX) : -len(".md5")] if key.endswith(".md5") else ""
+        if key.startswith(LINEAGE_PREFIX) and artifact in paths:
+            path = paths[artifact]
+            actual = compute_md5(path) if path.exists() else None
+            checks.append(Check(artifact, layout.relative(path), expected, actual))
+    return checks
+
+
+def rerun(dest: Path, stages: Sequence[str], env: dict[str, str]) -> dict[str, bool]:
+    """Run ``stages`` again in ``dest`` (``dvc repro --force``); ``{output: same hash as in dvc.lock}``."""
+    recorded = _outputs(read_dvc_lock(dest))
+    for stage in stages:
+        logger.info("reproduce: re-running %s in %s", stage, dest)
+        # Under the supervisor: a stage never outlives this command (Ctrl-C, a killed parent).
+        process = run_process(
+            [versioning.dvc_executable(), "repro", "--force", "--single-item", stage], cwd=dest, env=env
+        )
+        if process.returncode != 0:
+            tail = "\n".join(process.tail[-5:])
+            raise PipelineError(f"re-running {stage} in {dest} failed (exit {process.returncode}): {tail}")
+    fresh = _outputs(read_dvc_lock(dest))
+    stage_outs = {path for stage in stages for path in _outputs({stage: read_dvc_lock(dest).get(stage)})}
+    return {path: fresh.get(path) == recorded.get(path) for path in sorted(stage_outs)}
+
+
+def _outputs(stages: dict[str, Any]) -> dict[str, str]:
+    return {
+        str(out["path"]): str(out.get("md5"))
+        for entry in stages.values()
+        for out in (entry or {}).get("outs") or []
+        if isinstance(out, dict) and "path" in out
+    }
+
+
+def reproduce(
+    reference: str,
+    repo: Path,
+    dest: Path,
+    *,
+    model_name: str,
+    tracking_uri: str | None,
+    remote_url: str | None = None,
+    rerun_stages: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Check out the version's run in ``dest``, pull its outputs, verify their hashes; optionally re-run.
+
+    Raises :class:`ReproduceError` when a pulled artifact's hash differs from the version's tag (after writing
+    nothing but ``dest``); differences after a re-run are reported, not raised: they say which stages are
+    not bit-reproducible.
+    """
+    name, version, tags = version_tags(reference, model_name, tracking_uri)
+    missing = [t for t in (versioning.RUN_REF_TAG, versioning.RUN_COMMIT_TAG) if t not in tags]
+    if missing:
+        raise InputError(
+            f"{name} v{version} has no {' or '.join(missing)} tag: it was not registered by a recorded run "
+            "(the DAG's record_run task tags it)"
+        )
+    url = remote_url or tags.get(versioning.DVC_REMOTE_TAG)
+    if not url or (remote_url is None and tags.get(versioning.DVC_PUSHED_TAG) != "true"):
+        raise InputError(
+            f"{name} v{version}: its outputs were not pushed to a DVC remote (tags: "
+            f"{versioning.DVC_PUSHED_TAG}={tags.get(versioning.DVC_PUSHED_TAG)!r}); pass --remote if they are"
+        )
+    dest = Path(dest).resolve()
+    checkout(Path(repo).resolve(), tags[versioning.RUN_REF_TAG], tags[versioning.RUN_COMMIT_TAG], dest)
+    dvc = versioning.dvc_executable()
+    _run([dvc, "remote", "add", "--local", "--force", "--default", REPRODUCE_REMOTE, url], cwd=dest)
+    _run([dvc, "pull", "--remote", REPRODUCE_REMOTE, *LINEAGE_STAGES], cwd=dest)
+    checks = verify(dest, tags)
+    report: dict[str, Any] = {
+        "model": name,
+        "version": version,
+        "ref": tags[versioning.RUN_REF_TAG],
+        "commit": tags[versioning.RUN_COMMIT_TAG],
+        "remote": url,
+        "folder": str(dest),
+        "checks": [{**dataclasses.asdict(c), "identical": c.identical} for c in checks],
+    }
+    different = [c for c in checks if not c.identical]
+    if different or not checks:
+        details = "; ".join(f"{c.artifact}: tagged {c.expected}, pulled {c.actual}" for c in different)
+        raise ReproduceError(f"{name} v{version} in {dest}: " + (details or "no lineage hashes to verify"))
+    if rerun_stages:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(dest),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlruns.db'}",
+        }
+        report["rerun"] = rerun(dest, rerun_stages, env)
+    return report
