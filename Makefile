@@ -62,6 +62,12 @@ quality-arguana: install
 	if [ "$(PEER)" = 1 ]; then $(PY) bench/quality_peer.py --config configs/arguana.yaml; fi
 	$(CP) report --config configs/arguana.yaml
 
+# A real-data run as a DVC experiment (prepare -> baseline -> train -> evaluate with configs/<name>.yaml):
+# `dvc exp show` lists it with its params and metrics, `colbert-pipeline experiments` tabulates the runs,
+# `dvc metrics diff <exp> <exp>` compares two.
+exp-%: install
+	$(VENV)/bin/dvc exp run $$($(CP) experiments --set-arguments configs/$*.yaml) -n $*-$$(date +%Y%m%d-%H%M%S) evaluate
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
