@@ -37,6 +37,21 @@ TINY = {
     "index.device": "cpu",
 }
 
+#: The DAG's run Params at test size (``{"overrides": DAG_TINY}``): a few training steps on a few entities,
+#: a tiny benchmark and index; shared by the DAG's end-to-end, deploy and compose-stack tests.
+DAG_TINY = {
+    "prepare.sample.n_train_entities": 8,
+    "prepare.sample.n_eval_entities": 2,
+    "prepare.sample.n_distractors": 20,
+    "prepare.eval_queries": 8,
+    "prepare.eval_documents": 24,
+    "train.max_steps": 2,
+    "train.batch_size": 4,
+    "train.save_steps": 1000,
+    "evaluate.batch_size": 16,
+    "index.kmeans_niters": 1,
+}
+
 
 def run(
     command: list[str], cwd: Path, env: Mapping[str, str], timeout: int = 900

@@ -34,6 +34,11 @@ from typing import Any
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # run as a script: the repository's tests package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.workspace import make_workspace  # noqa: E402
+
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT = 240.0
@@ -196,36 +201,6 @@ class Process:
                 continue
         with contextlib.suppress(ProcessLookupError):  # a child that outlived its leader
             os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def copy_repository(destination: Path) -> Path:
-    """The project files of this checkout (tracked and new, not ignored) as a fresh git + DVC workspace."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    for name in filter(None, listed.split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            target = destination / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "deploy",
-        "GIT_AUTHOR_EMAIL": "deploy@localhost",
-        "GIT_COMMITTER_NAME": "deploy",
-        "GIT_COMMITTER_EMAIL": "deploy@localhost",
-    }
-    commands = [["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "workspace"]]
-    if not (destination / ".dvc" / "config").exists():
-        commands.insert(1, [str(BIN / "dvc"), "init", "-q"])
-    for command in commands:
-        subprocess.run(command, cwd=destination, check=True, env=env, capture_output=True)
-    return destination
 
 
 class Platform:
@@ -408,7 +383,7 @@ class Platform:
     # -- the platform -------------------------------------------------------------------------------------
     def start(self) -> Platform:
         self.root.mkdir(parents=True, exist_ok=True)
-        copy_repository(self.workspace)
+        make_workspace(self.workspace, overrides={})  # a fresh git + DVC checkout of this change
         self._start_postgres()
         self._start_redis()
         mlflow = self._service("mlflow", ["mlflow"])

@@ -27,22 +27,14 @@ import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests.workspace
 
 from deploy_platform import AirflowApi, http_json, wait_until
 
+from tests.workspace import DAG_TINY
+
 DAG_ID = "colbert_pipeline"
-TINY = {
-    "prepare.sample.n_train_entities": 8,
-    "prepare.sample.n_eval_entities": 2,
-    "prepare.sample.n_distractors": 20,
-    "prepare.eval_queries": 8,
-    "prepare.eval_documents": 24,
-    "train.max_steps": 2,
-    "train.batch_size": 4,
-    "train.save_steps": 1000,
-    "evaluate.batch_size": 16,
-    "index.kmeans_niters": 1,
-}
+TINY = DAG_TINY
 QUERY = "a question about entity 3"
 
 

@@ -45,26 +45,14 @@ from deploy_platform import (
 )
 
 from pipeline.ops import services
+from tests.workspace import DAG_TINY
 
 pytestmark = pytest.mark.deploy
 
 DAG_ID = "colbert_pipeline"
 CANARY_DAG_ID = "colbert_canary"
 MODEL_NAME = "colbert-deploy"
-#: A few training steps on a few entities: the offline sample at a size 2 CPU cores run in minutes.
-TINY = {
-    "prepare.sample.n_train_entities": 8,
-    "prepare.sample.n_eval_entities": 2,
-    "prepare.sample.n_distractors": 20,
-    "prepare.eval_queries": 8,
-    "prepare.eval_documents": 24,
-    "train.max_steps": 2,
-    "train.batch_size": 4,
-    "train.save_steps": 1000,
-    "evaluate.batch_size": 16,
-    "index.kmeans_niters": 1,
-    "register.model_name": MODEL_NAME,
-}
+TINY = {**DAG_TINY, "register.model_name": MODEL_NAME}
 RUN_TIMEOUT = 1500.0  # bounded, with room for a loaded 2-core machine
 ENV = {
     "COLBERT_PIPELINE_SCHEDULE": "none",  # runs come from the API only (a weekly run would start at unpause)
@@ -205,6 +193,9 @@ def test_a_run_trains_on_the_gpu_worker_and_promotes(deployed: dict[str, Any]) -
     assert tags["lineage.model.md5"] == train["value"]["outputs"]["models/colbert"]
     assert {"lineage.data_eval.md5", "lineage.index.md5", "git_commit", "params_hash"} <= set(tags)
     assert register["value"]["skipped"] is False
+    # record_run pushed the outputs and committed the run to its own ref (issue 18's versioning, deployed).
+    assert tags["colbert.dvc_pushed"] == "true"
+    assert tags["colbert.run_ref"] == "refs/colbert-runs/" + run_id.replace(":", "-")
     deployed["champion"] = str(champion.version)
 
     # The asset event the canary DAG is scheduled on.

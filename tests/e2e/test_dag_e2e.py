@@ -28,7 +28,7 @@ import pytest
 
 from pipeline.layout import STAGES
 from tests.mlflow_server import running_mlflow_server  # tests/mlflow_server.py: a real server process
-from tests.workspace import make_workspace
+from tests.workspace import DAG_TINY, make_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -37,20 +37,7 @@ BIN = Path(sys.executable).parent
 DAG_ID = "colbert_pipeline"
 MODEL_NAME = "colbert-pipeline-e2e"
 
-#: Small enough for a 2-core CPU: a few training steps on a few entities, a tiny benchmark and index.
-TINY = {
-    "prepare.sample.n_train_entities": 8,
-    "prepare.sample.n_eval_entities": 2,
-    "prepare.sample.n_distractors": 20,
-    "prepare.eval_queries": 8,
-    "prepare.eval_documents": 24,
-    "train.max_steps": 2,
-    "train.batch_size": 4,
-    "train.save_steps": 1000,
-    "evaluate.batch_size": 16,
-    "index.kmeans_niters": 1,
-    "register.model_name": MODEL_NAME,
-}
+TINY = {**DAG_TINY, "register.model_name": MODEL_NAME}
 
 DRIVER = r"""
 import json, os, sys
