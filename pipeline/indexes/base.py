@@ -34,7 +34,6 @@ import logging
 import os
 import re
 import shutil
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -529,8 +528,7 @@ class MultiVectorIndex(abc.ABC):
             "num_documents": len(live),
             "num_tokens": int(sum(live)),
             "settings": self.settings,
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        }  # no time or path in it: the same documents and settings give the same bytes (DVC hashes it)
         atomic_write_json(target / MANIFEST_FILE, manifest)
         # documents.json keeps the ids' JSON types, so "1" and 1 come back exactly as given.
         (target / DOCUMENTS_FILE).write_text(
