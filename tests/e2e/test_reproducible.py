@@ -58,8 +58,9 @@ def test_a_forced_rerun_gives_the_recorded_hashes(workspaces: list[tuple[Path, d
     """``colbert-pipeline reproduce --rerun``'s step: prepare, train and index forced again, same dvc.lock."""
     workspace, env = workspaces[1]
     identical = rerun(workspace, LINEAGE_STAGES, env)
-    assert set(identical) >= {"data/prepared/train", "data/prepared/eval", "models/colbert", "indexes/sample"}
-    assert all(identical.values()), identical
+    cached = {path: same for path, same in identical.items() if not path.startswith("metrics/")}
+    assert set(cached) >= {"data/prepared/train", "data/prepared/eval", "models/colbert", "indexes/sample"}
+    assert all(cached.values()), identical  # metrics/index.json holds build and search timings: it differs
 
 
 def test_trials_are_dvc_experiments_listed_with_their_ndcg(
