@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Variable, dag, task
+from airflow.sdk import Asset, Variable, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pipeline.ops import canary, orchestration
@@ -44,11 +44,17 @@ def colbert_canary() -> None:
         def lookup(name: str) -> str | None:
             return Variable.get(name, default=None) or os.environ.get(name)
 
+        # The pipeline's promote task puts the registered model's name on the event (a run's Params may
+        # have named another model than the workspace's params.yaml, which is restored after the run).
+        events = get_current_context().get("triggering_asset_events") or {}
+        names = [(event.extra or {}).get("model_name") for batch in events.values() for event in batch]
+        model_name = next((name for name in reversed(names) if name), None)
         try:
             settings = orchestration.Settings.resolve(lookup)
             return canary.run_canary(
                 settings.workspace,
                 orchestration.resolve_tracking_uri(settings),
+                model_name=model_name,
                 n_queries=int(lookup("COLBERT_CANARY_QUERIES") or canary.DEFAULT_QUERIES),
             )
         except (canary.CanaryFailed, orchestration.OrchestrationError) as error:

@@ -267,7 +267,12 @@ def colbert_pipeline() -> None:
     def promote(parent_run_id: str, register_result: dict[str, Any]) -> dict[str, Any]:
         """The new model version is the champion: emit the champion asset for downstream DAGs."""
         result = _finish(parent_run_id, register_result, "promoted")
-        get_current_context()["outlet_events"][CHAMPION].extra = {"version": result["version"]}
+        # The model's name travels with the event: the workspace's params.yaml is back to its defaults by now.
+        model_name = orchestration.read_registry(_settings()).model_name
+        get_current_context()["outlet_events"][CHAMPION].extra = {
+            "version": result["version"],
+            "model_name": model_name,
+        }
         logger.info("champion is now version %s", result["version"])
         return result
 
