@@ -366,11 +366,18 @@ class ColBERT(MultiVectorEncoder):
         """Tokenize texts as queries (``is_query=True``) or documents, prefix included.
 
         Called with no ``is_query`` it behaves as sentence-transformers' ``tokenize`` (the trainer's path).
+        As in PyLate, a call with ``is_query`` leaves the backbone's ``max_seq_length`` at that side's
+        budget for text, the length less the prefix token (``query_length - 1`` with a query prefix), which
+        PyLate code reads back; the side's own length still caps the call itself.
         """
         if is_query is None:
             return super().tokenize(texts, **kwargs)
         role = "query" if is_query else "document"
         prompt = self.prompts.get(role) or None
+        length = self.query_length if is_query else self.document_length
+        if length is not None:
+            prefix_id = self.query_prefix_id if is_query else self.document_prefix_id
+            self.transformer.max_seq_length = length - 1 if prefix_id is not None else length
         return self.preprocess(list(texts), prompt=prompt, task=role, **kwargs)
 
     def encode(  # type: ignore[override]
