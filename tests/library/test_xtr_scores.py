@@ -138,3 +138,12 @@ def test_a_contrastive_loss_trains_on_xtr_scores(colbert_model) -> None:
     assert torch.isfinite(value)
     projection = next(p for n, p in model.named_parameters() if n.endswith("linear.weight"))
     assert projection.grad is not None and projection.grad.abs().sum() > 0
+
+
+def test_score_xtr_refuses_misaligned_retrieval_naming_the_token() -> None:
+    from pipeline import rank
+
+    with pytest.raises(ValueError, match="same number of query tokens: 2 and 1"):
+        rank.score_xtr([["a"], ["b"]], [[0.9]], k=2)
+    with pytest.raises(ValueError, match="query token 1 has 2 document ids but 1 scores"):
+        rank.score_xtr([["a"], ["b", "c"]], [[0.9], [0.5]], k=2)
