@@ -433,6 +433,7 @@ class ColBERT(MultiVectorEncoder):
                 convert_to_numpy=bool(convert_to_numpy),
                 device=device,
                 normalize_embeddings=normalize_embeddings,
+                output_value=output_value,  # sentence-transformers' own raw-dict mode, passed on as is
                 **kwargs,
             )
         if sentences is None:

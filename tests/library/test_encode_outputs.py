@@ -75,3 +75,12 @@ def test_bad_output_options_are_refused_before_encoding(colbert_model) -> None:
         colbert_model.encode(DOCUMENTS, is_query=False, output_value="sentence_embedding")
     with pytest.raises(ValueError, match="pool_factor"):
         colbert_model.encode(DOCUMENTS, is_query=False, output_value=None, pool_factor=2)
+
+
+def test_sentence_transformers_own_calls_keep_their_raw_dicts(colbert_model) -> None:
+    """``encode_document(..., output_value=None)`` (sentence-transformers' API, used by its evaluators) still
+    gets sentence-transformers' list of per-text feature dicts, not PyLate's dict of lists."""
+    raw = colbert_model.encode_document(DOCUMENTS[:2], output_value=None)
+    assert isinstance(raw, list) and len(raw) == 2 and "token_embeddings" in raw[0]
+    default = colbert_model.encode_document(DOCUMENTS[:2], convert_to_numpy=True)
+    assert len(default) == 2 and default[0].ndim == 2
