@@ -366,11 +366,18 @@ class ColBERT(MultiVectorEncoder):
         """Tokenize texts as queries (``is_query=True``) or documents, prefix included.
 
         Called with no ``is_query`` it behaves as sentence-transformers' ``tokenize`` (the trainer's path).
+        As in PyLate, a call with ``is_query`` leaves the backbone's ``max_seq_length`` at that side's
+        budget for text, the length less the prefix token (``query_length - 1`` with a query prefix), which
+        PyLate code reads back; the side's own length still caps the call itself.
         """
         if is_query is None:
             return super().tokenize(texts, **kwargs)
         role = "query" if is_query else "document"
         prompt = self.prompts.get(role) or None
+        length = self.query_length if is_query else self.document_length
+        if length is not None:
+            prefix_id = self.query_prefix_id if is_query else self.document_prefix_id
+            self.transformer.max_seq_length = length - 1 if prefix_id is not None else length
         return self.preprocess(list(texts), prompt=prompt, task=role, **kwargs)
 
     def encode(  # type: ignore[override]
@@ -385,6 +392,10 @@ class ColBERT(MultiVectorEncoder):
         device: str | torch.device | None = None,
         normalize_embeddings: bool = False,
         is_query: bool = True,
+        padding: bool = False,
+        pool_factor: int = 1,
+        protected_tokens: int = 1,
+        output_value: str | None = "token_embeddings",
         **kwargs: Any,
     ) -> Any:
         """Encode texts into per-token embeddings, PyLate style.
@@ -396,9 +407,18 @@ class ColBERT(MultiVectorEncoder):
             show_progress_bar: Show a tqdm bar over the batches.
             convert_to_numpy: Return numpy arrays (the default, unless ``convert_to_tensor``).
             convert_to_tensor: Return torch tensors instead.
+            padding: Pad every text's output to the longest one; each comes back as ``(1, tokens, ...)``
+                (PyLate's shape).
+            pool_factor: Documents only: merge similar tokens (hierarchical clustering) to keep about
+                ``1 / pool_factor`` of them, as PyLate does; ``1`` keeps all.
+            protected_tokens: Leading tokens never pooled (default 1, the ``[CLS]``).
+            output_value: ``"token_embeddings"`` (the scored tokens of each text), or ``None`` for PyLate's
+                dict of every position's ``token_embeddings``, ``input_ids``, ``attention_mask`` and
+                ``masks`` (see :mod:`pipeline.token_outputs`).
 
         Returns:
-            One ``(tokens, embedding_size)`` array per text, in the input's shape.
+            One ``(tokens, embedding_size)`` array per text, in the input's shape; with ``output_value=None``
+            a dict of such lists (of single items for a single text).
 
         Calls from sentence-transformers itself (``inputs=`` / ``task=``) pass straight through.
         """
@@ -413,11 +433,19 @@ class ColBERT(MultiVectorEncoder):
                 convert_to_numpy=bool(convert_to_numpy),
                 device=device,
                 normalize_embeddings=normalize_embeddings,
+                output_value=output_value,  # sentence-transformers' own raw-dict mode, passed on as is
                 **kwargs,
             )
         if sentences is None:
             raise ValueError(
                 "encode() needs `sentences`: a text, a list of texts or a list of lists of texts"
+            )
+        if output_value not in ("token_embeddings", None):
+            raise ValueError(f"output_value must be 'token_embeddings' or None, got {output_value!r}")
+        if output_value is None and pool_factor > 1:
+            raise ValueError(
+                "output_value=None is not compatible with pool_factor > 1: pooling merges tokens, so token "
+                "ids and masks would no longer line up with the embeddings"
             )
         to_numpy = not convert_to_tensor if convert_to_numpy is None else convert_to_numpy
         role = "query" if is_query else "document"
@@ -426,6 +454,27 @@ class ColBERT(MultiVectorEncoder):
 
         nested = isinstance(sentences, Sequence) and not isinstance(sentences, str)
         nested = nested and len(sentences) > 0 and all(_is_text_list(item) for item in sentences)
+        if output_value is None or padding:
+            options = {
+                "prompt_name": prompt_name,
+                "prompt": prompt,
+                "batch_size": batch_size,
+                "show_progress_bar": show_progress_bar,
+                "to_numpy": to_numpy,
+                "device": device,
+                "normalize_embeddings": normalize_embeddings,
+                "role": role,
+                "padding": padding,
+                "pool_factor": pool_factor,
+                "protected_tokens": protected_tokens,
+            }
+            if nested:
+                return [
+                    self._encode_pylate_outputs(list(group), output_value, options) for group in sentences
+                ]
+            return self._encode_pylate_outputs(sentences, output_value, options)
+        if pool_factor > 1 and not is_query:
+            kwargs["token_pooling"] = _hierarchical_pooling(pool_factor, protected_tokens)
         flat = [text for group in sentences for text in group] if nested else sentences
         embeddings = super().encode(
             flat,
@@ -446,6 +495,59 @@ class ColBERT(MultiVectorEncoder):
             grouped.append(embeddings[start : start + len(group)])
             start += len(group)
         return grouped
+
+    def _encode_pylate_outputs(
+        self, sentences: Any, output_value: str | None, options: dict[str, Any]
+    ) -> Any:
+        """``encode`` with PyLate's ``padding=True`` or ``output_value=None`` (see ``token_outputs``)."""
+        from pipeline.token_outputs import convert, encode_token_outputs, pad_outputs
+
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        if output_value is None:
+            prompt = self._resolve_prompt(options["prompt"], options["prompt_name"])
+            outputs = encode_token_outputs(
+                self,
+                texts,
+                task=options["role"],
+                prompt=prompt,
+                batch_size=options["batch_size"],
+                show_progress_bar=bool(options["show_progress_bar"]),
+                device=options["device"],
+                normalize_embeddings=options["normalize_embeddings"],
+            )
+        else:
+            pooling = None
+            if options["pool_factor"] > 1 and options["role"] == "document":
+                pooling = _hierarchical_pooling(options["pool_factor"], options["protected_tokens"])
+            embeddings = super().encode(
+                texts,
+                prompt_name=options["prompt_name"],
+                prompt=options["prompt"],
+                batch_size=options["batch_size"],
+                show_progress_bar=options["show_progress_bar"],
+                convert_to_numpy=False,
+                device=options["device"],
+                normalize_embeddings=options["normalize_embeddings"],
+                task=options["role"],
+                token_pooling=pooling,
+            )
+            outputs = {"token_embeddings": [e.cpu() for e in embeddings]}
+        if options["padding"]:
+            outputs = pad_outputs(outputs, self.tokenizer.pad_token_id)
+        outputs = {key: convert(values, to_numpy=options["to_numpy"]) for key, values in outputs.items()}
+        if output_value is not None:
+            return outputs["token_embeddings"][0] if single else outputs["token_embeddings"]
+        return {key: values[0] for key, values in outputs.items()} if single else outputs
+
+
+def _hierarchical_pooling(pool_factor: int, protected_tokens: int) -> Any:
+    """PyLate's ``pool_factor`` as sentence-transformers' pooling (without re-normalising, as PyLate)."""
+    from sentence_transformers.multi_vector_encoder.modules.token_pooling import HierarchicalTokenPooling
+
+    return HierarchicalTokenPooling(
+        pool_factor, num_protected_tokens=protected_tokens, normalize_embeddings=False, tasks=["document"]
+    )
 
 
 def _is_pylate_config(config: dict[str, Any] | None) -> bool:

@@ -95,11 +95,15 @@ def score_xtr(
     """
     if len(query_doc_ids) != len(query_scores):
         raise ValueError(
-            f"query_doc_ids has {len(query_doc_ids)} query tokens but query_scores has {len(query_scores)}"
+            "query_doc_ids and query_scores must have the same number of query tokens: "
+            f"{len(query_doc_ids)} and {len(query_scores)}"
         )
     for token, (ids, values) in enumerate(zip(query_doc_ids, query_scores, strict=True)):
         if len(ids) != len(values):
-            raise ValueError(f"query token {token}: {len(ids)} document ids but {len(values)} scores")
+            raise ValueError(
+                "each query token needs matching document IDs and scores lengths: "
+                f"query token {token} has {len(ids)} document ids but {len(values)} scores"
+            )
     positions: dict[Any, int] = {}
     rows, columns, values = [], [], []
     for token, (ids, token_scores) in enumerate(zip(query_doc_ids, query_scores, strict=True)):

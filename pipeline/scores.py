@@ -18,16 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from sentence_transformers.multi_vector_encoder.scoring import (
-    XTRKDScores,
-    XTRScores,
-    xtr_kd_scores,
-    xtr_scores,
-)
 from sentence_transformers.multi_vector_encoder.scoring import colbert_kd_scores as _st_colbert_kd_scores
 from sentence_transformers.util.similarity import maxsim, maxsim_pairwise
 
 from pipeline.utils import convert_to_tensor
+from pipeline.xtr import XTRKDScores, XTRScores, xtr_kd_scores, xtr_scores
 
 __all__ = [
     "ColBERTScores",
