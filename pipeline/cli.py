@@ -1,5 +1,7 @@
 """The ``colbert-pipeline`` command line.
 
+One cohesive module: one thin handler per subcommand (the work lives in stages/ and ops/) and their parsers.
+
 Example:
     $ colbert-pipeline prepare                     # one stage, as dvc.yaml runs it, configured by params.yaml
     $ colbert-pipeline train --set train.epochs=2  # with an override, validated like params.yaml
