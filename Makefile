@@ -77,21 +77,22 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Unit tests, the package's docstring examples and the slow end-to-end tier.
+# Unit tests, the package's docstring examples, the slow end-to-end tier and the fault-injection suite
+# (tests/faults: stages SIGKILLed under dvc repro, the MLflow server killed during register).
 test: lint
-	$(VENV)/bin/pytest -m "not deploy and not faults and not repro"
+	$(VENV)/bin/pytest -m "not deploy and not repro"
 
 # Two workspaces of the same commit run prepare -> train -> index; their dvc.lock hashes must be equal.
 test-repro: lint
 	$(VENV)/bin/pytest -m repro
 
-# The platform as processes (PostgreSQL, Redis, MLflow, Airflow on Celery workers), driven over HTTP; and the
-# fault-injection suite (every stage SIGKILLed under dvc repro). Not yet in `test`: neither has run green from
-# start to finish on a quiet machine (the README's first section says so).
+# The platform as processes (PostgreSQL, Redis, MLflow, Airflow on Celery workers), driven over HTTP. Not yet
+# in `test`: it has not run green from start to finish on a quiet machine (the README's first section says so).
 # COLBERT_DEPLOY_REQUIRED: the deploy tier fails (instead of skipping) where its binaries are missing.
 test-deploy: lint services
 	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m deploy
 
+# The fault-injection suite alone (also part of `test`).
 test-faults: lint
 	$(VENV)/bin/pytest -m faults
 

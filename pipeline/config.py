@@ -46,7 +46,7 @@ class SampleSource(Section):
 
     n_train_entities: int = Field(40, ge=4, description="entities whose facts become training triplets")
     n_eval_entities: int = Field(20, ge=2, description="held-out entities whose questions are evaluated")
-    n_distractors: int = Field(150, ge=0, description="extra documents that answer nothing, for the corpus")
+    n_distractors: int = Field(50, ge=0, description="extra documents that answer nothing, for the corpus")
     negatives_per_query: int = Field(2, ge=1, le=4, description="hard negatives: the entity's other facts")
 
 

@@ -15,11 +15,33 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+#: Fault injection (tests/faults): ``write`` or ``rename``, optionally ``:<n>`` for the n-th time (default 1).
+FAULT_ENV = "COLBERT_PIPELINE_FAULT"
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(where: str) -> None:
+    """SIGKILL this process's whole group the n-th time it reaches ``where``, when ``FAULT_ENV`` asks for it.
+
+    A no-op unless the fault-injection suite sets the variable. Killing the group (``dvc repro`` and the stage
+    it runs) is what a dead machine or worker does: no handler, no cleanup, at exactly this point.
+    """
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    if name != where:
+        return
+    _fault_hits[where] = _fault_hits.get(where, 0) + 1
+    if _fault_hits[where] == int(count or 1):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -30,11 +52,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(temp, "x", encoding="utf-8") as stream:
-            stream.write(text)
+            stream.write(text[: len(text) // 2])
+            stream.flush()
+            fault_point("write")  # half the file on disk
+            stream.write(text[len(text) // 2 :])
             stream.flush()
             os.fsync(stream.fileno())
         if path.exists():
             os.chmod(temp, path.stat().st_mode & 0o777)
+        fault_point("rename")
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -81,6 +107,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         yield temp
+        fault_point("write")  # the whole folder written, not yet in place
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -88,6 +115,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
+    fault_point("rename")  # the old folder moved aside, the new one not yet in place
     os.replace(temp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -3,8 +3,11 @@
 Each made-up organisation (``Velmora Instruments``, ...) has one short document per fact (founding, location,
 products, staff, ...). A question asks for one fact in words that differ from the document's ("where is X
 based?" vs "X runs its operations out of ..."), and the other facts about the same organisation are hard
-negatives that share its name. An untrained ColBERT finds the right organisation but not the right fact;
-fine-tuning teaches it how questions map to facts, which carries over to the held-out organisations.
+negatives that share its name. Each organisation also has a *decoy* per fact: a document that borrows the
+question's words without answering it ("X asked its employees how many people ..."). An untrained ColBERT
+finds the right organisation but is drawn to the decoys (nDCG@10 0.66 on the default benchmark); fine-tuning
+teaches it how questions map to facts (0.97). It does not saturate: the held-out organisations are asked
+with one question wording per fact that training never uses, and their decoys are worded unlike training's.
 
 Example:
     >>> from pipeline.data.sample import generate_sample
@@ -67,17 +70,28 @@ MARKETS = ["hospitals", "farmers", "shipping firms", "schools", "bakeries", "res
 RIVALS_NOTE = ["a patent dispute", "a price war", "a failed merger", "a supply shortage", "a product recall"]
 
 # relation -> (question templates, document templates). Questions avoid the documents' wording on purpose.
+# The last question template of each relation is asked only of held-out organisations (never in training).
 RELATIONS: dict[str, tuple[list[str], list[str]]] = {
     "founding": (
-        ["who started {e}?", "who is the founder of {e}?", "when did {e} begin?"],
+        ["who started {e}?", "who is the founder of {e}?", "when did {e} begin?", "who set up {e}?"],
         ["{e} was established in {year} by {person}, who ran it for {n} years."],
     ),
     "location": (
-        ["where is {e} based?", "in which city does {e} have its headquarters?", "where can I find {e}?"],
+        [
+            "where is {e} based?",
+            "in which city does {e} have its headquarters?",
+            "where can I find {e}?",
+            "what town is home to {e}?",
+        ],
         ["{e} runs its operations out of a campus in {city}, close to the old harbour."],
     ),
     "products": (
-        ["what does {e} sell?", "which goods are made by {e}?", "what is {e}'s main product?"],
+        [
+            "what does {e} sell?",
+            "which goods are made by {e}?",
+            "what is {e}'s main product?",
+            "what comes out of {e}'s factories?",
+        ],
         ["{e} manufactures {product} that are shipped to {market} across the region."],
     ),
     "staff": (
@@ -85,12 +99,43 @@ RELATIONS: dict[str, tuple[list[str], list[str]]] = {
             "how many employees does {e} have?",
             "how big is the workforce of {e}?",
             "how many people work for {e}?",
+            "what is the headcount at {e}?",
         ],
         ["{e} has a payroll of roughly {n}00 people spread over three shifts."],
     ),
     "trouble": (
-        ["what controversy hit {e}?", "what problems did {e} face?", "was {e} ever in a scandal?"],
+        [
+            "what controversy hit {e}?",
+            "what problems did {e} face?",
+            "was {e} ever in a scandal?",
+            "what went wrong at {e}?",
+        ],
         ["{e} made headlines during {note} that hurt its reputation in {year}."],
+    ),
+}
+# relation -> (decoy in training, decoy in the benchmark): a document about the organisation that borrows a
+# question's words without answering it, so matching words is not enough. The benchmark's decoys are worded
+# unlike the training ones: fine-tuning has to learn what an answer looks like, not which decoy to avoid.
+DECOYS: dict[str, tuple[str, str]] = {
+    "founding": (
+        "{e} started a charity run this spring; the founder of the race hopes it will begin a tradition.",
+        "Who started the rumour about {e}? A blogger who set up a fan page in {year}.",
+    ),
+    "location": (
+        "{e} based its new logo on a city skyline drawn by a student from {city}.",
+        "Visitors can find {e}'s stand at the trade fair, in the hall next to the headquarters of the fair.",
+    ),
+    "products": (
+        "{e} will sell its old office furniture; the goods were made by a carpenter in {city}.",
+        "The main product review of the year praised {e}'s website, which came out in {year}.",
+    ),
+    "staff": (
+        "{e} asked its employees how many people they would like to work with on a team.",
+        "The headcount at {e}'s summer picnic was a record, and the workforce voted for a second one.",
+    ),
+    "trouble": (
+        "{e} sponsored a quiz night where one question was about a famous scandal and its controversy.",
+        "What went wrong at {e}'s football match? Rain, and problems with the scoreboard.",
     ),
 }
 DISTRACTOR_TEMPLATES = [
@@ -135,10 +180,15 @@ def _documents(entity: str, rng: random.Random) -> dict[str, str]:
     return {rel: rng.choice(templates).format(e=entity, **facts) for rel, (_, templates) in RELATIONS.items()}
 
 
+def _decoys(entity: str, rng: random.Random, held_out: bool) -> dict[str, str]:
+    facts = _facts(rng)
+    return {rel: pair[held_out].format(e=entity, **facts) for rel, pair in DECOYS.items()}
+
+
 def generate_sample(
     n_train_entities: int = 40,
     n_eval_entities: int = 20,
-    n_distractors: int = 150,
+    n_distractors: int = 50,
     negatives_per_query: int = 2,
     seed: int = 42,
 ) -> Sample:
@@ -160,19 +210,24 @@ def generate_sample(
 
     for entity in train_names:
         documents = _documents(entity, rng)
+        decoys = _decoys(entity, rng, held_out=False)
         for relation, (questions, _) in RELATIONS.items():
-            query = rng.choice(questions).format(e=entity)
-            others = [other for other in documents if other != relation]
-            for other in rng.sample(others, negatives_per_query):
-                triplet = {"query": query, "positive": documents[relation], "negative": documents[other]}
-                sample.train_triplets.append(triplet)
+            query = rng.choice(questions[:-1]).format(e=entity)
+            # Hard negatives: the organisation's other facts, and the decoy borrowing this question's words.
+            others = [documents[other] for other in documents if other != relation] + [decoys[relation]]
+            for negative in rng.sample(others, negatives_per_query):
+                sample.train_triplets.append(
+                    {"query": query, "positive": documents[relation], "negative": negative}
+                )
 
     for e_index, entity in enumerate(eval_names):
         documents = _documents(entity, rng)
+        decoys = _decoys(entity, rng, held_out=True)
         for relation, (questions, _) in RELATIONS.items():
             doc_id = f"doc-{e_index:03d}-{relation}"
             query_id = f"q-{e_index:03d}-{relation}"
             sample.corpus[doc_id] = documents[relation]
+            sample.corpus[f"decoy-{e_index:03d}-{relation}"] = decoys[relation]
             sample.eval_queries[query_id] = rng.choice(questions).format(e=entity)
             sample.eval_qrels[query_id] = {doc_id: 1}
     for d_index in range(n_distractors):

@@ -89,20 +89,35 @@ def reevaluate_with(params: Params, project: Path) -> Reevaluate:
 # ---------------------------------------------------------------------------------------------- register
 
 
-def _find_registered(client: Any, name: str, key: str) -> Any | None:
+def _versions(client: Any, name: str) -> list[Any]:
     from mlflow.exceptions import MlflowException
 
-    def search() -> list[Any]:
-        try:
-            return list(client.search_model_versions(f"name = '{name}'"))
-        except MlflowException as error:
-            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return []
-            raise
+    try:
+        return list(client.search_model_versions(f"name = '{name}'"))
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
 
-    versions = search()
-    matching = [v for v in versions if (v.tags or {}).get(IDENTITY_TAG) == key]
+
+def _find_registered(client: Any, name: str, key: str) -> Any | None:
+    matching = [v for v in _versions(client, name) if (v.tags or {}).get(IDENTITY_TAG) == key]
     return max(matching, key=lambda v: int(v.version)) if matching else None
+
+
+def _remove_unfinished(client: Any, name: str, challenger: str | None, keep: Any | None) -> None:
+    """Delete a version of ours (identity tag) newer than ``challenger`` with no alias, except ``keep``.
+
+    A completed registration ends with ``challenger`` on its version: such a version was left by one that died
+    before its aliases (the tracking server killed, so no rollback). ``keep``, the one this run reuses, is
+    finished instead.
+    """
+    for version in _versions(client, name):
+        newer = challenger is None or int(version.version) > int(challenger)
+        ours = IDENTITY_TAG in (version.tags or {})
+        if newer and ours and not version.aliases and (keep is None or version.version != keep.version):
+            client.delete_model_version(name, version.version)
+            logger.warning("registry: removed %s v%s, left by a failed registration", name, version.version)
 
 
 def _link_index_run(
@@ -193,6 +208,7 @@ def register_and_promote(
     challenger_before = str(challenger.version) if challenger else None
     key = registration_key(lineage, metrics, metric)
     existing = _find_registered(client, name, key)
+    _remove_unfinished(client, name, challenger_before, keep=existing)
     champion_benchmark = (champion.tags or {}).get(BENCHMARK_TAG) if champion else None
     promote, comparison, reason, champion_value = decide(
         value, metric, margin, benchmark, champion, existing, reevaluate

@@ -25,7 +25,7 @@ def test_sample_shapes_and_held_out_entities_never_reach_training():
     )
     assert len(sample.train_triplets) == 6 * len(RELATIONS) * 2
     assert len(sample.eval_queries) == 3 * len(RELATIONS)
-    assert len(sample.corpus) == 3 * len(RELATIONS) + 5
+    assert len(sample.corpus) == 3 * len(RELATIONS) * 2 + 5  # a fact and a decoy per question, 5 distractors
     training_text = " ".join(" ".join(t.values()) for t in sample.train_triplets)
     for query in sample.eval_queries.values():
         assert query not in training_text
