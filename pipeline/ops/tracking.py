@@ -290,7 +290,10 @@ def stage_run(stage: str, params: Params, project: Path, tags: dict[str, str] | 
         produced = {f"{LINEAGE_PREFIX}{name}.md5": dvc_md5(paths[name], project) for name in outputs}
         mlflow.set_tags({key: value for key, value in produced.items() if value})
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        try:
+            mlflow.end_run(status="FAILED")
+        except Exception as error:  # the server may be what failed: keep the stage's own error on top
+            logger.warning("mlflow: could not mark the %s run FAILED (%s)", stage, error)
         raise
     mlflow.end_run(status="FINISHED")
 
