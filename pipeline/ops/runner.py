@@ -2,10 +2,13 @@
 
 The command runs under a small supervisor (``python -m pipeline.ops.runner --parent PID -- COMMAND``) that
 leads a new process group: the command and everything it starts (``dvc repro`` → ``colbert-pipeline <stage>``
-→ data loader workers) share that group. The supervisor polls its parent; when the runner is gone (an Airflow
-worker SIGKILLed, an OOM kill), it stops the whole group (SIGTERM, then SIGKILL), so no stage keeps running or
-keeps DVC's workspace lock. On Linux it also asks the kernel for ``SIGTERM`` on the parent's death
-(``PR_SET_PDEATHSIG``), which wakes it at once instead of at its next poll.
+→ data loader workers) share that group. The supervisor polls its parent and the runner's ancestors (on Linux,
+by pid and start time); when one is gone (an Airflow worker SIGKILLed, an OOM kill), it stops the whole group
+(SIGTERM, then SIGKILL), so no stage keeps running or keeps DVC's workspace lock. The ancestors matter because
+Airflow runs a task in a process of its own session: when the Celery worker above it is killed, that task
+process lives on, and only the worker's death says the stage has lost its owner. On Linux it also asks the
+kernel for ``SIGTERM`` on the parent's death (``PR_SET_PDEATHSIG``), which wakes it at once instead of at its
+next poll.
 
 Output is read as bytes and split on newlines only: a progress bar's carriage-return refreshes are folded, so
 a log gets one progress line per ``progress_seconds`` (and the last one), not one per refresh.
@@ -69,7 +72,9 @@ def run_process(
     supervisor does the same by itself.
     """
     emit = emit or (lambda line: logger.info("%s", line))
-    supervised = [sys.executable, "-m", "pipeline.ops.runner", "--parent", str(os.getpid()), "--", *command]
+    watched = ",".join(f"{pid}:{start}" for pid, start in ancestors(os.getpid()))
+    supervised = [sys.executable, "-m", "pipeline.ops.runner", "--parent", str(os.getpid())]
+    supervised += [*(["--watch", watched] if watched else []), "--", *command]
     child_env = dict(env if env is not None else os.environ)
     # The supervisor must import this package even when the command runs elsewhere.
     package_root = str(Path(__file__).resolve().parents[2])
@@ -170,13 +175,47 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (``/proc/<pid>/stat`` field 22); None when gone (or not Linux).
+
+    With the pid it names one process: a pid reused by a new process has another start time.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]  # fields after the command name start at field 3
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def ancestors(pid: int) -> list[tuple[int, str]]:
+    """``(pid, start time)`` of every ancestor of ``pid`` up to, not including, pid 1 (empty off Linux)."""
+    chain: list[tuple[int, str]] = []
+    current = _parent_of(pid)
+    while current and current > 1 and len(chain) < 64:
+        start = _start_time(current)
+        if start is None:
+            break
+        chain.append((current, start))
+        current = _parent_of(current)
+    return chain
+
+
 def _set_parent_death_signal(sig: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
-def supervise(parent: int, command: Sequence[str]) -> int:
-    """The supervisor's body: run ``command`` in this process group; stop the group if ``parent`` dies."""
+def supervise(parent: int, command: Sequence[str], watched: Sequence[tuple[int, str]] = ()) -> int:
+    """The supervisor's body: run ``command`` in this process group; stop the group if ``parent`` dies, or
+    any of ``watched`` (the runner's ancestors, by pid and start time)."""
     parent_gone = False
 
     def on_parent_death(signum: int, frame: object) -> None:
@@ -187,7 +226,7 @@ def supervise(parent: int, command: Sequence[str]) -> int:
     _set_parent_death_signal(signal.SIGTERM)
     child = subprocess.Popen(list(command))
     while True:
-        if os.getppid() != parent:
+        if os.getppid() != parent or any(_start_time(pid) != start for pid, start in watched):
             parent_gone = True
         if parent_gone:
             # The runner is gone: nobody reads our output or waits for the result. Stop everything we started.
@@ -209,12 +248,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m pipeline.ops.runner", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--parent", type=int, required=True, help="pid whose death stops the command")
+    parser.add_argument("--watch", default="", help="PID:STARTTIME,... whose death also stops it")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given")
-    return supervise(args.parent, command)
+    watched = [
+        (int(pid), start) for pid, _, start in (item.partition(":") for item in args.watch.split(",") if item)
+    ]
+    return supervise(args.parent, command, watched)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -65,6 +66,44 @@ def test_sigkill_of_the_runner_stops_the_whole_stage_group(tmp_path: Path) -> No
         assert not _alive(grandchild), "the stage's own child outlived the runner"
     finally:
         process.kill()
+
+
+def test_a_killed_worker_above_a_surviving_task_process_stops_the_stage(tmp_path: Path) -> None:
+    """Airflow's shape: a worker starts a task process in a session of its own, which calls the runner. The
+    worker SIGKILLed leaves the task process alive (nothing kills it), so only the worker's death can say the
+    stage lost its owner: the supervisor watches the runner's ancestors too."""
+    pids = tmp_path / "pids"
+    stage = tmp_path / "stage.py"
+    stage.write_text(f"import os, time\nopen({str(pids)!r}, 'w').write(str(os.getpid()))\ntime.sleep(300)\n")
+    task = tmp_path / "task.py"  # the task process: calls the runner, survives the worker
+    task.write_text(
+        "import sys\nfrom pipeline.ops.runner import run_process\n"
+        f"run_process([sys.executable, {str(stage)!r}])\n"
+    )
+    worker = tmp_path / "worker.py"  # the worker: starts the task in a new session, then waits
+    worker.write_text(
+        "import subprocess, sys, time\n"
+        f"task = subprocess.Popen([sys.executable, {str(task)!r}], start_new_session=True)\n"
+        f"open({str(tmp_path / 'task.pid')!r}, 'w').write(str(task.pid))\n"
+        "time.sleep(300)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(runner.__file__).resolve().parents[2])}
+    process = subprocess.Popen([sys.executable, str(worker)], env=env)
+    task_pid = None
+    try:
+        stage_pid = int(_wait_for(pids))
+        task_pid = int(_wait_for(tmp_path / "task.pid"))
+        process.send_signal(signal.SIGKILL)  # the worker only: its task process lives on
+        process.wait(10)
+        deadline = time.monotonic() + 20
+        while _alive(stage_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(stage_pid), "the stage outlived the worker its task process ran under"
+    finally:
+        process.kill()
+        if task_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(task_pid, signal.SIGKILL)
 
 
 def test_exit_status_and_signals_come_back(tmp_path: Path) -> None:
