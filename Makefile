@@ -77,18 +77,19 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Unit tests, the package's docstring examples, the slow end-to-end tier and the fault-injection suite
-# (tests/faults: stages SIGKILLed under dvc repro, the MLflow server killed during register).
-test: lint
-	$(VENV)/bin/pytest -m "not deploy and not repro"
+# Unit tests, the package's docstring examples, the slow end-to-end tier, the fault-injection suite
+# (tests/faults: stages SIGKILLed under dvc repro, the MLflow server killed during register) and the deploy tier
+# (tests/deploy: PostgreSQL, Redis, MLflow, Airflow on Celery workers as processes; `services` installs what
+# is missing with apt-get as root). COLBERT_DEPLOY_REQUIRED: the deploy tier fails, never skips, here.
+test: lint services
+	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m "not repro"
 
-# Two workspaces of the same commit run prepare -> train -> index; their dvc.lock hashes must be equal.
+# Reproducibility (not in `test`: ~15 minutes on 2 cores): two workspaces of one commit give identical DVC
+# hashes, a forced re-run gives the recorded ones, a changed input byte re-runs prepare, trials are experiments.
 test-repro: lint
 	$(VENV)/bin/pytest -m repro
 
-# The platform as processes (PostgreSQL, Redis, MLflow, Airflow on Celery workers), driven over HTTP. Not yet
-# in `test`: it has not run green from start to finish on a quiet machine (the README's first section says so).
-# COLBERT_DEPLOY_REQUIRED: the deploy tier fails (instead of skipping) where its binaries are missing.
+# The deploy tier alone (also part of `test`): the platform as processes, driven over HTTP.
 test-deploy: lint services
 	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m deploy
 
