@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import flatten
 from pipeline.errors import PipelineError
 
 PARAMS_FILE = "params.yaml"
@@ -40,17 +41,6 @@ class Experiment:
     rev: str
     params: dict[str, Any]
     metrics: dict[str, Any]
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _entries(show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -72,9 +62,9 @@ def parse_show(show: list[dict[str, Any]]) -> list[Experiment]:
         params = ((data.get("params") or {}).get(PARAMS_FILE) or {}).get("data") or {}
         metrics: dict[str, Any] = {}
         for file, content in (data.get("metrics") or {}).items():
-            for key, value in _flatten((content or {}).get("data") or {}).items():
+            for key, value in flatten((content or {}).get("data") or {}).items():
                 metrics[f"{Path(file).stem}.{key}"] = value
-        rows.append(Experiment(name, str(entry["rev"])[:7], _flatten(params), metrics))
+        rows.append(Experiment(name, str(entry["rev"])[:7], flatten(params), metrics))
     return rows
 
 
@@ -122,7 +112,7 @@ def experiment_table(rows: Sequence[Experiment], metrics: Sequence[str], params:
 def set_arguments(overlay: Mapping[str, Any]) -> list[str]:
     """``dvc exp run`` arguments (``-S key=value``) that set every key of a params overlay."""
     arguments: list[str] = []
-    for key, value in _flatten(overlay).items():
+    for key, value in flatten(overlay).items():
         # Compact JSON (no spaces), so the arguments survive a shell's word splitting in a Makefile.
         text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         arguments += ["-S", f"{key}={text}"]

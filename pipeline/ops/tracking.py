@@ -44,7 +44,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.config import Params
+from pipeline.config import Params, flatten
 from pipeline.errors import InfrastructureError
 from pipeline.layout import STAGE_IO, Layout
 from pipeline.ops.lineage import LINEAGE_PREFIX, dvc_md5, git_commit, lineage_tags, params_hash
@@ -283,7 +283,7 @@ def stage_run(stage: str, params: Params, project: Path, tags: dict[str, str] | 
     run = mlflow.start_run(run_name=stage, tags=all_tags)
     try:
         if section is not None and hasattr(section, "model_dump"):
-            flat = _flatten(section.model_dump(mode="json"))
+            flat = flatten(section.model_dump(mode="json"))
             mlflow.log_params({f"{stage}.{key}": _param_value(value) for key, value in flat.items()})
         yield run
         paths = Layout(params, project).artifacts()
@@ -301,14 +301,3 @@ def stage_run(stage: str, params: Params, project: Path, tags: dict[str, str] | 
 def _param_value(value: Any) -> Any:
     text = value if isinstance(value, str) else json.dumps(value)
     return text[:6000]
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
