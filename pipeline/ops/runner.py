@@ -2,13 +2,14 @@
 
 The command runs under a small supervisor (``python -m pipeline.ops.runner --parent PID -- COMMAND``) that
 leads a new process group: the command and everything it starts (``dvc repro`` → ``colbert-pipeline <stage>``
-→ data loader workers) share that group. The supervisor polls its parent and the runner's ancestors (on Linux,
-by pid and start time); when one is gone (an Airflow worker SIGKILLed, an OOM kill), it stops the whole group
-(SIGTERM, then SIGKILL), so no stage keeps running or keeps DVC's workspace lock. The ancestors matter because
-Airflow runs a task in a process of its own session: when the Celery worker above it is killed, that task
-process lives on, and only the worker's death says the stage has lost its owner. On Linux it also asks the
-kernel for ``SIGTERM`` on the parent's death (``PR_SET_PDEATHSIG``), which wakes it at once instead of at its
-next poll.
+→ data loader workers) share that group. The supervisor polls its parent and the runner's two nearest
+ancestors (on Linux, by pid and start time); when one is gone (an Airflow worker SIGKILLed, an OOM kill), it
+stops the whole group (SIGTERM, then SIGKILL), so no stage keeps running or keeps DVC's workspace lock. The
+ancestors matter because Airflow runs a task in a process of its own session: when the Celery worker above it
+is killed, that task process lives on, and only the worker's death says the stage has lost its owner. Only two
+levels: further up sit launchers (a shell that started a worker in the background) whose exit must not stop a
+stage. On Linux it also asks the kernel for ``SIGTERM`` on the parent's death (``PR_SET_PDEATHSIG``), which
+wakes it at once instead of at its next poll.
 
 Output is read as bytes and split on newlines only: a progress bar's carriage-return refreshes are folded, so
 a log gets one progress line per ``progress_seconds`` (and the last one), not one per refresh.
@@ -195,11 +196,11 @@ def _parent_of(pid: int) -> int | None:
     return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
-def ancestors(pid: int) -> list[tuple[int, str]]:
-    """``(pid, start time)`` of every ancestor of ``pid`` up to, not including, pid 1 (empty off Linux)."""
+def ancestors(pid: int, depth: int = 2) -> list[tuple[int, str]]:
+    """``(pid, start time)`` of the ``depth`` nearest ancestors of ``pid``, never pid 1 (empty off Linux)."""
     chain: list[tuple[int, str]] = []
     current = _parent_of(pid)
-    while current and current > 1 and len(chain) < 64:
+    while current and current > 1 and len(chain) < depth:
         start = _start_time(current)
         if start is None:
             break
