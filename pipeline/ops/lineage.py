@@ -90,15 +90,20 @@ def compute_md5(path: Path, project: Path | None = None) -> str:
     from dvc_objects.fs.local import LocalFileSystem
     from dvc_objects.fs.memory import MemoryFileSystem
 
-    ignore = None
-    if project is not None and (Path(project) / ".dvcignore").is_file():
-        from dvc.fs import LocalFileSystem as DvcLocalFileSystem
-        from dvc.ignore import DvcIgnoreFilter
-
-        ignore = DvcIgnoreFilter(DvcLocalFileSystem(), str(Path(project).resolve()))
+    ignore = _ignore_filter(project) if project is not None else None
     odb = HashFileDB(MemoryFileSystem(), "/lineage-odb")
     _, _, obj = build(odb, str(Path(path).resolve()), LocalFileSystem(), "md5", dry_run=True, ignore=ignore)
     return str(obj.hash_info.value)
+
+
+def _ignore_filter(project: Path) -> Any | None:
+    """DVC's own filter for ``<project>/.dvcignore`` (None without one): what DVC leaves out of a hash."""
+    if not (Path(project) / ".dvcignore").is_file():
+        return None
+    from dvc.fs import LocalFileSystem as DvcLocalFileSystem
+    from dvc.ignore import DvcIgnoreFilter
+
+    return DvcIgnoreFilter(DvcLocalFileSystem(), str(Path(project).resolve()))
 
 
 def read_dvc_lock(project: Path) -> dict[str, Any]:
@@ -148,10 +153,13 @@ def _dvc_lock_entries(project: Path) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def _lock_entry_is_current(entry: Mapping[str, Any], path: Path, lock_mtime: float) -> bool:
+def _lock_entry_is_current(entry: Mapping[str, Any], path: Path, lock_mtime: float, ignore: Any) -> bool:
     # dvc.lock is written after its stage's outputs; a file newer than the lock, or another file count or
-    # size, means the output was rewritten outside DVC (e.g. the CLI) and the recorded md5 is stale.
+    # size, means the output was rewritten outside DVC (e.g. the CLI) and the recorded md5 is stale. The files
+    # counted are the ones DVC hashes: an ignored one (the index's search.json) would make every entry stale.
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    if ignore is not None:
+        files = [p for p in files if not ignore.is_ignored_file(str(p.resolve()))]
     if any(p.stat().st_mtime > lock_mtime for p in files):
         return False
     if "size" in entry and sum(p.stat().st_size for p in files) != entry["size"]:
@@ -171,8 +179,10 @@ def dvc_md5(path: Path, project: Path) -> str | None:
         relative = None
     if relative is not None:
         entry = _dvc_lock_entries(project).get(relative)
-        if entry and _lock_entry_is_current(entry, path, (project / "dvc.lock").stat().st_mtime):
-            return str(entry["md5"])
+        if entry:
+            lock_mtime = (project / "dvc.lock").stat().st_mtime
+            if _lock_entry_is_current(entry, path, lock_mtime, _ignore_filter(project)):
+                return str(entry["md5"])
     return compute_md5(path, project)
 
 
