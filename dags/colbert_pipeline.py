@@ -252,26 +252,31 @@ def colbert_pipeline() -> None:
         settings = _settings()
         if register_result.get("skipped"):
             version, reason = None, "register unchanged (DVC skipped it): no new model version"
+            model_name = None
         else:
             decision = orchestration.read_registry(settings)
-            version, reason = decision.version, decision.reason
+            version, reason, model_name = decision.version, decision.reason, decision.model_name
         orchestration.finish_parent_run(
             settings,
             parent_run_id,
             "FINISHED",
             {"promotion": outcome, "registry_version": version or "", "promotion_reason": reason},
         )
-        return {"outcome": outcome, "version": version, "mlflow_run_id": parent_run_id}
+        return {
+            "outcome": outcome,
+            "version": version,
+            "model_name": model_name,
+            "mlflow_run_id": parent_run_id,
+        }
 
     @task(outlets=[CHAMPION])
     def promote(parent_run_id: str, register_result: dict[str, Any]) -> dict[str, Any]:
         """The new model version is the champion: emit the champion asset for downstream DAGs."""
         result = _finish(parent_run_id, register_result, "promoted")
         # The model's name travels with the event: the workspace's params.yaml is back to its defaults by now.
-        model_name = orchestration.read_registry(_settings()).model_name
         get_current_context()["outlet_events"][CHAMPION].extra = {
             "version": result["version"],
-            "model_name": model_name,
+            "model_name": result["model_name"],
         }
         logger.info("champion is now version %s", result["version"])
         return result

@@ -140,9 +140,9 @@ def rerun(dest: Path, stages: Sequence[str], env: dict[str, str]) -> dict[str, b
         if process.returncode != 0:
             tail = "\n".join(process.tail[-5:])
             raise PipelineError(f"re-running {stage} in {dest} failed (exit {process.returncode}): {tail}")
-    fresh = _outputs(read_dvc_lock(dest))
-    stage_outs = {path for stage in stages for path in _outputs({stage: read_dvc_lock(dest).get(stage)})}
-    return {path: fresh.get(path) == recorded.get(path) for path in sorted(stage_outs)}
+    lock = read_dvc_lock(dest)
+    fresh = _outputs({stage: lock.get(stage) for stage in stages})
+    return {path: md5 == recorded.get(path) for path, md5 in sorted(fresh.items())}
 
 
 def _outputs(stages: dict[str, Any]) -> dict[str, str]:

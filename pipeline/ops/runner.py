@@ -176,36 +176,35 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def _stat(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` from field 3 on (after the command name, which may hold spaces); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (``/proc/<pid>/stat`` field 22); None when gone (or not Linux).
+    """The kernel's start time of ``pid`` (field 22); None when gone (or not Linux).
 
     With the pid it names one process: a pid reused by a new process has another start time.
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2 :].split()[19]  # fields after the command name start at field 3
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
+    fields = _stat(pid)
+    return fields[19] if fields else None
 
 
 def ancestors(pid: int, depth: int = 2) -> list[tuple[int, str]]:
     """``(pid, start time)`` of the ``depth`` nearest ancestors of ``pid``, never pid 1 (empty off Linux)."""
     chain: list[tuple[int, str]] = []
-    current = _parent_of(pid)
-    while current and current > 1 and len(chain) < depth:
-        start = _start_time(current)
-        if start is None:
+    fields = _stat(pid)
+    current = int(fields[1]) if fields else 0  # field 4: the parent's pid
+    while current > 1 and len(chain) < depth:
+        fields = _stat(current)
+        if fields is None:
             break
-        chain.append((current, start))
-        current = _parent_of(current)
+        chain.append((current, fields[19]))
+        current = int(fields[1])
     return chain
 
 
