@@ -82,7 +82,7 @@ format: install
 # (tests/deploy: PostgreSQL, Redis, MLflow, Airflow on Celery workers as processes; `services` installs what
 # is missing with apt-get as root). COLBERT_DEPLOY_REQUIRED: the deploy tier fails, never skips, here.
 test: lint services
-	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m "not repro"
+	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m "not repro" --durations=40
 
 # Reproducibility (not in `test`: ~15 minutes on 2 cores): two workspaces of one commit give identical DVC
 # hashes, a forced re-run gives the recorded ones, a changed input byte re-runs prepare, trials are experiments.

@@ -7,6 +7,7 @@ as tests (``--doctest-modules``); they find ``np``, ``Path`` and ``pd`` in their
 from __future__ import annotations
 
 import os
+import sys
 
 # Set before any Hugging Face import so no test can reach the Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,6 +34,20 @@ def mlflow_tracking_db(tmp_path_factory) -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _restore_tracking_uri(mlflow_tracking_db: str):
+    """Put the session's tracking store back after each test.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ`` (subprocesses inherit
+    it), which monkeypatch does not undo: one test pointing MLflow at its own short-lived server would
+    otherwise send every later test in the session to a dead port.
+    """
+    yield
+    if "mlflow" in sys.modules:  # its module-level URI too, which wins over the environment
+        sys.modules["mlflow"].set_tracking_uri(mlflow_tracking_db)
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_db
 
 
 @pytest.fixture(autouse=True)
