@@ -26,10 +26,11 @@ logger = logging.getLogger(__name__)
 
 
 class ColBERT:
-    """A retriever over a PLAID or Voyager index.
+    """A retriever over a PLAID, Voyager or ScaNN index.
 
     Args:
-        index: The index to search (``indexes.PLAID`` or ``indexes.Voyager``).
+        index: The index to search (``indexes.PLAID``, ``indexes.Voyager``, or ``indexes.ScaNN`` built
+            with ``store_embeddings=True``: its candidates are rescored exactly).
     """
 
     def __init__(self, index: MultiVectorIndex) -> None:
@@ -114,15 +115,16 @@ def _token_depth(index: MultiVectorIndex, k_token: int | None, k: int) -> Iterat
 
 
 class XTR:
-    """PyLate's XTR retriever on a :class:`pipeline.indexes.Voyager` index.
+    """PyLate's XTR retriever on a token-level index: :class:`pipeline.indexes.ScaNN` or ``Voyager``.
 
     Each query token fetches its ``k_token`` nearest document tokens; a document is scored from those
     retrieved tokens only (no document embeddings are read back), with XTR's min imputation for the query
-    tokens that missed it (:func:`pipeline.rank.score_xtr`). Voyager reports inner-product *distances*
-    (``1 - dot``); they are turned back into similarities before scoring, so the best match ranks first.
+    tokens that missed it (:func:`pipeline.rank.score_xtr`). ScaNN reports dot products, used as they are;
+    Voyager reports inner-product *distances* (``1 - dot``), turned back into similarities before scoring,
+    so the best match ranks first on both.
 
     Args:
-        index: A Voyager index (PLAID ranks end to end and has no token-level answer).
+        index: A ScaNN or Voyager index (PLAID ranks end to end and has no token-level answer).
 
     Example:
         >>> import numpy as np, tempfile
@@ -132,19 +134,28 @@ class XTR:
         >>> index = index.add_documents(["a", "b"], [eye[:2], eye[2:]])
         >>> [hit["id"] for hit in retrieve.XTR(index=index).retrieve([eye[2:3]], k=2)[0]]
         ['b', 'a']
+        >>> scann = indexes.ScaNN(index_name="x", store_embeddings=False)     # PyLate's in-memory ScaNN
+        >>> scann = scann.add_documents(["a", "b"], [eye[:2], eye[2:]])
+        >>> [hit["id"] for hit in retrieve.XTR(index=scann).retrieve(eye[2:3], k=2)[0]]
+        ['b', 'a']
     """
 
     #: Token-level candidates per query token when ``k_token`` is not given (PyLate's default).
     default_k_token = 10_000
+    #: Queries per index call when ``batch_size`` is not given (PyLate's default).
+    default_batch_size = 1
 
     def __init__(self, index: MultiVectorIndex) -> None:
-        from pipeline.indexes import Voyager
+        from pipeline.indexes import ScaNN, Voyager
 
-        if not isinstance(index, Voyager):
+        if not isinstance(index, ScaNN | Voyager):
             raise TypeError(
-                f"retrieve.XTR needs a token-level index (indexes.Voyager), got {type(index).__name__}"
+                "retrieve.XTR needs a token-level index (indexes.ScaNN or indexes.Voyager), "
+                f"got {type(index).__name__}"
             )
         self.index = index
+        # Voyager answers with distances (1 - dot), ScaNN with the dot products XTR sums.
+        self._distances = isinstance(index, Voyager)
 
     def retrieve(
         self,
@@ -160,10 +171,12 @@ class XTR:
         ``subset`` is not supported on the token path (as in PyLate): it raises ``NotImplementedError``.
         """
         if subset is not None:
-            raise NotImplementedError("subset filtering is not implemented for XTR retrieval (as in PyLate)")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise NotImplementedError("Subset filtering is not implemented for XTR retrieval (as in PyLate)")
         k_token = self.default_k_token if k_token is None else k_token
+        batch_size = self.default_batch_size if batch_size is None else batch_size
+        for name, value in {"k": k, "k_token": k_token, "batch_size": batch_size}.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if k > k_token:
             logger.warning("k (%d) is greater than k_token (%d): using k_token = k", k, k_token)
             k_token = k
@@ -172,11 +185,13 @@ class XTR:
         queries = as_float_arrays(
             queries_embeddings, argument="queries_embeddings", dim=self.index.embedding_size
         )
-        batch_size = 1 if batch_size is None else batch_size
+        starts = range(0, len(queries), batch_size)
         results: list[list[dict[str, Any]]] = []
-        for start in range(0, len(queries), batch_size):
+        bar = tqdm(starts, desc="Retrieving documents (XTR)", unit="batch", disable=len(starts) <= 1)
+        for start in bar:
             hits = self.index(queries[start : start + batch_size], k=k_token)
-            for ids, distances in zip(hits["documents_ids"], hits["distances"], strict=True):
-                similarities = [[1.0 - d for d in token] for token in distances]
-                results.append(score_xtr(ids, similarities, k=k, device=device or "cpu"))
+            for ids, scores in zip(hits["documents_ids"], hits["distances"], strict=True):
+                if self._distances:
+                    scores = [[1.0 - d for d in token] for token in scores]
+                results.append(score_xtr(ids, scores, k=k, device=device or "cpu"))
         return results

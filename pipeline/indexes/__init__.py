@@ -1,6 +1,7 @@
-"""Multi-vector indexes for ColBERT embeddings: :class:`PLAID` (fast-plaid) and :class:`Voyager` (HNSW).
+"""Multi-vector indexes for ColBERT embeddings: :class:`PLAID` (fast-plaid), :class:`Voyager` (HNSW) and
+:class:`ScaNN` (Google's ScaNN, token level, for ``retrieve.XTR``).
 
-Both share one contract (:class:`~pipeline.indexes.base.MultiVectorIndex`): ``add_documents``,
+All share one contract (:class:`~pipeline.indexes.base.MultiVectorIndex`): ``add_documents``,
 ``remove_documents``, ``search(queries_embeddings, k=10, subset=None)``, str or int ids returned as given,
 atomic on-disk versions, and the facts ``num_documents``, ``num_tokens``, ``disk_bytes`` and ``stats()``.
 
@@ -21,6 +22,7 @@ from pipeline.indexes.base import (
     UnknownIdWarning,
 )
 from pipeline.indexes.plaid import PLAID
+from pipeline.indexes.scann import ScaNN
 from pipeline.indexes.voyager import Voyager
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "DuplicateDocumentIdError",
     "IndexFormatError",
     "MultiVectorIndex",
+    "ScaNN",
     "UnknownDocumentIdError",
     "UnknownIdWarning",
     "Voyager",
