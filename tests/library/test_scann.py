@@ -157,7 +157,7 @@ def test_without_stored_embeddings_xtr_works_and_the_rest_says_why(tmp_path) -> 
     assert index.num_documents == 60
 
 
-def test_xtr_on_scann_is_score_xtr_over_the_exact_token_neighbours(index) -> None:
+def test_xtr_on_scann_is_score_xtr_over_the_exact_token_neighbours(index, tmp_path) -> None:
     results = retrieve.XTR(index=index).retrieve(QUERIES, k=5, k_token=20, batch_size=4)
     for query, got in zip(QUERIES, results, strict=True):
         ids, similarities = exact_token_neighbours(query, 20)
@@ -170,6 +170,8 @@ def test_xtr_on_scann_is_score_xtr_over_the_exact_token_neighbours(index) -> Non
         retrieve.XTR(index=index).retrieve(QUERIES[:1], subset=["d1"])
     with pytest.raises(ValueError, match="k_token must be a positive integer"):
         retrieve.XTR(index=index).retrieve(QUERIES[:1], k_token=0)
+    with pytest.raises(TypeError, match="token-level index"):  # PLAID ranks end to end
+        retrieve.XTR(index=indexes.PLAID(index_folder=str(tmp_path), index_name="p", device="cpu"))
 
 
 def test_xtr_trained_then_retrieved_on_scann_end_to_end(colbert_model) -> None:
