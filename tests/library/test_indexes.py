@@ -22,6 +22,8 @@ from pipeline.indexing import exact_search, recall_at_k
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 KINDS = ["PLAID", "Voyager"]
+#: The shared contract's checks on small random sets also run on the token-level ScaNN index.
+CONTRACT_KINDS = [*KINDS, "ScaNN"]
 N_DOCS = 200
 N_QUERIES = 30
 
@@ -41,6 +43,8 @@ def random_documents(
 def make_index(kind: str, folder: Path, name: str, **kwargs):
     if kind == "PLAID":
         return indexes.PLAID(index_folder=folder, index_name=name, device="cpu", **kwargs)
+    if kind == "ScaNN":
+        return indexes.ScaNN(index_folder=str(folder), index_name=name, **kwargs)
     return indexes.Voyager(index_folder=folder, index_name=name, show_progress=False, **kwargs)
 
 
@@ -174,7 +178,7 @@ def test_subset_matches_exact_search_within_the_subset(built, corpus):
 
 
 # ---------------------------------------------------------------------------------------------- updates
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_add_then_remove_leaves_exactly_the_expected_ids(kind, tmp_path):
     documents = random_documents(60, seed=3)
     index = make_index(kind, tmp_path, "updates")
@@ -196,7 +200,7 @@ def test_add_then_remove_leaves_exactly_the_expected_ids(kind, tmp_path):
     assert [row[0]["id"] for row in reopened.search(own, k=1)] == expected
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_duplicate_and_unknown_ids_change_nothing(kind, tmp_path):
     documents = random_documents(12, seed=4)
     index = make_index(kind, tmp_path, "dups")
@@ -228,7 +232,7 @@ def test_plaid_builds_are_reproducible_with_a_seed(tmp_path):
     assert results[0] == results[1]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_transaction_is_all_or_nothing(kind, tmp_path):
     documents = random_documents(20, seed=8)
     index = make_index(kind, tmp_path, "txn")
@@ -381,7 +385,7 @@ def test_a_symlinked_name_cannot_escape_the_folder(tmp_path):
         make_index("PLAID", tmp_path / "indexes", "link")
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_bad_documents_are_rejected_and_nothing_is_lost(kind, tmp_path):
     documents = random_documents(6, seed=13)
     index = make_index(kind, tmp_path, "bad")
