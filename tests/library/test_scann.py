@@ -85,6 +85,10 @@ def test_search_and_colbert_retriever_agree_with_exact_maxsim(tmp_path) -> None:
     assert recall_at_k(index.search(QUERIES, k=10), exact, k=10) >= 0.9  # 0.98 on this set
     retrieved = retrieve.ColBERT(index=index).retrieve(QUERIES, k=10, k_token=32)
     assert retrieved == index.search(QUERIES, k=10)
+    # The retriever's k_token is the index's token depth for that call only.
+    deep = retrieve.ColBERT(index=index).retrieve(QUERIES, k=10, k_token=len(FLAT))
+    assert [[h["id"] for h in row] for row in deep] == [[h["id"] for h in row] for row in exact]
+    assert index.k_token == 32
     # A small subset is scored exactly: exact MaxSim over just those documents.
     allowed = ["d7", "d1", "d0"]
     within = exact_search(QUERIES[:2], [DOCUMENTS[7], DOCUMENTS[1], DOCUMENTS[0]], allowed, k=5)
