@@ -392,7 +392,10 @@ class ScaNN(MultiVectorIndex):
         if (folder / "scann_docids.pkl").exists():
             raise ValueError(f"{folder / 'scann_docids.pkl'}: a pickle file; this index never writes one")
         text = (folder / ASSETS_FILE).read_text(encoding="utf-8")
-        assets = text_format.Parse(text, scann_assets_pb2.ScannAssets())
+        try:
+            assets = text_format.Parse(text, scann_assets_pb2.ScannAssets())
+        except text_format.ParseError as error:
+            raise ValueError(f"{folder / ASSETS_FILE}: not a ScaNN assets file ({error})") from None
         root = folder.resolve()
         for asset in assets.assets:
             where = (folder / asset.asset_path).resolve()

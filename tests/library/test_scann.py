@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import gc
 import shutil
-import warnings
 
 import numpy as np
 import pytest
@@ -247,5 +246,8 @@ def test_a_tampered_folder_is_refused_before_scann_reads_it(index, tmp_path) -> 
     (folder / "scann_docids.pkl").unlink()
     assets = folder / "scann_assets.pbtxt"
     assets.write_text(assets.read_text().replace('"hashed_dataset.npy"', '"../../../outside.npy"'))
-    with warnings.catch_warnings(), pytest.raises(IndexFormatError, match=r"outside\.npy"):
+    with pytest.raises(IndexFormatError, match=r"outside\.npy"):
+        indexes.ScaNN(index_folder=str(tmp_path), index_name="s")
+    assets.write_text("assets { nonsense")
+    with pytest.raises(IndexFormatError, match="not a ScaNN assets file"):
         indexes.ScaNN(index_folder=str(tmp_path), index_name="s")
