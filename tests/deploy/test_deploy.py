@@ -211,12 +211,11 @@ def test_the_logged_champion_carries_a_valid_serving_input_example(deployed: dic
     from mlflow.models import validate_serving_input
 
     platform = deployed["platform"]
+    # The registry answers `models:/` URIs at the default URI (tracking_uri= covers runs only); conftest puts
+    # the session's store back after the test.
+    mlflow.set_tracking_uri(platform.mlflow_url)
     uri = f"models:/{MODEL_NAME}@champion"
-    local = Path(
-        mlflow.artifacts.download_artifacts(
-            uri, dst_path=str(platform.root / "champion-model"), tracking_uri=platform.mlflow_url
-        )
-    )
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(platform.root / "champion-model")))
     example = json.loads((local / "serving_input_example.json").read_text())
     assert example["dataframe_split"]["columns"] == ["query"]
     k = example["params"]["k"]
