@@ -81,10 +81,11 @@ format: install
 # (tests/faults: stages SIGKILLed under dvc repro, the MLflow server killed during register) and the deploy tier
 # (tests/deploy: PostgreSQL, Redis, MLflow, Airflow on Celery workers as processes; `services` installs what
 # is missing with apt-get as root). COLBERT_DEPLOY_REQUIRED: the deploy tier fails, never skips, here.
-# Two xdist workers, one test module each at a time (module fixtures stay whole): one worker alone kept ~1 of
-# the 2 cores busy (44 min wall, 40 min CPU on a quiet machine); the deploy tier mostly waits on services.
+# Two xdist workers, one test module each at a time (module fixtures stay whole), the longest modules first
+# (conftest.py orders them): one worker alone kept ~1 of the 2 cores busy (44 min wall, 40 min CPU on a quiet
+# machine), and the deploy tier mostly waits on services.
 test: lint services
-	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m "not repro" -n 2 --dist loadscope --durations=40
+	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m "not repro" -n 2 --dist loadscope --no-loadscope-reorder --durations=40
 
 # Reproducibility (not in `test`: ~15 minutes on 2 cores): two workspaces of one commit give identical DVC
 # hashes, a forced re-run gives the recorded ones, a changed input byte re-runs prepare, trials are experiments.

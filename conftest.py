@@ -19,6 +19,35 @@ from pathlib import Path
 
 import pytest
 
+#: Modules with these markers hold minutes-long module fixtures (a platform, a reference ``dvc repro``).
+_LONG_FIRST = ("deploy", "faults", "slow")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the modules with the longest fixtures first, each module's tests kept together and in order.
+
+    ``make test`` runs two xdist workers that take one module at a time (``--dist loadscope
+    --no-loadscope-reorder``): a few-test, many-minute module started last leaves the other core idle.
+    """
+
+    def rank(item: pytest.Item) -> int:
+        names = {mark.name for mark in item.iter_markers()}
+        return next((i for i, name in enumerate(_LONG_FIRST) if name in names), len(_LONG_FIRST))
+
+    first_seen: dict[str, int] = {}
+    module_rank: dict[str, int] = {}
+    for position, item in enumerate(items):
+        module = item.nodeid.split("::", 1)[0]
+        first_seen.setdefault(module, position)
+        module_rank[module] = min(module_rank.get(module, len(_LONG_FIRST)), rank(item))
+    order = {id(item): position for position, item in enumerate(items)}
+
+    def key(item: pytest.Item) -> tuple[int, int, int]:
+        module = item.nodeid.split("::", 1)[0]
+        return module_rank[module], first_seen[module], order[id(item)]
+
+    items.sort(key=key)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def mlflow_tracking_db(tmp_path_factory) -> str:

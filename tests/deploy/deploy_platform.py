@@ -406,6 +406,15 @@ class Platform:
         self.services["api-server"].wait_ready(lambda: _answers(f"{self.api_url}/api/v2/monitor/health"))
         return self
 
+    def crash_broker(self, down_for: float) -> None:
+        """SIGKILL Redis (a crash: every connection cut), leave it down ``down_for`` seconds, start it again.
+
+        It comes back on the same port without what it had not saved: queued messages are gone.
+        """
+        self.services["redis"].kill_group()
+        time.sleep(down_for)
+        self._start_redis()
+
     def start_worker(self, queue: str) -> Process:
         name = f"worker-{queue}"
         return self._service(name, ["worker", "--queue", queue], COLBERT_HOSTNAME=name)

@@ -12,7 +12,9 @@ order, on one platform:
 2. the canary DAG runs on that asset event and records its numbers to MLflow;
 3. ``mlflow models serve`` answers the champion's ids, scores and texts over HTTP;
 4. a bad Param fails in ``validate_params``, once, leaving ``params.yaml`` as it was;
-5. the gpu worker SIGKILLed during ``train``: the task fails (retries are 0 here), no stage survives, and the
+5. Redis (the Celery broker) SIGKILLed while the run dispatches its tasks and restarted 20 s later, empty: no
+   service dies, the run does not hang, it completes and keeps the champion;
+6. the gpu worker SIGKILLed during ``train``: the task fails (retries are 0 here), no stage survives, and the
    next run completes, keeping the champion where it was.
 
 Set ``COLBERT_DEPLOY_REPORT=<file>`` to keep a JSON record of the first run's tasks (the README's table).
@@ -293,6 +295,27 @@ def test_a_bad_param_fails_in_validate_params_once(deployed: dict[str, Any]) -> 
     assert "train.no_such_key" in _task_logs(deployed, run_id, "validate_params")
     assert {ti["state"] for task, ti in tis.items() if task != "validate_params"} <= {"upstream_failed"}
     assert params.read_bytes() == before
+
+
+def test_a_broker_crash_mid_run_does_not_hang_it_and_the_run_completes(deployed: dict[str, Any]) -> None:
+    api, platform = deployed["api"], deployed["platform"]
+    assert "champion" in deployed, "needs the first run's champion"
+    run_id = api.trigger(DAG_ID, {"overrides": TINY})
+    validate = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/validate_params"
+    wait_until(
+        "validate_params done", lambda: api.get(validate)["state"] == "success", RUN_TIMEOUT, interval=1.0
+    )
+    # Down while the scheduler dispatches the next tasks and the workers hold their broker connections.
+    platform.crash_broker(down_for=20.0)
+    # Bounded, and every service (scheduler, both workers) must survive the outage: wait_run checks them.
+    state = api.wait_run(DAG_ID, run_id, RUN_TIMEOUT, platform)
+    deployed["runs"]["broker-crash"] = run_id
+    tis = api.task_instances(DAG_ID, run_id)
+    assert state == "success", {task: (ti["state"], ti["try_number"]) for task, ti in tis.items()}
+    # The same inputs as the first run: nothing new to register, the champion stays.
+    assert tis["keep_champion"]["state"] == "success" and tis["promote"]["state"] == "skipped"
+    champion = _mlflow(platform).get_model_version_by_alias(MODEL_NAME, "champion")
+    assert str(champion.version) == deployed["champion"]
 
 
 def test_a_worker_killed_during_train_fails_the_task_and_the_next_run_completes(
