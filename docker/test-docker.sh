@@ -89,8 +89,10 @@ steps=$(grep -oE '^#[0-9]+ \[' "$logs/build.log" | sort -u | wc -l)
 cached=$(grep -cE '^#[0-9]+ CACHED$' "$logs/build.log" || true)
 log "image built in $(($(date +%s) - build_started)) s ($cached of $steps build steps cached): \
 $(docker image inspect -f '{{.Size}}' colbert-pipeline:test | awk '{printf "%.1f GB", $1/1e9}')"
-# The image this build replaced, untagged now: dropped, so the kept state does not grow by an image a run.
+# The image this build replaced, untagged now, is dropped, and the build cache is bounded (least recently used
+# first): each change of uv.lock left another ~7 GB venv layer, and the kept state had reached 37 GB.
 docker image prune -f >/dev/null
+docker builder prune -f --keep-storage "${COLBERT_TEST_DOCKER_CACHE:-20GB}" >/dev/null
 
 # -- the stack, host networking, every service on 127.0.0.1 and free ports ------------------------------
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
