@@ -22,8 +22,11 @@ fi
 # A docker CLI that builds with BuildKit by itself (a newer CLI without the buildx plugin cannot).
 docker() { "${DOCKER_CLI:-$( [[ -x /usr/bin/docker ]] && echo /usr/bin/docker || command -v docker)}" "$@"; }
 state=${COLBERT_TEST_DOCKER_STATE:-/var/lib/colbert-test-docker}
+# Kept after the run: the build log, compose's output and, when it fails, every service's whole log.
+logs=${COLBERT_TEST_DOCKER_LOGS:-/tmp/colbert-test-docker-logs}
 run=$(mktemp -d /tmp/colbert-test-docker.XXXXXX)
 mkdir -p "$state"
+rm -rf "$logs" && mkdir -p "$logs"
 export DOCKER_HOST="unix://$run/docker.sock"
 project=colbert-test
 compose=(docker-compose -p "$project" --project-directory "$run" -f "$run/compose.yaml" -f "$run/compose.test.yaml"
@@ -35,7 +38,12 @@ dockerd_pid=$!
 cleanup() {
     status=$?
     if [[ $status != 0 && -f "$run/compose.yaml" ]]; then
-        "${compose[@]}" logs --no-color --tail=40 2>/dev/null | tail -200 || true
+        # Each service on its own: one interleaved tail hid the service that failed behind the chatty ones.
+        for service in $("${compose[@]}" --profile serve config --services 2>/dev/null); do
+            "${compose[@]}" --profile serve logs --no-color "$service" >"$logs/$service.log" 2>&1 || true
+            echo "--- $service: last 15 lines (all of it: $logs/$service.log)"
+            tail -15 "$logs/$service.log"
+        done
     fi
     [[ -f "$run/compose.yaml" ]] && "${compose[@]}" --profile serve down -v --remove-orphans -t 20 >/dev/null 2>&1
     kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
@@ -72,11 +80,19 @@ fi
 
 # -- the image: base images as build arguments, the host's CA bundle as a build secret (test build only) ----
 log "building colbert-pipeline:test"
-DOCKER_BUILDKIT=1 docker build --network host -f docker/Dockerfile -t colbert-pipeline:test \
+build_started=$(date +%s)
+DOCKER_BUILDKIT=1 docker build --progress plain --network host -f docker/Dockerfile -t colbert-pipeline:test \
     --build-arg PYTHON_IMAGE=colbert-test-python:bookworm --build-arg UV_IMAGE=colbert-test-uv:local \
-    --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt . >"$run/build.log" 2>&1 \
-    || { tail -40 "$run/build.log"; exit 1; }
-log "image built: $(docker image inspect -f '{{.Size}}' colbert-pipeline:test | awk '{printf "%.1f GB", $1/1e9}')"
+    --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt . >"$logs/build.log" 2>&1 \
+    || { tail -40 "$logs/build.log"; exit 1; }
+steps=$(grep -oE '^#[0-9]+ \[' "$logs/build.log" | sort -u | wc -l)
+cached=$(grep -cE '^#[0-9]+ CACHED$' "$logs/build.log" || true)
+log "image built in $(($(date +%s) - build_started)) s ($cached of $steps build steps cached): \
+$(docker image inspect -f '{{.Size}}' colbert-pipeline:test | awk '{printf "%.1f GB", $1/1e9}')"
+# The image this build replaced, untagged now, is dropped, and the build cache is bounded (least recently used
+# first): each change of uv.lock left another ~7 GB venv layer, and the kept state had reached 37 GB.
+docker image prune -f >/dev/null
+docker builder prune -f --keep-storage "${COLBERT_TEST_DOCKER_CACHE:-20GB}" >/dev/null
 
 # -- the stack, host networking, every service on 127.0.0.1 and free ports ------------------------------
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -94,10 +110,12 @@ sed -e '/^name: colbert-pipeline$/d' -e '/deploy: \*gpu-reservation/d' -e '/^   
 cp docker/postgres-init.sh docker/test-postgres.sh "$run/"
 cp docker/compose.test.yaml "$run/compose.test.yaml"
 log "starting the stack"
-"${compose[@]}" up -d >"$run/up.log" 2>&1 || { cat "$run/up.log"; exit 1; }
-.venv/bin/python tests/deploy/drive_stack.py run --api "http://127.0.0.1:$AIRFLOW_PORT" \
+"${compose[@]}" up -d >"$logs/up.log" 2>&1 || { cat "$logs/up.log"; exit 1; }
+# Every wait of the driver is bounded; a stuck run fails the script with the services' logs.
+wait_s=${COLBERT_TEST_DOCKER_WAIT:-1200}
+.venv/bin/python tests/deploy/drive_stack.py run --api "http://127.0.0.1:$AIRFLOW_PORT" --timeout "$wait_s" \
     --password "$AIRFLOW_ADMIN_PASSWORD" --mlflow "$MLFLOW_TRACKING_URI" --model "$COLBERT_MODEL_NAME"
 log "serving the champion"
-"${compose[@]}" --profile serve up -d serve >>"$run/up.log" 2>&1 || { cat "$run/up.log"; exit 1; }
-.venv/bin/python tests/deploy/drive_stack.py serve --serve "http://127.0.0.1:$SERVE_PORT"
+"${compose[@]}" --profile serve up -d serve >>"$logs/up.log" 2>&1 || { cat "$logs/up.log"; exit 1; }
+.venv/bin/python tests/deploy/drive_stack.py serve --serve "http://127.0.0.1:$SERVE_PORT" --timeout "$wait_s"
 log "passed"

@@ -206,6 +206,57 @@ def test_dockerfile_builds_from_the_lock_as_a_non_root_user() -> None:
             )
 
 
+TEMPLATE = "/opt/colbert-pipeline"
+
+
+def _template_sources() -> dict[str, str]:
+    """Each build-context path the Dockerfile copies into the workspace template: its path there."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    copied = {}
+    for line in re.findall(r"^COPY (?!--from)(.*?)$", text, re.MULTILINE):
+        *sources, destination = [part for part in line.split() if not part.startswith("--")]
+        if not destination.startswith(TEMPLATE):
+            continue
+        for source in sources:
+            target = destination + Path(source).name if destination.endswith("/") else destination
+            copied[source] = target.removeprefix(TEMPLATE + "/")
+    return copied
+
+
+def _stage_deps() -> set[str]:
+    """Every dependency path of every dvc.yaml stage, ``${...}`` resolved from params.yaml."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+    def resolve(match: re.Match) -> str:
+        value: Any = params
+        for key in match.group(1).split("."):
+            value = value[key]
+        return "" if value is None else str(value)
+
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    deps = {
+        re.sub(r"\$\{([^}]+)\}", resolve, dep) for stage in stages.values() for dep in stage.get("deps", [])
+    }
+    return {dep for dep in deps if dep}
+
+
+def test_workspace_template_holds_every_tracked_stage_dependency() -> None:
+    """docker/init-workspace.sh makes the workspace from the template: a dependency DVC finds missing there
+    fails the stage (the `prepare.data` folder, `inputs/`, once did), however well the image builds."""
+    copied = _template_sources()
+    for source, target in copied.items():
+        assert source == target, f"{source} lands at {TEMPLATE}/{target}: the template mirrors the repository"
+    listed = subprocess.run(
+        ["git", "ls-files", "--", *sorted(_stage_deps())], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout.splitlines()  # git-tracked: not the outputs of other stages, whatever a local run left
+    tracked = [dep for dep in _stage_deps() if any(f == dep or f.startswith(dep + "/") for f in listed)]
+    assert "inputs" in tracked and any(dep.startswith("pipeline/") for dep in tracked)
+    for dep in tracked:
+        assert any(dep == src or dep.startswith(src + "/") or src.startswith(dep + "/") for src in copied), (
+            f"dvc.yaml depends on {dep}, which the Dockerfile does not copy into {TEMPLATE}"
+        )
+
+
 def _compose_cli() -> list[str] | None:
     if shutil.which("docker"):
         probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
