@@ -381,6 +381,25 @@ class MultiVectorIndex(abc.ABC):
     ) -> list[list[tuple[int, float]]]:
         """Top-``k`` ``(slot, score)`` per query, best first, within ``allowed`` slots when given."""
 
+    @staticmethod
+    def _rank_exactly(
+        query: np.ndarray, slots: np.ndarray, documents: list[torch.Tensor], k: int
+    ) -> list[tuple[int, float]]:
+        """Exact MaxSim of ``query`` against candidate ``slots`` (``documents``, one per slot): best ``k``.
+
+        Shared by the token-level backends, which gather candidates differently and rescore them alike.
+        """
+        if len(slots) == 0:
+            return []
+        # Imported here: sentence-transformers is slow to import, and opening or building needs none of it.
+        from pipeline.scores import colbert_scores
+
+        scores = colbert_scores([torch.from_numpy(query)], documents)[0]
+        top = torch.topk(scores, min(k, len(slots)))
+        return [
+            (int(slots[i]), float(s)) for i, s in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        ]
+
     # ------------------------------------------------------------------ loading
     def _load_committed(self) -> None:
         version = self._store.current()

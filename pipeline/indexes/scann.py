@@ -476,9 +476,6 @@ class ScaNN(MultiVectorIndex):
     def _search_slots(
         self, queries: list[np.ndarray], k: int, allowed: list[np.ndarray | None]
     ) -> list[list[tuple[int, float]]]:
-        # Imported here: sentence-transformers is slow to import, and opening or building needs none of it.
-        from pipeline.scores import colbert_scores
-
         if self._embeddings is None:
             raise NotImplementedError(
                 f"{self.path} was built with store_embeddings=False: exact search (index.search, "
@@ -497,20 +494,10 @@ class ScaNN(MultiVectorIndex):
                     slots = np.unique(owners[owners >= 0])
                 if subset is not None:
                     slots = np.intersect1d(slots, subset)
-            if len(slots) == 0:
-                results.append([])
-                continue
             counts = np.asarray(self._slot_tokens)[slots].tolist()
             documents = [
                 torch.from_numpy(np.array(self._embeddings[s : s + n], dtype=np.float32))
                 for s, n in zip(self._starts[slots].tolist(), counts, strict=True)
             ]
-            scores = colbert_scores([torch.from_numpy(query)], documents)[0]
-            top = torch.topk(scores, min(k, len(slots)))
-            results.append(
-                [
-                    (int(slots[i]), float(s))
-                    for i, s in zip(top.indices.tolist(), top.values.tolist(), strict=True)
-                ]
-            )
+            results.append(self._rank_exactly(query, slots, documents, k))
         return results

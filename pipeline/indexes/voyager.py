@@ -264,20 +264,7 @@ class Voyager(MultiVectorIndex):
     def _search_slots(
         self, queries: list[np.ndarray], k: int, allowed: list[np.ndarray | None]
     ) -> list[list[tuple[int, float]]]:
-        # Imported here: sentence-transformers is slow to import, and opening or building needs none of it.
-        from pipeline.scores import colbert_scores
-
-        results: list[list[tuple[int, float]]] = []
-        for query, slots in zip(queries, self._candidates(queries, allowed), strict=True):
-            if len(slots) == 0:
-                results.append([])
-                continue
-            scores = colbert_scores([torch.from_numpy(query)], self._document_embeddings(slots))[0]
-            top = torch.topk(scores, min(k, len(slots)))
-            results.append(
-                [
-                    (int(slots[i]), float(s))
-                    for i, s in zip(top.indices.tolist(), top.values.tolist(), strict=True)
-                ]
-            )
-        return results
+        return [
+            self._rank_exactly(query, slots, self._document_embeddings(slots) if len(slots) else [], k)
+            for query, slots in zip(queries, self._candidates(queries, allowed), strict=True)
+        ]
