@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.workspace import make_workspace, run, tree_md5, workspace_env
 
@@ -68,6 +69,32 @@ def test_second_repro_does_nothing(workspace, env, first_repro):
     second = run(["dvc", "repro"], workspace, env)
     assert "Running stage" not in second.stdout
     assert {name: (workspace / name).stat().st_mtime_ns for name in OUTPUTS} == stamps
+
+
+def _set_margin(workspace: Path, margin: float) -> None:
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["register"]["margin"] = margin
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_register_is_never_replayed_from_the_run_cache(workspace, env, first_repro):
+    # register acts on the registry: back on inputs DVC has seen before (the first repro's), it must run again
+    # and decide afresh, not restore the first run's "promoted, first version" from DVC's run cache.
+    params = (workspace / "params.yaml").read_bytes()
+    try:
+        _set_margin(workspace, 0.5)
+        assert "Running stage 'register'" in run(["dvc", "repro"], workspace, env).stdout
+        _set_margin(workspace, 0.0)
+        again = run(["dvc", "repro"], workspace, env)
+        assert "Running stage 'register'" in again.stdout and "'register' is cached" not in again.stdout, (
+            again.stdout
+        )
+        decision = json.loads((workspace / "metrics" / "registry.json").read_text())
+        assert (decision["promoted"], decision["version"]) == (False, "1"), decision
+        assert decision["reason"] == "this model, index and evaluation are already champion v1"
+    finally:
+        (workspace / "params.yaml").write_bytes(params)
+        run(["dvc", "repro", "register"], workspace, env)
 
 
 def test_search_answers_from_the_champion(workspace, env, first_repro):
