@@ -112,6 +112,14 @@ def _restore_params_and_fail_parent(context: Any) -> None:
             logger.exception("could not mark MLflow run %s as failed", parent)
 
 
+def _reapply_run_params() -> None:
+    """Before a stage runs: params.yaml holds this run's Params, also when a failure had put them back and
+    the task was then cleared (or retried) by hand."""
+    update = get_current_context()["ti"].xcom_pull(task_ids="validate_params")
+    if update:
+        orchestration.reapply_params(update)
+
+
 def _stage_task(stage: str):
     """A task that runs one stage; GPU stages go to the gpu queue and pool, the rest share the DVC pool."""
     on_gpu = stage in GPU_STAGES
@@ -130,6 +138,7 @@ def _stage_task(stage: str):
         if upstream:
             logger.info("after %s: %s", upstream["stage"], upstream["outputs"] or "no tracked outputs")
         settings = _settings()
+        _reapply_run_params()
         stage_logger = logging.getLogger(f"colbert_pipeline.{stage}")
         try:
             result = orchestration.run_stage(
@@ -221,6 +230,7 @@ def colbert_pipeline() -> None:
         """Push outputs, commit params.yaml + dvc.lock to this run's ref, tag the version; restore params."""
         context = get_current_context()
         settings = _settings()
+        orchestration.reapply_params(params_update)  # the ref must hold the params this run ran with
         version = None if register_result.get("skipped") else orchestration.read_registry(settings).version
         record = orchestration.record_run(settings, context["run_id"], version)
         # Scheduled runs use the configured defaults: this run's Params live on in its ref, not here.

@@ -48,6 +48,7 @@ from pipeline.ops.run_params import (  # noqa: F401  (the DAG's entry points, re
     ParamsUpdate,
     apply_run_overrides,
     overrides_from_dag_params,
+    reapply_params,
     restore_params,
 )
 from pipeline.ops.runner import run_process

@@ -3,6 +3,12 @@
 DVC decides what to re-run from ``params.yaml``, so a run's overrides are written into it (atomically,
 validated first, the previous file kept under ``.colbert-pipeline/``) and put back when the run ends.
 
+The workspace's file belongs to one run at a time (``.colbert-pipeline/params.owner``). Every stage task
+re-applies its run's file before it runs (``reapply_params``), so a task cleared or retried after the
+run's params were put back runs with that run's params, not the defaults; and a put-back that comes late (the
+failure callback of a task whose worker was killed, run after the next run began) leaves another run's file
+alone.
+
 Example:
     >>> overrides_from_dag_params({"epochs": 2, "overrides": {"train.max_steps": 5}}, current_source="sample")
     {'train.epochs': 2, 'train.max_steps': 5}
@@ -78,6 +84,9 @@ class ParamsUpdate:
     sha256: str
     changed: list[str]
     backup: str | None
+    run_key: str = ""
+    #: A copy of the file as this run wrote it, for ``reapply_params``.
+    run_copy: str | None = None
 
     def as_xcom(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,11 +118,11 @@ def apply_run_overrides(params_path: Path, overrides: Mapping[str, Any], run_key
     raw = read_params_file(params_path)
     changed = sorted(key for key, value in overrides.items() if _get_dotted(raw, key) != (True, value))
     backup: Path | None = None
+    state = params_path.parent / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    # The folder ignores itself, so the workspace's git status stays clean without touching .gitignore.
+    (state / ".gitignore").write_text("*\n", encoding="utf-8")
     if changed:
-        state = params_path.parent / STATE_DIR
-        state.mkdir(parents=True, exist_ok=True)
-        # The folder ignores itself, so the workspace's git status stays clean without touching .gitignore.
-        (state / ".gitignore").write_text("*\n", encoding="utf-8")
         backup = state / f"params.before-{_safe_name(run_key)}.yaml"
         atomic_write_text(backup, params_path.read_text(encoding="utf-8") if params_path.exists() else "")
         write_params(apply_overrides(raw, {key: overrides[key] for key in changed}), params_path)
@@ -122,12 +131,50 @@ def apply_run_overrides(params_path: Path, overrides: Mapping[str, Any], run_key
         )
     else:
         logger.info("params: %s already has every override; nothing to write", params_path)
+    run_copy = state / f"params.run-{_safe_name(run_key)}.yaml"
+    atomic_write_text(run_copy, params_path.read_text(encoding="utf-8") if params_path.exists() else "")
+    atomic_write_text(_owner_file(params_path), run_key)
     return ParamsUpdate(
         params_path=str(params_path),
         sha256=file_sha256(params_path),
         changed=changed,
         backup=str(backup) if backup else None,
+        run_key=run_key,
+        run_copy=str(run_copy),
     )
+
+
+def _owner_file(params_path: Path) -> Path:
+    return params_path.parent / STATE_DIR / "params.owner"
+
+
+def params_owner(params_path: Path) -> str | None:
+    """The run whose params the workspace's file holds (None when no run holds it)."""
+    owner = _owner_file(Path(params_path))
+    text = owner.read_text(encoding="utf-8").strip() if owner.exists() else ""
+    return text or None
+
+
+def reapply_params(update: Mapping[str, Any]) -> bool:
+    """Make the params file this run's again (what ``apply_run_overrides`` wrote); True if it had to.
+
+    Called by every stage task before it runs: after a failure put the previous file back, a cleared or
+    retried task must still run with its run's params.
+    """
+    params_path, run_copy = Path(update["params_path"]), update.get("run_copy")
+    if not run_copy or not Path(run_copy).exists():
+        return False  # an update from before run copies existed: nothing to re-apply from
+    rewritten = file_sha256(params_path) != update.get("sha256")
+    if rewritten:
+        atomic_write_text(params_path, Path(run_copy).read_text(encoding="utf-8"))
+        logger.warning(
+            "params: %s no longer held run %s's params (put back after a failure?); re-applied them",
+            params_path,
+            update.get("run_key"),
+        )
+    if params_owner(params_path) != update.get("run_key"):
+        atomic_write_text(_owner_file(params_path), str(update.get("run_key") or ""))
+    return rewritten
 
 
 def restore_params(update: Mapping[str, Any]) -> bool:
@@ -136,14 +183,24 @@ def restore_params(update: Mapping[str, Any]) -> bool:
     Called when the run fails, and after it is recorded (its ref keeps its params): either way the next
     scheduled run starts from the configured defaults.
     """
+    params_path = Path(update["params_path"])
+    owner, run_key = params_owner(params_path), update.get("run_key")
+    if run_key and owner not in (None, run_key):
+        # Identical content is no proof of ownership: the next run may have written the same overrides.
+        logger.warning(
+            "params: %s now holds run %s's params; not restoring run %s's", params_path, owner, run_key
+        )
+        return False
     backup = update.get("backup")
     if not backup or not Path(backup).exists():
+        if run_key and owner == run_key:
+            _owner_file(params_path).unlink(missing_ok=True)
         return False
-    params_path = Path(update["params_path"])
     if file_sha256(params_path) != update.get("sha256"):
         logger.warning("params: %s changed since this run wrote it; not restoring %s", params_path, backup)
         return False
     atomic_write_text(params_path, Path(backup).read_text(encoding="utf-8"))
+    _owner_file(params_path).unlink(missing_ok=True)
     logger.info("params: restored %s from %s", params_path, backup)
     return True
 

@@ -47,6 +47,7 @@ from deploy_platform import (
     wait_until,
 )
 
+from pipeline.layout import STAGES
 from pipeline.ops import services
 from tests.workspace import DAG_TINY
 
@@ -104,6 +105,30 @@ def _mlflow(platform: Platform) -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=platform.mlflow_url)
+
+
+def _explain(deployed: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """What a run did, for an assertion's message: task states and tries, which stages DVC skipped, the
+    registry's versions, and the end of the register task's log."""
+    api = deployed["api"]
+    tasks: dict[str, Any] = {}
+    for task, ti in api.task_instances(DAG_ID, run_id).items():
+        tasks[task] = [ti["state"], ti["try_number"]]
+        if ti["state"] == "success" and task in STAGES:
+            path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task}/xcomEntries/return_value"
+            tasks[task].append("skipped" if api.get(path)["value"].get("skipped") else "ran")
+    register_log = _task_logs(deployed, run_id, "register", max(1, tasks.get("register", [0, 1])[1]))
+    return {"tasks": tasks, "registry": _registry(deployed["platform"]), "register_log": register_log[-3000:]}
+
+
+def _registry(platform: Platform) -> list[dict[str, str]]:
+    """Every version of the model with what decided its promotion (an assertion's message)."""
+    keys = ("promotion.decision", "promotion.reason", "lineage.model.md5", "benchmark.md5", "metric.value")
+    versions = _mlflow(platform).search_model_versions(f"name = '{MODEL_NAME}'")
+    return [
+        {"version": str(v.version), "aliases": ",".join(v.aliases), **{k: v.tags.get(k, "") for k in keys}}
+        for v in sorted(versions, key=lambda v: int(v.version))
+    ]
 
 
 def _seconds(ti: dict[str, Any]) -> float:
@@ -334,7 +359,8 @@ def test_a_broker_crash_mid_run_fails_fast_and_a_retry_completes_the_run(deploye
         assert all(tis[task]["try_number"] == 2 for task in failed), {t: tis[t]["try_number"] for t in failed}
     assert state == "success", {task: (ti["state"], ti["try_number"]) for task, ti in tis.items()}
     # The same inputs as the first run: nothing new to register, the champion stays.
-    assert tis["keep_champion"]["state"] == "success" and tis["promote"]["state"] == "skipped"
+    kept = (tis["keep_champion"]["state"], tis["promote"]["state"]) == ("success", "skipped")
+    assert kept, _explain(deployed, run_id)
     champion = _mlflow(platform).get_model_version_by_alias(MODEL_NAME, "champion")
     assert str(champion.version) == deployed["champion"]
     deployed["broker_crash_failed"] = failed
@@ -376,7 +402,8 @@ def test_a_worker_killed_during_train_fails_the_task_and_the_next_run_completes(
     tis = api.task_instances(DAG_ID, run_id)
     assert state == "success", {task: ti["state"] for task, ti in tis.items()}
     # Nothing new to register: the champion stays where the first run put it.
-    assert tis["keep_champion"]["state"] == "success" and tis["promote"]["state"] == "skipped"
+    kept = (tis["keep_champion"]["state"], tis["promote"]["state"]) == ("success", "skipped")
+    assert kept, _explain(deployed, run_id)
     champion = _mlflow(platform).get_model_version_by_alias(MODEL_NAME, "champion")
     assert str(champion.version) == deployed["champion"]
     assert not survivors, (

@@ -271,6 +271,37 @@ def test_restore_params_leaves_a_file_edited_since(tmp_path: Path) -> None:
     assert orchestration.restore_params({"params_path": str(params_path), "backup": None}) is False
 
 
+def test_a_stage_cleared_after_the_params_were_put_back_gets_its_run_params_again(tmp_path: Path) -> None:
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(PARAMS_TEXT)
+    update = orchestration.apply_run_overrides(params_path, {"train.max_steps": 5}, run_key="run-a").as_xcom()
+    ran_with = params_path.read_text()
+    assert orchestration.reapply_params(update) is False  # already this run's: nothing written
+    # A stage fails: its failure callback puts the defaults back. Then an operator clears the task.
+    assert orchestration.restore_params(update) is True
+    assert params_path.read_text() == PARAMS_TEXT
+    assert orchestration.reapply_params(update) is True
+    assert params_path.read_text() == ran_with
+    assert run_params.params_owner(params_path) == "run-a"
+    assert orchestration.restore_params(update) is True  # the run ends: defaults again, owned by no run
+    assert params_path.read_text() == PARAMS_TEXT and run_params.params_owner(params_path) is None
+
+
+def test_a_late_put_back_leaves_the_next_runs_identical_params_alone(tmp_path: Path) -> None:
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(PARAMS_TEXT)
+    # Two runs triggered with the same Params; the first one's worker is killed during a stage.
+    same = {"train.max_steps": 5}
+    killed = orchestration.apply_run_overrides(params_path, same, run_key="killed").as_xcom()
+    params_path.write_text(PARAMS_TEXT)  # (put back; the killed task's failure callback has not run yet)
+    following = orchestration.apply_run_overrides(params_path, same, run_key="next").as_xcom()
+    assert following["sha256"] == killed["sha256"]  # the same bytes: the hash cannot tell the runs apart
+    assert orchestration.restore_params(killed) is False  # the killed task's callback, arriving late
+    assert yaml.safe_load(params_path.read_text())["train"]["max_steps"] == 5
+    assert run_params.params_owner(params_path) == "next"
+    assert orchestration.restore_params(following) is True
+
+
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
