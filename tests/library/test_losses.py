@@ -92,6 +92,31 @@ def test_cached_contrastive_equals_contrastive_loss_and_gradients(model) -> None
     assert plain_grad.abs().sum() > 0
 
 
+def test_the_train_stage_embeds_documents_a_column_at_a_time_on_cpu_with_the_same_loss(model) -> None:
+    """The stage's CPU setting (``document_forward_rows``) re-arranges the forwards, not the loss."""
+    from pipeline.config import TrainParams
+    from pipeline.training import build_loss
+
+    model.eval()
+    sentence_features, _ = features(model, triplets())
+    staged = build_loss(model, TrainParams(batch_size=2, temperature=0.05), "triplets")
+    assert staged.mini_batch_size == 2  # 6 rows per document column: forwards of 2 rows, not one of 12
+    parameter = model.transformer.auto_model.encoder.layer[-1].output.dense.weight
+    results = []
+    for loss in (losses.Contrastive(model=model, temperature=0.05), staged):
+        model.zero_grad()
+        value = loss(sentence_features)
+        value.backward()
+        results.append((value.item(), parameter.grad.detach().clone()))
+    model.zero_grad()
+    model.train()
+    (merged_loss, merged_grad), (staged_loss, staged_grad) = results
+    assert staged_loss == pytest.approx(merged_loss, rel=1e-5, abs=1e-6)
+    # Chunks are padded to their own longest row, so float rounding differs a little; the direction must not.
+    assert (staged_grad - merged_grad).norm() <= 1e-2 * merged_grad.norm()
+    assert merged_grad.abs().sum() > 0
+
+
 def test_multiple_negative_columns_are_all_scored(model) -> None:
     """negative_1, negative_2 (and a 'negatives' list) add candidates; the loss grows with harder choices."""
     model.eval()
