@@ -117,7 +117,10 @@ def _reapply_run_params() -> None:
     the task was then cleared (or retried) by hand."""
     update = get_current_context()["ti"].xcom_pull(task_ids="validate_params")
     if update:
-        orchestration.reapply_params(update)
+        try:
+            orchestration.reapply_params(update)
+        except ConfigError as error:  # the file was edited since: running would ignore either side
+            raise AirflowFailException(str(error)) from None
 
 
 def _stage_task(stage: str):
@@ -230,7 +233,10 @@ def colbert_pipeline() -> None:
         """Push outputs, commit params.yaml + dvc.lock to this run's ref, tag the version; restore params."""
         context = get_current_context()
         settings = _settings()
-        orchestration.reapply_params(params_update)  # the ref must hold the params this run ran with
+        try:  # the ref must hold the params this run ran with
+            orchestration.reapply_params(params_update)
+        except ConfigError as error:
+            raise AirflowFailException(str(error)) from None
         version = None if register_result.get("skipped") else orchestration.read_registry(settings).version
         record = orchestration.record_run(settings, context["run_id"], version)
         # Scheduled runs use the configured defaults: this run's Params live on in its ref, not here.

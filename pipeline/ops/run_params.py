@@ -159,13 +159,22 @@ def reapply_params(update: Mapping[str, Any]) -> bool:
     """Make the params file this run's again (what ``apply_run_overrides`` wrote); True if it had to.
 
     Called by every stage task before it runs: after a failure put the previous file back, a cleared or
-    retried task must still run with its run's params.
+    retried task must still run with its run's params. Only the file the rollback left (what the run found)
+    is replaced: an edit made since, or another run's params, raise ``ConfigError`` and stay as they are.
     """
     params_path, run_copy = Path(update["params_path"]), update.get("run_copy")
     if not run_copy or not Path(run_copy).exists():
         return False  # an update from before run copies existed: nothing to re-apply from
     rewritten = file_sha256(params_path) != update.get("sha256")
     if rewritten:
+        found = update.get("backup") or run_copy  # no backup: the run changed nothing, it found its own copy
+        owner = params_owner(params_path)
+        if owner not in (None, update.get("run_key")) or file_sha256(params_path) != file_sha256(Path(found)):
+            raise ConfigError(
+                f"{params_path} changed since run {update.get('run_key')} wrote its params"
+                + (f" (run {owner} holds it now)" if owner else " (edited by hand?)")
+                + ": not overwriting it; trigger a new run instead of clearing this one's tasks"
+            )
         atomic_write_text(params_path, Path(run_copy).read_text(encoding="utf-8"))
         logger.warning(
             "params: %s no longer held run %s's params (put back after a failure?); re-applied them",

@@ -287,6 +287,18 @@ def test_a_stage_cleared_after_the_params_were_put_back_gets_its_run_params_agai
     assert params_path.read_text() == PARAMS_TEXT and run_params.params_owner(params_path) is None
 
 
+def test_a_hand_edit_made_after_the_rollback_is_never_overwritten(tmp_path: Path) -> None:
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(PARAMS_TEXT)
+    update = orchestration.apply_run_overrides(params_path, {"train.max_steps": 5}, run_key="run-a").as_xcom()
+    assert orchestration.restore_params(update) is True
+    edited = PARAMS_TEXT.replace("batch_size: 16", "batch_size: 8")
+    params_path.write_text(edited)  # someone tunes params.yaml, then clears run-a's failed task
+    with pytest.raises(ConfigError, match=r"params.yaml changed since run run-a wrote its params"):
+        orchestration.reapply_params(update)
+    assert params_path.read_text() == edited
+
+
 def test_a_late_put_back_leaves_the_next_runs_identical_params_alone(tmp_path: Path) -> None:
     params_path = tmp_path / "params.yaml"
     params_path.write_text(PARAMS_TEXT)
