@@ -112,10 +112,11 @@ def _restore_params_and_fail_parent(context: Any) -> None:
             logger.exception("could not mark MLflow run %s as failed", parent)
 
 
-def _reapply_run_params() -> None:
-    """Before a stage runs: params.yaml holds this run's Params, also when a failure had put them back and
-    the task was then cleared (or retried) by hand."""
-    update = get_current_context()["ti"].xcom_pull(task_ids="validate_params")
+def _reapply_run_params(update: dict[str, Any] | None = None) -> None:
+    """Before a stage runs: params.yaml holds this run's Params (``update``: validate_params' XCom), also
+    when a failure had put them back and the task was then cleared (or retried) by hand."""
+    if update is None:
+        update = get_current_context()["ti"].xcom_pull(task_ids="validate_params")
     if update:
         try:
             orchestration.reapply_params(update)
@@ -233,10 +234,7 @@ def colbert_pipeline() -> None:
         """Push outputs, commit params.yaml + dvc.lock to this run's ref, tag the version; restore params."""
         context = get_current_context()
         settings = _settings()
-        try:  # the ref must hold the params this run ran with
-            orchestration.reapply_params(params_update)
-        except ConfigError as error:
-            raise AirflowFailException(str(error)) from None
+        _reapply_run_params(params_update)  # the ref must hold the params this run ran with
         version = None if register_result.get("skipped") else orchestration.read_registry(settings).version
         record = orchestration.record_run(settings, context["run_id"], version)
         # Scheduled runs use the configured defaults: this run's Params live on in its ref, not here.

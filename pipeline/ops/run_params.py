@@ -165,11 +165,12 @@ def reapply_params(update: Mapping[str, Any]) -> bool:
     params_path, run_copy = Path(update["params_path"]), update.get("run_copy")
     if not run_copy or not Path(run_copy).exists():
         return False  # an update from before run copies existed: nothing to re-apply from
-    rewritten = file_sha256(params_path) != update.get("sha256")
+    current = file_sha256(params_path)
+    rewritten = current != update.get("sha256")
     if rewritten:
         found = update.get("backup") or run_copy  # no backup: the run changed nothing, it found its own copy
         owner = params_owner(params_path)
-        if owner not in (None, update.get("run_key")) or file_sha256(params_path) != file_sha256(Path(found)):
+        if owner not in (None, update.get("run_key")) or current != file_sha256(Path(found)):
             raise ConfigError(
                 f"{params_path} changed since run {update.get('run_key')} wrote its params"
                 + (f" (run {owner} holds it now)" if owner else " (edited by hand?)")
