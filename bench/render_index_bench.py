@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +93,9 @@ def render(report: dict[str, Any]) -> str:
 
 def replace_in_readme(readme: Path, markdown: str) -> None:
     """Put ``markdown`` between the markers of ``readme`` (both must be there, in order)."""
-    text = readme.read_text(encoding="utf-8")
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"{readme}: needs the markers {BEGIN} and {END}, in that order")
-    updated = text[: start + len(BEGIN)] + "\n" + markdown + "\n" + text[end:]
-    temp = readme.with_name(f".{readme.name}.tmp")
-    temp.write_text(updated, encoding="utf-8")
-    os.replace(temp, readme)
+    from pipeline.io import replace_between_markers
+
+    replace_between_markers(readme, BEGIN, END, markdown)
 
 
 def main() -> None:

@@ -229,13 +229,29 @@ def experiments(args: argparse.Namespace) -> int:
     from pipeline.ops import experiments as exps
 
     if args.set_arguments:
-        from pipeline.config import read_params_file
+        from pipeline.config import flatten, parse_override, read_params_file
 
-        print(" ".join(exps.set_arguments(read_params_file(args.set_arguments))))
+        # --set after the config replaces its key (e.g. where a real-data experiment writes its runs).
+        overlay = flatten(read_params_file(args.set_arguments))
+        overlay.update(parse_override(text) for text in args.set or [])
+        print(" ".join(exps.set_arguments(overlay)))
         return 0
     params = _load(args)
-    metrics = args.metric or [f"eval.{params.register.metric}"]
-    print(exps.experiment_table(exps.show(Path(args.params).resolve().parent), metrics, args.param or ()))
+    if args.snapshot:
+        rows = exps.load_snapshot(Path(args.snapshot))
+    else:
+        rows = exps.show(Path(args.params).resolve().parent)
+    if args.experiment:
+        rows = exps.select(rows, args.experiment)
+    if args.save:
+        exps.save_snapshot(rows, Path(args.save))
+    metrics = args.metric or exps.default_metrics(rows, f"eval.{params.register.metric}")
+    table = exps.experiment_table(rows, metrics, args.param or ())
+    if args.readme:
+        from pipeline.io import replace_between_markers
+
+        replace_between_markers(args.readme, exps.README_BEGIN, exps.README_END, table)
+    print(table)
     return 0
 
 
@@ -316,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiments_parser.add_argument(
         "--param", action="append", help="a params key to show (default: those that differ)"
+    )
+    experiments_parser.add_argument(
+        "--experiment", action="append", help="only this experiment, in this order (repeatable)"
+    )
+    experiments_parser.add_argument(
+        "--save", metavar="FILE", help="also write the rows as JSON (to commit beside a README table)"
+    )
+    experiments_parser.add_argument(
+        "--snapshot", metavar="FILE", help="read the rows from a --save file instead of `dvc exp show`"
+    )
+    experiments_parser.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="also put the table between <!-- experiments:begin --> and <!-- experiments:end --> in FILE",
     )
     experiments_parser.add_argument(
         "--set-arguments",

@@ -72,6 +72,31 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def replace_between_markers(path: str | os.PathLike[str], begin: str, end: str, text: str) -> None:
+    r"""Atomically put ``text`` between the lines ``begin`` and ``end`` of ``path`` (a generated block).
+
+    Both markers must be there, in that order; what lies outside them is left as it is.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "README.md"
+        >>> _ = path.write_text("\n".join(["intro", "<!-- t:begin -->", "old", "<!-- t:end -->", "rest", ""]))
+        >>> replace_between_markers(path, "<!-- t:begin -->", "<!-- t:end -->", "| new |")
+        >>> print(path.read_text(), end="")
+        intro
+        <!-- t:begin -->
+        | new |
+        <!-- t:end -->
+        rest
+    """
+    path = Path(path)
+    current = path.read_text(encoding="utf-8")
+    start, stop = current.find(begin), current.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"{path}: needs the markers {begin} and {end}, in that order")
+    atomic_write_text(path, current[: start + len(begin)] + "\n" + text.rstrip("\n") + "\n" + current[stop:])
+
+
 def atomic_save_figure(figure: Any, path: str | os.PathLike[str], dpi: int = 110) -> None:
     """Lay out a matplotlib ``figure``, save it as PNG beside ``path``, close it, and rename it into place."""
     import matplotlib.pyplot as plt

@@ -107,6 +107,10 @@ class Layout:
         return self.metrics / "eval.json"
 
     @property
+    def quality_metrics(self) -> Path:
+        return self.metrics / "quality.json"
+
+    @property
     def comparison_json(self) -> Path:
         return self.metrics / "comparison.json"
 

@@ -6,6 +6,10 @@ and ``dvc metrics diff`` / ``dvc plots diff`` compare any two. :func:`experiment
 them, and the chosen metrics. :func:`set_arguments` turns a ``configs/*.yaml`` overlay into the ``-S``
 arguments of ``dvc exp run``, so a real-data config runs as an experiment.
 
+Experiment refs live in one workspace's git; :func:`save_snapshot` keeps the parsed rows as a committed JSON
+file, so a README table rendered from them (:data:`README_BEGIN` .. :data:`README_END`) can be checked by a
+test on any clone.
+
 Example:
     >>> rows = [Experiment("a", "1a2b3c4", {"train.max_steps": 2, "train.seed": 42}, {"ndcg@10": 0.87648}),
     ...         Experiment("b", "5d6e7f8", {"train.max_steps": 4, "train.seed": 42}, {"ndcg@10": 0.84573})]
@@ -31,6 +35,10 @@ from pipeline.config import flatten
 from pipeline.errors import PipelineError
 
 PARAMS_FILE = "params.yaml"
+#: The README block that ``colbert-pipeline experiments --readme`` regenerates.
+README_BEGIN, README_END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
+#: Metrics shown when none are asked for: the benchmark's, then each quality row's (see default_metrics).
+QUALITY_PREFIX = "quality."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,3 +125,48 @@ def set_arguments(overlay: Mapping[str, Any]) -> list[str]:
         text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         arguments += ["-S", f"{key}={text}"]
     return arguments
+
+
+def default_metrics(rows: Sequence[Experiment], eval_metric: str) -> list[str]:
+    """``eval_metric``, then the full-test-set dataset and nDCG@10 of each system the quality stage scored."""
+    quality = sorted(
+        {
+            key
+            for row in rows
+            for key in row.metrics
+            if key.startswith(QUALITY_PREFIX) and key.endswith(".ndcg@10")
+        }
+    )
+    dataset = f"{QUALITY_PREFIX}dataset"
+    return [eval_metric, *([dataset] if any(dataset in row.metrics for row in rows) else []), *quality]
+
+
+def select(rows: Sequence[Experiment], names: Sequence[str]) -> list[Experiment]:
+    """The rows named ``names``, in that order; an unknown name is an error that lists the known ones."""
+    by_name = {row.name: row for row in rows}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise PipelineError(f"no experiment named {missing}; `dvc exp show` lists {sorted(by_name)}")
+    return [by_name[name] for name in names]
+
+
+def save_snapshot(rows: Sequence[Experiment], path: Path) -> None:
+    """Write ``rows`` as JSON (atomically), to commit beside what is rendered from them."""
+    from pipeline.io import atomic_write_json
+
+    atomic_write_json(path, [dataclasses.asdict(row) for row in rows])
+
+
+def load_snapshot(path: Path) -> list[Experiment]:
+    """Rows written by :func:`save_snapshot`; a malformed file is an error naming it and the entry."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise PipelineError(f"{path}: cannot read the experiments snapshot ({error})") from None
+    rows = []
+    for number, entry in enumerate(entries if isinstance(entries, list) else [None]):
+        try:
+            rows.append(Experiment(**entry))
+        except TypeError as error:
+            raise PipelineError(f"{path}: entry {number} is not an experiment row ({error})") from None
+    return rows

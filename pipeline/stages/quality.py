@@ -10,7 +10,9 @@ the whole corpus for every judged query with each of ``quality.systems``:
 
 Each result goes to ``<quality.output>/runs/<name>/`` (metrics JSON and TREC run, see
 :mod:`pipeline.report`) and to the stage's MLflow run; ``colbert-pipeline report`` turns them into the
-report. Inputs are all checked before any model loads.
+report. ``metrics/quality.json`` holds this run's scores (``{"dataset": ..., system: {retrieval: {...}}}``),
+the DVC metric that ``dvc exp show`` lists for a real-data experiment. Inputs are all checked before any
+model loads.
 
 Example:
     $ colbert-pipeline quality --config configs/scifact.yaml
@@ -27,7 +29,7 @@ from typing import Any
 
 from pipeline.config import Params, resolve_path
 from pipeline.data.beir import BeirData, load_beir
-from pipeline.io import read_json
+from pipeline.io import atomic_write_json, read_json
 from pipeline.layout import TRAINING_LOSS_FILE, Layout
 from pipeline.ops import tracking
 from pipeline.report import save_result, save_training_loss
@@ -173,6 +175,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     folder = Layout(params, project).quality_runs / name
     tuned = tuned_model_path(params, project)
     summary: dict[str, dict[str, float]] = {}
+    scores: dict[str, Any] = {"dataset": name}
     with tracking.stage_run("quality", params, project, tags={"dataset": name}) as mlflow_run:
         import mlflow
 
@@ -202,12 +205,14 @@ def run(params: Params, project: Path) -> dict[str, Any]:
                 )
                 metrics = {k: v for k, v in record["metrics"].items() if isinstance(v, float)}
                 summary[f"{system}.{retrieval}"] = metrics
+                scores.setdefault(system, {})[retrieval] = metrics
                 mlflow.log_metrics(
                     {f"{system}.{retrieval}.{k.replace('@', '_at_')}": v for k, v in metrics.items()}
                 )
         loss_curve = tuned / TRAINING_LOSS_FILE
         if "colbert-tuned" in config.systems and loss_curve.is_file():
             save_training_loss(folder, "colbert-tuned", read_json(loss_curve))
+        atomic_write_json(Layout(params, project).quality_metrics, scores)
     return {"results": str(folder), "dataset": name, **summary, "mlflow_run_id": mlflow_run.info.run_id}
 
 

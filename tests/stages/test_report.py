@@ -313,6 +313,13 @@ def test_quality_stage_scores_every_system_and_the_report_reads_them(tmp_path, s
     overlap = [len(set(ranked(plaid[q])[:5]) & set(ranked(exact[q])[:5])) / 5 for q in qrels]
     assert sum(overlap) / len(overlap) >= 0.8, overlap
     assert outputs["dataset"] == "tiny" and "dense.cosine" in outputs
+    # the DVC metric `dvc exp show` lists: every row's scores, as the records hold them
+    scores = json.loads((tmp_path / "metrics" / "quality.json").read_text())
+    assert sorted(scores) == ["colbert-base", "colbert-tuned", "dataset", "dense"]
+    assert scores["dataset"] == "tiny" and set(scores["colbert-base"]) == {"plaid", "exact"}
+    dense_run = read_trec_run(folder / "dense.cosine.trec.gz")
+    assert scores["dense"]["cosine"]["ndcg@10"] == pytest.approx(evaluate_run(dense_run, qrels)["ndcg@10"])
+    assert set(scores["colbert-tuned"]) == {"plaid", "exact"}
 
     written = report_stage.run(params, tmp_path)
     markdown = Path(written["markdown"]).read_text()

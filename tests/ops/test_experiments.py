@@ -1,0 +1,113 @@
+"""DVC experiments as tables: ``dvc exp show --json`` parsed, quality metrics, snapshots, the README block."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline import cli
+from pipeline.errors import PipelineError
+from pipeline.ops import experiments as exps
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _entry(rev: str, name: str | None, steps: int, quality: dict | None) -> dict:
+    """One commit or experiment as ``dvc exp show --json`` (DVC 3) writes it."""
+    metrics = {"metrics/eval.json": {"data": {"NanoBEIR_mean_MaxSim_ndcg@10": 0.5 + steps / 100}}}
+    if quality is not None:
+        metrics["metrics/quality.json"] = {"data": quality}
+    return {
+        "rev": rev,
+        "name": name,
+        "data": {
+            "rev": rev,
+            "params": {"params.yaml": {"data": {"train": {"max_steps": steps, "seed": 42}}}},
+            "metrics": metrics,
+            "deps": {},
+            "outs": {},
+        },
+    }
+
+
+def _show() -> list[dict]:
+    scores = {"dataset": "scifact", "colbert-tuned": {"plaid": {"ndcg@10": 0.6865, "mrr@10": 0.65}}}
+    longer = {"plaid": {"ndcg@10": 0.7}}
+    head = _entry("a" * 40, "main", 3, None)
+    head["experiments"] = [
+        {"revs": [_entry("b" * 40, "sci-58", 58, scores)]},
+        {"revs": [_entry("c" * 40, "sci-116", 116, {**scores, "colbert-tuned": longer})]},
+    ]
+    return [{"rev": "workspace", "name": None, "data": {}}, head]
+
+
+def test_quality_scores_of_real_data_runs_are_shown_beside_the_benchmarks() -> None:
+    rows = exps.parse_show(_show())
+    assert [row.name for row in rows] == ["main", "sci-58", "sci-116"]
+    assert rows[1].metrics["quality.colbert-tuned.plaid.ndcg@10"] == 0.6865
+    metrics = exps.default_metrics(rows, "eval.NanoBEIR_mean_MaxSim_ndcg@10")
+    assert metrics == [
+        "eval.NanoBEIR_mean_MaxSim_ndcg@10",
+        "quality.dataset",
+        "quality.colbert-tuned.plaid.ndcg@10",
+    ]
+    table = exps.experiment_table(rows, metrics).splitlines()
+    assert table[0] == (
+        "| experiment | rev | train.max_steps | eval.NanoBEIR_mean_MaxSim_ndcg@10 | quality.dataset"
+        " | quality.colbert-tuned.plaid.ndcg@10 |"
+    )
+    assert table[3] == "| sci-58 | bbbbbbb | 58 | 1.0800 | scifact | 0.6865 |"
+    assert table[2] == "| main | aaaaaaa | 3 | 0.5300 | - | - |"  # no quality run on the committed head
+
+
+def test_only_the_named_experiments_in_that_order_and_an_unknown_name_says_which_exist() -> None:
+    rows = exps.parse_show(_show())
+    assert [row.name for row in exps.select(rows, ["sci-116", "sci-58"])] == ["sci-116", "sci-58"]
+    with pytest.raises(PipelineError, match=r"no experiment named \['sci-1'\].*'sci-116', 'sci-58'"):
+        exps.select(rows, ["sci-1"])
+
+
+def test_a_snapshot_round_trips_and_a_malformed_one_names_the_file_and_entry(tmp_path: Path) -> None:
+    rows = exps.parse_show(_show())
+    path = tmp_path / "experiments.json"
+    exps.save_snapshot(rows, path)
+    assert exps.load_snapshot(path) == rows
+    path.write_text(json.dumps([{"name": "x", "rev": "1", "params": {}}]))
+    with pytest.raises(PipelineError, match=r"experiments.json: entry 0 is not an experiment row"):
+        exps.load_snapshot(path)
+    path.write_text("{")
+    with pytest.raises(PipelineError, match=r"experiments.json: cannot read the experiments snapshot"):
+        exps.load_snapshot(path)
+
+
+def test_the_cli_renders_a_snapshot_into_the_readme_between_the_markers(tmp_path: Path, capsys) -> None:
+    snapshot = tmp_path / "experiments.json"
+    exps.save_snapshot(exps.parse_show(_show()), snapshot)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{exps.README_BEGIN}\nstale\n{exps.README_END}\nafter\n")
+    params = REPO / "params.yaml"
+    code = cli.main(
+        [
+            *("experiments", "--params", str(params), "--snapshot", str(snapshot), "--readme", str(readme)),
+            *("--experiment", "sci-58", "--experiment", "sci-116"),
+        ]
+    )
+    printed = capsys.readouterr().out.strip()
+    assert code == 0 and printed.splitlines()[2].startswith("| sci-58 |")
+    assert readme.read_text() == f"before\n{exps.README_BEGIN}\n{printed}\n{exps.README_END}\nafter\n"
+
+
+def test_set_arguments_let_a_later_set_replace_a_configs_key(capsys) -> None:
+    code = cli.main(
+        [
+            *("experiments", "--set-arguments", str(REPO / "configs" / "scifact.yaml")),
+            *("--set", "quality.output=reports/experiments/scifact", "--set", "train.epochs=2"),
+        ]
+    )
+    arguments = capsys.readouterr().out.split()
+    assert code == 0
+    assert arguments.count("quality.output=reports/experiments/scifact") == 1
+    assert not any(a.startswith("quality.output=reports/beir") for a in arguments)
+    assert arguments.count("train.epochs=2") == 1 and "train.epochs=1" not in arguments
