@@ -65,9 +65,10 @@ quality-arguana: install
 # A real-data run as a DVC experiment (prepare -> baseline -> train -> evaluate, and quality on the full test
 # set, with configs/<name>.yaml; its runs go to reports/experiments/<name>, as reports/beir/ is git's):
 # `dvc exp show` lists it with its params and metrics, `colbert-pipeline experiments` tabulates the runs,
-# `dvc metrics diff <exp> <exp>` compares two. A trial adds params: EXP_SET="train.max_steps=240 quality.exact=false".
+# `dvc metrics diff <exp> <exp>` compares two. A trial adds params and a name:
+#   make exp-nfcorpus EXP_SET="train.max_steps=240 quality.exact=false" EXP_NAME=nfcorpus-240steps
 exp-%: install
-	$(VENV)/bin/dvc exp run $$($(CP) experiments --set-arguments configs/$*.yaml --set quality.output=reports/experiments/$* $(foreach s,$(EXP_SET),--set $(s))) -n $*-$$(date +%Y%m%d-%H%M%S) evaluate quality
+	$(VENV)/bin/dvc exp run $$($(CP) experiments --set-arguments configs/$*.yaml --set quality.output=reports/experiments/$* $(foreach s,$(EXP_SET),--set $(s))) -n $(or $(EXP_NAME),$*-$$(date +%Y%m%d-%H%M%S)) evaluate quality
 
 lint: install
 	$(VENV)/bin/ruff check .
