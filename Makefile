@@ -67,8 +67,12 @@ quality-arguana: install
 # `dvc exp show` lists it with its params and metrics, `colbert-pipeline experiments` tabulates the runs,
 # `dvc metrics diff <exp> <exp>` compares two. A trial adds params and a name:
 #   make exp-nfcorpus EXP_SET="train.max_steps=240 quality.exact=false" EXP_NAME=nfcorpus-240steps
+# `dvc exp run` edits params.yaml in place and leaves it so: the next experiment would inherit this one's
+# params. So it starts only from the committed params.yaml and puts it back after (the exp ref keeps them).
 exp-%: install
-	$(VENV)/bin/dvc exp run $$($(CP) experiments --set-arguments configs/$*.yaml --set quality.output=reports/experiments/$* $(foreach s,$(EXP_SET),--set $(s))) -n $(or $(EXP_NAME),$*-$$(date +%Y%m%d-%H%M%S)) evaluate quality
+	@git diff --quiet HEAD -- params.yaml || { echo "params.yaml differs from HEAD (a finished experiment's, or your edits): an experiment would inherit them; commit them or 'git checkout params.yaml' first" >&2; exit 2; }
+	$(VENV)/bin/dvc exp run $$($(CP) experiments --set-arguments configs/$*.yaml --set quality.output=reports/experiments/$* $(foreach s,$(EXP_SET),--set $(s))) -n $(or $(EXP_NAME),$*-$$(date +%Y%m%d-%H%M%S)) evaluate quality; \
+	  status=$$?; git checkout -- params.yaml; exit $$status
 
 lint: install
 	$(VENV)/bin/ruff check .

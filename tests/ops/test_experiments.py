@@ -111,3 +111,14 @@ def test_set_arguments_let_a_later_set_replace_a_configs_key(capsys) -> None:
     assert arguments.count("quality.output=reports/experiments/scifact") == 1
     assert not any(a.startswith("quality.output=reports/beir") for a in arguments)
     assert arguments.count("train.epochs=2") == 1 and "train.epochs=1" not in arguments
+
+
+def test_the_readme_experiments_table_is_the_committed_snapshot(tmp_path: Path, capsys) -> None:
+    """README "Runs you can compare": rendered again from ``reports/experiments.json``, nothing changes."""
+    readme = tmp_path / "README.md"
+    readme.write_text((REPO / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
+    snapshot = REPO / "reports" / "experiments.json"
+    arguments = ["experiments", "--params", str(REPO / "params.yaml"), "--snapshot", str(snapshot)]
+    assert cli.main([*arguments, "--readme", str(readme)]) == 0
+    assert readme.read_text(encoding="utf-8") == (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(capsys.readouterr().out.splitlines()) >= 4  # a header, its rule and at least two experiments
