@@ -172,7 +172,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     data, name = load_quality_dataset(params, project)
     check_inputs(params, project)
     query_ids = sorted(data.relevant_docs())
-    folder = Layout(params, project).quality_runs / name
+    layout = Layout(params, project)
+    folder = layout.quality_runs / name
     tuned = tuned_model_path(params, project)
     summary: dict[str, dict[str, float]] = {}
     scores: dict[str, Any] = {"dataset": name}
@@ -212,7 +213,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         loss_curve = tuned / TRAINING_LOSS_FILE
         if "colbert-tuned" in config.systems and loss_curve.is_file():
             save_training_loss(folder, "colbert-tuned", read_json(loss_curve))
-        atomic_write_json(Layout(params, project).quality_metrics, scores)
+        atomic_write_json(layout.quality_metrics, scores)
     return {"results": str(folder), "dataset": name, **summary, "mlflow_run_id": mlflow_run.info.run_id}
 
 
