@@ -23,10 +23,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
 import shutil
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +58,42 @@ def _frozen_heap() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+#: Points per k-means distance block on CPU. fast-plaid's FastKMeans computes distances in blocks of
+#: 51,200 points x every centroid in float32: 800 MiB at the 4,096 centroids of a 500-document build, 1.6 GiB
+#: at 8,192, the peak of the whole build. 8,192 points bound it to an eighth (measured in the README); each
+#: point's nearest centroid and the centroid sums are the same, only computed in more, smaller blocks.
+CPU_KMEANS_CHUNK = 8192
+
+#: fast-plaid's module-level FastKMeans is swapped for a bounded one while a build runs; one at a time.
+_KMEANS_SWAP = threading.Lock()
+
+
+@contextlib.contextmanager
+def _kmeans_chunk(points: int | None) -> Iterator[None]:
+    """Run fast-plaid's k-means (create, and centroid expansion in update) in ``points``-point blocks.
+
+    fast-plaid's ``create``/``update`` build ``FastKMeans(...)`` themselves without a block size, so the
+    class they look up is replaced by one with ``chunk_size_data`` bound, for the duration of the build.
+    ``None`` keeps fast-plaid's own (on CUDA, where large blocks are what makes k-means fast).
+    """
+    if points is None:
+        yield
+        return
+    from fast_plaid.search import fast_plaid as module
+
+    original = getattr(module, "FastKMeans", None)
+    if original is None:  # a fast-plaid without the hook: build with its own block size
+        logger.warning("fast-plaid has no FastKMeans to bound; k-means runs in its own block size")
+        yield
+        return
+    with _KMEANS_SWAP:
+        module.FastKMeans = functools.partial(original, chunk_size_data=points)
+        try:
+            yield
+        finally:
+            module.FastKMeans = original
 
 
 #: Stanford-PLAID settings that PyLate's ``PLAID`` accepts and that have no fast-plaid meaning.
@@ -122,6 +160,9 @@ class PLAID(MultiVectorIndex):
         kmeans_niters: k-means iterations when computing centroids.
         max_points_per_centroid: k-means sample cap per centroid.
         n_samples_kmeans: Documents sampled for k-means (``None``: fast-plaid's heuristic).
+        kmeans_chunk_size: Points per k-means distance block (not a PyLate argument). ``None``: 8,192 on
+            CPU, which bounds a build's peak memory (fast-plaid's 51,200-point blocks are most of it),
+            fast-plaid's own on CUDA. The clustering is the same; only the blocks are smaller.
         n_ivf_probe: Centroids probed per query token at search time (default: the tuned value, else 8).
         n_full_scores: Candidates re-scored with decompressed embeddings per query (default: the tuned
             value, else 8192).
@@ -164,6 +205,7 @@ class PLAID(MultiVectorIndex):
         kmeans_niters: int = 4,
         max_points_per_centroid: int = 256,
         n_samples_kmeans: int | None = None,
+        kmeans_chunk_size: int | None = None,
         n_ivf_probe: int | None = None,
         n_full_scores: int | None = None,
         batch_size: int = 25_000,
@@ -184,13 +226,16 @@ class PLAID(MultiVectorIndex):
         self.tuned = bool(tuned) and n_ivf_probe is None and n_full_scores is None
         n_ivf_probe = 8 if n_ivf_probe is None else n_ivf_probe
         n_full_scores = 8192 if n_full_scores is None else n_full_scores
-        for name, value in {
+        positive = {
             "kmeans_niters": kmeans_niters,
             "max_points_per_centroid": max_points_per_centroid,
             "n_ivf_probe": n_ivf_probe,
             "n_full_scores": n_full_scores,
             "batch_size": batch_size,
-        }.items():
+        }
+        if kmeans_chunk_size is not None:
+            positive["kmeans_chunk_size"] = kmeans_chunk_size
+        for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if nbits not in (1, 2, 4, 8):
@@ -208,6 +253,9 @@ class PLAID(MultiVectorIndex):
         self.batch_size = batch_size
         self.search_batch_size = search_batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if kmeans_chunk_size is None and not self.device.startswith("cuda"):
+            kmeans_chunk_size = CPU_KMEANS_CHUNK
+        self.kmeans_chunk_size = kmeans_chunk_size
         self.seed = seed
         self.use_fast = use_fast
         self.use_triton = bool(use_triton) and _triton_usable(self.device)
@@ -313,7 +361,7 @@ class PLAID(MultiVectorIndex):
         folder = self._working_copy(source, target)
         exists = (folder / "metadata.json").is_file()
         plaid = self._fast_plaid(folder)
-        with _frozen_heap():
+        with _frozen_heap(), _kmeans_chunk(self.kmeans_chunk_size):
             if exists:
                 plaid.update(documents_embeddings=tensors, **self._build_kwargs())
             else:

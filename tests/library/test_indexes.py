@@ -232,6 +232,32 @@ def test_plaid_builds_are_reproducible_with_a_seed(tmp_path):
     assert results[0] == results[1]
 
 
+def test_kmeans_blocks_are_bounded_and_the_index_is_the_same(tmp_path, monkeypatch):
+    from fast_plaid.search import fast_plaid as backend
+
+    # 260 documents x 8-23 tokens: ~4,000 k-means points, so 500-point blocks mean several of them.
+    documents = random_documents(260, seed=8)
+    seen: list[int] = []
+    original = backend.FastKMeans
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("chunk_size_data", 51_200))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "FastKMeans", spy)
+    files = {}
+    for name, chunk in (("small", 500), ("fast-plaid", 51_200)):
+        index = make_index("PLAID", tmp_path, name, seed=3, kmeans_chunk_size=chunk)
+        index.add_documents(documents_ids=list(range(260)), documents_embeddings=documents)
+        files[name] = {p.name: p.read_bytes() for p in (tmp_path / name).rglob("*.npy")}
+        assert backend.FastKMeans is spy  # put back after the build
+    assert seen == [500, 51_200]
+    assert files["small"] and files["small"] == files["fast-plaid"]  # centroids, codes, residuals alike
+    assert make_index("PLAID", tmp_path, "default").kmeans_chunk_size == 8192  # CPU default
+    with pytest.raises(ValueError, match="kmeans_chunk_size"):
+        make_index("PLAID", tmp_path, "bad", kmeans_chunk_size=0)
+
+
 @pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_transaction_is_all_or_nothing(kind, tmp_path):
     documents = random_documents(20, seed=8)
