@@ -9,6 +9,9 @@ its build seconds and recall@10 against exact MaxSim on the corpus's test querie
 Usage (minutes):
     OMP_NUM_THREADS=2 .venv/bin/python bench/profile_build.py --dataset scifact --docs 1000 --queries 100
     .venv/bin/python bench/profile_build.py --cache bench/results/cache/scifact-500d-50q-50p.npz  # reuse
+    # a full corpus cached by index_bench.py, two variants, no profile (about 10 minutes on 2 cores):
+    .venv/bin/python bench/profile_build.py --cache bench/results/cache/scifact-5183d-300q-100p.npz \
+        --dataset scifact --no-profile --variants 0 4 --record bench/records/build_kmeans_scifact.json
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import cProfile
 import io
 import json
 import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -26,14 +30,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index_bench import RESULTS, read_corpus, read_queries
+from index_bench import RESULTS, environment, read_corpus, read_queries
 
 #: name -> PLAID keyword arguments (the default first).
 VARIANTS: dict[str, dict] = {
-    "default (niters 4, 256 points/centroid)": {},
+    "default (niters 4, 256 points/centroid, 8,192-point blocks)": {},
     "kmeans_niters 2": {"kmeans_niters": 2},
     "max_points_per_centroid 128": {"max_points_per_centroid": 128},
     "niters 2, 128 points/centroid": {"kmeans_niters": 2, "max_points_per_centroid": 128},
+    "fast-plaid's 51,200-point k-means blocks": {"kmeans_chunk_size": 51_200},
 }
 
 
@@ -69,6 +74,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--top", type=int, default=25, help="functions shown from the profile")
     parser.add_argument("--cache", type=Path, default=None, help="embeddings cached by index_bench.py")
+    parser.add_argument(
+        "--no-profile", action="store_true", help="skip the cProfile build (a full corpus takes minutes)"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", type=int, default=None, help="positions in VARIANTS to build (default: all)"
+    )
+    parser.add_argument("--record", type=Path, default=None, help="also write the JSON report here")
     args = parser.parse_args()
 
     from pipeline import indexes
@@ -80,12 +92,15 @@ def main() -> None:
     report: dict[str, dict] = {}
     # The profiled build runs first and apart: the first build in a process also pays one-off loads, and
     # the profiler's overhead; every variant (the default included) is then timed the same way.
-    runs = [("profiled default", {}), *VARIANTS.items()]
+    chosen = list(VARIANTS.items())
+    if args.variants is not None:
+        chosen = [chosen[position] for position in args.variants]
+    runs = ([] if args.no_profile else [("profiled default", {})]) + chosen
     for position, (name, kwargs) in enumerate(runs):
         index = indexes.PLAID(
             index_folder=scratch, index_name=f"v{position}", override=True, device="cpu", **kwargs
         )
-        profiler = cProfile.Profile() if position == 0 else None
+        profiler = cProfile.Profile() if position == 0 and not args.no_profile else None
         started = time.perf_counter()
         if profiler:
             profiler.enable()
@@ -103,7 +118,22 @@ def main() -> None:
             stream = io.StringIO()
             pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(args.top)
             print(stream.getvalue(), flush=True)
-    print(json.dumps({"dataset": args.dataset, "documents": len(ids), "variants": report}, indent=2))
+        shutil.rmtree(scratch / f"v{position}", ignore_errors=True)  # a full corpus's index is large
+    summary = {
+        "dataset": args.dataset,
+        "command": " ".join(sys.argv),
+        "documents": len(ids),
+        "tokens": int(sum(len(d) for d in documents)),
+        "queries": len(queries),
+        "cache": str(args.cache) if args.cache else None,
+        "environment": environment(),
+        "variants": report,
+    }
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.record:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(text + "\n")
 
 
 if __name__ == "__main__":
