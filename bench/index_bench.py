@@ -327,9 +327,23 @@ def worker_rss(args: argparse.Namespace) -> dict[str, Any]:
     baseline = peak_rss_mib()
     folder = Path(tempfile.mkdtemp(prefix="bench-rss-", dir=args.scratch))
     index = indexes.PLAID(index_folder=str(folder), index_name="index", override=True, device=args.device)
-    stats = index_corpus(model, texts, ids, index, chunk_size=args.chunk_size, show_progress=False)
+    trace: list[float] = []  # peak RSS after each chunk: where in the corpus the peak is reached
+    stats = index_corpus(
+        model,
+        texts,
+        ids,
+        index,
+        chunk_size=args.chunk_size,
+        show_progress=False,
+        on_chunk=lambda *_: trace.append(round(peak_rss_mib())),
+    )
     shutil.rmtree(folder, ignore_errors=True)
-    return {**stats, "rss_after_model_mib": baseline, "peak_rss_mib": peak_rss_mib()}
+    return {
+        **stats,
+        "rss_after_model_mib": baseline,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_after_chunk_mib": trace,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- orchestration

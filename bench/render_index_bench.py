@@ -78,16 +78,26 @@ def render(report: dict[str, Any]) -> str:
                 f"{base:.2f} | {row['ours']['qps'] / base:.2f} |"
             )
     if report.get("index_corpus_rss"):
-        lines += [
-            "",
-            "| index_corpus: documents | tokens | seconds | RSS after model load MiB | peak RSS MiB |",
-        ]
-        lines.append("|---|---|---|---|---|")
-        for item in report["index_corpus_rss"]:
-            lines.append(
+        items = report["index_corpus_rss"]
+        traced = any("peak_rss_after_chunk_mib" in item for item in items)
+        header = "| index_corpus: documents | tokens | seconds | RSS after model load MiB | peak RSS MiB |"
+        lines += ["", header + (" peak RSS after each chunk MiB |" if traced else "")]
+        lines.append("|---|---|---|---|---|" + ("---|" if traced else ""))
+        for item in items:
+            line = (
                 f"| {item['documents']} | {item['tokens']} | {item['seconds']:.0f} | "
                 f"{item['rss_after_model_mib']:.0f} | {item['peak_rss_mib']:.0f} |"
             )
+            if traced:
+                line += " " + ", ".join(f"{v:.0f}" for v in item.get("peak_rss_after_chunk_mib", [])) + " |"
+            lines.append(line)
+        if len(items) == 2:
+            ratio = items[1]["peak_rss_mib"] / items[0]["peak_rss_mib"]
+            lines += [
+                "",
+                f"Peak RSS for {items[1]['documents'] / items[0]['documents']:.0f}x the documents: "
+                f"{ratio:.2f}x (target <= 1.1x).",
+            ]
     return "\n".join(lines)
 
 

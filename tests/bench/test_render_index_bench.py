@@ -89,3 +89,30 @@ def test_the_committed_report_is_what_the_readme_shows():
     rendered = module.render(json.loads(record.read_text(encoding="utf-8")))
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert f"{module.BEGIN}\n{rendered}\n{module.END}" in readme
+
+
+def test_index_corpus_rss_rows_show_the_per_chunk_peaks_and_the_ratio():
+    report = {
+        **REPORT,
+        "index_corpus_rss": [
+            {
+                "documents": 500,
+                "tokens": 7,
+                "seconds": 9.0,
+                "rss_after_model_mib": 990.0,
+                "peak_rss_mib": 1500.0,
+                "peak_rss_after_chunk_mib": [1500.0],
+            },
+            {
+                "documents": 5000,
+                "tokens": 70,
+                "seconds": 90.0,
+                "rss_after_model_mib": 990.0,
+                "peak_rss_mib": 1800.0,
+                "peak_rss_after_chunk_mib": [1500.0, 1800.0, 1800.0],
+            },
+        ],
+    }
+    text = _renderer().render(report)
+    assert "| 5000 | 70 | 90 | 990 | 1800 | 1500, 1800, 1800 |" in text
+    assert "Peak RSS for 10x the documents: 1.20x (target <= 1.1x)." in text
