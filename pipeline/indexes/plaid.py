@@ -62,7 +62,7 @@ def _frozen_heap() -> Iterator[None]:
 
 #: Points per k-means distance block on CPU. fast-plaid's FastKMeans computes distances in blocks of
 #: 51,200 points x every centroid in float32: 800 MiB at the 4,096 centroids of a 500-document build, 1.6 GiB
-#: at 8,192, the peak of the whole build. 8,192 points bound it to an eighth (measured in the README); each
+#: at 8,192, the peak of the whole build. 8,192 points bound it to a sixth (measured in the README); each
 #: point's nearest centroid and the centroid sums are the same, only computed in more, smaller blocks.
 CPU_KMEANS_CHUNK = 8192
 
