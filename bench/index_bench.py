@@ -514,8 +514,9 @@ def orchestrate(args: argparse.Namespace) -> None:
     out = RESULTS / f"index_bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=2))
     if args.record:
-        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.record).write_text(json.dumps(report, indent=2) + "\n")
+        from pipeline.io import atomic_write_text  # a half-written record would be committed as is
+
+        atomic_write_text(args.record, json.dumps(report, indent=2) + "\n")
     from render_index_bench import render
 
     print(render(report))

@@ -78,13 +78,19 @@ def main() -> None:
         "--no-profile", action="store_true", help="skip the cProfile build (a full corpus takes minutes)"
     )
     parser.add_argument(
-        "--variants", nargs="+", type=int, default=None, help="positions in VARIANTS to build (default: all)"
+        "--variants",
+        nargs="+",
+        type=int,
+        choices=range(len(VARIANTS)),
+        default=None,
+        help="positions in VARIANTS to build (default: all)",
     )
     parser.add_argument("--record", type=Path, default=None, help="also write the JSON report here")
     args = parser.parse_args()
 
     from pipeline import indexes
     from pipeline.indexing import exact_search, recall_at_k
+    from pipeline.io import atomic_write_text
 
     ids, documents, queries = embeddings(args.dataset, args.docs, args.queries, args.cache)
     reference = exact_search(queries, documents, ids, k=10)
@@ -132,8 +138,7 @@ def main() -> None:
     text = json.dumps(summary, indent=2)
     print(text)
     if args.record:
-        args.record.parent.mkdir(parents=True, exist_ok=True)
-        args.record.write_text(text + "\n")
+        atomic_write_text(args.record, text + "\n")
 
 
 if __name__ == "__main__":
