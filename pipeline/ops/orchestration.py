@@ -51,7 +51,7 @@ from pipeline.ops.run_params import (  # noqa: F401  (the DAG's entry points, re
     reapply_params,
     restore_params,
 )
-from pipeline.ops.runner import run_process
+from pipeline.ops.runner import ancestors, run_process
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +309,9 @@ def run_stage(
     stops.
     """
     emit = emit or (lambda line: logger.info("[%s] %s", stage, line))
+    # Who owns this stage, taken before ``dvc status`` (seconds on a big workspace): a worker killed meanwhile
+    # orphans this process, and its ancestors taken later would no longer name the worker.
+    owners = ancestors(os.getpid())
     if settings.runner == "dvc" and dvc_up_to_date(stage, settings):
         logger.info("stage %s: skipped (unchanged: dvc status reports it up to date)", stage)
         return StageResult(
@@ -324,7 +327,10 @@ def run_stage(
         result_file = Path(scratch) / "result.json"
         env[RESULT_FILE_ENV] = str(result_file)
         logger.info("stage %s: running %s in %s", stage, " ".join(command), settings.workspace)
-        process = run_process(command, cwd=settings.workspace, env=env, emit=emit, tail_lines=tail_lines)
+        # An owner already gone raises runner.OwnerGone (an infrastructure error) and nothing starts.
+        process = run_process(
+            command, cwd=settings.workspace, env=env, emit=emit, tail_lines=tail_lines, owners=owners
+        )
         result = read_result(result_file)
     if process.returncode != 0 or (result is not None and not result.get("ok")):
         if result is not None and result.get("kind"):

@@ -38,6 +38,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from pipeline.errors import InfrastructureError
+
 logger = logging.getLogger(__name__)
 
 #: How often the supervisor checks that its parent is alive.
@@ -45,6 +47,10 @@ POLL_SECONDS = 0.5
 #: After SIGTERM, how long the group gets before SIGKILL.
 GRACE_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1
+
+
+class OwnerGone(InfrastructureError):
+    """A process that owns a command (an Airflow worker above the task) died before the command started."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,15 +71,28 @@ def run_process(
     tail_lines: int = 200,
     progress_seconds: float = 10.0,
     grace_seconds: float = 30.0,
+    owners: Sequence[tuple[int, str]] | None = None,
 ) -> ProcessResult:
     """Run ``command`` under the supervisor, streaming its output lines to ``emit``.
 
     If this call is interrupted (an Airflow ``execution_timeout`` raises into it, or Ctrl-C), the child's
     whole process group gets SIGTERM, then SIGKILL after ``grace_seconds``. If this *process* dies, the
     supervisor does the same by itself.
+
+    ``owners`` are the processes whose death also stops the command: by default this process's two nearest
+    ancestors as they are now. A caller that did other work first passes the ones it captured when it began
+    (:func:`ancestors`): an owner that died in between (this process was orphaned, so its ancestors *now*
+    would say nothing) raises :class:`OwnerGone` and nothing starts.
     """
     emit = emit or (lambda line: logger.info("%s", line))
-    watched = ",".join(f"{pid}:{start}" for pid, start in ancestors(os.getpid()))
+    owners = ancestors(os.getpid()) if owners is None else list(owners)
+    gone = [pid for pid, start in owners if _start_time(pid) != start]
+    if gone:
+        raise OwnerGone(
+            f"not starting {' '.join(command[:3])} ...: the process(es) that own it ended "
+            f"(pid {', '.join(map(str, gone))}), so nobody would wait for its result"
+        )
+    watched = ",".join(f"{pid}:{start}" for pid, start in owners)
     supervised = [sys.executable, "-m", "pipeline.ops.runner", "--parent", str(os.getpid())]
     supervised += [*(["--watch", watched] if watched else []), "--", *command]
     child_env = dict(env if env is not None else os.environ)
@@ -224,6 +243,8 @@ def supervise(parent: int, command: Sequence[str], watched: Sequence[tuple[int, 
 
     signal.signal(signal.SIGTERM, on_parent_death)
     _set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent or any(_start_time(pid) != start for pid, start in watched):
+        return 128 + signal.SIGTERM  # the owner died while this supervisor started: start nothing
     child = subprocess.Popen(list(command))
     while True:
         if os.getppid() != parent or any(_start_time(pid) != start for pid, start in watched):

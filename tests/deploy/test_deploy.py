@@ -378,7 +378,9 @@ def test_a_worker_killed_during_train_fails_the_task_and_the_next_run_completes(
     def training() -> bool:
         platform.check_alive()
         ti = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train")
-        stage = [p for p in platform.stage_processes() if "train" in " ".join(p.cmdline())]
+        # The stage itself, not the ``dvc status --json train`` the task runs first (a kill then is the
+        # orphaned-before-start case, tests/ops/test_runner.py).
+        stage = [p for p in platform.stage_processes() if "colbert-pipeline train" in " ".join(p.cmdline())]
         return ti["state"] == "running" and bool(stage) and time.time() - stage[0].create_time() > 5
 
     wait_until("train running on the gpu worker", training, RUN_TIMEOUT, interval=1.0)

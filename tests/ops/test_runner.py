@@ -106,6 +106,53 @@ def test_a_killed_worker_above_a_surviving_task_process_stops_the_stage(tmp_path
                 os.kill(task_pid, signal.SIGKILL)
 
 
+def test_a_task_orphaned_before_its_stage_starts_starts_nothing(tmp_path: Path) -> None:
+    """The CI race: the worker is killed while the task process is busy before the stage (``dvc status``).
+    The task process lives on, orphaned; its ancestors taken *now* no longer name the worker, so the owners
+    it captured when it began decide, and the stage never starts."""
+    stage = tmp_path / "stage.py"
+    started = tmp_path / "started"
+    stage.write_text(f"open({str(started)!r}, 'w').write('yes')\n")
+    outcome = tmp_path / "outcome"
+    task = tmp_path / "task.py"
+    task.write_text(
+        textwrap.dedent(
+            f"""
+            import os, sys, time
+            from pipeline.ops import runner
+            owners = runner.ancestors(os.getpid())
+            open({str(tmp_path / "captured")!r}, "w").write(repr(owners))
+            while os.getppid() != 1 and runner._start_time(owners[0][0]) == owners[0][1]:
+                time.sleep(0.05)  # busy elsewhere until the worker is gone
+            try:
+                runner.run_process([sys.executable, {str(stage)!r}], owners=owners, emit=lambda line: None)
+                message = "started"
+            except runner.OwnerGone as error:
+                message = f"{{error.kind}}: {{error}}"
+            open({str(outcome)!r}, "w").write(message)
+            """
+        )
+    )
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, {str(task)!r}], start_new_session=True)\n"
+        "time.sleep(300)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(runner.__file__).resolve().parents[2])}
+    process = subprocess.Popen([sys.executable, str(worker)], env=env)
+    try:
+        captured = _wait_for(tmp_path / "captured")
+        assert str(process.pid) in captured, captured  # the worker is one of the owners
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        message = _wait_for(outcome)
+        assert message.startswith("infrastructure: not starting") and str(process.pid) in message, message
+        assert not started.exists(), "the stage ran although its worker was gone"
+    finally:
+        process.kill()
+
+
 def test_exit_status_and_signals_come_back(tmp_path: Path) -> None:
     assert (
         runner.run_process([sys.executable, "-c", "raise SystemExit(7)"], emit=lambda line: None).returncode
