@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.errors import EXIT_CODES, classify
+from pipeline.errors import EXIT_CODES, InputError, classify
 from pipeline.layout import RESULT_FILE_ENV
 
 # The CLI is offline unless the user says otherwise: the default model ships with the package.
@@ -245,12 +245,24 @@ def experiments(args: argparse.Namespace) -> int:
         rows = exps.select(rows, args.experiment)
     if args.save:
         exps.save_snapshot(rows, Path(args.save))
-    metrics = args.metric or exps.default_metrics(rows, f"eval.{params.register.metric}")
-    table = exps.experiment_table(rows, metrics, args.param or ())
+    if args.quality:
+        from pipeline import report
+
+        records = exps.quality_records(rows)
+        for folder in args.results or ():  # rows scored outside DVC, e.g. PyLate's (bench/quality_peer.py)
+            records += report.load_results(folder)
+        if not records:
+            raise InputError("no quality scores: none of these experiments ran the quality stage")
+        table = report.markdown_table(report.in_report_order(records))
+        markers = (exps.QUALITY_BEGIN, exps.QUALITY_END)
+    else:
+        metrics = args.metric or exps.default_metrics(rows, f"eval.{params.register.metric}")
+        table = exps.experiment_table(rows, metrics, args.param or ())
+        markers = (exps.README_BEGIN, exps.README_END)
     if args.readme:
         from pipeline.io import replace_between_markers
 
-        replace_between_markers(args.readme, exps.README_BEGIN, exps.README_END, table)
+        replace_between_markers(args.readme, *markers, table)
     print(table)
     return 0
 
@@ -346,6 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--readme",
         metavar="FILE",
         help="also put the table between <!-- experiments:begin --> and <!-- experiments:end --> in FILE",
+    )
+    experiments_parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="render the quality stage's full-test-set scores of the experiments (one row per system and "
+        "retrieval) instead; with --readme, between <!-- quality-experiments:begin/end -->",
+    )
+    experiments_parser.add_argument(
+        "--results",
+        action="append",
+        metavar="FOLDER",
+        help="with --quality: add the result records under FOLDER/<dataset>/ (e.g. PyLate's rows)",
     )
     experiments_parser.add_argument(
         "--set-arguments",

@@ -149,6 +149,11 @@ def load_results(runs_folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return sorted(records, key=_order)
 
 
+def in_report_order(records: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``records`` sorted as the report lists them: by dataset, then system, then retrieval."""
+    return sorted(records, key=_order)
+
+
 def _order(record: Mapping[str, Any]) -> tuple:
     systems = list(SYSTEMS)
     system = record["system"]
@@ -189,7 +194,7 @@ def markdown_table(records: list[Mapping[str, Any]]) -> str:
         )
         lines.append(
             f"| {record['dataset']} | {_label(record['system'])} | {record['retrieval']} | "
-            f"{metrics['queries']} | {metrics['ndcg@10']:.4f} | {metrics['mrr@10']:.4f} | "
+            f"{metrics.get('queries', '-')} | {metrics['ndcg@10']:.4f} | {metrics['mrr@10']:.4f} | "
             f"{metrics['recall@100']:.4f} | {delta} |"
         )
     return "\n".join(lines)

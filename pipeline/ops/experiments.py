@@ -37,6 +37,8 @@ from pipeline.errors import PipelineError
 PARAMS_FILE = "params.yaml"
 #: The README block that ``colbert-pipeline experiments --readme`` regenerates.
 README_BEGIN, README_END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
+#: The README block that ``colbert-pipeline experiments --quality --readme`` regenerates.
+QUALITY_BEGIN, QUALITY_END = "<!-- quality-experiments:begin -->", "<!-- quality-experiments:end -->"
 #: Metrics shown when none are asked for: the benchmark's, then each quality row's (see default_metrics).
 QUALITY_PREFIX = "quality."
 
@@ -139,6 +141,41 @@ def default_metrics(rows: Sequence[Experiment], eval_metric: str) -> list[str]:
     )
     dataset = f"{QUALITY_PREFIX}dataset"
     return [eval_metric, *([dataset] if any(dataset in row.metrics for row in rows) else []), *quality]
+
+
+def quality_records(rows: Sequence[Experiment]) -> list[dict[str, Any]]:
+    """The quality stage's scores in ``rows`` as result records (what :mod:`pipeline.report` renders): one per
+    experiment, system and retrieval, from the flat ``quality.<system>.<retrieval>.<metric>`` metrics.
+
+    Example:
+        >>> row = Experiment("scifact-run", "1a2b3c4", {}, {"quality.dataset": "scifact",
+        ...     "quality.dense.cosine.ndcg@10": 0.645, "quality.dense.cosine.queries": 300})
+        >>> quality_records([row])
+        [{'dataset': 'scifact', 'system': 'dense', 'retrieval': 'cosine', 'metrics': {'ndcg@10': 0.645, \
+'queries': 300}, 'experiment': 'scifact-run', 'rev': '1a2b3c4'}]
+    """
+    records: list[dict[str, Any]] = []
+    for row in rows:
+        dataset = row.metrics.get(f"{QUALITY_PREFIX}dataset")
+        if dataset is None:
+            continue
+        by_row: dict[tuple[str, str], dict[str, Any]] = {}
+        for key, value in row.metrics.items():
+            parts = key[len(QUALITY_PREFIX) :].split(".") if key.startswith(QUALITY_PREFIX) else []
+            if len(parts) == 3:  # system, retrieval, metric (metric names hold no dot: ndcg@10, queries)
+                by_row.setdefault((parts[0], parts[1]), {})[parts[2]] = value
+        for (system, retrieval), metrics in by_row.items():
+            records.append(
+                {
+                    "dataset": str(dataset),
+                    "system": system,
+                    "retrieval": retrieval,
+                    "metrics": metrics,
+                    "experiment": row.name,
+                    "rev": row.rev,
+                }
+            )
+    return records
 
 
 def select(rows: Sequence[Experiment], names: Sequence[str]) -> list[Experiment]:

@@ -206,7 +206,9 @@ def run(params: Params, project: Path) -> dict[str, Any]:
                 )
                 metrics = {k: v for k, v in record["metrics"].items() if isinstance(v, float)}
                 summary[f"{system}.{retrieval}"] = metrics
-                scores.setdefault(system, {})[retrieval] = metrics
+                # The count too: a table rendered from DVC's metrics alone says how many queries were scored.
+                counted = {**metrics, "queries": record["metrics"]["queries"]}
+                scores.setdefault(system, {})[retrieval] = counted
                 mlflow.log_metrics(
                     {f"{system}.{retrieval}.{k.replace('@', '_at_')}": v for k, v in metrics.items()}
                 )

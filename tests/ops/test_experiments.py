@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,69 @@ def test_the_readme_experiments_table_is_the_committed_snapshot(tmp_path: Path, 
     for row, line in zip(rows, printed[2:], strict=True):  # each real-data run shows its full-test-set score
         score = row.metrics["quality.colbert-tuned.plaid.ndcg@10"]
         assert line.startswith(f"| {row.name} |") and line.endswith(f"| {score:.4f} |")
+
+
+def test_the_quality_table_comes_from_the_experiments_plus_rows_scored_outside_dvc(
+    tmp_path: Path, capsys
+) -> None:
+    """``--quality``: one row per experiment, system and retrieval (from DVC's metrics), PyLate's rows added
+    from its result records, each compared with its dataset's dense row; an experiment without quality
+    scores adds nothing, and none at all is an error."""
+    from pipeline.report import save_result
+
+    dense = {"ndcg@10": 0.6451, "mrr@10": 0.6047, "recall@100": 0.925, "queries": 300}
+    tuned = {"ndcg@10": 0.6865, "mrr@10": 0.6551, "recall@100": 0.916, "queries": 300}
+    head = _entry("a" * 40, "main", 3, None)
+    head["experiments"] = [
+        {
+            "revs": [
+                _entry(
+                    "b" * 40,
+                    "sci",
+                    58,
+                    {"dataset": "scifact", "dense": {"cosine": dense}, "colbert-tuned": {"plaid": tuned}},
+                )
+            ]
+        },
+    ]
+    snapshot = tmp_path / "experiments.json"
+    exps.save_snapshot(exps.parse_show([head]), snapshot)
+    peer = tmp_path / "peer"
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    save_result(
+        peer / "scifact",
+        dataset="scifact",
+        system="pylate",
+        retrieval="plaid",
+        run={"q1": {"d1": 2.0, "d2": 1.0}, "q2": {"d1": 2.0, "d2": 1.0}},
+        qrels=qrels,
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{exps.QUALITY_BEGIN}\nstale\n{exps.QUALITY_END}\n")
+    arguments = [
+        "experiments",
+        "--params",
+        str(REPO / "params.yaml"),
+        "--snapshot",
+        str(snapshot),
+        "--quality",
+    ]
+    assert cli.main([*arguments, "--results", str(peer), "--readme", str(readme)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert (
+        lines[2]
+        == "| scifact | MiniLM-L6 dense bi-encoder (cosine) | cosine | 300 | 0.6451 | 0.6047 | 0.9250 |  |"
+    )
+    assert lines[3].startswith("| scifact | fine-tuned ColBERT (this pipeline) | plaid | 300 | 0.6865 |")
+    assert lines[3].endswith("| +0.0414 |")
+    # PyLate ranked d1 first for both queries: q1 right (1.0), q2's document second (1/log2(3)).
+    pylate = (1.0 + 1 / math.log2(3)) / 2
+    assert (
+        lines[4].startswith("| scifact | fine-tuned ColBERT (PyLate 1.6") and f"| {pylate:.4f} |" in lines[4]
+    )
+    assert readme.read_text() == "\n".join([exps.QUALITY_BEGIN, *lines, exps.QUALITY_END]) + "\n"
+    only_eval = tmp_path / "none.json"
+    exps.save_snapshot([exps.parse_show([head])[0]], only_eval)
+    arguments = ["experiments", "--params", str(REPO / "params.yaml"), "--snapshot", str(only_eval)]
+    assert cli.main([*arguments, "--quality"]) == 2  # an input error, named on stderr
+    assert "none of these experiments ran the quality stage" in capsys.readouterr().err

@@ -319,6 +319,7 @@ def test_quality_stage_scores_every_system_and_the_report_reads_them(tmp_path, s
     assert scores["dataset"] == "tiny" and set(scores["colbert-base"]) == {"plaid", "exact"}
     dense_run = read_trec_run(folder / "dense.cosine.trec.gz")
     assert scores["dense"]["cosine"]["ndcg@10"] == pytest.approx(evaluate_run(dense_run, qrels)["ndcg@10"])
+    assert scores["dense"]["cosine"]["queries"] == len(qrels)  # a table rendered from it needs the count
     assert set(scores["colbert-tuned"]) == {"plaid", "exact"}
 
     written = report_stage.run(params, tmp_path)

@@ -1,0 +1,143 @@
+"""What int8 dynamic quantization of the encoder buys in speed and costs in nDCG@10, on a real test set.
+
+Encodes a ``../shared/data`` corpus and its judged test queries with the offline MiniLM ColBERT as it is
+(float32, the baseline) and with torch's dynamic int8 quantization (per-channel weights, activations
+quantized on the fly) of the transformer's linear layers: all of them, or only the feed-forward ones. The
+ColBERT projection stays float32. Each variant's documents are timed (docs/s, same process, one after the
+other), then retrieved by exact MaxSim (top 100) and scored with trec_eval's nDCG@10 and recall@100 — with the
+variant's own query embeddings, and with float32 queries (an index encoded in int8, searched by a float32
+model). The issue's bar for an encoding backend is nDCG@10 within 0.005 of float32 on SciFact's test set.
+
+Usage (about 15 minutes on 2 cores for SciFact; the speeds want a quiet machine, the nDCG does not):
+    .venv/bin/python bench/quantized_encode.py --dataset scifact --record bench/records/quantized_encode.json
+    .venv/bin/python bench/quantized_encode.py --dataset scifact --max-docs 200   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from index_bench import DATA, environment, read_corpus
+
+#: name -> which of the transformer's ``nn.Linear`` layers run in int8 (None: none, the float32 baseline).
+VARIANTS: dict[str, str | None] = {
+    "float32": None,
+    "int8, every linear layer": "all",
+    "int8, feed-forward layers only": "feed-forward",
+}
+
+
+def _selected(name: str, which: str) -> bool:
+    """Whether the linear layer ``name`` (e.g. ``encoder.layer.0.intermediate.dense``) is in ``which``."""
+    feed_forward = name.endswith("intermediate.dense") or (
+        name.endswith("output.dense") and "attention" not in name
+    )
+    return which == "all" or feed_forward
+
+
+def quantized(model: Any, which: str) -> Any:
+    """A copy of ``model`` whose transformer linear layers in ``which`` run in dynamic int8 (per channel)."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    copied = copy.deepcopy(model)
+    names = [
+        name
+        for name, module in copied[0].named_modules()
+        if isinstance(module, torch.nn.Linear) and _selected(name, which)
+    ]
+    copied[0] = quantize_dynamic(
+        copied[0], dict.fromkeys(names, per_channel_dynamic_qconfig), dtype=torch.qint8
+    )
+    return copied
+
+
+def measure(dataset: str, max_docs: int | None, batch_size: int) -> dict[str, Any]:
+    import torch
+
+    from pipeline import models
+    from pipeline.data.beir import load_beir
+    from pipeline.indexing import exact_search
+    from pipeline.runs import evaluate_run, hits_to_run
+
+    torch.manual_seed(0)
+    data = load_beir(DATA / dataset, "test")
+    ids, texts = read_corpus(dataset, max_docs)
+    query_ids = [q for q in data.queries if q in data.qrels]
+    query_texts = [data.queries[q] for q in query_ids]
+    base = models.ColBERT(device="cpu")
+    encoded: dict[str, tuple[Any, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    for name, which in VARIANTS.items():
+        model = base if which is None else quantized(base, which)
+        model.encode(texts[:8], is_query=False, batch_size=batch_size, show_progress_bar=False)  # warm-up
+        started = time.perf_counter()
+        documents = model.encode(texts, is_query=False, batch_size=batch_size, show_progress_bar=False)
+        seconds = time.perf_counter() - started
+        queries = model.encode(query_texts, is_query=True, batch_size=batch_size)
+        encoded[name] = (documents, queries)
+        rows.append({"variant": name, "encode_docs_per_s": len(texts) / seconds})
+        print(f"{name}: {rows[-1]['encode_docs_per_s']:.1f} docs/s", flush=True)
+    float_queries = encoded["float32"][1]
+    for row in rows:
+        documents, queries = encoded[row["variant"]]
+        for key, these in (("own_queries", queries), ("float32_queries", float_queries)):
+            if key == "float32_queries" and row["variant"] == "float32":
+                continue
+            metrics = evaluate_run(
+                hits_to_run(query_ids, exact_search(these, documents, ids, k=100)), data.qrels
+            )
+            row[key] = {"ndcg@10": metrics["ndcg@10"], "recall@100": metrics["recall@100"]}
+        print(row, flush=True)
+    reference = rows[0]
+    for row in rows:
+        row["speed_ratio"] = row["encode_docs_per_s"] / reference["encode_docs_per_s"]
+        row["ndcg@10_delta"] = row["own_queries"]["ndcg@10"] - reference["own_queries"]["ndcg@10"]
+    return {"dataset": dataset, "documents": len(ids), "queries": len(query_ids), "rows": rows}
+
+
+def render(report: dict[str, Any]) -> str:
+    """The record as a Markdown table (speed and nDCG@10 against float32 in the same run)."""
+    lines = [
+        f"{report['dataset']}: {report['documents']} documents, {report['queries']} test queries; "
+        f"command: `{report['command']}`",
+        "",
+        "| encoder | docs/s | vs float32 | nDCG@10 | vs float32 | recall@100 "
+        "| nDCG@10 with float32 queries |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        mixed = row.get("float32_queries", {}).get("ndcg@10")
+        lines.append(
+            f"| {row['variant']} | {row['encode_docs_per_s']:.1f} | {row['speed_ratio']:.2f}x "
+            f"| {row['own_queries']['ndcg@10']:.4f} | {row['ndcg@10_delta']:+.4f} "
+            f"| {row['own_queries']['recall@100']:.4f} | {'' if mixed is None else f'{mixed:.4f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="scifact")
+    parser.add_argument("--max-docs", type=int, default=None, help="the first N documents (default: all)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--record", type=Path, help="also write the report here (atomically), to commit")
+    args = parser.parse_args(argv)
+    report = {"environment": environment(), "command": " ".join(["bench/quantized_encode.py", *sys.argv[1:]])}
+    report.update(measure(args.dataset, args.max_docs, args.batch_size))
+    print(render(report))
+    if args.record:
+        from pipeline.io import atomic_write_text
+
+        atomic_write_text(args.record, json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
