@@ -11,6 +11,8 @@ model). The issue's bar for an encoding backend is nDCG@10 within 0.005 of float
 Usage (about 15 minutes on 2 cores for SciFact; the speeds want a quiet machine, the nDCG does not):
     .venv/bin/python bench/quantized_encode.py --dataset scifact --record bench/records/quantized_encode.json
     .venv/bin/python bench/quantized_encode.py --dataset scifact --max-docs 200   # quick look
+    # one text alone vs in a batch of 32 (seconds), added to the record:
+    .venv/bin/python bench/quantized_encode.py --batch-dependence --record bench/records/quantized_encode.json
 """
 
 from __future__ import annotations
@@ -103,6 +105,28 @@ def measure(dataset: str, max_docs: int | None, batch_size: int) -> dict[str, An
     return {"dataset": dataset, "documents": len(ids), "queries": len(query_ids), "rows": rows}
 
 
+def batch_dependence(dataset: str, batch_size: int) -> dict[str, Any]:
+    """How much each variant's embedding of a text depends on the texts batched with it: the largest
+    element difference between the first document encoded alone and within a batch of the corpus's first
+    ``batch_size`` documents (dynamic int8 takes its activation scale from the whole batch)."""
+    import numpy as np
+    import torch
+
+    from pipeline import models
+
+    torch.manual_seed(0)
+    _, texts = read_corpus(dataset, batch_size)
+    base = models.ColBERT(device="cpu")
+    differences = {}
+    for name, which in VARIANTS.items():
+        model = base if which is None else quantized(base, which)
+        alone = np.asarray(model.encode(texts[:1], is_query=False, batch_size=1)[0])
+        batched = np.asarray(model.encode(texts, is_query=False, batch_size=batch_size)[0])
+        differences[name] = float(np.abs(alone - batched).max())
+        print(f"{name}: {differences[name]:.2e}", flush=True)
+    return {"dataset": dataset, "batch_size": batch_size, "max_abs_difference": differences}
+
+
 def render(report: dict[str, Any]) -> str:
     """The record as a Markdown table (speed and nDCG@10 against float32 in the same run)."""
     lines = [
@@ -128,11 +152,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="scifact")
     parser.add_argument("--max-docs", type=int, default=None, help="the first N documents (default: all)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batch-dependence",
+        action="store_true",
+        help="only measure how a text's embedding changes with its batch (seconds); adds it to --record",
+    )
     parser.add_argument("--record", type=Path, help="also write the report here (atomically), to commit")
     args = parser.parse_args(argv)
-    report = {"environment": environment(), "command": " ".join(["bench/quantized_encode.py", *sys.argv[1:]])}
-    report.update(measure(args.dataset, args.max_docs, args.batch_size))
-    print(render(report))
+    command = " ".join(["bench/quantized_encode.py", *sys.argv[1:]])
+    if args.batch_dependence:
+        report = json.loads(args.record.read_text()) if args.record and args.record.is_file() else {}
+        report["batch_dependence"] = {"command": command, **batch_dependence(args.dataset, args.batch_size)}
+    else:
+        report = {"environment": environment(), "command": command}
+        report.update(measure(args.dataset, args.max_docs, args.batch_size))
+        print(render(report))
     if args.record:
         from pipeline.io import atomic_write_text
 
