@@ -124,6 +124,7 @@ def worker_train(spec: dict[str, Any]) -> None:
             save_strategy="no",
             logging_steps=1,
             report_to="none",
+            batch_sampler=settings.get("batch_sampler", "batch_sampler"),
             use_cpu=settings["device"] == "cpu" or not torch.cuda.is_available(),
             **settings["precision_flags"],
         )
@@ -349,6 +350,15 @@ def training_settings(params: Params, base: Path) -> tuple[dict[str, Any], Path]
     }
     if train.loss == "cached_contrastive":
         settings["mini_batch_size"] = train.mini_batch_size
+    # The batch sampler our train stage resolves from train.batch_sampler on this data (auto: no query twice
+    # in a batch where queries repeat), by name: PyLate's sentence-transformers takes the same names.
+    from datasets import load_from_disk
+
+    from pipeline.samplers import choose_batch_sampler
+
+    settings["batch_sampler"] = choose_batch_sampler(
+        train.batch_sampler, load_from_disk(str(dataset)), "triplets"
+    ).value
     return settings, dataset
 
 
