@@ -130,6 +130,11 @@ def test_the_readme_experiments_table_is_the_committed_snapshot(tmp_path: Path, 
         assert line.startswith(f"| {row.name} |") and line.endswith(f"| {score:.4f} |")
 
 
+def _quality_arguments(snapshot: Path) -> list[str]:
+    """``colbert-pipeline experiments --quality`` from a snapshot, with the repository's params."""
+    return ["experiments", "--params", str(REPO / "params.yaml"), "--snapshot", str(snapshot), "--quality"]
+
+
 def test_the_quality_table_comes_from_the_experiments_plus_rows_scored_outside_dvc(
     tmp_path: Path, capsys
 ) -> None:
@@ -167,14 +172,7 @@ def test_the_quality_table_comes_from_the_experiments_plus_rows_scored_outside_d
     )
     readme = tmp_path / "README.md"
     readme.write_text(f"{exps.QUALITY_BEGIN}\nstale\n{exps.QUALITY_END}\n")
-    arguments = [
-        "experiments",
-        "--params",
-        str(REPO / "params.yaml"),
-        "--snapshot",
-        str(snapshot),
-        "--quality",
-    ]
+    arguments = _quality_arguments(snapshot)
     assert cli.main([*arguments, "--results", str(peer), "--readme", str(readme)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert (
@@ -191,6 +189,25 @@ def test_the_quality_table_comes_from_the_experiments_plus_rows_scored_outside_d
     assert readme.read_text() == "\n".join([exps.QUALITY_BEGIN, *lines, exps.QUALITY_END]) + "\n"
     only_eval = tmp_path / "none.json"
     exps.save_snapshot([exps.parse_show([head])[0]], only_eval)
-    arguments = ["experiments", "--params", str(REPO / "params.yaml"), "--snapshot", str(only_eval)]
-    assert cli.main([*arguments, "--quality"]) == 2  # an input error, named on stderr
+    assert cli.main(_quality_arguments(only_eval)) == 2  # an input error, named on stderr
     assert "none of these experiments ran the quality stage" in capsys.readouterr().err
+
+
+def test_the_readme_quality_table_is_the_committed_experiments_and_peer_rows(tmp_path: Path, capsys) -> None:
+    """README "Quality on real data": rendered again from ``reports/quality-experiments.json`` (saved from
+    ``dvc exp show``) and PyLate's records (``reports/peer/runs``), nothing changes; every experiment's
+    tuned nDCG@10 is in it."""
+    readme = tmp_path / "README.md"
+    readme.write_text((REPO / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
+    snapshot = REPO / "reports" / "quality-experiments.json"
+    arguments = _quality_arguments(snapshot)
+    arguments += ["--results", str(REPO / "reports" / "peer" / "runs"), "--readme", str(readme)]
+    assert cli.main(arguments) == 0
+    assert readme.read_text(encoding="utf-8") == (REPO / "README.md").read_text(encoding="utf-8")
+    printed = capsys.readouterr().out
+    for row in exps.load_snapshot(snapshot):
+        dataset = row.metrics["quality.dataset"]
+        score = row.metrics["quality.colbert-tuned.plaid.ndcg@10"]
+        assert f"| {dataset} | fine-tuned ColBERT (this pipeline) | plaid |" in printed
+        assert f"| {score:.4f} |" in printed
+    assert "fine-tuned ColBERT (PyLate 1.6" in printed
