@@ -30,9 +30,9 @@ import math
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.io import atomic_save_figure, atomic_write_json, atomic_write_text, read_json
 from pipeline.runs import Run, evaluate_run, write_trec_run
@@ -146,10 +146,13 @@ def load_results(runs_folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if missing:
             raise ValueError(f"{path}: not a result record (missing {missing})")
         records.append(record)
-    return sorted(records, key=_order)
+    return in_report_order(records)
 
 
-def in_report_order(records: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+RecordT = TypeVar("RecordT", bound=Mapping[str, Any])
+
+
+def in_report_order(records: Iterable[RecordT]) -> list[RecordT]:
     """``records`` sorted as the report lists them: by dataset, then system, then retrieval."""
     return sorted(records, key=_order)
 

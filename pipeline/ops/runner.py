@@ -86,7 +86,7 @@ def run_process(
     """
     emit = emit or (lambda line: logger.info("%s", line))
     owners = ancestors(os.getpid()) if owners is None else list(owners)
-    gone = [pid for pid, start in owners if _start_time(pid) != start]
+    gone = _ended(owners)
     if gone:
         raise OwnerGone(
             f"not starting {' '.join(command[:3])} ...: the process(es) that own it ended "
@@ -213,6 +213,11 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if fields else None
 
 
+def _ended(watched: Sequence[tuple[int, str]]) -> list[int]:
+    """The pids of ``watched`` (pid, start time) that no longer run: gone, or reused by another process."""
+    return [pid for pid, start in watched if _start_time(pid) != start]
+
+
 def ancestors(pid: int, depth: int = 2) -> list[tuple[int, str]]:
     """``(pid, start time)`` of the ``depth`` nearest ancestors of ``pid``, never pid 1 (empty off Linux)."""
     chain: list[tuple[int, str]] = []
@@ -241,13 +246,16 @@ def supervise(parent: int, command: Sequence[str], watched: Sequence[tuple[int, 
         nonlocal parent_gone
         parent_gone = True
 
+    def owner_lost() -> bool:
+        return os.getppid() != parent or bool(_ended(watched))
+
     signal.signal(signal.SIGTERM, on_parent_death)
     _set_parent_death_signal(signal.SIGTERM)
-    if os.getppid() != parent or any(_start_time(pid) != start for pid, start in watched):
+    if owner_lost():
         return 128 + signal.SIGTERM  # the owner died while this supervisor started: start nothing
     child = subprocess.Popen(list(command))
     while True:
-        if os.getppid() != parent or any(_start_time(pid) != start for pid, start in watched):
+        if owner_lost():
             parent_gone = True
         if parent_gone:
             # The runner is gone: nobody reads our output or waits for the result. Stop everything we started.
