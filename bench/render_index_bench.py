@@ -5,7 +5,9 @@ Usage:
     .venv/bin/python bench/render_index_bench.py bench/records/index_bench.json --readme README.md
 
 ``--readme`` replaces what lies between ``<!-- index-bench:begin -->`` and ``<!-- index-bench:end -->`` in
-that file (atomically), so the README's numbers are always the committed report's.
+that file (atomically), so the README's numbers are always the committed report's;
+``--marker index-bench-gpu`` uses ``<!-- index-bench-gpu:begin -->`` ... instead (the GPU pass's report,
+``bench/gpu_pass.sh``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-BEGIN, END = "<!-- index-bench:begin -->", "<!-- index-bench:end -->"
+MARKER = "index-bench"
+BEGIN, END = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
+#: Reports whose tables the README shows, and the marker of each.
+README_TABLES = {"index_bench.json": MARKER, "index_bench_cuda.json": "index-bench-gpu"}
 METRICS = [
     ("encode docs/s", "encode_docs_per_s", "{:.1f}"),
     ("build s", "build_s", "{:.1f}"),
@@ -47,7 +52,8 @@ def render(report: dict[str, Any]) -> str:
     lines += [
         f"Environment: {env['date']}, {env['cpu']}, {env['cores']} cores, {env['ram_gib']} GiB RAM, "
         f"load average {env['load_avg_1m']} at the start, Python {env['python']}, torch {env['torch']}, "
-        f"CUDA {'yes' if env['cuda'] else 'no'}. Command: `{report['command']}`",
+        f"CUDA {'yes (' + env.get('gpu', 'GPU') + ')' if env['cuda'] else 'no'}. "
+        f"Command: `{report['command']}`",
         "",
     ]
     header = "| dataset (docs, queries) | index | metric | ours |" + (
@@ -101,17 +107,23 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def replace_in_readme(readme: Path, markdown: str) -> None:
-    """Put ``markdown`` between the markers of ``readme`` (both must be there, in order)."""
+def markers(name: str = MARKER) -> tuple[str, str]:
+    """The begin and end markers named ``name``."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def replace_in_readme(readme: Path, markdown: str, marker: str = MARKER) -> None:
+    """Put ``markdown`` between the markers named ``marker`` of ``readme`` (both must be there, in order)."""
     from pipeline.io import replace_between_markers
 
-    replace_between_markers(readme, BEGIN, END, markdown)
+    replace_between_markers(readme, *markers(marker), markdown)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("report", type=Path, help="a JSON report written by bench/index_bench.py")
     parser.add_argument("--readme", type=Path, default=None, help="replace the tables in this file")
+    parser.add_argument("--marker", default=MARKER, help="the markers' name (index-bench-gpu: the GPU pass)")
     args = parser.parse_args()
     try:
         report = json.loads(args.report.read_text(encoding="utf-8"))
@@ -119,7 +131,7 @@ def main() -> None:
         raise SystemExit(f"{args.report}: cannot read the report ({error})") from None
     markdown = render(report)
     if args.readme:
-        replace_in_readme(args.readme, markdown)
+        replace_in_readme(args.readme, markdown, args.marker)
     else:
         print(markdown)
 

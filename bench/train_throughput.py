@@ -20,9 +20,13 @@ process on the same rows with the same settings, on long documents (SciFact's pr
 is absent, SciFact's train qrels from ``../shared/data/scifact`` with seeded random negatives: the cost of a
 step depends on the texts' lengths, not on how hard the negatives are) and on short passages
 (``../shared/data/kd-sample-flagembedding``). Runs are interleaved (stage then PyLate, then the other way
-round) so load drift hits both; samples/s counts the timed steps after ``--warmup`` steps, from the end of the
-last warm-up step to the end of the last step (data loading, collation, forward, backward, optimizer step and
-callbacks included). ``--stage`` runs the stage alone (no PyLate). Results go to ``--output`` (JSON).
+round) so load drift hits both; samples/s counts the rows collated in the timed steps after ``--warmup``
+steps, from the end of the last warm-up step to the end of the last step (data loading, collation, forward,
+backward, optimizer step and callbacks included). PyLate is given the batch sampler the stage resolves for the
+rows (``no_duplicates`` where a query repeats), so both see batches alike; such batches can hold fewer rows
+than ``--batch-size``, which is why rows are counted. ``--stage`` runs the stage alone (no PyLate);
+``--profile DIR`` writes each run's cProfile top entries. Results go to ``--output`` (JSON). On a GPU
+machine: ``bench/gpu_pass.sh``.
 
     .venv/bin/python bench/train_throughput.py --peer --steps 8 --warmup 2 --repeats 2
 """
@@ -30,6 +34,7 @@ callbacks included). ``--stage`` runs the stage alone (no PyLate). Results go to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import logging
@@ -41,12 +46,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_TRIPLETS = REPO.parent / "shared" / "data" / "kd-sample-flagembedding" / "triplets.jsonl.gz"
+#: ``../shared/data``, or ``COLBERT_BENCH_DATA`` (the GPU machine gets a copy: ``bench/gpu_pass.sh``).
+SHARED_DATA = Path(os.environ.get("COLBERT_BENCH_DATA") or REPO.parent / "shared" / "data")
+SHARED_TRIPLETS = SHARED_DATA / "kd-sample-flagembedding" / "triplets.jsonl.gz"
 logger = logging.getLogger("train_throughput")
 
 
@@ -173,7 +181,7 @@ def run_one(args: argparse.Namespace) -> dict:
 
 # ------------------------------------------------------------------------------------------ stage vs PyLate
 SCIFACT_PREPARED = REPO / "data" / "scifact" / "prepared" / "train"
-SHARED_SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+SHARED_SCIFACT = SHARED_DATA / "scifact"
 RESULTS = REPO / "bench" / "results"
 
 
@@ -221,7 +229,7 @@ def bench_datasets(args: argparse.Namespace) -> list[tuple[str, str, list[dict]]
         long_rows, long_from = _read_triplets(SCIFACT_PREPARED), str(SCIFACT_PREPARED.relative_to(REPO))
     elif SHARED_SCIFACT.is_dir():
         long_rows = _scifact_from_qrels(SHARED_SCIFACT, args.seed)
-        long_from = "../shared/data/scifact train qrels, seeded random negatives"
+        long_from = f"{SHARED_SCIFACT.name} train qrels, seeded random negatives"
     else:
         raise SystemExit("no long documents: pass --long, or prepare configs/scifact.yaml, or add ../shared")
     short_path = Path(args.short) if args.short else SHARED_TRIPLETS
@@ -244,31 +252,58 @@ def _step_timer_class():
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """Wall-clock time at the end of each optimizer step (callbacks of that step included)."""
+        """Wall-clock time at the end of each optimizer step (callbacks of that step included), and the
+        rows collated by then: a no-duplicates sampler can yield batches under ``batch_size`` rows."""
 
         def __init__(self) -> None:
             self.ends: list[float] = []
+            self.rows: list[int] = []
+            self.sizes: list[int] = []  # rows of each collated batch, in order
+
+        def counting(self, collator):
+            timer = self
+
+            class Counting:
+                """The collator, noting each batch's rows (the trainer reads its attributes too)."""
+
+                def __call__(self, features):
+                    timer.sizes.append(len(features))
+                    return collator(features)
+
+                def __getattr__(self, name):
+                    return getattr(collator, name)
+
+            return Counting()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
+            # The data loader collates a batch ahead: the rows trained on are the first batches, one per step.
+            self.rows.append(sum(self.sizes[: len(self.ends)]))
 
     return StepTimer()
 
 
-def _rate(ends: list[float], warmup: int, batch_size: int) -> dict:
-    """Samples/s over the steps after ``warmup`` (>= 1), timed from the end of the last warm-up step."""
+def _rate(timer: Any, warmup: int) -> dict:
+    """Samples/s over the steps after ``warmup`` (>= 1), timed from the end of the last warm-up step;
+    samples are the rows actually collated in those steps."""
+    ends, rows = timer.ends, timer.rows
     if len(ends) <= warmup:
         raise RuntimeError(f"only {len(ends)} steps ran; {warmup} are warm-up")
     timed = len(ends) - warmup
     seconds = ends[-1] - ends[warmup - 1]
-    return {"timed_steps": timed, "seconds": seconds, "samples_per_s": timed * batch_size / seconds}
+    samples = rows[-1] - rows[warmup - 1]
+    return {
+        "timed_steps": timed,
+        "seconds": seconds,
+        "rows_per_step": samples / timed,
+        "samples_per_s": samples / seconds,
+    }
 
 
 def worker_stage(spec: dict) -> dict:
     """The train stage's trainer (``build_trainer``) with its MLflow callback, inside an MLflow run."""
     import tempfile
 
-    import mlflow
     import torch
     from datasets import Dataset
     from transformers import set_seed
@@ -286,25 +321,30 @@ def worker_stage(spec: dict) -> dict:
     )
     loss = build_loss(model, config, "triplets")
     timer = _step_timer_class()
-    mlflow.set_tracking_uri(f"sqlite:///{Path(spec['workdir']) / 'mlruns.db'}")
-    # Its own store and experiment: an MLFLOW_EXPERIMENT_ID inherited from the caller names another store's.
-    mlflow.set_experiment("train-throughput")
-    with tempfile.TemporaryDirectory(dir=spec["workdir"]) as checkpoints, mlflow.start_run():
+    callbacks: list[Any] = [timer]
+    with contextlib.ExitStack() as stack:
+        try:
+            import mlflow
+        except ImportError:  # no MLflow on the GPU machine (nothing installs there); the result says so
+            mlflow = None
+        if mlflow is not None:
+            mlflow.set_tracking_uri(f"sqlite:///{Path(spec['workdir']) / 'mlruns.db'}")
+            # Its own store and experiment: an inherited MLFLOW_EXPERIMENT_ID names another store's.
+            mlflow.set_experiment("train-throughput")
+            stack.enter_context(mlflow.start_run())
+            callbacks.insert(0, MlflowLossCallback())
+        checkpoints = stack.enter_context(tempfile.TemporaryDirectory(dir=spec["workdir"]))
         trainer = build_trainer(
-            config,
-            model,
-            loss,
-            dataset,
-            "triplets",
-            Path(checkpoints),
-            callbacks=[MlflowLossCallback(), timer],
+            config, model, loss, dataset, "triplets", Path(checkpoints), callbacks=callbacks
         )
+        trainer.data_collator = timer.counting(trainer.data_collator)
         trainer.train()
         chosen = trainer.args.batch_sampler  # a BatchSamplers value, or a sampler class
         sampler = getattr(chosen, "value", getattr(chosen, "__name__", str(chosen)))
     return {
-        **_rate(timer.ends, spec["warmup"], config.batch_size),
+        **_rate(timer, spec["warmup"]),
         "batch_sampler": sampler,
+        "mlflow_callback": mlflow is not None,
         "threads": torch.get_num_threads(),
     }
 
@@ -337,17 +377,26 @@ def worker_peer(spec: dict) -> dict:
             logging_steps=1,
             report_to="none",
             use_cpu=settings["device"] == "cpu",
+            # the precision the stage resolved (compare_trainers), so both train alike on a GPU
+            fp16=settings["precision"] == "fp16",
+            bf16=settings["precision"] == "bf16",
+            # the sampler the stage resolves for these rows (no query twice in a batch where they repeat)
+            batch_sampler=spec["batch_sampler"],
         )
         trainer = SentenceTransformerTrainer(
             model=model,
             args=args,
             train_dataset=dataset,
             loss=loss,
-            data_collator=utils.ColBERTCollator(model.tokenize),
+            data_collator=timer.counting(utils.ColBERTCollator(model.tokenize)),
             callbacks=[timer],
         )
         trainer.train()
-    return {**_rate(timer.ends, spec["warmup"], settings["batch_size"]), "threads": torch.get_num_threads()}
+    return {
+        **_rate(timer, spec["warmup"]),
+        "batch_sampler": spec["batch_sampler"],
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _run_trainer_worker(python: str, system: str, spec: dict, timeout: float | None) -> dict:
@@ -355,7 +404,9 @@ def _run_trainer_worker(python: str, system: str, spec: dict, timeout: float | N
     job.write_text(json.dumps(spec), encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if system == "stage":
-        env["PYTHONPATH"] = str(REPO)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    elif os.environ.get("COLBERT_PEER_PYTHONPATH"):  # PyLate's unpacked wheels (bench/gpu_pass.sh)
+        env["PYTHONPATH"] = os.environ["COLBERT_PEER_PYTHONPATH"]
     else:  # the peer venv must not see this checkout's packages
         env.pop("PYTHONPATH", None)
     command = [python, str(Path(__file__).resolve()), "--trainer-worker", system, "--job", str(job)]
@@ -386,7 +437,11 @@ def compare_trainers(args: argparse.Namespace) -> dict:
     import importlib.util
     import tempfile
 
+    from datasets import Dataset
+
+    from pipeline import samplers
     from pipeline.models import resolve_model_name
+    from pipeline.training import precision_flags
 
     spec_module = importlib.util.spec_from_file_location("index_bench", REPO / "bench" / "index_bench.py")
     assert spec_module is not None and spec_module.loader is not None
@@ -403,6 +458,10 @@ def compare_trainers(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "device": args.device,
         "save_steps": 100,
+        # resolved here (auto: bf16/fp16 on CUDA, else fp32) so the stage and PyLate get the same one
+        "precision": next(
+            (name for name, on in precision_flags(args.precision, args.device).items() if on), "fp32"
+        ),
     }
     runs = []
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as workdir:
@@ -416,6 +475,12 @@ def compare_trainers(args: argparse.Namespace) -> dict:
                         "warmup": args.warmup,
                         "workdir": workdir,
                         "base_model_path": resolve_model_name(None),
+                        "batch_sampler": samplers.choose_batch_sampler(
+                            "auto", Dataset.from_list(rows), "triplets"
+                        ).value,
+                        "profile": (
+                            str(Path(args.profile) / f"{name}-{system}.txt") if args.profile else None
+                        ),
                     }
                     logger.info("repeat %d, %s, %s", repeat + 1, name, system)
                     result = _run_trainer_worker(systems[system], system, spec, args.timeout)
@@ -448,6 +513,7 @@ def report_trainers(args: argparse.Namespace, result: dict) -> None:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        **({"gpu": torch.cuda.get_device_name()} if str(args.device).startswith("cuda") else {}),
     }
     command = "bench/train_throughput.py " + " ".join(sys.argv[1:])
     record = {
@@ -466,6 +532,23 @@ def report_trainers(args: argparse.Namespace, result: dict) -> None:
         extra = f" {row['peer']:.2f} | {row['stage_vs_peer']:.2f} |" if peer else ""
         print(f"| {name} | {row['stage']:.2f} |{extra}")
     print(f"\nresults: {output}")
+
+
+def _profiled(worker: Any, spec: dict, path: Path) -> dict:
+    """``worker(spec)`` under cProfile; its top entries (cumulative and own time) go to ``path``."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    result = profiler.runcall(worker, spec)
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("cumulative").print_stats(45)
+    stats.sort_stats("tottime").print_stats(30)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.getvalue(), encoding="utf-8")
+    return result
 
 
 def _die_with_parent() -> None:
@@ -500,7 +583,16 @@ def main() -> None:
     parser.add_argument("--short", help="--peer/--stage: short passages (prepared train folder or JSONL)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per trainer run")
     parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        default="auto",
+        help="--peer/--stage: the train stage's precision setting (auto: bf16/fp16 on CUDA), PyLate's too",
+    )
+    parser.add_argument(
         "--output", default=str(RESULTS / "train_throughput.json"), help="--peer/--stage: results JSON"
+    )
+    parser.add_argument(
+        "--profile", help="--peer/--stage: a folder for each run's cProfile top entries (<data>-<system>.txt)"
     )
     parser.add_argument("--trainer-worker", choices=["stage", "peer"], help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -512,7 +604,10 @@ def main() -> None:
     if args.trainer_worker:
         spec = json.loads(Path(args.job).read_text(encoding="utf-8"))
         worker = worker_stage if args.trainer_worker == "stage" else worker_peer
-        print(json.dumps(worker(spec)))
+        if spec.get("profile"):
+            print(json.dumps(_profiled(worker, spec, Path(spec["profile"]))))
+        else:
+            print(json.dumps(worker(spec)))
         return
     if args.peer or args.stage:
         if args.steps < 1 or args.warmup < 1:

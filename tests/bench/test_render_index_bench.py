@@ -81,14 +81,19 @@ def test_readme_tables_are_replaced_between_the_markers(tmp_path):
         module.replace_in_readme(readme, "x")
 
 
-def test_the_committed_report_is_what_the_readme_shows():
-    record = REPO / "bench" / "records" / "index_bench.json"
-    if not record.is_file():
-        pytest.skip("no committed benchmark report")
+@pytest.mark.parametrize("name", ["index_bench.json", "index_bench_cuda.json"])
+def test_the_committed_report_is_what_the_readme_shows(name):
     module = _renderer()
+    record = REPO / "bench" / "records" / name
+    begin, end = module.markers(module.README_TABLES[name])
     rendered = module.render(json.loads(record.read_text(encoding="utf-8")))
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert f"{module.BEGIN}\n{rendered}\n{module.END}" in readme
+    assert f"{begin}\n{rendered}\n{end}" in readme
+
+
+def test_the_gpu_name_is_in_the_environment_line():
+    report = {**REPORT, "environment": {**REPORT["environment"], "cuda": True, "gpu": "NVIDIA H200"}}
+    assert "CUDA yes (NVIDIA H200)." in _renderer().render(report)
 
 
 def test_index_corpus_rss_rows_show_the_per_chunk_peaks_and_the_ratio():

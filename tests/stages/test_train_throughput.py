@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -17,7 +19,7 @@ def _tiny(path: Path, words: int) -> Path:
             "positive": " ".join(["relevant"] * words) + f" {i}",
             "negative": " ".join(["other"] * words) + f" {i}",
         }
-        for i in range(6)
+        for i in range(12)
     ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -31,7 +33,7 @@ def test_the_stage_trainer_bench_runs_on_tiny_data_and_writes_its_results(tmp_pa
         "--stage",
         "--steps", "1",
         "--warmup", "1",
-        "--batch-size", "2",
+        "--batch-size", "4",
         "--long", str(_tiny(tmp_path / "long.jsonl", 120)),
         "--short", str(_tiny(tmp_path / "short.jsonl", 5)),
         "--output", str(output),
@@ -45,8 +47,12 @@ def test_the_stage_trainer_bench_runs_on_tiny_data_and_writes_its_results(tmp_pa
     ]
     for run in result["runs"]:
         assert run["timed_steps"] == 1 and run["samples_per_s"] > 0
-        # Each query appears three times: the stage's auto sampler keeps them apart.
+        # Two queries, six rows each: the stage's auto sampler keeps them apart, so a batch of 4 holds 2
+        # rows, and the rate counts those 2, not the batch size.
         assert run["batch_sampler"] == "no_duplicates"
+        assert run["rows_per_step"] == 2
+        rows = run["rows_per_step"] * run["timed_steps"]
+        assert run["samples_per_s"] == pytest.approx(rows / run["seconds"])
     assert set(result["samples_per_s_median"]) == {"scifact", "short"}
     assert "bench/train_throughput.py --stage" in result["command"] and result["environment"]["cores"]
     assert "| scifact |" in completed.stdout
