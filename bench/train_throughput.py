@@ -301,7 +301,8 @@ def _rate(timer: Any, warmup: int) -> dict:
 
 
 def worker_stage(spec: dict) -> dict:
-    """The train stage's trainer (``build_trainer``) with its MLflow callback, inside an MLflow run."""
+    """The train stage's trainer (``build_trainer``) with its MLflow callback, inside an MLflow run (where
+    MLflow is installed: not on the GPU machine, see ``bench/gpu_pass.sh``)."""
     import tempfile
 
     import torch
