@@ -289,7 +289,7 @@ def tuned_search(
     started = time.perf_counter()
     with tuning.EmbeddingStoreWriter(index.path / tuning.STORE_FOLDER, scratch=folder) as writer:
         writer.add(documents)
-        store = writer.commit(index_version=version)
+        store = writer.commit(index_version=version, device=args.device)
     store_seconds = time.perf_counter() - started
     probes = list(np.load(args.cache)["probes"])
     started = time.perf_counter()

@@ -2,7 +2,9 @@
 
 PLAID keeps 4-bit residuals; reaching a recall target past their plateau needs the original vectors. The index
 stage writes them here while it encodes the corpus (float16, in the index's slot order, one chunk in memory at
-a time), and :mod:`pipeline.tuning` decides whether searches read them.
+a time), and :mod:`pipeline.tuning` decides whether searches read them. On a GPU (``device="cuda"``) the store
+scores there: the GPU pass measured exact MaxSim on the GPU as fast as tuned PLAID at BEIR sizes, so the
+tuner must time it where searches will run.
 
 Example:
     >>> import numpy as np, tempfile
@@ -53,8 +55,15 @@ class EmbeddingStore:
     int64 row offsets) and ``meta.json`` (``dim``, counts, and the index version they belong to).
     """
 
-    def __init__(self, folder: str | os.PathLike[str], cache_bytes: int = CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        cache_bytes: int = CACHE_BYTES,
+        device: str | torch.device | None = None,
+    ) -> None:
         self.folder = Path(folder)
+        #: Where scores are computed: the CPU (numpy's segment max) or an accelerator (torch's).
+        self.device = torch.device(device or "cpu")
         meta_path = self.folder / "meta.json"
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -92,17 +101,18 @@ class EmbeddingStore:
         return int(self.offsets[-1])
 
     def _float_tokens(self) -> torch.Tensor | None:
-        """All token rows as float32, converted once, when they fit ``cache_bytes`` (else ``None``)."""
+        """All token rows as float32 on the store's device, converted once, when they fit ``cache_bytes``
+        (else ``None``)."""
         if self._float32 is None and self.num_tokens * self.dim * 4 <= self._cache_bytes:
-            self._float32 = torch.from_numpy(np.asarray(self.tokens, dtype=np.float32))
+            self._float32 = torch.from_numpy(np.asarray(self.tokens, dtype=np.float32)).to(self.device)
         return self._float32
 
     def _rows(self, start: int, stop: int) -> torch.Tensor:
-        """Token rows ``start:stop`` as a float32 tensor."""
+        """Token rows ``start:stop`` as a float32 tensor on the store's device."""
         cached = self._float_tokens()
         if cached is not None:
             return cached[start:stop]
-        return torch.from_numpy(np.asarray(self.tokens[start:stop], dtype=np.float32))
+        return torch.from_numpy(np.asarray(self.tokens[start:stop], dtype=np.float32)).to(self.device)
 
     def _gather(self, slots: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The token rows of ``slots`` (concatenated) and each document's first row within them."""
@@ -112,16 +122,19 @@ class EmbeddingStore:
         rows = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
         cached = self._float_tokens()
         if cached is not None:
-            return cached[torch.from_numpy(rows)], firsts
-        return torch.from_numpy(np.asarray(self.tokens[rows], dtype=np.float32)), firsts
+            return cached[torch.from_numpy(rows).to(self.device)], firsts
+        tokens = torch.from_numpy(np.asarray(self.tokens[rows], dtype=np.float32)).to(self.device)
+        return tokens, firsts
 
-    @staticmethod
-    def _maxsim(queries: torch.Tensor, tokens: torch.Tensor, firsts: np.ndarray) -> np.ndarray:
+    def _maxsim(self, queries: torch.Tensor, tokens: torch.Tensor, firsts: np.ndarray) -> np.ndarray:
         """MaxSim of each query (``(B, Lq, d)``, zero-padded) with each segment of ``tokens``: ``(B, m)``."""
         batch, length, dim = queries.shape
-        similarities = (queries.reshape(-1, dim) @ tokens.T).numpy()
-        best = np.maximum.reduceat(similarities, firsts, axis=1)
-        return best.reshape(batch, length, -1).sum(axis=1)
+        similarities = queries.to(self.device).reshape(-1, dim) @ tokens.T
+        if _numpy_segments(self.device):
+            best = np.maximum.reduceat(similarities.numpy(), firsts, axis=1)
+            return best.reshape(batch, length, -1).sum(axis=1)
+        best = segment_max(similarities, firsts)
+        return best.reshape(batch, length, -1).sum(dim=1).cpu().numpy()
 
     def exact_topk(self, queries: Sequence[np.ndarray], k: int, batch_size: int = 32) -> Hits:
         """Top-``k`` ``(slot, score)`` of each query by exact MaxSim over every document, best first."""
@@ -192,6 +205,28 @@ class EmbeddingStore:
         return results
 
 
+def _numpy_segments(device: torch.device) -> bool:
+    """Whether segment maxima are numpy's (on the CPU, where it is the faster) rather than torch's."""
+    return device.type == "cpu"
+
+
+def segment_max(similarities: torch.Tensor, firsts: np.ndarray) -> torch.Tensor:
+    """Column-segment maxima where the device is: ``(rows, tokens)`` -> ``(rows, segments)``, segment ``j``
+    being columns ``firsts[j]`` up to the next first (what ``np.maximum.reduceat(..., axis=1)`` gives).
+
+    Example:
+        >>> import numpy as np, torch
+        >>> segment_max(torch.tensor([[1.0, 3.0, 2.0, 0.5]]), np.array([0, 1])).tolist()
+        [[1.0, 3.0]]
+    """
+    device = similarities.device
+    lengths = torch.from_numpy(np.diff(np.append(firsts, similarities.shape[1]))).to(device)
+    owner = torch.repeat_interleave(torch.arange(len(firsts), device=device), lengths)
+    shape = (similarities.shape[0], len(firsts))
+    best = torch.full(shape, -torch.inf, device=device, dtype=similarities.dtype)
+    return best.scatter_reduce_(1, owner.expand_as(similarities), similarities, "amax")
+
+
 def _pad(queries: Sequence[np.ndarray], dim: int) -> torch.Tensor:
     """Queries as one zero-padded ``(B, max tokens, dim)`` float32 tensor; a zero token adds 0 to MaxSim."""
     length = max(len(q) for q in queries)
@@ -246,8 +281,8 @@ class EmbeddingStoreWriter:
             self._handle.write(np.ascontiguousarray(array, dtype=np.float16).tobytes())
             self._lengths.append(int(array.shape[0]))
 
-    def commit(self, index_version: str | None) -> EmbeddingStore:
-        """Finish the files, replace ``folder`` with them, and open the result."""
+    def commit(self, index_version: str | None, device: str | torch.device | None = None) -> EmbeddingStore:
+        """Finish the files, replace ``folder`` with them, and open the result (scoring on ``device``)."""
         if self._handle.closed:
             raise RuntimeError(f"{self.folder}: this writer was already committed or discarded")
         if self.dim is None:
@@ -274,7 +309,7 @@ class EmbeddingStoreWriter:
             os.replace(self.folder, old)
         os.replace(self._temp, self.folder)
         shutil.rmtree(old, ignore_errors=True)
-        return EmbeddingStore(self.folder)
+        return EmbeddingStore(self.folder, device=device)
 
     def discard(self) -> None:
         if not self._handle.closed:
@@ -282,13 +317,18 @@ class EmbeddingStoreWriter:
         shutil.rmtree(self._temp, ignore_errors=True)
 
 
-def open_store(index_path: str | os.PathLike[str], index_version: str | None) -> EmbeddingStore | None:
-    """The index's embedding store if it exists and belongs to ``index_version``; else ``None``."""
+def open_store(
+    index_path: str | os.PathLike[str],
+    index_version: str | None,
+    device: str | torch.device | None = None,
+) -> EmbeddingStore | None:
+    """The index's embedding store (scoring on ``device``) if it exists and belongs to ``index_version``;
+    else ``None``."""
     folder = Path(index_path) / STORE_FOLDER
     if not folder.is_dir():
         return None
     try:
-        store = EmbeddingStore(folder)
+        store = EmbeddingStore(folder, device=device)
     except (OSError, ValueError, KeyError) as error:
         logger.warning("%s: unreadable embedding store (%s)", folder, error)
         return None

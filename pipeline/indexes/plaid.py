@@ -315,7 +315,7 @@ class PLAID(MultiVectorIndex):
         if settings is None:
             return
         if settings.needs_store:
-            self._embeddings = tuning.open_store(self.path, version)
+            self._embeddings = tuning.open_store(self.path, version, device=self.device)
             if self._embeddings is None or self._embeddings.num_documents != len(self._slot_ids):
                 logger.warning(
                     "%s: the tuned settings need %s, which is missing or stale: plain PLAID search",

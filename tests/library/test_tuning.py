@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline import embedding_store, indexes, retrieve, tuning
 from pipeline.embedding_store import STORE_FOLDER
@@ -106,6 +107,43 @@ def test_store_scores_in_chunks_when_the_budget_is_small(small, monkeypatch):
     )
     chunked = small["store"].rescore(queries, [list(range(300))] * 5, k=10)
     assert [[s for s, _ in row] for row in chunked] == [[s for s, _ in row] for row in full]
+
+
+def test_segment_max_is_numpys_reduceat():
+    rng = np.random.default_rng(1)
+    similarities = rng.standard_normal((4, 30)).astype(np.float32)
+    firsts = np.array([0, 1, 2, 9, 10, 29])  # segments of 1, 1, 7, 1, 19 and 1 columns
+    np.testing.assert_array_equal(
+        embedding_store.segment_max(torch.from_numpy(similarities), firsts).numpy(),
+        np.maximum.reduceat(similarities, firsts, axis=1),
+    )
+
+
+def test_the_accelerator_scoring_path_finds_what_the_cpu_one_finds(small, monkeypatch):
+    """The path a GPU store takes (torch's segment max, scores moved back per chunk), run on the CPU."""
+    queries, store = small["queries"][:8], small["store"]
+    expected_exact = store.exact_topk(queries, k=10)
+    expected_rescored = store.rescore(queries, [list(range(0, 300, 3))] * 8, k=10)
+    monkeypatch.setattr(embedding_store, "_numpy_segments", lambda device: False)
+    monkeypatch.setattr(embedding_store, "SCORE_BUDGET", 3000)  # several chunks
+    for found, expected in (
+        (store.exact_topk(queries, k=10), expected_exact),
+        (store.rescore(queries, [list(range(0, 300, 3))] * 8, k=10), expected_rescored),
+    ):
+        assert [[slot for slot, _ in row] for row in found] == [[slot for slot, _ in row] for row in expected]
+        np.testing.assert_allclose(
+            [[v for _, v in row] for row in found], [[v for _, v in row] for row in expected], rtol=1e-5
+        )
+
+
+def test_a_store_is_opened_for_the_device_it_is_given(tmp_path):
+    documents, _ = clustered(20, 1)
+    with tuning.EmbeddingStoreWriter(tmp_path / STORE_FOLDER) as writer:
+        writer.add(documents)
+        # "meta" stands in for an accelerator: opening allocates nothing there
+        assert writer.commit(index_version="v1", device="meta").device == torch.device("meta")
+    assert embedding_store.open_store(tmp_path, "v1").device == torch.device("cpu")
+    assert embedding_store.open_store(tmp_path, "v1", device="meta").device == torch.device("meta")
 
 
 def test_rescore_orders_candidates_by_exact_maxsim(small):
