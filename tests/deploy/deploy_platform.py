@@ -4,8 +4,12 @@ Every Airflow and MLflow service starts through ``python -m pipeline.ops.service
 ``docker/compose.yaml`` runs); this module only supplies what compose's network would (addresses, ports, a
 temporary folder) and the two servers compose takes from public images (PostgreSQL and Redis, here the
 machine's own binaries). Everything binds 127.0.0.1 on free ports, logs to ``<root>/logs/<service>.log``,
-runs in its own process group and is stopped (SIGTERM, then SIGKILL) by :meth:`Platform.stop`. Every wait is
-bounded; a service that exits or never answers fails naming itself, with the end of its log.
+runs in its own process group and is stopped (SIGTERM, then SIGKILL) by :meth:`Platform.stop`. Nothing
+outlives the process that started it, even one killed outright (a test run stopped with SIGTERM or SIGKILL
+runs no finaliser): each service runs under the stage runner's supervisor (``python -m pipeline.ops.runner
+--parent PID``), which stops its group when that process dies; PostgreSQL, which runs as its own user, gets
+the kernel's parent-death signal instead (SIGINT: a fast shutdown). Every wait is bounded; a service that
+exits or never answers fails naming itself, with the end of its log.
 
 Driving it is up to the caller, through public interfaces only: :class:`AirflowApi` (REST API v2 with a token
 from the API server's ``/auth/token``) and MLflow's client over HTTP.
@@ -14,6 +18,7 @@ from the API server's ``/auth/token``) and MLflow's client over HTTP.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import pwd
@@ -122,6 +127,16 @@ def _service_user() -> pwd.struct_passwd | None:
     raise ServiceFailed("postgres: running as root and neither a 'postgres' nor a 'nobody' user exists")
 
 
+def _parent_death_signal(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn`` asking the kernel for ``sig`` when the starting process dies (Linux; after Popen's
+    user switch, which would clear it)."""
+
+    def ask() -> None:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+    return ask
+
+
 class Process:
     """One started service: its process group, its log, and how to tell it died."""
 
@@ -132,16 +147,24 @@ class Process:
 
     def start(self) -> Process:
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        argv, popen, env = list(self.argv), dict(self.popen), dict(self.env)
+        if "user" in popen:
+            # Another user cannot run this interpreter (it may live under /root): the kernel signals instead.
+            popen["preexec_fn"] = _parent_death_signal(signal.SIGINT)
+        else:
+            argv = [sys.executable, "-m", "pipeline.ops.runner", "--parent", str(os.getpid()), "--", *argv]
+            # the supervisor imports this checkout's package, whatever the service's own path
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(REPO_ROOT)]))
         with open(self.log, "ab") as stream:
             self.process = subprocess.Popen(
-                self.argv,
-                env=self.env,
+                argv,
+                env=env,
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=stream,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() ends its children too
-                **self.popen,
+                **popen,
             )
         return self
 
