@@ -129,9 +129,11 @@ def _service_user() -> pwd.struct_passwd | None:
 
 def _parent_death_signal(sig: int) -> Callable[[], None]:
     """A ``preexec_fn`` asking the kernel for ``sig`` when the starting process dies (Linux; after Popen's
-    user switch, which would clear it)."""
+    user switch, which would clear it). ``sig`` is reset to its default action first: an ignored signal
+    stays ignored across exec, and pytest-xdist's workers ignore SIGINT."""
 
     def ask() -> None:
+        signal.signal(sig, signal.SIG_DFL)
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
     return ask

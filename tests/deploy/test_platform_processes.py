@@ -44,9 +44,11 @@ def test_a_service_stops_when_the_process_that_started_it_is_killed(tmp_path, as
         ids = f", user={nobody.pw_uid}, group={nobody.pw_gid}, extra_groups=[]"
     starter = textwrap.dedent(
         f"""
-        import os, sys, time
+        import os, signal, sys, time
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
+        # as in a long test session, where earlier code may leave SIGINT ignored (inherited across exec)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         from tests.deploy.deploy_platform import Process
         service = Process(
             "sleeper", ["sleep", "600"], dict(os.environ), Path({str(tmp_path / "sleeper.log")!r}),
