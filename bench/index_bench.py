@@ -395,17 +395,20 @@ def ensure_peer_venv() -> Path:
 
 
 def worker_env(peer: bool) -> dict[str, str]:
-    """A worker's environment: offline, and the import path of its side.
+    """A bench worker's environment (this file's, ``train_throughput.py``'s and ``quality_peer.py``'s):
+    offline, and the import path of its side.
 
-    Ours sees this checkout (before any inherited ``PYTHONPATH``); PyLate's side sees
-    ``COLBERT_PEER_PYTHONPATH`` when set (its unpacked wheels), else only this folder (for this file).
+    Ours sees this checkout (before any inherited ``PYTHONPATH``). PyLate's side sees
+    ``COLBERT_PEER_PYTHONPATH`` when set (its unpacked wheels, ``bench/gpu_pass.sh``), else no
+    ``PYTHONPATH`` at all: ours would shadow the peer venv's pinned libraries. Workers run their file by path,
+    so they need no path of their own.
     """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     peer_path = os.environ.get("COLBERT_PEER_PYTHONPATH")
     if peer and peer_path:
         env["PYTHONPATH"] = peer_path
     elif peer:
-        env["PYTHONPATH"] = str(REPO)
+        env.pop("PYTHONPATH", None)
     else:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     return env

@@ -368,9 +368,7 @@ def _read_optional_json(path: Path) -> Any:
 
 def run_worker(python: Path, job: Path, timeout: float | None) -> None:
     """Run the worker in the peer venv; its output streams to our stderr so progress stays visible."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    # Our venv's PYTHONPATH would shadow PyLate's pinned libraries inside the peer venv.
-    env.pop("PYTHONPATH", None)
+    env = _index_bench().worker_env(peer=True)
     command = [str(python), str(Path(__file__).resolve()), "--worker", str(job)]
     logger.info("running %s", " ".join(command))
     completed = subprocess.run(command, env=env, stdout=sys.stderr, timeout=timeout, check=False)

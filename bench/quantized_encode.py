@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index_bench import DATA, environment, read_corpus
+from index_bench import DATA, as_float32, environment, read_corpus
 
 #: name -> which of the transformer's ``nn.Linear`` layers run in int8 (None: none, the float32 baseline),
 #: or the half precision the whole model is cast to.
@@ -73,16 +73,6 @@ def quantized(model: Any, which: str) -> Any:
     return copied
 
 
-def _float32(embeddings: Any) -> list[Any]:
-    """Float32 numpy arrays, whatever precision and device the encoder returned."""
-    import numpy as np
-
-    return [
-        np.asarray(e.detach().float().cpu().numpy() if hasattr(e, "detach") else e, dtype=np.float32)
-        for e in embeddings
-    ]
-
-
 def measure(
     dataset: str,
     max_docs: int | None,
@@ -115,7 +105,7 @@ def measure(
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         queries = model.encode(query_texts, is_query=True, batch_size=batch_size, show_progress_bar=False)
-        encoded[name] = (_float32(documents), _float32(queries))
+        encoded[name] = ([as_float32(d) for d in documents], [as_float32(q) for q in queries])
         rows.append({"variant": name, "encode_docs_per_s": len(texts) / seconds})
         print(f"{name}: {rows[-1]['encode_docs_per_s']:.1f} docs/s", flush=True)
     float_queries = encoded[variants[0]][1]

@@ -400,16 +400,11 @@ def worker_peer(spec: dict) -> dict:
     }
 
 
-def _run_trainer_worker(python: str, system: str, spec: dict, timeout: float | None) -> dict:
+def _run_trainer_worker(
+    python: str, system: str, spec: dict, timeout: float | None, env: dict[str, str]
+) -> dict:
     job = Path(spec["workdir"]) / f"{system}-job.json"
     job.write_text(json.dumps(spec), encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if system == "stage":
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    elif os.environ.get("COLBERT_PEER_PYTHONPATH"):  # PyLate's unpacked wheels (bench/gpu_pass.sh)
-        env["PYTHONPATH"] = os.environ["COLBERT_PEER_PYTHONPATH"]
-    else:  # the peer venv must not see this checkout's packages
-        env.pop("PYTHONPATH", None)
     command = [python, str(Path(__file__).resolve()), "--trainer-worker", system, "--job", str(job)]
     completed = subprocess.run(
         command, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, check=False
@@ -484,7 +479,8 @@ def compare_trainers(args: argparse.Namespace) -> dict:
                         ),
                     }
                     logger.info("repeat %d, %s, %s", repeat + 1, name, system)
-                    result = _run_trainer_worker(systems[system], system, spec, args.timeout)
+                    env = index_bench.worker_env(peer=system == "peer")
+                    result = _run_trainer_worker(systems[system], system, spec, args.timeout, env)
                     runs.append(
                         {"repeat": repeat + 1, "data": name, "source": source, "system": system, **result}
                     )
