@@ -18,7 +18,6 @@ from the API server's ``/auth/token``) and MLflow's client over HTTP.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import pwd
@@ -42,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run as a script: the repository's tests package
     sys.path.insert(0, str(REPO_ROOT))
 
+from pipeline.ops import runner  # noqa: E402
 from tests.workspace import make_workspace  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -134,7 +134,7 @@ def _parent_death_signal(sig: int) -> Callable[[], None]:
 
     def ask() -> None:
         signal.signal(sig, signal.SIG_DFL)
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        runner._set_parent_death_signal(sig)  # the stage runner's prctl(PR_SET_PDEATHSIG)
 
     return ask
 
