@@ -22,18 +22,20 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.installed
 
-# The deploy tier (tests/deploy) runs PostgreSQL (initdb, postgres, psql) and redis-server from the machine.
+# The deploy tier (tests/deploy) runs PostgreSQL (initdb, postgres, psql) and redis-server from the machine;
+# tests/ops/test_docker.py validates docker/compose.yaml with docker-compose (no daemon needed).
 # As root (CI), install what is missing with apt-get; otherwise say what to install.
-DEPLOY_BINARIES := initdb postgres psql redis-server
+DEPLOY_BINARIES := initdb postgres psql redis-server docker-compose
 services:
 	@missing=""; for b in $(DEPLOY_BINARIES); do command -v $$b >/dev/null || ls /usr/lib/postgresql/*/bin/$$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  packages=""; case "$$missing" in *redis-server*) packages="redis-server";; esac; \
 	  case "$$missing" in *initdb*|*postgres*|*psql*) packages="$$packages postgresql";; esac; \
+	  case "$$missing" in *docker-compose*) packages="$$packages docker-compose";; esac; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "make services: installing$$packages for tests/deploy (missing:$$missing)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$packages >/dev/null; \
-	  else echo "make services: tests/deploy needs$$missing: apt-get install$$packages" >&2; exit 1; fi; \
+	    echo "make services: installing$$packages for the tests (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$packages >/dev/null; \
+	  else echo "make services: the tests need$$missing: apt-get install$$packages" >&2; exit 1; fi; \
 	fi
 
 # The main job: every stage on the offline sample (prepare, baseline, train, evaluate, index, register).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real IR data not found at {SHARED_DATA} (clone the project beside ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def module_tmp_path(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """A folder for one test module's shared fixtures, removed once its tests are done unless one failed.
+
+    pytest keeps every ``tmp_path_factory`` folder until the session ends. The module fixtures' workspaces,
+    models, MLflow stores and indexes take hundreds of MB each, and kept for the whole ``make test`` they
+    filled a CI machine's disk. A module whose test failed keeps its folder, as pytest keeps a failed test's.
+    """
+    folder = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    failed_before = request.session.testsfailed
+    yield folder
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -62,11 +62,11 @@ print("E2E-RESULT " + json.dumps(result, default=str), flush=True)
 
 
 @pytest.fixture(scope="module")
-def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def e2e(module_tmp_path: Path) -> Iterator[dict[str, Any]]:
     missing = [stage for stage in STAGES if not (REPO_ROOT / "pipeline" / "stages" / f"{stage}.py").exists()]
     if missing or not (REPO_ROOT / "dvc.yaml").exists():
         pytest.skip(f"the pipeline is not complete yet (missing stages: {missing or 'dvc.yaml'})")
-    root = tmp_path_factory.mktemp("dag-e2e")
+    root = module_tmp_path
     workspace = make_workspace(root / "workspace", overrides={})  # the DAG run's Params set TINY
     home = root / "airflow-home"
     home.mkdir()

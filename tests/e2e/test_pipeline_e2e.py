@@ -23,16 +23,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def workspace(module_tmp_path: Path) -> Path:
     """A git repository holding the project's tracked files, with tiny params."""
-    return make_workspace(tmp_path_factory.mktemp("workspace") / "project")
+    return make_workspace(module_tmp_path / "workspace" / "project")
 
 
 @pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory):
+def tracking_server(module_tmp_path: Path):
     from tests.mlflow_server import running_mlflow_server
 
-    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+    with running_mlflow_server(module_tmp_path / "mlflow-server") as uri:
         yield uri
 
 

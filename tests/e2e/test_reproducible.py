@@ -36,11 +36,11 @@ def lock_outputs(workspace: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def workspaces(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, dict[str, str]]]:
+def workspaces(module_tmp_path: Path) -> list[tuple[Path, dict[str, str]]]:
     """Two fresh workspaces of the same commit, each having run prepare -> train -> index."""
     built = []
     for name in ("first", "second"):
-        root = tmp_path_factory.mktemp(name)
+        root = module_tmp_path / name
         workspace = make_workspace(root / "project")
         env = workspace_env(f"sqlite:///{root / 'mlruns.db'}", workspace)
         run(["dvc", "repro", CHAIN], workspace, env, timeout=1500)

@@ -74,8 +74,8 @@ def schedule(seed: int = SEED) -> list[tuple[str, str, float]]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, dict[str, str], dict[str, list[str]], dict[str, str]]:
-    root = tmp_path_factory.mktemp("faults")
+def reference(module_tmp_path: Path) -> tuple[Path, dict[str, str], dict[str, list[str]], dict[str, str]]:
+    root = module_tmp_path
     workspace = make_workspace(root / "project")
     env = workspace_env(f"sqlite:///{root / 'mlruns.db'}", workspace)
     env.pop(FAULT_ENV, None)

@@ -81,10 +81,10 @@ def corpus(colbert_model):
 
 
 @pytest.fixture(scope="module")
-def built(corpus, tmp_path_factory):
+def built(corpus, module_tmp_path):
     """One PLAID and one Voyager index over the corpus at default settings, built once."""
     ids, documents, _ = corpus
-    folder = tmp_path_factory.mktemp("indexes")
+    folder = module_tmp_path
     built = {}
     for kind in KINDS:
         index = make_index(kind, folder, kind.lower(), override=True)

@@ -20,10 +20,10 @@ def unit_documents(n: int, seed: int, dim: int = 16) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def retriever(tmp_path_factory):
+def retriever(module_tmp_path):
     # k_token above the token count makes every document a candidate: results are exact and deterministic.
     index = indexes.Voyager(
-        index_folder=tmp_path_factory.mktemp("retrieve"),
+        index_folder=module_tmp_path,
         index_name="docs",
         k_token=10_000,
         show_progress=False,

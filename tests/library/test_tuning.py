@@ -72,10 +72,10 @@ def recall_of(results: list[list[dict]], reference: list[list[str]], k: int = 10
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def small(module_tmp_path):
     """A 300-document index with its store, probe queries and held-out queries (built once)."""
     documents, queries = clustered(300, 60)
-    folder = tmp_path_factory.mktemp("tuning")
+    folder = module_tmp_path
     index, store = build(folder, "small", documents)
     return {"folder": folder, "index": index, "store": store, "documents": documents, "queries": queries}
 

@@ -34,9 +34,10 @@ DAG_ID = "colbert_pipeline"
 
 
 @pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def airflow_home(module_tmp_path: Path) -> Path:
     """A throwaway AIRFLOW_HOME, set before Airflow is first imported in this process."""
-    home = tmp_path_factory.mktemp("airflow-home")
+    home = module_tmp_path / "airflow-home"
+    home.mkdir()
     os.environ["AIRFLOW_HOME"] = str(home)
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     return home

@@ -48,9 +48,9 @@ def _corpus() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def booting_server(tmp_path_factory) -> MlflowServer:
+def booting_server(module_tmp_path: Path) -> MlflowServer:
     """The server process, started before the other fixtures are built (it boots while they work)."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    server = MlflowServer(module_tmp_path / "mlflow-server").start()
     yield server
     server.stop()
 
@@ -61,13 +61,14 @@ def server(booting_server, template) -> str:
 
 
 @pytest.fixture(scope="module")
-def template(booting_server, tmp_path_factory, saved_colbert) -> Path:
+def template(booting_server, module_tmp_path: Path, saved_colbert) -> Path:
     """A project folder with a model, a benchmark and the index built with that model (no metrics)."""
     from pipeline import indexes, models
     from pipeline.data.beir import BeirData
     from pipeline.data.nano import build_nano_benchmark
 
-    project = tmp_path_factory.mktemp("project")
+    project = module_tmp_path / "project"
+    project.mkdir()
     shutil.copytree(saved_colbert, project / "models" / "colbert")
     corpus = _corpus()
     queries = {f"q{i}": f"What does the {animal} eat?" for i, (animal, _, _) in enumerate(TOPICS)}
