@@ -507,3 +507,34 @@ def test_docstring_examples_run():
     for module in (index_base, plaid, voyager, indexes):
         failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert failures == 0, module.__name__
+
+
+def test_kmeans_samples_documents_for_the_points_per_centroid_it_trains_on(tmp_path, monkeypatch):
+    from fast_plaid.search import fast_plaid as backend
+
+    from pipeline.indexes.plaid import kmeans_sample_documents
+
+    # 300 documents x 8-23 tokens (~4,600): 1,024 centroids, so 2 points each need ~140 documents.
+    documents = random_documents(300, seed=9)
+    counts = [len(d) for d in documents]
+    assert kmeans_sample_documents(counts, points_per_centroid=2) < 300
+    assert kmeans_sample_documents(counts, points_per_centroid=256) == 300  # small corpora: every document
+    sampled: list[int | None] = []
+    original = backend.compute_kmeans
+
+    def spy(*args, **kwargs):
+        sampled.append(kwargs["n_samples_kmeans"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "compute_kmeans", spy)
+    index = make_index("PLAID", tmp_path, "sampled", max_points_per_centroid=2)
+    index.add_documents(documents_ids=list(range(300)), documents_embeddings=documents)
+    make_index("PLAID", tmp_path, "given", n_samples_kmeans=50).add_documents(
+        documents_ids=list(range(300)), documents_embeddings=documents
+    )
+    assert sampled == [kmeans_sample_documents(counts, points_per_centroid=2), 50]
+    results = index.search(documents[:5], k=1)
+    assert [hits[0]["id"] for hits in results] == [0, 1, 2, 3, 4]  # each document still finds itself
+    assert make_index("PLAID", tmp_path, "default").max_points_per_centroid == 32
+    with pytest.raises(ValueError, match="n_samples_kmeans"):
+        make_index("PLAID", tmp_path, "bad", n_samples_kmeans=0)
