@@ -12,6 +12,10 @@ Usage (minutes):
     # a full corpus cached by index_bench.py, two variants, no profile (about 10 minutes on 2 cores):
     .venv/bin/python bench/profile_build.py --cache bench/results/cache/scifact-5183d-300q-100p.npz \
         --dataset scifact --no-profile --variants 0 4 --record bench/records/build_kmeans_scifact.json
+    # ... and each variant tuned to recall@10 0.95 as the index stage tunes (its QPS and recall at target):
+    .venv/bin/python bench/profile_build.py --cache bench/results/cache/scifact-5183d-300q-100p.npz \
+        --dataset scifact --no-profile --variants 0 1 3 --tuned \
+        --record bench/records/build_sample_scifact.json
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index_bench import RESULTS, environment, read_corpus, read_queries
+from index_bench import RESULTS, environment, read_corpus, read_queries, tuned_search
 
 #: name -> PLAID keyword arguments (the default first).
 VARIANTS: dict[str, dict] = {
@@ -85,8 +89,16 @@ def main() -> None:
         default=None,
         help="positions in VARIANTS to build (default: all)",
     )
+    parser.add_argument(
+        "--tuned",
+        action="store_true",
+        help="also tune each variant to recall@10 0.95 on the cache's probe queries (index_bench.py's "
+        "tuned_search) and report the tuned settings, QPS and recall; needs --cache",
+    )
     parser.add_argument("--record", type=Path, default=None, help="also write the JSON report here")
     args = parser.parse_args()
+    if args.tuned and args.cache is None:
+        parser.error("--tuned needs --cache (an index_bench.py cache holds the probe queries)")
 
     from pipeline import indexes
     from pipeline.indexing import exact_search, recall_at_k
@@ -103,9 +115,8 @@ def main() -> None:
         chosen = [chosen[position] for position in args.variants]
     runs = ([] if args.no_profile else [("profiled default", {})]) + chosen
     for position, (name, kwargs) in enumerate(runs):
-        index = indexes.PLAID(
-            index_folder=scratch, index_name=f"v{position}", override=True, device="cpu", **kwargs
-        )
+        folder = scratch / f"v{position}"
+        index = indexes.PLAID(index_folder=folder, index_name="index", override=True, device="cpu", **kwargs)
         profiler = cProfile.Profile() if position == 0 and not args.no_profile else None
         started = time.perf_counter()
         if profiler:
@@ -114,17 +125,21 @@ def main() -> None:
         if profiler:
             profiler.disable()
         seconds = time.perf_counter() - started
-        plain = indexes.PLAID(
-            index_folder=scratch, index_name=f"v{position}", device="cpu", n_full_scores=1024
-        )
+        plain = indexes.PLAID(index_folder=folder, index_name="index", device="cpu", n_full_scores=1024)
         recall = recall_at_k(plain(queries, k=10), reference, k=10)
         report[name] = {"build_s": round(seconds, 1), "recall@10": round(recall, 3)}
         print(f"{name}: build {seconds:.1f} s, recall@10 {recall:.3f}", flush=True)
+        if args.tuned:
+            settings = argparse.Namespace(device="cpu", cache=args.cache, recall_target=0.95)
+            expected = [[hit["id"] for hit in row] for row in reference]
+            tuned = tuned_search(index, folder, documents, settings, queries, expected)
+            report[name]["tuned"] = {key: tuned[key] for key in ("description", "qps", "recall@10", "tune_s")}
+            print(f"  tuned: {tuned['description']}: {tuned['qps']:.1f} QPS, recall {tuned['recall@10']:.3f}")
         if profiler:
             stream = io.StringIO()
             pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(args.top)
             print(stream.getvalue(), flush=True)
-        shutil.rmtree(scratch / f"v{position}", ignore_errors=True)  # a full corpus's index is large
+        shutil.rmtree(folder, ignore_errors=True)  # a full corpus's index is large
     summary = {
         "dataset": args.dataset,
         "command": " ".join(sys.argv),

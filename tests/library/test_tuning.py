@@ -210,6 +210,32 @@ def test_tuned_plaid_settings_reach_the_target_on_held_out_queries(small):
     assert recall_of(hits, reference_ids(held_out, documents)) >= 0.9  # held-out queries: close to target
 
 
+def test_the_target_is_held_against_a_lower_bound_of_the_probe_recall(small):
+    # A stand-in PLAID: probe 1 loses 3 of the top 10 for 2 queries in 20 (mean recall 0.97, but its
+    # lower bound 0.94: on other queries such a setting often falls short), probe 2 finds them all.
+    store, queries = small["store"], small["queries"][:20]
+    reference = store.exact_topk(queries, 10)
+
+    def candidates(batch, k, probe, n_full, allowed):
+        rows = [list(reference[next(i for i, q in enumerate(queries) if q is query)]) for query in batch]
+        if probe == 1:
+            for position, query in enumerate(batch):
+                if any(query is q for q in queries[:2]):
+                    rows[position] = rows[position][:7] + [(-1 - j, 0.0) for j in range(3)]
+        return rows
+
+    seconds = iter(range(10_000))
+    grid = {"probes": (1, 2), "full_scores": (64,), "reranks": (0,), "batch_sizes": (), "finalists": 1}
+    arguments = {"target": 0.95, "consider_exact": False, "timer": lambda: next(seconds), **grid}
+    by_mean = tuning.tune(store, queries, candidates, standard_errors=0, **arguments)
+    assert by_mean.settings.n_ivf_probe == 1 and by_mean.recall == pytest.approx(0.97)
+    bounded = tuning.tune(store, queries, candidates, **arguments)
+    assert bounded.settings.n_ivf_probe == 2 and bounded.recall == 1.0 and bounded.reached
+    first = next(t for t in bounded.trials if t.settings.n_ivf_probe == 1)
+    assert first.recall == pytest.approx(0.97) and 0.93 < first.recall_bound < 0.95
+    assert bounded.summary()["recall@10_bound"] == 1.0
+
+
 def test_exact_search_is_chosen_on_a_tiny_corpus(tmp_path):
     # 20 documents: one matrix product over every token beats any IVF search by orders of magnitude.
     documents, queries = clustered(20, 20, seed=1)
