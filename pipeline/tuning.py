@@ -165,6 +165,11 @@ def recall_bound(results: Hits, reference: Hits, k: int = 10, standard_errors: f
     return float(np.mean(fractions) - standard_errors * np.std(fractions, ddof=1) / math.sqrt(len(fractions)))
 
 
+def _rounded(value: float) -> float | None:
+    """``value`` to 4 places for the JSON files; ``None`` for NaN (a bound not computed): JSON has no NaN."""
+    return None if math.isnan(value) else round(value, 4)
+
+
 # ---------------------------------------------------------------------------------------------- tuning
 @dataclasses.dataclass(frozen=True)
 class Trial:
@@ -179,7 +184,7 @@ class Trial:
         return {
             **dataclasses.asdict(self.settings),
             "recall": round(self.recall, 4),
-            "recall_bound": round(self.recall_bound, 4),
+            "recall_bound": _rounded(self.recall_bound),
             "qps": round(n_queries / self.seconds, 2) if self.seconds > 0 else None,
         }
 
@@ -205,7 +210,7 @@ class TuningResult:
             "settings": dataclasses.asdict(self.settings),
             "description": self.settings.describe(),
             f"recall@{self.k}": round(self.recall, 4),
-            f"recall@{self.k}_bound": round(self.recall_bound, 4),
+            f"recall@{self.k}_bound": _rounded(self.recall_bound),
             "qps": round(self.qps, 2),
             "target": self.target,
             "reached": self.reached,

@@ -98,9 +98,10 @@ def _kmeans_chunk(points: int | None) -> Iterator[None]:
 
 #: k-means points per centroid when none is given. fast-plaid and PyLate cap it at 256 and sample up to
 #: 16 * sqrt(120 * documents) documents, which on corpora of a few thousand documents is all of them (~100
-#: points per centroid): k-means was 40% of a SciFact build. Sampling 25 points per centroid built in 0.70x
-#: the time with the same tuned settings, QPS and recall; 12.5 cost a quarter of the tuned QPS (README,
-#: "Index build"). 32 keeps a margin over 25 (FAISS warns below 39).
+#: points per centroid): k-means was 40% of a SciFact build. 25 points per centroid built in 0.70x the time
+#: at the same recall at PLAID's defaults, 12.5 cost a quarter of the tuned QPS; 32 keeps a margin (FAISS
+#: warns below 39) and cost the tuned search about a fifth of its QPS in one run (README, "Where PLAID's
+#: build time goes").
 DEFAULT_POINTS_PER_CENTROID = 32
 
 

@@ -290,6 +290,7 @@ def test_stored_settings_drive_search_and_explicit_settings_override_them(tmp_pa
     path = tuning.write_settings(index.path, version, result)
     assert path == index.path / SEARCH_SETTINGS_FILE
     assert json.loads(path.read_text())["index_version"] == version
+    assert "NaN" not in path.read_text()  # no bound was computed for this result: null, not invalid JSON
 
     tuned = indexes.PLAID(index_folder=tmp_path, index_name="stored", device="cpu")
     assert (tuned.n_ivf_probe, tuned.n_full_scores, tuned.search_batch_queries) == (4, 64, 3)
