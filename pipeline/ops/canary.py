@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,10 +116,16 @@ def probe(model: Any, canary: CanarySet, k: int = K) -> dict[str, Any]:
     }
 
 
-def _load(model_uri: str) -> Any:
+def _probe_registered(model_uri: str, canary: Any) -> dict[str, Any]:
+    """Load a registered version into a scratch folder, probe it, and remove the folder.
+
+    Without ``dst_path`` MLflow downloads the model (weights and index, ~90 MB for the sample) to a new
+    temporary folder that nothing removes: one per canary run.
+    """
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.load_model(model_uri)
+    with tempfile.TemporaryDirectory(prefix="colbert-canary-") as scratch:
+        return probe(mlflow.pyfunc.load_model(model_uri, dst_path=scratch), canary)
 
 
 def run_canary(
@@ -141,7 +148,7 @@ def run_canary(
     canary = canary_set(workspace, n_queries, params_file)
     logger.info("canary: %s v%s (previous: %s) on %d queries", name, champion.version, previous, n_queries)
     try:
-        new = probe(_load(f"models:/{name}/{champion.version}"), canary)
+        new = _probe_registered(f"models:/{name}/{champion.version}", canary)
     except Exception as error:  # a champion that cannot even load
         new = {
             "queries": len(canary.queries),
@@ -151,7 +158,7 @@ def run_canary(
     old = None
     if previous not in ("none", "", str(champion.version)):
         try:
-            old = probe(_load(f"models:/{name}/{previous}"), canary)
+            old = _probe_registered(f"models:/{name}/{previous}", canary)
         except Exception as error:  # the old champion's trouble is recorded, not fatal
             old = {"queries": len(canary.queries), "answered": 0, "errors": [f"load: {error}"]}
     result = {

@@ -273,11 +273,14 @@ def search(
 
     tracking.configure(params, project, experiment=False)
     uri = model_uri or default_model_uri(params)
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except MlflowException as error:
-        raise ValueError(
-            f"{uri}: cannot load it ({str(error).splitlines()[0]}); has the register stage run? "
-            "(colbert-pipeline status lists the champion)"
-        ) from None
-    return model.predict(pd.DataFrame({QUERY_COLUMN: queries}), params={"k": k} if k else None)
+    # A scratch folder for the download, removed after the answer: MLflow's own default is a new temporary
+    # folder per load that nothing removes (the model and its index, every call).
+    with tempfile.TemporaryDirectory(prefix="colbert-search-") as scratch:
+        try:
+            model = mlflow.pyfunc.load_model(uri, dst_path=scratch)
+        except MlflowException as error:
+            raise ValueError(
+                f"{uri}: cannot load it ({str(error).splitlines()[0]}); has the register stage run? "
+                "(colbert-pipeline status lists the champion)"
+            ) from None
+        return model.predict(pd.DataFrame({QUERY_COLUMN: queries}), params={"k": k} if k else None)

@@ -345,7 +345,9 @@ def test_champion_pyfunc_answers_from_its_index(project, server):
         served.predict(pd.DataFrame({"text": queries}))
 
 
-def test_cli_search_and_status_answer_from_the_champion(project, server, capsys):
+def test_cli_search_and_status_answer_from_the_champion(project, server, capsys, tmp_path, monkeypatch):
+    import tempfile
+
     from pipeline import cli
 
     params_file = project / "params.yaml"
@@ -354,9 +356,13 @@ def test_cli_search_and_status_answer_from_the_champion(project, server, capsys)
     assert "models:/cli@champion" in capsys.readouterr().err
     _evaluate(project, 0.5)
     register.run(_params("cli"), project)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where MLflow would leave its download
     assert (
         cli.main(["search", "The falcon lives in the cliffs.", "--k", "3", "--params", str(params_file)]) == 0
     )
+    assert list(scratch.iterdir()) == []  # the downloaded model and index are gone after the answer
     out = capsys.readouterr().out
     lines = out[out.index("models:/cli@champion") :].splitlines()  # mlflow may log "View run" lines first
     assert len(lines) == 4
