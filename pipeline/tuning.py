@@ -141,8 +141,17 @@ def _fractions(results: Hits, reference: Hits, k: int) -> list[float]:
 
 def recall(results: Hits, reference: Hits, k: int = 10) -> float:
     """Mean fraction of each query's reference top-``k`` slots found in its top ``k`` results."""
-    fractions = _fractions(results, reference, k)
+    return _mean(_fractions(results, reference, k))
+
+
+def _mean(fractions: list[float]) -> float:
     return sum(fractions) / len(fractions) if fractions else 1.0
+
+
+def _bound(fractions: list[float], standard_errors: float) -> float:
+    if len(fractions) < 2:
+        return _mean(fractions)
+    return float(np.mean(fractions) - standard_errors * np.std(fractions, ddof=1) / math.sqrt(len(fractions)))
 
 
 def recall_bound(results: Hits, reference: Hits, k: int = 10, standard_errors: float = 1.645) -> float:
@@ -159,10 +168,7 @@ def recall_bound(results: Hits, reference: Hits, k: int = 10, standard_errors: f
         >>> round(recall_bound([[(1, 1.0), (9, 0.5)], [(3, 1.0), (4, 0.5)]], hits, k=2), 3)  # 0.5 and 1
         0.339
     """
-    fractions = _fractions(results, reference, k)
-    if len(fractions) < 2:
-        return sum(fractions) / len(fractions) if fractions else 1.0
-    return float(np.mean(fractions) - standard_errors * np.std(fractions, ddof=1) / math.sqrt(len(fractions)))
+    return _bound(_fractions(results, reference, k), standard_errors)
 
 
 def _rounded(value: float) -> float | None:
@@ -288,8 +294,8 @@ def tune(
     trials: list[Trial] = [Trial(exact, 1.0, exact_seconds, 1.0)] if consider_exact else []
 
     def trial(settings: SearchSettings, results: Hits, seconds: float) -> Trial:
-        bound = recall_bound(results, reference, k, standard_errors)
-        return Trial(settings, recall(results, reference, k), seconds, bound)
+        fractions = _fractions(results, reference, k)  # once: the mean and its bound both come from them
+        return Trial(settings, _mean(fractions), seconds, _bound(fractions, standard_errors))
 
     no_filter: list[np.ndarray | None] = [None] * n
     depths = sorted({r for r in reranks if r == 0 or r >= k})

@@ -116,7 +116,7 @@ def probe(model: Any, canary: CanarySet, k: int = K) -> dict[str, Any]:
     }
 
 
-def _probe_registered(model_uri: str, canary: Any) -> dict[str, Any]:
+def _probe_registered(model_uri: str, canary: CanarySet) -> dict[str, Any]:
     """Load a registered version into a scratch folder, probe it, and remove the folder.
 
     Without ``dst_path`` MLflow downloads the model (weights and index, ~90 MB for the sample) to a new
