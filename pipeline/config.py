@@ -76,6 +76,12 @@ class BeirSource(Section):
     eval_split: str = "test"
     negatives_per_query: int = Field(1, ge=1, description="hard negatives mined by the base model")
     max_train_queries: int | None = Field(None, ge=1)
+    max_positives_per_query: int | None = Field(
+        None,
+        ge=1,
+        description="keep at most this many judged documents per training query (a seeded sample): "
+        "more queries per epoch where queries have many (NFCorpus: ~40)",
+    )
     mining_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", description="dense model for mining")
     mining_corpus: int | None = Field(
         None, ge=10, description="cap the mining corpus (positives always kept)"

@@ -193,12 +193,15 @@ def from_beir(params: Params, project: Path) -> Prepared:
     leaked = set(train_data.queries) & set(eval_data.queries) | {
         qid for qid, text in train_data.queries.items() if text in eval_texts
     }
-    pairs = [
-        (qid, doc)
-        for qid, docs in sorted(train_data.relevant_docs().items())
-        if qid not in leaked
-        for doc in sorted(docs)
-    ]
+    relevant = {qid: sorted(docs) for qid, docs in train_data.relevant_docs().items() if qid not in leaked}
+    if config.max_positives_per_query:
+        # Seeded per query, so adding or dropping one query does not change the others' samples.
+        cap = config.max_positives_per_query
+        relevant = {
+            qid: sorted(random.Random(f"{params.prepare.seed}:{qid}").sample(docs, min(cap, len(docs))))
+            for qid, docs in relevant.items()
+        }
+    pairs = [(qid, doc) for qid, docs in sorted(relevant.items()) for doc in docs]
     if config.max_train_queries:
         keep = set(sorted({qid for qid, _ in pairs})[: config.max_train_queries])
         pairs = [(qid, doc) for qid, doc in pairs if qid in keep]

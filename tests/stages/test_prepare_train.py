@@ -154,6 +154,45 @@ def test_beir_train_query_worded_like_a_test_query_is_held_out(tmp_path):
     assert result["stats"]["train_queries_removed_as_eval"] == 1
 
 
+@pytest.mark.slow
+def test_beir_positives_per_query_are_capped_by_a_seeded_sample(tmp_path):
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    corpus = [{"_id": f"d{i}", "title": "", "text": f"Note {i} about tides and comets."} for i in range(12)]
+    queries = [{"_id": q, "text": f"what about {q}?"} for q in ("qa", "qb", "qc", "qt")]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
+    judged = {"qa": range(0, 6), "qb": range(6, 7), "qc": range(7, 11)}  # 6, 1 and 4 positives
+    rows = [f"{q}\td{i}\t1\n" for q, docs in judged.items() for i in docs]
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(rows))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nqt\td11\t1\n")
+    texts = {r["_id"]: r["text"] for r in corpus}
+
+    def positives(seed: int) -> dict[str, list[str]]:
+        overrides = {
+            "prepare.source": "beir",
+            "prepare.beir.folder": str(folder),
+            "prepare.beir.max_positives_per_query": 2,
+            "prepare.eval_documents": 10,
+            "prepare.seed": seed,
+        }
+        prepare.run(params_for(tmp_path, **overrides), tmp_path)
+        dataset = load_from_disk(str(tmp_path / "data" / "prepared" / "train" / "dataset"))
+        kept: dict[str, list[str]] = {}
+        for row in dataset:
+            kept.setdefault(row["query"].split()[-1].rstrip("?"), []).append(row["positive"])
+        return kept
+
+    first = positives(seed=42)
+    # At most two per query, each one of that query's own judged documents; a query with one keeps it.
+    assert {q: len(p) for q, p in first.items()} == {"qa": 2, "qb": 1, "qc": 2}
+    for query, docs in judged.items():
+        assert set(first[query]) <= {texts[f"d{i}"] for i in docs}
+    assert positives(seed=42) == first  # the same seed, the same sample
+    # Another seed draws again (over 10 seeds, a draw of 2 of 6 and 2 of 4 cannot stay put by chance).
+    assert any(positives(seed=s) != first for s in range(43, 53))
+
+
 def test_train_resumes_only_from_checkpoints_of_the_same_params(tmp_path):
     folder = tmp_path / "colbert-checkpoints"
     assert train._checkpoint_to_resume(folder, "abc") is None  # nothing to resume
