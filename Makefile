@@ -71,9 +71,11 @@ quality-arguana: install
 #   make exp-nfcorpus EXP_SET="train.max_steps=240 quality.exact=false" EXP_NAME=nfcorpus-240steps
 # `dvc exp run` edits params.yaml in place and leaves it so: the next experiment would inherit this one's
 # params. So it starts only from the committed params.yaml and puts it back after (the exp ref keeps them).
+# ArguAna is zero-shot: its experiment trains with SciFact's config and scores ArguAna's test set.
+EXP_CONFIGS_arguana := configs/scifact.yaml configs/arguana.yaml
 exp-%: install
 	@git diff --quiet HEAD -- params.yaml || { echo "params.yaml differs from HEAD (a finished experiment's, or your edits): an experiment would inherit them; commit them or 'git checkout params.yaml' first" >&2; exit 2; }
-	$(VENV)/bin/dvc exp run $$($(CP) experiments --set-arguments configs/$*.yaml --set quality.output=reports/experiments/$* $(foreach s,$(EXP_SET),--set $(s))) -n $(or $(EXP_NAME),$*-$$(date +%Y%m%d-%H%M%S)) evaluate quality; \
+	$(VENV)/bin/dvc exp run $$($(CP) experiments --set-arguments $(or $(EXP_CONFIGS_$*),configs/$*.yaml) --set quality.output=reports/experiments/$* $(foreach s,$(EXP_SET),--set $(s))) -n $(or $(EXP_NAME),$*-$$(date +%Y%m%d-%H%M%S)) evaluate quality; \
 	  status=$$?; git checkout -- params.yaml; exit $$status
 
 lint: install

@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import EXIT_CODES, InputError, classify
 from pipeline.layout import RESULT_FILE_ENV
@@ -231,8 +232,11 @@ def experiments(args: argparse.Namespace) -> int:
     if args.set_arguments:
         from pipeline.config import flatten, parse_override, read_params_file
 
-        # --set after the config replaces its key (e.g. where a real-data experiment writes its runs).
-        overlay = flatten(read_params_file(args.set_arguments))
+        # A later config replaces an earlier one's keys, and --set replaces both's (e.g. where a
+        # real-data experiment writes its runs).
+        overlay: dict[str, Any] = {}
+        for config in args.set_arguments:
+            overlay.update(flatten(read_params_file(config)))
         overlay.update(parse_override(text) for text in args.set or [])
         print(" ".join(exps.set_arguments(overlay)))
         return 0
@@ -373,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiments_parser.add_argument(
         "--set-arguments",
+        nargs="+",
         metavar="CONFIG",
-        help="print `dvc exp run -S ...` arguments for a configs/*.yaml overlay",
+        help="print `dvc exp run -S ...` arguments for configs/*.yaml overlays (a later one wins)",
     )
     _add_params_arguments(experiments_parser)
     experiments_parser.set_defaults(handler=experiments)

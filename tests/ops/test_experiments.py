@@ -114,6 +114,16 @@ def test_set_arguments_let_a_later_set_replace_a_configs_key(capsys) -> None:
     assert arguments.count("train.epochs=2") == 1 and "train.epochs=1" not in arguments
 
 
+def test_set_arguments_lay_a_later_config_over_an_earlier_one(capsys) -> None:
+    # ArguAna's zero-shot experiment: SciFact's training under ArguAna's scoring (`make exp-arguana`).
+    configs = [str(REPO / "configs" / name) for name in ("scifact.yaml", "arguana.yaml")]
+    assert cli.main(["experiments", "--set-arguments", *configs]) == 0
+    arguments = capsys.readouterr().out.split()
+    assert "prepare.beir.folder=../shared/data/scifact" in arguments  # from scifact.yaml only
+    assert "quality.dataset=../shared/data/arguana" in arguments  # arguana.yaml's, not scifact's
+    assert not any(a.startswith("quality.dataset=") and "scifact" in a for a in arguments)
+
+
 def test_the_readme_experiments_table_is_the_committed_snapshot(tmp_path: Path, capsys) -> None:
     """README "Runs you can compare": rendered again from ``reports/experiments.json``, nothing changes."""
     readme = tmp_path / "README.md"
