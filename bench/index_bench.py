@@ -1,8 +1,9 @@
 """Benchmark indexing and retrieval on real BEIR corpora, optionally side by side with PyLate.
 
 For each dataset (``../shared/data/<name>``) it measures, each step in its own process so peak RSS is the
-step's own: encode docs/s (the offline MiniLM ColBERT), index build seconds, QPS (``retrieve``, k=10),
-recall@10 against exact MaxSim over all documents, index size on disk, and peak RSS. For PLAID it also
+step's own: encode docs/s (the offline MiniLM ColBERT; ours in ``--precision``, by default ``auto`` as
+``index.precision``, PyLate in float32), index build seconds, QPS (``retrieve``, k=10), recall@10 against
+exact MaxSim over all documents, index size on disk, and peak RSS. For PLAID it also
 measures search at a recall target: ours tuned by :func:`pipeline.tuning.tune` on probe queries disjoint from
 the measured ones (``--recall-target``, ``--probe-queries``), and PyLate over a sweep of ``n_ivf_probe`` x
 ``n_full_scores``, from which the report takes PyLate's fastest setting reaching our recall (or its best).
@@ -144,10 +145,16 @@ def worker_encode(system: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     ids, texts = read_corpus(args.dataset, args.max_docs)
     queries = read_queries(args.dataset, args.max_queries)
+    precision = "fp32"
     if system == "ours":
         from pipeline import models
+        from pipeline.precision import resolve_precision
 
         model = models.ColBERT(device=args.device)
+        # index.precision as the index stage resolves it (auto: bf16 autocast on a bf16-native CPU);
+        # PyLate encodes at its default, float32.
+        precision = resolve_precision(args.precision, args.device)
+        model.encode_precision = precision
     else:
         from pylate import models
 
@@ -184,6 +191,7 @@ def worker_encode(system: str, args: argparse.Namespace) -> dict[str, Any]:
         "tokens": int(sum(len(d) for d in documents)),
         "encode_docs_per_s": len(ids) / seconds,
         "encode_dtype": args.encode_dtype,
+        "precision": precision,
         "peak_rss_mib": peak_rss_mib(),
     }
 
@@ -504,6 +512,7 @@ def orchestrate(args: argparse.Namespace) -> None:
         if args.max_docs:
             common += ["--max-docs", str(args.max_docs)]
         encoding = [*common, "--device", args.device, "--encode-dtype", args.encode_dtype]
+        encoding += ["--precision", args.precision]
         encoded = {"ours": run_worker(ours, "encode-ours", encoding, args.timeout)}
         if peer:
             try:
@@ -619,6 +628,12 @@ def main() -> None:
         default="float32",
         choices=["float32", "float16", "bfloat16"],
         help="the encoder's weights and activations (half precision is for GPUs)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="ours: index.precision (auto, the default, is bf16 autocast on a bf16-native CPU); PyLate: fp32",
     )
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per worker")
     parser.add_argument("--scratch", default=None, help="where temporary indexes go")

@@ -15,6 +15,9 @@ Usage (about 15 minutes on 2 cores for SciFact; the speeds want a quiet machine,
     .venv/bin/python bench/quantized_encode.py --dataset scifact --record bench/records/quantized_encode.json
     .venv/bin/python bench/quantized_encode.py --dataset scifact --max-docs 200   # quick look
     python3 bench/quantized_encode.py --device cuda --variants float32 float16 bfloat16   # on a GPU
+    # float32 against bfloat16 autocast (index.precision: bf16) on this CPU:
+    .venv/bin/python bench/quantized_encode.py --variants float32 "bfloat16 autocast" \
+        --record bench/records/encode_precision_cpu.json
     # one text alone vs in a batch of 32 (seconds), added to the record:
     .venv/bin/python bench/quantized_encode.py --batch-dependence --record bench/records/quantized_encode.json
 """
@@ -33,13 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_bench import DATA, as_float32, environment, read_corpus
 
 #: name -> which of the transformer's ``nn.Linear`` layers run in int8 (None: none, the float32 baseline),
-#: or the half precision the whole model is cast to.
+#: the half precision the whole model is cast to, or ``autocast``: the float32 model encoding under
+#: ``pipeline.encoding.encoding_precision("bf16")``, what ``index.precision: bf16`` does.
 VARIANTS: dict[str, str | None] = {
     "float32": None,
     "int8, every linear layer": "all",
     "int8, feed-forward layers only": "feed-forward",
     "float16": "float16",
     "bfloat16": "bfloat16",
+    "bfloat16 autocast": "autocast",
 }
 #: What runs without ``--variants`` (the CPU comparison this file was written for).
 CPU_VARIANTS = ("float32", "int8, every linear layer", "int8, feed-forward layers only")
@@ -59,6 +64,8 @@ def quantized(model: Any, which: str) -> Any:
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    if which == "autocast":
+        return model  # the same weights; the encode calls run under autocast
     copied = copy.deepcopy(model)
     if which in ("float16", "bfloat16"):
         return copied.to(getattr(torch, which))
@@ -85,6 +92,7 @@ def measure(
     from pipeline import models
     from pipeline.data.beir import load_beir
     from pipeline.indexing import exact_search
+    from pipeline.precision import encoding_precision
     from pipeline.runs import evaluate_run, hits_to_run
 
     torch.manual_seed(0)
@@ -98,13 +106,14 @@ def measure(
     for name in variants:
         which = VARIANTS[name]
         model = base if which is None else quantized(base, which)
-        model.encode(texts[:8], is_query=False, batch_size=batch_size, show_progress_bar=False)  # warm-up
-        started = time.perf_counter()
-        documents = model.encode(texts, is_query=False, batch_size=batch_size, show_progress_bar=False)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        queries = model.encode(query_texts, is_query=True, batch_size=batch_size, show_progress_bar=False)
+        with encoding_precision("bf16" if which == "autocast" else "fp32", device):
+            model.encode(texts[:8], is_query=False, batch_size=batch_size, show_progress_bar=False)  # warm-up
+            started = time.perf_counter()
+            documents = model.encode(texts, is_query=False, batch_size=batch_size, show_progress_bar=False)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            queries = model.encode(query_texts, is_query=True, batch_size=batch_size, show_progress_bar=False)
         encoded[name] = ([as_float32(d) for d in documents], [as_float32(q) for q in queries])
         rows.append({"variant": name, "encode_docs_per_s": len(texts) / seconds})
         print(f"{name}: {rows[-1]['encode_docs_per_s']:.1f} docs/s", flush=True)
@@ -139,16 +148,18 @@ def batch_dependence(dataset: str, batch_size: int) -> dict[str, Any]:
     import torch
 
     from pipeline import models
+    from pipeline.precision import encoding_precision
 
     torch.manual_seed(0)
     _, texts = read_corpus(dataset, batch_size)
     base = models.ColBERT(device="cpu")
     differences = {}
-    for name in CPU_VARIANTS:
+    for name in (*CPU_VARIANTS, "bfloat16 autocast"):
         which = VARIANTS[name]
         model = base if which is None else quantized(base, which)
-        alone = np.asarray(model.encode(texts[:1], is_query=False, batch_size=1)[0])
-        batched = np.asarray(model.encode(texts, is_query=False, batch_size=batch_size)[0])
+        with encoding_precision("bf16" if which == "autocast" else "fp32", "cpu"):
+            alone = np.asarray(model.encode(texts[:1], is_query=False, batch_size=1)[0])
+            batched = np.asarray(model.encode(texts, is_query=False, batch_size=batch_size)[0])
         differences[name] = float(np.abs(alone - batched).max())
         print(f"{name}: {differences[name]:.2e}", flush=True)
     return {"dataset": dataset, "batch_size": batch_size, "max_abs_difference": differences}

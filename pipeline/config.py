@@ -194,6 +194,11 @@ class IndexParams(Section):
     backend: Literal["torch", "onnx", "openvino"] = Field(
         "torch", description="encoder backend (onnx/openvino need sentence-transformers' extras)"
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="encoding precision of documents and queries (index, tuning, the served model); "
+        "auto: bf16 autocast on a CPU with native bfloat16, else fp32",
+    )
 
 
 class RegisterParams(Section):

@@ -1,4 +1,5 @@
-"""Load a ColBERT model on a chosen inference backend (``torch``, ``onnx`` or ``openvino``).
+"""Load a ColBERT model on a chosen inference backend (``torch``, ``onnx`` or ``openvino``), encoding in
+a chosen precision (:mod:`pipeline.precision`).
 
 sentence-transformers' ``MultiVectorEncoder`` runs its transformer through ONNX Runtime or OpenVINO when
 given ``backend=``; those need packages the default install leaves out (``sentence-transformers[onnx]`` or
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import importlib.util
 from typing import Any
+
+from pipeline.precision import resolve_precision
 
 BACKENDS = ("torch", "onnx", "openvino")
 #: The modules each backend imports, and the extra that installs them.
@@ -47,11 +50,23 @@ def check_backend(backend: str, key: str = "index.backend") -> None:
 
 
 def load_model(
-    path: str, backend: str = "torch", device: str | None = None, key: str = "index.backend"
+    path: str,
+    backend: str = "torch",
+    device: str | None = None,
+    key: str = "index.backend",
+    precision: str = "fp32",
 ) -> Any:
-    """A :class:`pipeline.models.ColBERT` from ``path`` on ``backend`` (checked first)."""
+    """A :class:`pipeline.models.ColBERT` from ``path`` on ``backend`` (checked first) that encodes in
+    ``precision`` (its ``encode_precision``; ``bf16`` needs the torch backend, ``auto`` is fp32 on others)."""
     from pipeline import models
 
+    resolved = resolve_precision(precision, device)
+    if backend != "torch":  # ONNX Runtime and OpenVINO run their own graphs: autocast does not reach them
+        if precision == "bf16":
+            raise ValueError(f"{key}: {backend!r} runs its own graph; precision bf16 needs 'torch'")
+        resolved = "fp32"
     check_backend(backend, key)
     extra = {} if backend == "torch" else {"backend": backend}
-    return models.ColBERT(model_name_or_path=path, device=device, **extra)
+    model = models.ColBERT(model_name_or_path=path, device=device, **extra)
+    model.encode_precision = resolved
+    return model

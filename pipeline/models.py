@@ -19,11 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,32 @@ def is_colbert_checkpoint(config: dict[str, Any] | None) -> bool:
     return "query_prefix" in config or str(config.get("similarity_fn_name", "")).lower() == "maxsim"
 
 
+def _in_encode_precision(encode: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``encode`` under the model's ``encode_precision`` (bf16: autocast; fp32: as it is)."""
+
+    @functools.wraps(encode)
+    def wrapper(self: ColBERT, *args: Any, **kwargs: Any) -> Any:
+        if self.encode_precision == "fp32":
+            return encode(self, *args, **kwargs)
+        from pipeline.precision import encoding_precision
+
+        with encoding_precision(self.encode_precision, str(self.device)):
+            return _as_float32(encode(self, *args, **kwargs))
+
+    return wrapper
+
+
+def _as_float32(value: Any) -> Any:
+    """Tensors (possibly nested in lists or dicts) in bfloat16 as float32: what callers get in fp32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype == torch.bfloat16 else value
+    if isinstance(value, list):
+        return [_as_float32(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_float32(item) for key, item in value.items()}
+    return value
+
+
 class ColBERT(MultiVectorEncoder):
     """A ColBERT late-interaction model with PyLate's constructor and ``encode`` signature.
 
@@ -136,12 +163,18 @@ class ColBERT(MultiVectorEncoder):
 
     For a ColBERT checkpoint the saved settings are kept; only the arguments given explicitly override them.
 
+    ``encode_precision`` (``"fp32"``, or ``"bf16"``: autocast, see :mod:`pipeline.encoding`) is how
+    :meth:`encode` runs; :func:`pipeline.encoding.load_model` sets it from ``index.precision``.
+
     Example:
         >>> from pipeline import models
         >>> model = models.ColBERT(model_name_or_path="sentence-transformers/all-MiniLM-L6-v2", device="cpu")
         >>> model.tokenize(["hello"], is_query=True)["input_ids"].shape
         torch.Size([1, 32])
     """
+
+    #: Not PyLate's: float32 unless set (a plain attribute, not saved with the model).
+    encode_precision: str = "fp32"
 
     def __init__(
         self,
@@ -380,6 +413,7 @@ class ColBERT(MultiVectorEncoder):
             self.transformer.max_seq_length = length - 1 if prefix_id is not None else length
         return self.preprocess(list(texts), prompt=prompt, task=role, **kwargs)
 
+    @_in_encode_precision
     def encode(  # type: ignore[override]
         self,
         sentences: Any = None,

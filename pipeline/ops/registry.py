@@ -293,7 +293,9 @@ def _log_default(params: Params, model_dir: Path, index_dir: Path, project: Path
             documents = dict(zip(ids, texts, strict=True))
         except (OSError, ValueError) as error:
             logger.warning("registry: serving ids only, the indexed texts are unavailable: %s", error)
-    return serving.log_search_model(model_dir, index_dir, k=params.register.k, documents=documents)
+    return serving.log_search_model(
+        model_dir, index_dir, k=params.register.k, documents=documents, precision=params.index.precision
+    )
 
 
 def _rollback(client: Any, name: str, version: str, before: Mapping[str, str | None]) -> None:

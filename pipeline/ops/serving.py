@@ -65,6 +65,7 @@ class ColBERTSearchModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from pipeline import indexes, models, retrieve
+        from pipeline.precision import resolve_precision
 
         config = dict(getattr(context, "model_config", None) or {})
         self.k = int(config.get("k", 10))
@@ -81,6 +82,11 @@ class ColBERTSearchModel(mlflow.pyfunc.PythonModel):
         if index.num_documents == 0:
             raise ValueError(f"{index_path}: the packaged index is empty")
         self.model = models.ColBERT(model_name_or_path=context.artifacts[MODEL_ARTIFACT], device=device)
+        # Resolved where it serves (auto: bf16 on a bf16-native CPU); a version logged before it was a
+        # setting has no key and encodes in float32, as it always did.
+        self.model.encode_precision = resolve_precision(
+            config.get("precision", "fp32"), device, key="model_config precision"
+        )
         self.retriever = retrieve.ColBERT(index=index)
         self.texts: dict[str, str] | None = None
         documents = (getattr(context, "artifacts", None) or {}).get(DOCUMENTS_ARTIFACT)
@@ -216,12 +222,14 @@ def log_search_model(
     name: str = "search_model",
     device: str | None = None,
     documents: Mapping[str, str] | None = None,
+    precision: str = "auto",
 ) -> Any:
     """Log the pyfunc (model + index + this package's code) to the active run; return mlflow's ModelInfo.
 
     Checks both folders before uploading anything: ``model_dir`` must hold a saved model, ``index_dir`` an
     index (its ``CURRENT`` pointer). ``documents`` (``{id: text}``, the corpus the index was built from) is
-    packed too, each text cut to :data:`MAX_TEXT_CHARS`, so answers carry the hits' texts.
+    packed too, each text cut to :data:`MAX_TEXT_CHARS`, so answers carry the hits' texts. ``precision``
+    (``index.precision``) is how the served model encodes queries, resolved on the machine that serves.
 
     The module's example logs one and asks it a question.
     """
@@ -232,6 +240,10 @@ def log_search_model(
         raise FileNotFoundError(f"{index_dir}: no index here (run the index stage first)")
     if index_kind not in INDEX_KINDS:
         raise ValueError(f"index_kind: {index_kind!r} is not one of {', '.join(INDEX_KINDS)}")
+    from pipeline.precision import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     package_dir = Path(__file__).resolve().parents[1]  # the whole ``pipeline`` package
     artifacts = {MODEL_ARTIFACT: str(model_dir), INDEX_ARTIFACT: str(index_dir)}
     with tempfile.TemporaryDirectory(prefix="colbert-documents-") as scratch:
@@ -243,7 +255,7 @@ def log_search_model(
             python_model=str(Path(__file__).with_name("served_model.py")),
             artifacts=artifacts,
             code_paths=[str(package_dir)],
-            model_config={"k": int(k), "index_kind": index_kind, "device": device},
+            model_config={"k": int(k), "index_kind": index_kind, "device": device, "precision": precision},
             signature=signature(k),
             # Saved as serving_input_example.json: the request body `mlflow models serve` accepts.
             input_example=(pd.DataFrame({QUERY_COLUMN: [EXAMPLE_QUERY]}), {"k": int(k)}),

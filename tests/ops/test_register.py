@@ -320,6 +320,7 @@ def test_champion_pyfunc_answers_from_its_index(project, server):
     import mlflow
 
     from pipeline import indexes, models, retrieve
+    from pipeline.precision import resolve_precision
 
     params = _params("served", k=4)
     _evaluate(project, 0.5)
@@ -332,8 +333,13 @@ def test_champion_pyfunc_answers_from_its_index(project, server):
     assert [len(texts) for texts in answer["texts"]] == [4, 4]
     assert [len(ids) for ids in answer["ids"]] == [4, 4]
     assert all(list(s) == sorted(s, reverse=True) for s in answer["scores"])
-    # Exactly what the model and index in the project answer directly ...
+    # The served model encodes queries in index.precision, resolved where it serves (auto: bf16 on a
+    # bf16-native CPU) ...
+    resolved = resolve_precision("auto", None)
+    assert served.unwrap_python_model().model.encode_precision == resolved
+    # ... and answers exactly what the model and index in the project answer directly ...
     model = models.ColBERT(model_name_or_path=str(project / "models" / "colbert"), device="cpu")
+    model.encode_precision = resolved
     index = indexes.PLAID(index_folder=project / "indexes", index_name="sample", device="cpu")
     direct = retrieve.ColBERT(index=index).retrieve(model.encode(queries, is_query=True), k=4)
     assert answer["ids"].tolist() == [[str(hit["id"]) for hit in hits] for hits in direct]

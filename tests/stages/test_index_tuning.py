@@ -13,6 +13,7 @@ from pipeline.config import Params
 from pipeline.data.corpus import read_corpus
 from pipeline.embedding_store import STORE_FOLDER
 from pipeline.indexing import exact_search, recall_at_k
+from pipeline.precision import resolve_precision
 from pipeline.stages import index as index_stage
 from pipeline.tuning import SEARCH_SETTINGS_FILE
 
@@ -62,6 +63,7 @@ def test_index_stage_stores_settings_that_reach_the_target_and_search_uses_them(
     assert search["probe_source"].endswith("test queries")
     assert search["qps"] > 0 and search["exact_qps"] > 0
     assert search["settings"]["mode"] in {"plaid", "exact"}
+    assert metrics["precision"] == resolve_precision("auto", None)  # index.precision's default, resolved
 
     path = Path(result["index"])
     stored = json.loads((path / SEARCH_SETTINGS_FILE).read_text())

@@ -1,0 +1,71 @@
+"""Encoding precision: ``fp32``, or ``bf16`` through ``torch.autocast``; ``auto`` picks per machine.
+
+``bf16`` runs a model's forward under ``torch.autocast`` in bfloat16 (weights stay float32; matrix products
+in bfloat16, what is sensitive to it, e.g. softmax and layer norm, in float32 as autocast decides), and
+:class:`pipeline.models.ColBERT` returns float32 embeddings either way. ``auto`` picks ``bf16`` on a CPU
+with native bfloat16 instructions (AVX512-BF16 or AMX, where oneDNN runs the encoder about 1.6x as fast as
+in float32: ``bench/records/encode_precision_cpu.json``) and ``fp32`` elsewhere (on a GPU half precision
+measured no faster: the README's GPU pass). In bf16 a text padded to a longer one in its batch comes out
+a little different from the text alone (oneDNN blocks its products by shape: up to 0.003 in a coordinate of
+a unit vector, bfloat16 rounding; 0.13 for the dynamic int8 that was rejected for it;
+``tests/library/test_precision.py``); in fp32 not at all.
+
+Example:
+    >>> resolve_precision("fp32", "cpu"), resolve_precision("auto", "cuda")
+    ('fp32', 'fp32')
+    >>> resolve_precision("fp16", "cpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: index.precision: 'fp16' is not one of auto, fp32, bf16
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    import torch
+
+    checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and checker is not None and checker())
+
+
+def resolve_precision(precision: str, device: str | None, key: str = "index.precision") -> str:
+    """``fp32`` or ``bf16``: what ``precision`` means on ``device`` (``auto``: bf16 on a bf16-native CPU)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{key}: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    on_cpu = device is None or str(device).startswith("cpu")
+    if on_cpu and device is None:
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+    return "bf16" if on_cpu and cpu_has_native_bf16() else "fp32"
+
+
+@contextlib.contextmanager
+def encoding_precision(precision: str, device: str | None = None) -> Iterator[None]:
+    """Run the encode calls inside in ``precision`` (resolved, see :func:`resolve_precision`).
+
+    Autocast is per thread: the ``encode`` calls must run on the thread that entered this block (as
+    sentence-transformers' ``encode`` does).
+    """
+    resolved = resolve_precision(precision, device)
+    if resolved == "fp32":
+        yield
+        return
+    import torch
+
+    device_type = "cuda" if device is not None and str(device).startswith("cuda") else "cpu"
+    if device is None and torch.cuda.is_available():
+        device_type = "cuda"
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+        yield
