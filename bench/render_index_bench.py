@@ -23,6 +23,7 @@ BEGIN, END = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
 README_TABLES = {"index_bench.json": MARKER, "index_bench_cuda.json": "index-bench-gpu"}
 METRICS = [
     ("encode docs/s", "encode_docs_per_s", "{:.1f}"),
+    ("encode precision", "precision", "{}"),  # ours: index.precision resolved; PyLate: float32
     ("build s", "build_s", "{:.1f}"),
     ("tune s", "tune_s", "{:.1f}"),
     ("QPS", "qps", "{:.2f}"),
