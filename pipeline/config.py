@@ -200,6 +200,12 @@ class IndexParams(Section):
         "auto: bf16 autocast on a CPU with native bfloat16, else fp32",
     )
 
+    @model_validator(mode="after")
+    def _bf16_needs_torch(self) -> IndexParams:
+        if self.precision == "bf16" and self.backend != "torch":
+            raise ValueError(f"precision: bf16 needs backend 'torch' ({self.backend!r} runs its own graph)")
+        return self
+
 
 class RegisterParams(Section):
     """``register``: the MLflow registry model and the promotion rule."""

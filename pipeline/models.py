@@ -163,7 +163,7 @@ class ColBERT(MultiVectorEncoder):
 
     For a ColBERT checkpoint the saved settings are kept; only the arguments given explicitly override them.
 
-    ``encode_precision`` (``"fp32"``, or ``"bf16"``: autocast, see :mod:`pipeline.encoding`) is how
+    ``encode_precision`` (``"fp32"``, or ``"bf16"``: autocast, see :mod:`pipeline.precision`) is how
     :meth:`encode` runs; :func:`pipeline.encoding.load_model` sets it from ``index.precision``.
 
     Example:

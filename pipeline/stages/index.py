@@ -63,11 +63,9 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     from pipeline import indexes, tuning
     from pipeline.encoding import check_backend, load_model
     from pipeline.indexing import index_corpus
-    from pipeline.precision import resolve_precision
 
     config = params.index
     check_backend(config.backend)
-    precision = resolve_precision(config.precision, config.device)
     layout = Layout(params, project)
     model_path = layout.model
     ids, texts, source = corpus_for(params, project)
@@ -75,7 +73,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     folder = layout.index_folder
     with tracking.stage_run("index", params, project, tags={"corpus": source}) as mlflow_run:
         # documents and probe queries alike: the settings are tuned on queries encoded as search will
-        model = load_model(str(model_path), config.backend, device=config.device, precision=precision)
+        model = load_model(str(model_path), config.backend, device=config.device, precision=config.precision)
         index = indexes.PLAID(
             index_folder=str(folder),
             index_name=config.name,
@@ -112,7 +110,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             "corpus": source,
             "model": str(model_path),
             "backend": config.backend,
-            "precision": precision,
+            "precision": model.encode_precision,
             "search": search,
         }
         atomic_write_json(layout.index_metrics, summary)

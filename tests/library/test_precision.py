@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pipeline import encoding, precision
+from pipeline.config import ConfigError, load_params
 from pipeline.precision import resolve_precision
 
 TEXTS = [
@@ -31,6 +32,9 @@ def test_auto_is_bf16_only_on_a_cpu_with_native_bfloat16(monkeypatch):
 def test_other_backends_encode_in_their_own_precision():
     with pytest.raises(ValueError, match=r"index.backend: 'onnx' runs its own graph; precision bf16 needs"):
         encoding.load_model("unused", backend="onnx", precision="bf16")
+    # in params.yaml it is refused when the params are read, naming the key
+    with pytest.raises(ConfigError, match=r"index: .*precision: bf16 needs backend 'torch'"):
+        load_params("no-such-file.yaml", {"index.backend": "openvino", "index.precision": "bf16"})
 
 
 def test_bf16_encodes_close_to_fp32_in_float32_whatever_the_batch(colbert_model):
