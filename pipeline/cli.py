@@ -248,7 +248,9 @@ def experiments(args: argparse.Namespace) -> int:
     if args.experiment:
         rows = exps.select(rows, args.experiment)
     if args.save:
-        exps.save_snapshot(rows, Path(args.save))
+        saved = Path(args.save)
+        kept = exps.load_snapshot(saved) if saved.is_file() else []
+        exps.save_snapshot(exps.merged(kept, rows), saved)
     if args.quality:
         from pipeline import report
 
@@ -353,7 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiment", action="append", help="only this experiment, in this order (repeatable)"
     )
     experiments_parser.add_argument(
-        "--save", metavar="FILE", help="also write the rows as JSON (to commit beside a README table)"
+        "--save",
+        metavar="FILE",
+        help="also add the rows to FILE, JSON to commit beside a README table (a row of the same "
+        "experiment name is replaced, other rows kept)",
     )
     experiments_parser.add_argument(
         "--snapshot", metavar="FILE", help="read the rows from a --save file instead of `dvc exp show`"

@@ -194,6 +194,15 @@ def save_snapshot(rows: Sequence[Experiment], path: Path) -> None:
     atomic_write_json(path, [dataclasses.asdict(row) for row in rows])
 
 
+def merged(kept: Sequence[Experiment], added: Sequence[Experiment]) -> list[Experiment]:
+    """``kept`` with ``added`` after it; a kept row named like an added one gives way to it.
+
+    Experiments of several workspaces (a clean clone per real-data run) end up in one snapshot this way.
+    """
+    names = {row.name for row in added}
+    return [row for row in kept if row.name not in names] + list(added)
+
+
 def load_snapshot(path: Path) -> list[Experiment]:
     """Rows written by :func:`save_snapshot`; a malformed file is an error naming it and the entry."""
     try:

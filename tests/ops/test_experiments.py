@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -81,6 +82,29 @@ def test_a_snapshot_round_trips_and_a_malformed_one_names_the_file_and_entry(tmp
     path.write_text("{")
     with pytest.raises(PipelineError, match=r"experiments.json: cannot read the experiments snapshot"):
         exps.load_snapshot(path)
+
+
+def test_save_adds_to_a_snapshot_and_replaces_an_experiment_of_the_same_name(tmp_path: Path, capsys) -> None:
+    # One snapshot for experiments run in different workspaces (a clean clone per real-data run).
+    source, saved = tmp_path / "shown.json", tmp_path / "experiments.json"
+    rows = exps.parse_show(_show())
+    exps.save_snapshot(rows, source)
+
+    def save(name: str) -> None:
+        arguments = ["experiments", "--params", str(REPO / "params.yaml"), "--snapshot", str(source)]
+        assert cli.main([*arguments, "--experiment", name, "--save", str(saved)]) == 0
+
+    save("sci-58")
+    save("sci-116")
+    assert [row.name for row in exps.load_snapshot(saved)] == ["sci-58", "sci-116"]
+    # sci-58 run again (another rev): its row is replaced, sci-116's kept
+    exps.save_snapshot([dataclasses.replace(row, rev="fffffff") for row in rows], source)
+    save("sci-58")
+    assert [(row.name, row.rev) for row in exps.load_snapshot(saved)] == [
+        ("sci-116", exps.select(rows, ["sci-116"])[0].rev),
+        ("sci-58", "fffffff"),
+    ]
+    capsys.readouterr()
 
 
 def test_the_cli_renders_a_snapshot_into_the_readme_between_the_markers(tmp_path: Path, capsys) -> None:
