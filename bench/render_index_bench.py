@@ -20,7 +20,11 @@ from typing import Any
 MARKER = "index-bench"
 BEGIN, END = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
 #: Reports whose tables the README shows, and the marker of each.
-README_TABLES = {"index_bench.json": MARKER, "index_bench_cuda.json": "index-bench-gpu"}
+README_TABLES = {
+    "index_bench.json": MARKER,
+    "index_bench_cuda.json": "index-bench-gpu",
+    "encode_bench.json": "encode-bench",  # `index_bench.py --peer --kinds`: encoding only
+}
 METRICS = [
     ("encode docs/s", "encode_docs_per_s", "{:.1f}"),
     ("encode precision", "precision", "{}"),  # ours: index.precision resolved; PyLate: float32
@@ -124,7 +128,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("report", type=Path, help="a JSON report written by bench/index_bench.py")
     parser.add_argument("--readme", type=Path, default=None, help="replace the tables in this file")
-    parser.add_argument("--marker", default=MARKER, help="the markers' name (index-bench-gpu: the GPU pass)")
+    parser.add_argument(
+        "--marker",
+        default=MARKER,
+        help="the markers' name (index-bench-gpu: the GPU pass; encode-bench: the encoding-only run)",
+    )
     args = parser.parse_args()
     try:
         report = json.loads(args.report.read_text(encoding="utf-8"))

@@ -81,7 +81,7 @@ def test_readme_tables_are_replaced_between_the_markers(tmp_path):
         module.replace_in_readme(readme, "x")
 
 
-@pytest.mark.parametrize("name", ["index_bench.json", "index_bench_cuda.json"])
+@pytest.mark.parametrize("name", ["index_bench.json", "index_bench_cuda.json", "encode_bench.json"])
 def test_the_committed_report_is_what_the_readme_shows(name):
     module = _renderer()
     record = REPO / "bench" / "records" / name
