@@ -37,7 +37,7 @@ from index_bench import DATA, as_float32, environment, read_corpus
 
 #: name -> which of the transformer's ``nn.Linear`` layers run in int8 (None: none, the float32 baseline),
 #: the half precision the whole model is cast to, or ``autocast``: the float32 model encoding under
-#: ``pipeline.encoding.encoding_precision("bf16")``, what ``index.precision: bf16`` does.
+#: ``pipeline.precision.encoding_precision("bf16")``, what ``index.precision: bf16`` does.
 VARIANTS: dict[str, str | None] = {
     "float32": None,
     "int8, every linear layer": "all",
