@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from pipeline.precision import resolve_precision
+from pipeline.precision import check_precision, resolve_precision
 
 BACKENDS = ("torch", "onnx", "openvino")
 #: The modules each backend imports, and the extra that installs them.
@@ -60,12 +60,13 @@ def load_model(
     ``precision`` (its ``encode_precision``; ``bf16`` needs the torch backend, ``auto`` is fp32 on others)."""
     from pipeline import models
 
-    resolved = resolve_precision(precision, device)
+    check_precision(precision)
     if backend != "torch":  # ONNX Runtime and OpenVINO run their own graphs: autocast does not reach them
         if precision == "bf16":
             raise ValueError(f"{key}: {backend!r} runs its own graph; precision bf16 needs 'torch'")
-        resolved = "fp32"
+        precision = "fp32"
     check_backend(backend, key)
+    resolved = resolve_precision(precision, device)
     extra = {} if backend == "torch" else {"backend": backend}
     model = models.ColBERT(model_name_or_path=path, device=device, **extra)
     model.encode_precision = resolved

@@ -35,10 +35,15 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and checker is not None and checker())
 
 
-def resolve_precision(precision: str, device: str | None, key: str = "index.precision") -> str:
-    """``fp32`` or ``bf16``: what ``precision`` means on ``device`` (``auto``: bf16 on a bf16-native CPU)."""
+def check_precision(precision: str, key: str = "index.precision") -> None:
+    """Raise a clear error, naming ``key``, when ``precision`` is not one of :data:`PRECISIONS`."""
     if precision not in PRECISIONS:
         raise ValueError(f"{key}: {precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def resolve_precision(precision: str, device: str | None, key: str = "index.precision") -> str:
+    """``fp32`` or ``bf16``: what ``precision`` means on ``device`` (``auto``: bf16 on a bf16-native CPU)."""
+    check_precision(precision, key)
     if precision != "auto":
         return precision
     on_cpu = device is None or str(device).startswith("cpu")

@@ -240,10 +240,9 @@ def log_search_model(
         raise FileNotFoundError(f"{index_dir}: no index here (run the index stage first)")
     if index_kind not in INDEX_KINDS:
         raise ValueError(f"index_kind: {index_kind!r} is not one of {', '.join(INDEX_KINDS)}")
-    from pipeline.precision import PRECISIONS
+    from pipeline.precision import check_precision
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    check_precision(precision, key="precision")  # resolved where it serves, not here
     package_dir = Path(__file__).resolve().parents[1]  # the whole ``pipeline`` package
     artifacts = {MODEL_ARTIFACT: str(model_dir), INDEX_ARTIFACT: str(index_dir)}
     with tempfile.TemporaryDirectory(prefix="colbert-documents-") as scratch:
