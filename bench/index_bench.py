@@ -344,10 +344,12 @@ def worker_rss(args: argparse.Namespace) -> dict[str, Any]:
 
     from pipeline import indexes, models
     from pipeline.indexing import index_corpus
+    from pipeline.precision import resolve_precision
 
     torch.manual_seed(0)
     ids, texts = read_corpus(args.dataset, args.max_docs)
     model = models.ColBERT(device="cpu")
+    model.encode_precision = resolve_precision(args.precision, "cpu")  # as the index stage encodes
     baseline = peak_rss_mib()
     folder = Path(tempfile.mkdtemp(prefix="bench-rss-", dir=args.scratch))
     index = indexes.PLAID(index_folder=str(folder), index_name="index", override=True, device=args.device)
@@ -364,6 +366,7 @@ def worker_rss(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)
     return {
         **stats,
+        "precision": model.encode_precision,
         "rss_after_model_mib": baseline,
         "peak_rss_mib": peak_rss_mib(),
         "peak_rss_after_chunk_mib": trace,
@@ -575,7 +578,7 @@ def orchestrate(args: argparse.Namespace) -> None:
     if args.rss:
         base = args.rss_docs
         rss_args = ["--dataset", args.rss_dataset, "--scratch", scratch, "--device", args.device]
-        rss_args += ["--chunk-size", str(args.chunk_size)]
+        rss_args += ["--chunk-size", str(args.chunk_size), "--precision", args.precision]
         report["index_corpus_rss"] = [
             {
                 "documents": n,

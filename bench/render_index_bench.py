@@ -91,7 +91,11 @@ def render(report: dict[str, Any]) -> str:
     if report.get("index_corpus_rss"):
         items = report["index_corpus_rss"]
         traced = any("peak_rss_after_chunk_mib" in item for item in items)
-        header = "| index_corpus: documents | tokens | seconds | RSS after model load MiB | peak RSS MiB |"
+        precision = items[0].get("precision")  # how the documents were encoded (older records: float32)
+        header = (
+            f"| index_corpus ({precision or 'fp32'} encoding): documents | tokens | seconds | "
+            "RSS after model load MiB | peak RSS MiB |"
+        )
         lines += ["", header + (" peak RSS after each chunk MiB |" if traced else "")]
         lines.append("|---|---|---|---|---|" + ("---|" if traced else ""))
         for item in items:
