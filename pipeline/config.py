@@ -184,6 +184,9 @@ class IndexParams(Section):
     batch_size: int = Field(32, ge=1)
     nbits: int = Field(4, ge=1, le=8)
     kmeans_niters: int = Field(4, ge=1)
+    n_centroids: int | None = Field(
+        None, ge=1, description="PLAID centroids; None: fast-plaid's rule (2^floor(log2(16 sqrt(tokens))))"
+    )
     seed: int = 42
     device: str | None = None
     folder: str = "indexes"

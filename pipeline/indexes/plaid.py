@@ -66,34 +66,45 @@ def _frozen_heap() -> Iterator[None]:
 #: point's nearest centroid and the centroid sums are the same, only computed in more, smaller blocks.
 CPU_KMEANS_CHUNK = 8192
 
-#: fast-plaid's module-level FastKMeans is swapped for a bounded one while a build runs; one at a time.
+#: fast-plaid's module-level k-means names are swapped for bound ones while a build runs; one at a time.
 _KMEANS_SWAP = threading.Lock()
 
 
 @contextlib.contextmanager
-def _kmeans_chunk(points: int | None) -> Iterator[None]:
-    """Run fast-plaid's k-means (create, and centroid expansion in update) in ``points``-point blocks.
+def _fast_plaid_kmeans(points: int | None, centroids: int | None) -> Iterator[None]:
+    """Run fast-plaid's k-means in ``points``-point blocks, with ``centroids`` centroids for a new index.
 
-    fast-plaid's ``create``/``update`` build ``FastKMeans(...)`` themselves without a block size, so the
-    class they look up is replaced by one with ``chunk_size_data`` bound, for the duration of the build.
-    ``None`` keeps fast-plaid's own (on CUDA, where large blocks are what makes k-means fast).
+    fast-plaid's ``create``/``update`` build ``FastKMeans(...)`` themselves without a block size, and
+    ``create`` calls ``compute_kmeans`` without a centroid count (it derives one from the token count), so
+    the names they look up are replaced by ones with ``chunk_size_data`` / ``num_partitions`` bound, for the
+    duration of the build. ``update`` passes its own ``num_partitions`` when it adds centroids, which wins.
+    ``None`` keeps fast-plaid's own (on CUDA large blocks are what makes k-means fast).
     """
-    if points is None:
+    if points is None and centroids is None:
         yield
         return
     from fast_plaid.search import fast_plaid as module
 
-    original = getattr(module, "FastKMeans", None)
-    if original is None:  # a fast-plaid without the hook: build with its own block size
-        logger.warning("fast-plaid has no FastKMeans to bound; k-means runs in its own block size")
-        yield
-        return
+    swaps = {}
+    for name, keyword, value in (
+        ("FastKMeans", "chunk_size_data", points),
+        ("compute_kmeans", "num_partitions", centroids),
+    ):
+        if value is None:
+            continue
+        original = getattr(module, name, None)
+        if original is None:  # a fast-plaid without the hook: build with its own setting
+            logger.warning("fast-plaid has no %s to set %s on; it uses its own", name, keyword)
+            continue
+        swaps[name] = (original, functools.partial(original, **{keyword: value}))
     with _KMEANS_SWAP:
-        module.FastKMeans = functools.partial(original, chunk_size_data=points)
+        for name, (_, bound) in swaps.items():
+            setattr(module, name, bound)
         try:
             yield
         finally:
-            module.FastKMeans = original
+            for name, (original, _) in swaps.items():
+                setattr(module, name, original)
 
 
 #: k-means points per centroid when none is given. fast-plaid and PyLate cap it at 256 and sample up to
@@ -105,12 +116,26 @@ def _kmeans_chunk(points: int | None) -> Iterator[None]:
 DEFAULT_POINTS_PER_CENTROID = 32
 
 
-def kmeans_sample_documents(token_counts: list[int], points_per_centroid: int) -> int:
+def fast_plaid_centroids(tokens: int) -> int:
+    """fast-plaid's number of centroids for ``tokens`` token embeddings: the largest power of two not above
+    16 * sqrt(tokens) (PLAID's rule).
+
+    Example:
+        >>> fast_plaid_centroids(561_120)  # NFCorpus's tokens
+        8192
+    """
+    return 2 ** int(np.floor(np.log2(16 * np.sqrt(tokens))))
+
+
+def kmeans_sample_documents(
+    token_counts: list[int], points_per_centroid: int, centroids: int | None = None
+) -> int:
     """Documents to sample for fast-plaid's k-means so it gets about ``points_per_centroid`` points each.
 
-    fast-plaid picks the number of centroids from the corpus's token count (the largest power of two not
-    above 16 * sqrt(tokens)) and subsamples to ``max_points_per_centroid`` per centroid inside k-means; a
-    document sample of this size avoids gathering (and holding) the whole corpus only to subsample it.
+    fast-plaid picks the number of centroids from the corpus's token count (:func:`fast_plaid_centroids`,
+    unless ``centroids`` is given) and subsamples to ``max_points_per_centroid`` per centroid inside
+    k-means; a document sample of this size avoids gathering (and holding) the whole corpus only to
+    subsample it.
 
     Example:
         >>> kmeans_sample_documents([160] * 5000, points_per_centroid=32)  # 8,192 centroids
@@ -121,7 +146,7 @@ def kmeans_sample_documents(token_counts: list[int], points_per_centroid: int) -
     documents, tokens = len(token_counts), sum(token_counts)
     if documents == 0 or tokens == 0:
         return documents
-    centroids = 2 ** int(np.floor(np.log2(16 * np.sqrt(tokens))))
+    centroids = centroids or fast_plaid_centroids(tokens)
     wanted = int(np.ceil(centroids * points_per_centroid * documents / tokens))
     return min(documents, wanted, 1 + int(16 * np.sqrt(120 * documents)))  # never more than fast-plaid's
 
@@ -194,6 +219,10 @@ class PLAID(MultiVectorIndex):
         n_samples_kmeans: Documents sampled for k-means. ``None``: as many as give about
             ``max_points_per_centroid`` points per centroid (:func:`kmeans_sample_documents`), never more
             than fast-plaid's own heuristic.
+        n_centroids: Centroids of a new index (not a PyLate argument). ``None``: fast-plaid's rule
+            (:func:`fast_plaid_centroids`, 8,192 for SciFact's or NFCorpus's ~0.6-0.9 M tokens). Fewer
+            centroids build faster (each token is assigned to its nearest one) and make each probed cell
+            larger, which the index stage's tuner accounts for.
         kmeans_chunk_size: Points per k-means distance block (not a PyLate argument). ``None``: 8,192 on
             CPU, which bounds a build's peak memory (fast-plaid's 51,200-point blocks are most of it),
             fast-plaid's own on CUDA. The clustering is the same; only the blocks are smaller.
@@ -239,6 +268,7 @@ class PLAID(MultiVectorIndex):
         kmeans_niters: int = 4,
         max_points_per_centroid: int = DEFAULT_POINTS_PER_CENTROID,
         n_samples_kmeans: int | None = None,
+        n_centroids: int | None = None,
         kmeans_chunk_size: int | None = None,
         n_ivf_probe: int | None = None,
         n_full_scores: int | None = None,
@@ -271,6 +301,8 @@ class PLAID(MultiVectorIndex):
             positive["kmeans_chunk_size"] = kmeans_chunk_size
         if n_samples_kmeans is not None:
             positive["n_samples_kmeans"] = n_samples_kmeans
+        if n_centroids is not None:
+            positive["n_centroids"] = n_centroids
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -284,6 +316,7 @@ class PLAID(MultiVectorIndex):
         self.kmeans_niters = kmeans_niters
         self.max_points_per_centroid = max_points_per_centroid
         self.n_samples_kmeans = n_samples_kmeans
+        self.n_centroids = n_centroids
         self.n_ivf_probe = n_ivf_probe
         self.n_full_scores = n_full_scores
         self.batch_size = batch_size
@@ -318,6 +351,7 @@ class PLAID(MultiVectorIndex):
                 "kmeans_niters": kmeans_niters,
                 "max_points_per_centroid": max_points_per_centroid,
                 "n_samples_kmeans": n_samples_kmeans,
+                "n_centroids": n_centroids,
                 "seed": seed,
             },
         )
@@ -373,7 +407,7 @@ class PLAID(MultiVectorIndex):
         """fast-plaid's build arguments; a new index's ``token_counts`` size the k-means sample."""
         samples = self.n_samples_kmeans
         if samples is None and token_counts is not None:
-            samples = kmeans_sample_documents(token_counts, self.max_points_per_centroid)
+            samples = kmeans_sample_documents(token_counts, self.max_points_per_centroid, self.n_centroids)
             logger.info("k-means samples %d of %d documents", samples, len(token_counts))
         return {
             "kmeans_niters": self.kmeans_niters,
@@ -402,7 +436,7 @@ class PLAID(MultiVectorIndex):
         folder = self._working_copy(source, target)
         exists = (folder / "metadata.json").is_file()
         plaid = self._fast_plaid(folder)
-        with _frozen_heap(), _kmeans_chunk(self.kmeans_chunk_size):
+        with _frozen_heap(), _fast_plaid_kmeans(self.kmeans_chunk_size, self.n_centroids):
             if exists:  # a small index is rebuilt whole, a large one extends its centroids: fast-plaid's rule
                 plaid.update(documents_embeddings=tensors, **self._build_kwargs())
             else:

@@ -80,6 +80,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             override=True,
             nbits=config.nbits,
             kmeans_niters=config.kmeans_niters,
+            n_centroids=config.n_centroids,
             seed=config.seed,
             device=config.device,
         )

@@ -139,6 +139,7 @@ def colbert_runs(
             override=True,
             nbits=params.index.nbits,
             kmeans_niters=params.index.kmeans_niters,
+            n_centroids=params.index.n_centroids,
             seed=params.index.seed,
             device=config.device,
         )

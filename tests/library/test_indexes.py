@@ -538,3 +538,31 @@ def test_kmeans_samples_documents_for_the_points_per_centroid_it_trains_on(tmp_p
     assert make_index("PLAID", tmp_path, "default").max_points_per_centroid == 32
     with pytest.raises(ValueError, match="n_samples_kmeans"):
         make_index("PLAID", tmp_path, "bad", n_samples_kmeans=0)
+
+
+def test_n_centroids_sets_the_centroids_of_a_build_and_of_a_rebuild(tmp_path):
+    from fast_plaid.search import fast_plaid as backend
+
+    from pipeline.indexes.plaid import fast_plaid_centroids
+
+    documents = random_documents(300, seed=4)
+    assert fast_plaid_centroids(sum(len(d) for d in documents)) == 1024  # what fast-plaid would pick
+    original = backend.compute_kmeans
+    index = make_index("PLAID", tmp_path, "few", n_centroids=64)
+    index.add_documents(documents_ids=list(range(300)), documents_embeddings=documents)
+    assert backend.compute_kmeans is original  # swapped back after the build
+
+    def centroids() -> int:
+        live = json.loads((index.path / "CURRENT").read_text())["version"]  # the version folder serving
+        return len(np.load(index.path / live / "plaid" / "centroids.npy"))
+
+    assert centroids() == 64
+    # A small index is rebuilt whole by fast-plaid's update: still 64, and every document finds itself.
+    index.add_documents(
+        documents_ids=list(range(300, 340)), documents_embeddings=random_documents(40, seed=5)
+    )
+    assert centroids() == 64
+    results = index.search(documents[:5], k=1)
+    assert [hits[0]["id"] for hits in results] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="n_centroids"):
+        make_index("PLAID", tmp_path, "bad", n_centroids=0)

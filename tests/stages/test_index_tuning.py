@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline import indexes, retrieve
@@ -91,10 +92,13 @@ def test_index_stage_stores_settings_that_reach_the_target_and_search_uses_them(
 def test_a_corpus_without_queries_is_tuned_on_queries_drawn_from_it(project):
     shutil.rmtree(project / "corpus" / "qrels")
     (project / "corpus" / "queries.jsonl").unlink()
-    index_stage.run(_params(probe_queries=5), project)
+    result = index_stage.run(_params(probe_queries=5, n_centroids=16), project)
     search = json.loads((project / "metrics" / "index.json").read_text())["search"]
     assert search["probe_source"] == "drawn from the corpus"
     assert search["probe_queries"] == 5
+    path = Path(result["index"])  # index.n_centroids reached the build (fast-plaid's rule gives 256 here)
+    live = json.loads((path / "CURRENT").read_text())["version"]
+    assert len(np.load(path / live / "plaid" / "centroids.npy")) == 16
 
 
 def test_a_missing_backend_is_named_before_any_work(project):
