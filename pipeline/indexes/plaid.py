@@ -72,12 +72,13 @@ _KMEANS_SWAP = threading.Lock()
 
 @contextlib.contextmanager
 def _fast_plaid_kmeans(points: int | None, centroids: int | None) -> Iterator[None]:
-    """Run fast-plaid's k-means in ``points``-point blocks, with ``centroids`` centroids for a new index.
+    """Run fast-plaid's k-means in ``points``-point blocks, with ``centroids`` centroids when it builds whole.
 
     fast-plaid's ``create``/``update`` build ``FastKMeans(...)`` themselves without a block size, and
     ``create`` calls ``compute_kmeans`` without a centroid count (it derives one from the token count), so
     the names they look up are replaced by ones with ``chunk_size_data`` / ``num_partitions`` bound, for the
-    duration of the build. ``update`` passes its own ``num_partitions`` when it adds centroids, which wins.
+    duration of the build (a new index, or a small one fast-plaid's ``update`` rebuilds whole). When
+    ``update`` adds centroids to a large index it passes its own ``num_partitions``, which wins.
     ``None`` keeps fast-plaid's own (on CUDA large blocks are what makes k-means fast).
     """
     if points is None and centroids is None:
