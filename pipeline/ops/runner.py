@@ -205,12 +205,14 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (field 22); None when gone (or not Linux).
+    """The kernel's start time of ``pid`` (field 22); None when gone, a zombie (or not Linux).
 
-    With the pid it names one process: a pid reused by a new process has another start time.
+    With the pid it names one process: a pid reused by a new process has another start time. A zombie has
+    exited already; only its parent's ``wait`` keeps its entry (a killed worker whose parent is slow to
+    reap it, seen under load), so it counts as gone.
     """
     fields = _stat(pid)
-    return fields[19] if fields else None
+    return fields[19] if fields and fields[0] not in ("Z", "X") else None
 
 
 def _ended(watched: Sequence[tuple[int, str]]) -> list[int]:

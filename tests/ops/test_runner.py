@@ -201,3 +201,24 @@ def test_an_interrupted_call_stops_the_group(tmp_path: Path) -> None:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(pid)
+
+
+def test_an_owner_that_exited_but_is_not_yet_reaped_counts_as_gone():
+    """A SIGKILLed worker stays a zombie until its parent waits for it; its stat entry (and start time) stay.
+
+    Under load the orphaned task could start its stage in that window; a zombie owner now counts as gone.
+    """
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = runner._start_time(child.pid)
+        assert start is not None and runner._ended([(child.pid, start)]) == []
+        child.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (runner._stat(child.pid) or ["?"])[0] != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)  # not reaped: no wait() yet, so the kernel keeps it as a zombie
+        assert runner._stat(child.pid)[0] == "Z"
+        assert runner._start_time(child.pid) is None
+        assert runner._ended([(child.pid, start)]) == [child.pid]
+    finally:
+        child.kill()
+        child.wait(10)
