@@ -3,8 +3,11 @@
 On the tiny sample (``tests.workspace.TINY``) the stages run in order, as ``dvc repro`` runs them, and the
 real register stage decides against the real MLflow registry: the first trained model becomes champion, a
 model trained with a worse setting stays challenger, one trained with a better setting is promoted. The
-settings were chosen from a measurement (README, "What `make run` prints"), not tuned to pass: the base model
-scores about 0.68 here, three steps at the default learning rate about 0.70, eight at 1e-4 about 0.94.
+settings were chosen from a measurement (README, "What `make run` prints"), not tuned to pass: with
+``train.seed`` 42, 43 and 44 the base model scores 0.68, 0.60 and 0.64 here, eight steps at the default
+learning rate 0.73, 0.73 and 0.80, eight at 1e-4 0.88, 0.94 and 0.85. Three steps at the default rate (the
+tiny workspace's) are a coin flip against the base model: 0.67, 0.72, 0.71, and with torch's own dropout
+masks 0.70, 0.71, 0.61.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def test_better_setting_promotes_and_worse_does_not_through_the_register_gate(tm
     base = json.loads((project / "metrics" / "baseline.json").read_text())[METRIC]
     assert base < 0.9, f"the untrained model already scores {base:.3f}: the sample is too easy"
 
-    first, decision = _run(project, name)
+    first, decision = _run(project, {**name, "train.max_steps": 8})
     assert decision["promoted"] is True and decision["version"] == "1"
     assert base < first < 1.0, (base, first)
 
