@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION = "sdpa_pcg_dropout"
 """The name :func:`use_cheap_dropout` registers :func:`attention` under with transformers."""
@@ -67,9 +70,8 @@ class MaskDropout(torch.nn.Dropout):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training or not 0.0 < self.p < 1.0 or input.device.type != "cpu":
             return super().forward(input)
-        dropped = input.masked_fill(drop_mask(input.shape, self.p), 0.0)
-        scale = 1.0 / (1.0 - self.p)
-        return dropped.mul_(scale) if self.inplace else dropped * scale
+        # masked_fill returns a new tensor, so scaling it in place never touches the input.
+        return input.masked_fill(drop_mask(input.shape, self.p), 0.0).mul_(1.0 / (1.0 - self.p))
 
 
 class _DropoutAttention(torch.autograd.Function):
@@ -128,8 +130,6 @@ def attention(
     ``query``/``key``/``value`` are (batch, heads, tokens, head size); ``attention_mask`` is SDPA's
     (boolean, True = attend, or None); returns (batch, tokens, heads, head size) as SDPA does.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if (
         not 0.0 < dropout < 1.0
         or query.device.type != "cpu"
@@ -159,9 +159,6 @@ def use_cheap_dropout(model: torch.nn.Module) -> int:
         >>> use_cheap_dropout(block), type(block[1]).__name__, block[1].p
         (1, 'MaskDropout', 0.1)
     """
-    from transformers import AttentionInterface, PreTrainedModel
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
