@@ -5,6 +5,8 @@
 - ``CachedContrastive`` = ``CachedMultiVectorMultipleNegativesRankingLoss``: the same value with GradCache,
   memory bounded by ``mini_batch_size``.
 - ``Distillation`` = ``MultiVectorDistillKLDivLoss``: KL divergence between teacher scores and student MaxSim.
+  Where a step's documents (``batch x n_ways``) would not fit in memory, they are embedded in checkpointed
+  groups of columns (:mod:`pipeline.checkpointing`): the same loss for a second document forward.
 
 **Temperature.** PyLate's ``temperature`` is sentence-transformers' ``1 / scale``. The default is ``1.0``
 (PyLate's and sentence-transformers' default); the PyLate docs point out that contrastive training is
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,8 @@ from sentence_transformers.multi_vector_encoder.model import MultiVectorEncoder
 from sentence_transformers.multi_vector_encoder.scoring import colbert_kd_scores, mean_colbert_kd_scores
 from sentence_transformers.util import stack_padded_token_embeddings
 from torch import Tensor
+
+from pipeline.checkpointing import document_groups, embed_documents_checkpointed
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
@@ -189,6 +193,9 @@ class Distillation(MultiVectorDistillKLDivLoss):
         temperature: Softmax temperature for both sides (default 1.0).
         teacher_temperature: Teacher-side override; match it to the spread of the teacher's scores.
         mini_batch_size: Rows per forward when embedding the documents (bounds padding waste).
+        activation_budget: Bytes of activations a step's documents may keep for backward before they are
+            embedded in checkpointed groups (:func:`pipeline.checkpointing.document_groups`); ``"auto"``
+            (default): a quarter of the free memory; ``None``: never checkpoint.
 
     Example:
         >>> from pipeline import losses, models
@@ -204,7 +211,15 @@ class Distillation(MultiVectorDistillKLDivLoss):
         *,
         teacher_temperature: float | None = None,
         mini_batch_size: int | None = None,
+        activation_budget: Literal["auto"] | int | None = "auto",
     ) -> None:
+        budget_ok = activation_budget in (None, "auto") or (
+            type(activation_budget) is int and activation_budget > 0
+        )
+        if not budget_ok:
+            raise ValueError(
+                f"activation_budget must be 'auto', None or a positive byte count, got {activation_budget!r}"
+            )
         default_metric = mean_colbert_kd_scores if normalize_scores else colbert_kd_scores
         super().__init__(
             model,
@@ -214,6 +229,7 @@ class Distillation(MultiVectorDistillKLDivLoss):
             mini_batch_size=mini_batch_size,
         )
         self.normalize_scores = normalize_scores
+        self.activation_budget = activation_budget
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         if labels is None:
@@ -221,21 +237,33 @@ class Distillation(MultiVectorDistillKLDivLoss):
                 "Distillation needs the teacher's scores: rows must have a 'scores' column "
                 "(use utils.KDProcessing and utils.ColBERTCollator)"
             )
+        features = [dict(f) for f in sentence_features]
         real = torch.isfinite(labels)
-        if bool(real.all()):
-            return super().forward(sentence_features, labels)
-        return self._masked_forward(list(sentence_features), labels, real)
+        groups = document_groups(self.model, features[1:], self.activation_budget)
+        if groups is None and bool(real.all()):
+            return super().forward(features, labels)
+        return self._masked_forward(features, labels, real, groups)
 
-    def _masked_forward(self, features: list[dict[str, Tensor]], labels: Tensor, real: Tensor) -> Tensor:
+    def _masked_forward(
+        self,
+        features: list[dict[str, Tensor]],
+        labels: Tensor,
+        real: Tensor,
+        groups: list[list[dict[str, Tensor]]] | None = None,
+    ) -> Tensor:
         """The same KL divergence over rows of different lengths: padded documents (NaN teacher score,
-        from :class:`pipeline.utils.ColBERTCollator`) are left out of both softmaxes and of the sum."""
+        from :class:`pipeline.utils.ColBERTCollator`) are left out of both softmaxes and of the sum. With
+        ``groups``, the documents are embedded group by group under checkpoints."""
         if bool((real.sum(dim=1) < 2).any()):
             raise ValueError("every distillation row needs at least two documents with a teacher score")
-        features = [dict(f) for f in features]
         query = self.model(features[0], task=features[0].get("task", "query"))
-        documents, documents_mask = stack_padded_token_embeddings(
-            *embed_columns_padded(self.model, features[1:], self.mini_batch_size, task_default="document")
-        )
+        if groups is None:
+            columns = embed_columns_padded(
+                self.model, features[1:], self.mini_batch_size, task_default="document"
+            )
+        else:
+            columns = embed_documents_checkpointed(self.model, groups, self.mini_batch_size)
+        documents, documents_mask = stack_padded_token_embeddings(*columns)
         scores = self.similarity_fct(
             query["token_embeddings"],
             documents,
@@ -250,4 +278,8 @@ class Distillation(MultiVectorDistillKLDivLoss):
         return divergence * (self.student_temperature**2)
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"normalize_scores": self.normalize_scores, **super().get_config_dict()}
+        return {
+            "normalize_scores": self.normalize_scores,
+            "activation_budget": self.activation_budget,
+            **super().get_config_dict(),
+        }

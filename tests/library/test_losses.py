@@ -8,7 +8,7 @@ import pytest
 import torch
 from sentence_transformers.base.trainer import BaseTrainer
 
-from pipeline import losses, utils
+from pipeline import checkpointing, losses, utils
 
 ANIMALS = [
     ("Which animal barks?", "Dogs bark at strangers.", "Cats purr when content."),
@@ -173,3 +173,97 @@ def test_contrastive_needs_a_positive_column(model) -> None:
         losses.Contrastive(model=model)(sentence_features[:1])
     with pytest.raises(ValueError, match="at least a positive column"):
         losses.CachedContrastive(model=model)(sentence_features[:1])
+
+
+def kd_batch(model) -> tuple[list[dict], torch.Tensor]:
+    """Four queries with four documents each, the documents at the model's length (as KD passages are)."""
+
+    def long(text: str) -> str:
+        return " ".join([text] * 4)
+
+    rows = [
+        {
+            "query": q,
+            "documents": [long(p), long(n), long(ANIMALS[(i + 3) % 6][1]), long(ANIMALS[(i + 4) % 6][2])],
+            "scores": [9.0, 1.0, 3.0, 0.5],
+        }
+        for i, (q, p, n) in enumerate(ANIMALS[:4])
+    ]
+    sentence_features, labels = features(model, rows)
+    assert labels is not None
+    return sentence_features, labels
+
+
+def loss_and_gradient(model, loss, sentence_features, labels) -> tuple[float, torch.Tensor]:
+    parameter = model.transformer.auto_model.encoder.layer[0].attention.self.query.weight
+    model.zero_grad()
+    value = loss(sentence_features, labels)
+    value.backward()
+    gradient = parameter.grad.detach().clone()
+    model.zero_grad()
+    return value.item(), gradient
+
+
+def test_distillation_over_budget_embeds_documents_in_checkpointed_groups_with_the_same_loss(model) -> None:
+    """A step whose documents would not fit is embedded in groups under checkpoints: same loss and gradients
+    (dropout off), and far fewer activations kept for the backward."""
+    sentence_features, labels = kd_batch(model)
+    one_column = checkpointing.document_groups(model, sentence_features[1:2], budget=2**40)
+    assert one_column is None  # fits: the library's own path, untouched
+    tiny = 2**16  # bytes: below one column, so one column per group
+    groups = checkpointing.document_groups(model, sentence_features[1:], budget=tiny)
+    assert groups is not None and [len(group) for group in groups] == [1, 1, 1, 1]
+    with torch.no_grad():
+        assert (
+            checkpointing.document_groups(model, sentence_features[1:], budget=tiny) is None
+        )  # no backward to bound
+
+    def saved_bytes(loss) -> tuple[float, torch.Tensor, int]:
+        kept = [0]
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            kept[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            value, gradient = loss_and_gradient(model, loss, sentence_features, labels)
+        return value, gradient, kept[0]
+
+    model.eval()
+    try:
+        whole_loss, whole_grad, whole_kept = saved_bytes(
+            losses.Distillation(model=model, activation_budget=None)
+        )
+        grouped_loss, grouped_grad, grouped_kept = saved_bytes(
+            losses.Distillation(model=model, activation_budget=tiny)
+        )
+    finally:
+        model.train()
+    assert grouped_loss == pytest.approx(whole_loss, rel=1e-5, abs=1e-6)
+    assert (grouped_grad - whole_grad).norm() <= 1e-3 * whole_grad.norm() and whole_grad.abs().sum() > 0
+    # The documents' activations are re-computed in backward, not kept: the query's and the embeddings remain.
+    assert grouped_kept < 0.4 * whole_kept, (grouped_kept, whole_kept)
+
+
+def test_checkpointed_groups_recompute_with_the_same_dropout(model, monkeypatch) -> None:
+    """In train mode the re-computed forward must draw the dropout masks of the first one (RNG restored):
+    the gradients equal those of the same groups embedded without checkpoints."""
+    sentence_features, labels = kd_batch(model)
+    loss = losses.Distillation(model=model, activation_budget=2**16)
+    model.train()
+    torch.manual_seed(7)
+    checkpointed = loss_and_gradient(model, loss, sentence_features, labels)
+    monkeypatch.setattr(checkpointing, "checkpoint", lambda function, *args, use_reentrant: function(*args))
+    torch.manual_seed(7)
+    kept = loss_and_gradient(model, loss, sentence_features, labels)
+    torch.manual_seed(8)
+    other_masks = loss_and_gradient(model, loss, sentence_features, labels)
+    assert checkpointed[0] == pytest.approx(kept[0], rel=1e-6)
+    assert torch.allclose(checkpointed[1], kept[1], rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(other_masks[1], kept[1], rtol=1e-4, atol=1e-7)  # dropout is really on
+
+
+@pytest.mark.parametrize("budget", [0, -5, 1.5, True, "all"])
+def test_distillation_refuses_a_budget_that_is_not_bytes(model, budget) -> None:
+    with pytest.raises(ValueError, match="activation_budget"):
+        losses.Distillation(model=model, activation_budget=budget)
