@@ -12,10 +12,13 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from pipeline.config import TrainParams
 
@@ -161,7 +164,7 @@ def build_trainer(
     extra = list(callbacks or [])
     if config.early_stopping_patience is not None:
         extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    return SentenceTransformerTrainer(
+    trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -170,6 +173,10 @@ def build_trainer(
         data_collator=utils.ColBERTCollator(model.tokenize),
         callbacks=extra,
     )
+    # logging_steps=1 feeds MLflow's per-step loss curve; the console gets a line now and then, not each step.
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(PeriodicProgressCallback())
+    return trainer
 
 
 def dev_curve(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -222,3 +229,50 @@ class MlflowLossCallback(TrainerCallback):
             mlflow.log_metrics(numbers, step=state.global_step, run_id=self.run_id)
         elif mlflow.active_run() is not None:
             mlflow.log_metrics(numbers, step=state.global_step)
+
+
+class PeriodicProgressCallback(ProgressCallback):
+    """transformers' progress bar, but a step's log line (loss, learning rate) is printed only every 10% of
+    the steps or every ``interval`` seconds, whichever comes first; evaluation and the final summary always.
+
+    The train stage logs every step (``logging_steps=1``) for MLflow's loss curve; transformers' own bar
+    prints each of those logs, one line per step in an Airflow task log or a ``dvc repro`` transcript.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> lines = []
+        >>> callback = PeriodicProgressCallback(interval=60, clock=lambda: 0.0)
+        >>> callback.training_bar = SimpleNamespace(write=lines.append)
+        >>> for step in range(1, 101):
+        ...     state = SimpleNamespace(is_world_process_zero=True, global_step=step, max_steps=100)
+        ...     callback.on_log(None, state, None, {"loss": 1.0 / step})
+        >>> len(lines), lines[-1]
+        (11, "{'loss': '0.01'}")
+    """
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._printed_step = 0
+        self._printed_at: float | None = None
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        logs = logs or {}
+        step_log = "loss" in logs and not any(key.startswith(("eval_", "train_")) for key in logs)
+        if step_log and not self._due(state):
+            return
+        self._printed_step = state.global_step
+        self._printed_at = self.clock()
+        super().on_log(args, state, control, logs=logs, **kwargs)
+
+    def _due(self, state: Any) -> bool:
+        if state.global_step >= state.max_steps or self._printed_at is None:
+            return True
+        tenth = max(1, state.max_steps // 10)
+        return (
+            state.global_step - self._printed_step >= tenth
+            or self.clock() - self._printed_at >= self.interval
+        )

@@ -1,8 +1,10 @@
-"""The train stage's dev split: evaluated during training, logged to MLflow, the best checkpoint kept."""
+"""The train stage's dev split (evaluated during training, logged to MLflow, the best checkpoint kept) and its
+console output (a loss line now and then, while MLflow still gets every step)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from datasets import Dataset
@@ -96,3 +98,17 @@ def test_early_stopping_without_a_dev_split_is_a_config_error(tmp_path):
         assert "dev_fraction" in str(error)
     else:  # pragma: no cover - the assertion below reports it
         raise AssertionError("early_stopping_patience without train.dev_fraction was accepted")
+
+
+def test_a_training_prints_a_loss_line_every_tenth_of_its_steps_and_logs_each_step_to_mlflow(tmp_path, capfd):
+    _write_prepared(tmp_path)
+    params = load_params(
+        tmp_path / "params.yaml", {"train.batch_size": 4, "train.device": "cpu", "train.max_steps": 20}
+    )
+    result = train.run(params, tmp_path)
+    output = capfd.readouterr()
+    printed = re.findall(r"\{'loss': ", output.out + output.err)
+    # Steps 1, 3, 5, ... 19 and the last: 11 lines for 20 steps (transformers' own bar printed all 20).
+    assert 2 <= len(printed) <= 11, (output.out + output.err)[-2000:]
+    history = MlflowClient().get_metric_history(result["mlflow_run_id"], "loss")
+    assert sorted(metric.step for metric in history) == list(range(1, 21))
