@@ -96,9 +96,11 @@ format: install
 # is missing with apt-get as root). COLBERT_DEPLOY_REQUIRED: the deploy tier fails, never skips, here.
 # Two xdist workers, one test module each at a time (module fixtures stay whole), the longest modules first
 # (conftest.py orders them): one worker alone kept ~1 of the 2 cores busy (44 min wall, 40 min CPU on a quiet
-# machine), and the deploy tier mostly waits on services.
+# machine), and the deploy tier mostly waits on services. Then `test-docker` (the image built and the compose
+# stack run for real, ~6 minutes cold): as root with room on disk; elsewhere it prints why it did not run.
 test: lint services
 	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m "not repro" -n 2 --dist loadscope --no-loadscope-reorder --durations=40
+	COLBERT_TEST_DOCKER_OPTIONAL=1 docker/test-docker.sh
 
 # Reproducibility (not in `test`: ~15 minutes on 2 cores): two workspaces of one commit give identical DVC
 # hashes, a forced re-run gives the recorded ones, a changed input byte re-runs prepare, trials are experiments.
@@ -114,7 +116,8 @@ test-faults: lint
 	$(VENV)/bin/pytest -m faults
 
 # The image built and the compose stack started for real (root; starts and stops its own dockerd, builds the
-# base images from Debian packages): one DAG run through the stack, then the champion served. Not in `test`.
+# base images from Debian packages): one DAG run through the stack, then the champion served. Also the last
+# step of `test`, which lets it pass, saying why, where it cannot run (not root, under ~32 GB free).
 test-docker: install
 	docker/test-docker.sh
 
