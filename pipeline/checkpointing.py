@@ -62,7 +62,7 @@ def document_groups(
     """Groups of document columns to embed under gradient checkpoints, or ``None`` when all of them fit.
 
     A knowledge-distillation step embeds ``batch x n_ways`` documents with gradients; PyLate's own example
-    (16 queries x 32 documents of up to 180 tokens) keeps ~30 GB of activations for its backward, more than
+    (16 queries x 32 documents of up to 180 tokens) keeps ~32 GB of activations for its backward, more than
     a 24 GB machine has. When the estimate (:func:`activation_bytes_per_token`) exceeds ``budget`` bytes
     (``"auto"``: a quarter of the free memory), the columns are split into groups of half the budget each;
     the loss embeds each group inside :func:`torch.utils.checkpoint.checkpoint`, which keeps only the
