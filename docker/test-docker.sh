@@ -35,8 +35,8 @@ missing=()
 for tool in dockerd docker debootstrap docker-compose; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if ((${#missing[@]})); then
     log "installing docker.io debootstrap docker-compose (apt-get; missing: ${missing[*]})"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap docker-compose >/dev/null
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap docker-compose \
+        >/dev/null; } || cannot_run "apt-get could not install docker.io debootstrap docker-compose"
 fi
 
 # A docker CLI that builds with BuildKit by itself (a newer CLI without the buildx plugin cannot).
@@ -71,8 +71,10 @@ cleanup() {
     log "done (exit status $status)"
 }
 trap cleanup EXIT
-for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-docker info >/dev/null 2>&1 || { tail -20 "$run/dockerd.log"; echo "test-docker: dockerd did not start" >&2; exit 1; }
+for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 1; done
+# A daemon that cannot start here (no overlay file system or cgroups in a container, say) is the machine's
+# limit, like root or disk: reported with its log, not taken for a failure of the image or the stack.
+docker info >/dev/null 2>&1 || { tail -20 "$run/dockerd.log"; cannot_run "dockerd did not start (its log above)"; }
 log "dockerd up (pid $dockerd_pid)"
 # Builds and containers descend from dockerd/containerd: a lower CPU priority leaves the machine usable.
 renice -n "${COLBERT_TEST_DOCKER_NICE:-10}" -p "$dockerd_pid" $(pgrep -P "$dockerd_pid") >/dev/null || true
