@@ -11,8 +11,9 @@ started=$(date +%s)
 log() { echo "test-docker [$(($(date +%s) - started)) s]: $*"; }
 
 state=${COLBERT_TEST_DOCKER_STATE:-/var/lib/colbert-test-docker}
-# `make test` sets COLBERT_TEST_DOCKER_OPTIONAL=1: where this cannot run (not root, too little disk) it says
-# why and passes, so the rest of the suite decides; `make test-docker` alone fails instead.
+# `make test` sets COLBERT_TEST_DOCKER_OPTIONAL=1: where the machine cannot run this (not root, too little
+# disk, no docker.io from apt-get, a daemon that does not start) it says why and passes, so the rest of the
+# suite decides; `make test-docker` alone fails instead.
 cannot_run() {
     if [[ ${COLBERT_TEST_DOCKER_OPTIONAL:-0} == 1 ]]; then
         echo "test-docker: SKIPPED (not run, not passed): $*" >&2
