@@ -16,28 +16,27 @@ def _service(tmp_path: Path, name: str, script: str) -> Process:
     return Process(name, ["sh", "-c", script], dict(os.environ), tmp_path / f"{name}.log", tmp_path).start()
 
 
-def test_a_service_that_exits_is_named_with_the_end_of_its_log(tmp_path: Path) -> None:
-    service = _service(tmp_path, "fake-postgres", "echo 'FATAL: could not bind IPv4 address'; exit 3")
+def _failure(service: Process, timeout: float) -> str:
+    """What waiting for a service that never becomes ready raises; the service is stopped either way."""
     try:
         with pytest.raises(ServiceFailed) as failure:
-            service.wait_ready(lambda: False, timeout=60)
+            service.wait_ready(lambda: False, timeout=timeout)
     finally:
         service.stop()
-    message = str(failure.value)
+    return str(failure.value)
+
+
+def test_a_service_that_exits_is_named_with_the_end_of_its_log(tmp_path: Path) -> None:
+    service = _service(tmp_path, "fake-postgres", "echo 'FATAL: could not bind IPv4 address'; exit 3")
+    message = _failure(service, timeout=60)
     assert message.startswith("fake-postgres exited with status 3")
     assert str(service.log) in message and "FATAL: could not bind IPv4 address" in message
 
 
 def test_a_service_that_never_answers_fails_within_its_bound(tmp_path: Path) -> None:
-    service = _service(
-        tmp_path, "fake-mlflow", "echo 'waiting for a database that never comes'; exec sleep 600"
-    )
-    try:
-        with pytest.raises(ServiceFailed) as failure:
-            service.wait_ready(lambda: False, timeout=2)
-    finally:
-        service.stop()
-    message = str(failure.value)
+    script = "echo 'waiting for a database that never comes'; exec sleep 600"
+    service = _service(tmp_path, "fake-mlflow", script)
+    message = _failure(service, timeout=2)
     assert message.startswith("fake-mlflow did not come up within 2 s")
     assert "waiting for a database that never comes" in message
     assert service.process is not None and service.process.poll() is not None  # stopped, not left behind
