@@ -48,6 +48,18 @@ def train_steps(model, loss, sentence_features, labels, steps: int) -> list[floa
     return values
 
 
+def loss_and_gradient(model, loss, sentence_features, labels, parameter=None) -> tuple[float, torch.Tensor]:
+    """One loss value and its gradient on ``parameter`` (default: the first layer's query weight)."""
+    if parameter is None:
+        parameter = model.transformer.auto_model.encoder.layer[0].attention.self.query.weight
+    model.zero_grad()
+    value = loss(sentence_features, labels)
+    value.backward()
+    gradient = parameter.grad.detach().clone()
+    model.zero_grad()
+    return value.item(), gradient
+
+
 def triplets(n: int = 6) -> list[dict]:
     return [{"query": q, "positive": p, "negative": n_} for q, p, n_ in ANIMALS[:n]]
 
@@ -70,23 +82,14 @@ def test_cached_contrastive_equals_contrastive_loss_and_gradients(model) -> None
     model.eval()
     sentence_features, _ = features(model, triplets())
     parameter = model.transformer.auto_model.encoder.layer[-1].output.dense.weight
-
     plain = losses.Contrastive(model=model, temperature=0.05)
-    model.zero_grad()
-    plain_loss = plain(sentence_features)
-    plain_loss.backward()
-    plain_grad = parameter.grad.detach().clone()
-
+    plain_loss, plain_grad = loss_and_gradient(model, plain, sentence_features, None, parameter)
     cached = losses.CachedContrastive(model=model, mini_batch_size=2, temperature=0.05)
-    model.zero_grad()
-    cached_loss = cached(sentence_features)
-    cached_loss.backward()
-    cached_grad = parameter.grad.detach().clone()
-    model.zero_grad()
+    cached_loss, cached_grad = loss_and_gradient(model, cached, sentence_features, None, parameter)
     model.train()
 
-    assert plain_loss.item() > 0
-    assert cached_loss.item() == pytest.approx(plain_loss.item(), rel=1e-4, abs=1e-5)
+    assert plain_loss > 0
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-4, abs=1e-5)
     # Chunked forwards pad differently, so float rounding differs slightly; the direction must not.
     assert (cached_grad - plain_grad).norm() <= 1e-2 * plain_grad.norm()
     assert plain_grad.abs().sum() > 0
@@ -102,13 +105,10 @@ def test_the_train_stage_embeds_documents_a_column_at_a_time_on_cpu_with_the_sam
     staged = build_loss(model, TrainParams(batch_size=2, temperature=0.05), "triplets")
     assert staged.mini_batch_size == 2  # 6 rows per document column: forwards of 2 rows, not one of 12
     parameter = model.transformer.auto_model.encoder.layer[-1].output.dense.weight
-    results = []
-    for loss in (losses.Contrastive(model=model, temperature=0.05), staged):
-        model.zero_grad()
-        value = loss(sentence_features)
-        value.backward()
-        results.append((value.item(), parameter.grad.detach().clone()))
-    model.zero_grad()
+    results = [
+        loss_and_gradient(model, loss, sentence_features, None, parameter)
+        for loss in (losses.Contrastive(model=model, temperature=0.05), staged)
+    ]
     model.train()
     (merged_loss, merged_grad), (staged_loss, staged_grad) = results
     assert staged_loss == pytest.approx(merged_loss, rel=1e-5, abs=1e-6)
@@ -192,16 +192,6 @@ def kd_batch(model) -> tuple[list[dict], torch.Tensor]:
     sentence_features, labels = features(model, rows)
     assert labels is not None
     return sentence_features, labels
-
-
-def loss_and_gradient(model, loss, sentence_features, labels) -> tuple[float, torch.Tensor]:
-    parameter = model.transformer.auto_model.encoder.layer[0].attention.self.query.weight
-    model.zero_grad()
-    value = loss(sentence_features, labels)
-    value.backward()
-    gradient = parameter.grad.detach().clone()
-    model.zero_grad()
-    return value.item(), gradient
 
 
 def test_distillation_over_budget_embeds_documents_in_checkpointed_groups_with_the_same_loss(model) -> None:
