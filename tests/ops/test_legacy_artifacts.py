@@ -44,6 +44,7 @@ def test_a_version_registered_before_the_move_answers_in_this_process(legacy_mod
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(legacy_model), "search_model")
     version = mlflow.register_model(f"runs:/{run.info.run_id}/search_model", "legacy-fixture")
+    (tmp_path / "download").mkdir()
     model = mlflow.pyfunc.load_model(
         f"models:/legacy-fixture/{version.version}", dst_path=str(tmp_path / "download")
     )
