@@ -18,7 +18,7 @@ $(UV):
 # The `deploy` extra: the Postgres and Celery/Redis drivers of the deployed platform (tests/deploy, docker/).
 # --compile-bytecode: every stage, DVC and Airflow task is a fresh Python process; where
 # PYTHONDONTWRITEBYTECODE is set (as on this project's machines) each one otherwise compiles its imports
-# again (`import pipeline.training, pipeline.models, mlflow`: 17 s, 7.4 s with the .pyc files).
+# again (`import pipeline.training.trainer, pipeline.models, mlflow`: 17 s, 7.4 s with the .pyc files).
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --extra deploy --compile-bytecode
 	touch $@

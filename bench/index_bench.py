@@ -4,14 +4,14 @@ For each dataset (``../shared/data/<name>``) it measures, each step in its own p
 step's own: encode docs/s (the offline MiniLM ColBERT; ours in ``--precision``, by default ``auto`` as
 ``index.precision``, PyLate in float32), index build seconds, QPS (``retrieve``, k=10), recall@10 against
 exact MaxSim over all documents, index size on disk, and peak RSS. For PLAID it also
-measures search at a recall target: ours tuned by :func:`pipeline.tuning.tune` on probe queries disjoint from
-the measured ones (``--recall-target``, ``--probe-queries``), and PyLate over a sweep of ``n_ivf_probe`` x
-``n_full_scores``, from which the report takes PyLate's fastest setting reaching our recall (or its best).
-Both systems index the *same* embeddings (ours, cached under ``bench/results/``), so recall and speed
-compare the indexes, not two random projections. ``--peer`` installs ``pylate==1.6.*`` into
+measures search at a recall target: ours tuned by :func:`pipeline.indexes.tuning.tune` on probe queries
+disjoint from the measured ones (``--recall-target``, ``--probe-queries``), and PyLate over a sweep of
+``n_ivf_probe`` x ``n_full_scores``, from which the report takes PyLate's fastest setting reaching our recall
+(or its best). Both systems index the *same* embeddings (ours, cached under ``bench/results/``), so recall and
+speed compare the indexes, not two random projections. ``--peer`` installs ``pylate==1.6.*`` into
 ``bench/.peer-venv`` (with uv, reusing the locked torch) and runs the same steps there; the tables then show
-ours/peer ratios.
-``--rss`` also measures :func:`pipeline.indexing.index_corpus`'s peak RSS for N and 10*N documents.
+ours/peer ratios. ``--rss`` also measures :func:`pipeline.indexes.indexing.index_corpus`'s peak RSS for N and
+10*N documents.
 
 The report (``--record PATH`` keeps a copy to commit) renders to Markdown: ``bench/render_index_bench.py``.
 
@@ -149,7 +149,7 @@ def worker_encode(system: str, args: argparse.Namespace) -> dict[str, Any]:
     precision = "fp32"
     if system == "ours":
         from pipeline import models
-        from pipeline.precision import resolve_precision
+        from pipeline.models.precision import resolve_precision
 
         model = models.ColBERT(device=args.device)
         # index.precision as the index stage resolves it (auto: bf16 autocast on a bf16-native CPU);
@@ -217,7 +217,7 @@ def load_cache(path: Path) -> tuple[list[str], list[Any], list[Any]]:
 
 def worker_exact(args: argparse.Namespace) -> dict[str, Any]:
     """Exact MaxSim top-10 over all documents: the recall reference."""
-    from pipeline.indexing import exact_search
+    from pipeline.indexes.indexing import exact_search
 
     ids, documents, queries = load_cache(Path(args.cache))
     started = time.perf_counter()
@@ -292,7 +292,8 @@ def tuned_search(
     """Ours at the recall target: write the float16 store, tune on the probe queries, search as users do."""
     import numpy as np
 
-    from pipeline import indexes, retrieve, tuning
+    from pipeline import indexes, retrieve
+    from pipeline.indexes import tuning
 
     version = index.stats()["version"]
     started = time.perf_counter()
@@ -343,8 +344,8 @@ def worker_rss(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from pipeline import indexes, models
-    from pipeline.indexing import index_corpus
-    from pipeline.precision import resolve_precision
+    from pipeline.indexes.indexing import index_corpus
+    from pipeline.models.precision import resolve_precision
 
     torch.manual_seed(0)
     ids, texts = read_corpus(args.dataset, args.max_docs)
@@ -507,7 +508,7 @@ def orchestrate(args: argparse.Namespace) -> None:
     def save() -> None:
         """The report so far to ``--record``: a run cut short (a GPU lease ending) keeps what it measured."""
         if args.record:
-            from pipeline.io import atomic_write_text
+            from pipeline.project.io import atomic_write_text
 
             atomic_write_text(args.record, json.dumps({**report, "errors": errors}, indent=2) + "\n")
 

@@ -102,8 +102,8 @@ def main() -> None:
         parser.error("--tuned needs --cache (an index_bench.py cache holds the probe queries)")
 
     from pipeline import indexes
-    from pipeline.indexing import exact_search, recall_at_k
-    from pipeline.io import atomic_write_text
+    from pipeline.indexes.indexing import exact_search, recall_at_k
+    from pipeline.project.io import atomic_write_text
 
     ids, documents, queries = embeddings(args.dataset, args.docs, args.queries, args.cache)
     reference = exact_search(queries, documents, ids, k=10)

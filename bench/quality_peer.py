@@ -44,7 +44,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.config import Params
+    from pipeline.project.config import Params
 
 logger = logging.getLogger("quality_peer")
 
@@ -290,7 +290,7 @@ def _train_command(command: str, config: str) -> str:
 
 def _configs_that_train(model_root: Path, configs: list[Path], params_path: Path) -> list[str]:
     """Overlay files beside ``configs`` that train ``model_root`` (to name in an error)."""
-    from pipeline.config import load_params, resolve_path
+    from pipeline.project.config import load_params, resolve_path
 
     base = params_path.resolve().parent
     found = []
@@ -307,8 +307,8 @@ def _configs_that_train(model_root: Path, configs: list[Path], params_path: Path
 
 def training_settings(params: Params, base: Path) -> tuple[dict[str, Any], Path]:
     """What the PyLate model is trained with (its identity for reuse), and the training dataset folder."""
-    from pipeline.config import resolve_path
-    from pipeline.training import precision_flags
+    from pipeline.project.config import resolve_path
+    from pipeline.training.trainer import precision_flags
 
     train = params.train
     if train.loss not in LOSSES:
@@ -354,7 +354,7 @@ def training_settings(params: Params, base: Path) -> tuple[dict[str, Any], Path]
     # in a batch where queries repeat), by name: PyLate's sentence-transformers takes the same names.
     from datasets import load_from_disk
 
-    from pipeline.samplers import choose_batch_sampler
+    from pipeline.training.samplers import choose_batch_sampler
 
     settings["batch_sampler"] = choose_batch_sampler(
         train.batch_sampler, load_from_disk(str(dataset)), "triplets"
@@ -378,10 +378,10 @@ def run_worker(python: Path, job: Path, timeout: float | None) -> None:
 
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     """Check inputs, train or reuse the PyLate model, retrieve, and save the scored result."""
-    from pipeline.config import load_params, parse_override, resolve_path
     from pipeline.data.beir import load_beir
-    from pipeline.report import save_result, save_training_loss
-    from pipeline.runs import read_trec_run
+    from pipeline.project.config import load_params, parse_override, resolve_path
+    from pipeline.project.report import save_result, save_training_loss
+    from pipeline.project.runs import read_trec_run
 
     overrides = dict(parse_override(text) for text in args.set or [])
     configs = [Path(c) for c in args.config or []]
@@ -528,8 +528,8 @@ def main() -> None:
     if args.worker is not None:
         worker(args.worker)
         return
-    from pipeline.config import ConfigError
     from pipeline.data.beir import BeirFormatError
+    from pipeline.project.config import ConfigError
 
     try:
         record = orchestrate(args)

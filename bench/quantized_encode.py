@@ -37,7 +37,7 @@ from index_bench import DATA, as_float32, environment, read_corpus
 
 #: name -> which of the transformer's ``nn.Linear`` layers run in int8 (None: none, the float32 baseline),
 #: the half precision the whole model is cast to, or ``autocast``: the float32 model encoding under
-#: ``pipeline.precision.encoding_precision("bf16")``, what ``index.precision: bf16`` does.
+#: ``pipeline.models.precision.encoding_precision("bf16")``, what ``index.precision: bf16`` does.
 VARIANTS: dict[str, str | None] = {
     "float32": None,
     "int8, every linear layer": "all",
@@ -91,9 +91,9 @@ def measure(
 
     from pipeline import models
     from pipeline.data.beir import load_beir
-    from pipeline.indexing import exact_search
-    from pipeline.precision import encoding_precision
-    from pipeline.runs import evaluate_run, hits_to_run
+    from pipeline.indexes.indexing import exact_search
+    from pipeline.models.precision import encoding_precision
+    from pipeline.project.runs import evaluate_run, hits_to_run
 
     torch.manual_seed(0)
     data = load_beir(DATA / dataset, "test")
@@ -148,7 +148,7 @@ def batch_dependence(dataset: str, batch_size: int) -> dict[str, Any]:
     import torch
 
     from pipeline import models
-    from pipeline.precision import encoding_precision
+    from pipeline.models.precision import encoding_precision
 
     torch.manual_seed(0)
     _, texts = read_corpus(dataset, batch_size)
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         report.update(measure(args.dataset, args.max_docs, args.batch_size, variants, args.device))
         print(render(report))
     if args.record:
-        from pipeline.io import atomic_write_text
+        from pipeline.project.io import atomic_write_text
 
         atomic_write_text(args.record, json.dumps(report, indent=2) + "\n")
 

@@ -123,7 +123,7 @@ def markers(name: str = MARKER) -> tuple[str, str]:
 
 def replace_in_readme(readme: Path, markdown: str, marker: str = MARKER) -> None:
     """Put ``markdown`` between the markers named ``marker`` of ``readme`` (both must be there, in order)."""
-    from pipeline.io import replace_between_markers
+    from pipeline.project.io import replace_between_markers
 
     replace_between_markers(readme, *markers(marker), markdown)
 

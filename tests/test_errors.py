@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import write_params
 from pipeline.data.sources import LeakError
-from pipeline.errors import EXIT_CODES, RETRYABLE, InfrastructureError, InputError, classify
+from pipeline.project.config import write_params
+from pipeline.project.errors import EXIT_CODES, RETRYABLE, InfrastructureError, InputError, classify
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.errors import InputError
+from pipeline.project.errors import InputError
 
 logger = logging.getLogger(__name__)
 

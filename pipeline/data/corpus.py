@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.config import Params, resolve_path
 from pipeline.data.beir import BeirFormatError, find_file, read_jsonl_records
-from pipeline.layout import Layout
+from pipeline.project.config import Params, resolve_path
+from pipeline.project.layout import Layout
 
 
 def read_corpus(path: Path) -> Iterator[tuple[str, str]]:

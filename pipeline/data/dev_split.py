@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from pipeline.samplers import query_column
+from pipeline.training.samplers import query_column
 
 __all__ = ["split_dev"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.data.beir import BeirFormatError, read_jsonl_records
-from pipeline.errors import InputError
+from pipeline.project.errors import InputError
 
 OnBadRows = Literal["error", "drop"]
 _NEGATIVE_COLUMN = re.compile(r"^negative(_\d+)?$")

@@ -6,7 +6,7 @@ local or Hub ``triplets``, ``kd`` (query/document id rows with teacher scores, p
 evaluation query (by id or by text) would be trained on.
 
 Example:
-    >>> from pipeline.config import Params
+    >>> from pipeline.project.config import Params
     >>> prepared = SOURCES["sample"](Params(), Path("."))
     >>> prepared.kind, len(prepared.rows) > 0, len(prepared.benchmark.queries) > 0
     ('triplets', True, True)
@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params, resolve_path
 from pipeline.data.beir import BeirData, load_beir
 from pipeline.data.readers import DataFormatError, read_id_texts, read_kd, read_triplets
 from pipeline.data.sample import generate_sample
-from pipeline.errors import InputError
+from pipeline.project.config import Params, resolve_path
+from pipeline.project.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -44,9 +44,9 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from pipeline.embedding_store import STORE_FOLDER
-from pipeline.io import atomic_write_json
-from pipeline.tuning import SEARCH_SETTINGS_FILE
+from pipeline.indexes.embedding_store import STORE_FOLDER
+from pipeline.indexes.tuning import SEARCH_SETTINGS_FILE
+from pipeline.project.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".lock"
 MANIFEST_FILE = "manifest.json"
 DOCUMENTS_FILE = "documents.json"
-#: Beside the versions (see :mod:`pipeline.tuning`): tuned search settings and full-precision embeddings.
+#: Beside the versions (see :mod:`pipeline.indexes.tuning`): tuned search settings and
+#: full-precision embeddings.
 _SIDECARS = (SEARCH_SETTINGS_FILE, STORE_FOLDER)
 #: ``v000001``; folders written before names became deterministic also carry a random ``-3fa2c1d0`` suffix.
 _VERSION_RE = re.compile(r"^v(\d{6})(?:-[0-9a-f]{8})?$")
@@ -469,7 +470,7 @@ class MultiVectorIndex(abc.ABC):
 
         Inside the block, writes go to a private working version that searches already see; it is
         published when the block ends, and thrown away (the index reverts) when it raises. A nested
-        ``transaction()`` joins the outer one. :func:`pipeline.indexing.index_corpus` uses this, so a
+        ``transaction()`` joins the outer one. :func:`pipeline.indexes.indexing.index_corpus` uses this, so a
         crash half-way through a corpus leaves the previous index, not a partial one.
 
         Example:

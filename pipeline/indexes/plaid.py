@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pipeline import tuning
+import pipeline.indexes.tuning as tuning
 from pipeline.indexes.base import MultiVectorIndex
 
 logger = logging.getLogger(__name__)
@@ -236,8 +236,8 @@ class PLAID(MultiVectorIndex):
         seed: Seed for k-means sampling and initialisation, so builds are reproducible.
         embedding_size: Expected embedding dimension; ``None`` takes it from the first documents.
         tuned: Search with the settings the index stage measured and stored beside the index
-            (``search.json``, see :mod:`pipeline.tuning`: possibly exact re-scoring or exact search from
-            the stored full-precision embeddings). Passing ``n_ivf_probe`` or ``n_full_scores``, or
+            (``search.json``, see :mod:`pipeline.indexes.tuning`: possibly exact re-scoring or exact search
+            from the stored full-precision embeddings). Passing ``n_ivf_probe`` or ``n_full_scores``, or
             ``tuned=False``, searches with plain PLAID instead.
         use_fast: PyLate's backend switch. ``True`` (the default) is fast-plaid, which is what runs here;
             ``False`` asks for the Stanford PLAID backend, which this project does not ship: a warning

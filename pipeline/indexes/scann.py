@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.indexes.base import DocumentId, MultiVectorIndex, as_float_arrays, id_key
-from pipeline.io import atomic_write_json, read_json
+from pipeline.project.io import atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 

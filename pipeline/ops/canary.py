@@ -52,8 +52,8 @@ class CanarySet:
 
 def canary_set(workspace: Path, n: int = DEFAULT_QUERIES, params_file: str = "params.yaml") -> CanarySet:
     """The first ``n`` queries (by id) with relevant documents of the workspace's prepared benchmark."""
-    from pipeline.config import load_params
     from pipeline.data.nano import list_nano_benchmarks, load_nano_benchmark
+    from pipeline.project.config import load_params
 
     params = load_params(workspace / params_file)
     folder = Path(params.prepare.output)
@@ -139,7 +139,7 @@ def run_canary(
     import mlflow
     from mlflow import MlflowClient
 
-    from pipeline.config import load_params
+    from pipeline.project.config import load_params
 
     name = model_name or load_params(workspace / params_file).register.model_name
     client = MlflowClient(tracking_uri=tracking_uri)

@@ -31,8 +31,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import flatten
-from pipeline.errors import PipelineError
+from pipeline.project.config import flatten
+from pipeline.project.errors import PipelineError
 
 PARAMS_FILE = "params.yaml"
 #: The README block that ``colbert-pipeline experiments --readme`` regenerates.
@@ -144,8 +144,9 @@ def default_metrics(rows: Sequence[Experiment], eval_metric: str) -> list[str]:
 
 
 def quality_records(rows: Sequence[Experiment]) -> list[dict[str, Any]]:
-    """The quality stage's scores in ``rows`` as result records (what :mod:`pipeline.report` renders): one per
-    experiment, system and retrieval, from the flat ``quality.<system>.<retrieval>.<metric>`` metrics.
+    """The quality stage's scores in ``rows`` as result records (what :mod:`pipeline.project.report`
+    renders): one per experiment, system and retrieval, from the flat
+    ``quality.<system>.<retrieval>.<metric>`` metrics.
 
     Example:
         >>> row = Experiment("scifact-run", "1a2b3c4", {}, {"quality.dataset": "scifact",
@@ -189,7 +190,7 @@ def select(rows: Sequence[Experiment], names: Sequence[str]) -> list[Experiment]
 
 def save_snapshot(rows: Sequence[Experiment], path: Path) -> None:
     """Write ``rows`` as JSON (atomically), to commit beside what is rendered from them."""
-    from pipeline.io import atomic_write_json
+    from pipeline.project.io import atomic_write_json
 
     atomic_write_json(path, [dataclasses.asdict(row) for row in rows])
 

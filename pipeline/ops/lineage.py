@@ -4,7 +4,7 @@ The md5s are DVC's own (``dvc_data``): taken from ``dvc.lock`` when its entry is
 they are the values ``dvc.lock`` records either way. This module is the one reader of ``dvc.lock``.
 
 Example:
-    >>> from pipeline.config import Params
+    >>> from pipeline.project.config import Params
     >>> import tempfile
     >>> project = Path(tempfile.mkdtemp())
     >>> tags = lineage_tags(Params(), project, ["model"])  # not a git checkout, no model yet
@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params
-from pipeline.layout import Layout
+from pipeline.project.config import Params
+from pipeline.project.layout import Layout
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def lineage_tags(params: Params, project: Path, artifacts: Iterable[str] = ()) -
 
     Example (a project whose model folder holds one file):
         >>> import tempfile
-        >>> from pipeline.config import Params
+        >>> from pipeline.project.config import Params
         >>> project = Path(tempfile.mkdtemp())
         >>> (project / "models" / "colbert").mkdir(parents=True)
         >>> _ = (project / "models" / "colbert" / "config.json").write_text("{}")

@@ -15,7 +15,7 @@ passes in ``COLBERT_PIPELINE_RESULT_FILE``, and the outputs' hashes come from ``
 
 Example (the ``cli`` runner on a folder with a params.yaml):
     >>> import tempfile
-    >>> from pipeline.config import write_params, Params
+    >>> from pipeline.project.config import write_params, Params
     >>> workspace = Path(tempfile.mkdtemp())
     >>> write_params(Params(), workspace / "params.yaml")
     >>> settings = Settings.resolve({"COLBERT_PIPELINE_WORKSPACE": str(workspace),
@@ -39,9 +39,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import DEFAULT_PARAMS_FILE, load_params
-from pipeline.errors import RETRYABLE, InputError, PipelineError, kind_of_exit_code
-from pipeline.layout import RESULT_FILE_ENV, STAGES, Layout
 from pipeline.ops import lineage
 from pipeline.ops.promotion import Decision
 from pipeline.ops.run_params import (  # noqa: F401  (the DAG's entry points, re-exported)
@@ -52,6 +49,9 @@ from pipeline.ops.run_params import (  # noqa: F401  (the DAG's entry points, re
     restore_params,
 )
 from pipeline.ops.runner import ancestors, run_process
+from pipeline.project.config import DEFAULT_PARAMS_FILE, load_params
+from pipeline.project.errors import RETRYABLE, InputError, PipelineError, kind_of_exit_code
+from pipeline.project.layout import RESULT_FILE_ENV, STAGES, Layout
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
-from pipeline.io import read_json
 from pipeline.ops.lineage import params_hash
+from pipeline.project.errors import InputError
+from pipeline.project.io import read_json
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ versions). Aliases only, never the deprecated stages.
 
 Example (a throwaway SQLite store; ``log_model`` would log the served pyfunc):
     >>> import tempfile
-    >>> from pipeline.config import Params
+    >>> from pipeline.project.config import Params
     >>> project = Path(tempfile.mkdtemp())
     >>> status(Params(), project)["champion"] is None
     True
@@ -26,9 +26,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params
-from pipeline.errors import InfrastructureError
-from pipeline.layout import Layout
 from pipeline.ops import tracking
 from pipeline.ops.promotion import (
     BENCHMARK_TAG,
@@ -45,6 +42,9 @@ from pipeline.ops.promotion import (
     reeval_tag,
     registration_key,
 )
+from pipeline.project.config import Params
+from pipeline.project.errors import InfrastructureError
+from pipeline.project.layout import Layout
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def reevaluate_with(params: Params, project: Path) -> Reevaluate:
     def run(model_uri: str) -> Mapping[str, float]:
         import mlflow.artifacts
 
-        from pipeline.benchmark import evaluate_model
+        from pipeline.data.benchmark import evaluate_model
         from pipeline.ops import serving
 
         benchmark = Layout(params, project).benchmark

@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import load_params
-from pipeline.errors import InputError, PipelineError
-from pipeline.layout import Layout
 from pipeline.ops import versioning
 from pipeline.ops.lineage import LINEAGE_PREFIX, compute_md5, read_dvc_lock
 from pipeline.ops.runner import run_process
+from pipeline.project.config import load_params
+from pipeline.project.errors import InputError, PipelineError
+from pipeline.project.layout import Layout
 
 logger = logging.getLogger(__name__)
 

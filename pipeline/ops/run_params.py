@@ -14,7 +14,7 @@ Example:
     {'train.epochs': 2, 'train.max_steps': 5}
     >>> overrides_from_dag_params({"overrides": {"bad key": 1}}, "sample")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    pipeline.config.ConfigError: DAG param overrides: 'bad key' is not a dotted params key like ...
+    pipeline.project.config.ConfigError: DAG param overrides: 'bad key' is not a dotted params key like ...
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, apply_overrides, load_params, read_params_file, write_params
-from pipeline.io import atomic_write_text
-from pipeline.layout import STATE_DIR
+from pipeline.project.config import ConfigError, apply_overrides, load_params, read_params_file, write_params
+from pipeline.project.io import atomic_write_text
+from pipeline.project.layout import STATE_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from pipeline.errors import InfrastructureError
+from pipeline.project.errors import InfrastructureError
 
 logger = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ class ColBERTSearchModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from pipeline import indexes, models, retrieve
-        from pipeline.precision import resolve_precision
+        from pipeline.models.precision import resolve_precision
 
         config = dict(getattr(context, "model_config", None) or {})
         self.k = int(config.get("k", 10))
@@ -240,7 +240,7 @@ def log_search_model(
         raise FileNotFoundError(f"{index_dir}: no index here (run the index stage first)")
     if index_kind not in INDEX_KINDS:
         raise ValueError(f"index_kind: {index_kind!r} is not one of {', '.join(INDEX_KINDS)}")
-    from pipeline.precision import check_precision
+    from pipeline.models.precision import check_precision
 
     check_precision(precision, key="precision")  # resolved where it serves, not here
     package_dir = Path(__file__).resolve().parents[1]  # the whole ``pipeline`` package
@@ -273,7 +273,7 @@ def search(
     """Answer ``queries`` with a registered model (the champion by default), as :class:`ColBERTSearchModel`.
 
     Without a registered model it says so (the doctests' store is empty):
-        >>> from pipeline.config import Params
+        >>> from pipeline.project.config import Params
         >>> search(Params(), Path("."), ["who wrote Dune?"], k=3)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ValueError: models:/colbert-pipeline@champion: cannot load it (...); has the register stage run? ...

@@ -10,7 +10,7 @@ stage process), else the parent for this git commit and params (so the stages of
 together even though each runs in its own process).
 
 **Lineage.** Every stage run carries ``git_commit``, ``git_dirty``, ``params_hash``, ``<stage>_params_hash``
-and the DVC md5 of the artifacts it reads and writes (:data:`pipeline.layout.STAGE_IO`), as tags
+and the DVC md5 of the artifacts it reads and writes (:data:`pipeline.project.layout.STAGE_IO`), as tags
 ``lineage.<artifact>.md5`` with artifact one of ``data_train``, ``data_eval`` (the held-out benchmark),
 ``model``, ``index``. Hashes come from ``dvc.lock`` when its entry is current, else they are computed with
 DVC's own hashing (``dvc_data``), so they are the same values ``dvc.lock`` would hold.
@@ -23,7 +23,7 @@ longer is for the orchestrator's task retries.
 
 Example (the store is ``MLFLOW_TRACKING_URI``; the doctests run against a throwaway SQLite one):
     >>> import tempfile
-    >>> from pipeline.config import Params
+    >>> from pipeline.project.config import Params
     >>> project = Path(tempfile.mkdtemp())
     >>> with stage_run("evaluate", Params(), project) as run:
     ...     pass  # the stage's work; inputs were hashed at the start, outputs are hashed at the end
@@ -44,10 +44,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.config import Params, flatten
-from pipeline.errors import InfrastructureError
-from pipeline.layout import STAGE_IO, Layout
 from pipeline.ops.lineage import LINEAGE_PREFIX, dvc_md5, git_commit, lineage_tags, params_hash
+from pipeline.project.config import Params, flatten
+from pipeline.project.errors import InfrastructureError
+from pipeline.project.layout import STAGE_IO, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def start_pipeline_run(params: Params, project: Path, tags: Mapping[str, str] | 
     its id to stage processes in ``COLBERT_PIPELINE_PARENT_RUN_ID``.
 
     Example:
-        >>> from pipeline.config import Params
+        >>> from pipeline.project.config import Params
         >>> tags = {"airflow.dag_id": "colbert", "airflow.run_id": "r1"}
         >>> run_id = start_pipeline_run(Params(), Path("."), tags)
         >>> start_pipeline_run(Params(), Path("."), tags) == run_id  # a retried task finds its run again
@@ -263,8 +263,8 @@ def parent_run_id(params: Params, project: Path) -> str:
 def stage_run(stage: str, params: Params, project: Path, tags: dict[str, str] | None = None) -> Iterator[Any]:
     """A child MLflow run for one stage (the active run inside the block), tagged with its lineage.
 
-    Inputs of the stage (:data:`pipeline.layout.STAGE_IO`) are hashed at the start, its outputs when the block
-    ends without an error. The stage's params section is logged as params ``<stage>.<key>``.
+    Inputs of the stage (:data:`pipeline.project.layout.STAGE_IO`) are hashed at the start, its outputs when
+    the block ends without an error. The stage's params section is logged as params ``<stage>.<key>``.
     """
     import mlflow
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InfrastructureError, InputError
+from pipeline.project.errors import InfrastructureError, InputError
 
 logger = logging.getLogger(__name__)
 

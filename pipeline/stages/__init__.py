@@ -3,7 +3,8 @@ outputs by path (atomically) and logs to MLflow. The CLI, ``dvc.yaml`` and the A
 same way (``colbert-pipeline <stage>``); none of them holds logic of its own.
 
 
-Stages are leaves: they read their paths from :class:`pipeline.layout.Layout` and call the library, data and
-ops modules; nothing but the CLI's dispatch imports a stage. Their names and order are
-:data:`pipeline.layout.STAGES` (the pipeline) and :data:`pipeline.layout.REPORT_STAGES` (quality, report).
+Stages are leaves: they read their paths from :class:`pipeline.project.layout.Layout` and call the library,
+data and ops modules; nothing but the CLI's dispatch imports a stage. Their names and order are
+:data:`pipeline.project.layout.STAGES` (the pipeline) and :data:`pipeline.project.layout.REPORT_STAGES`
+(quality, report).
 """

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.benchmark import PRIMARY_METRIC, evaluate_model
-from pipeline.config import Params
-from pipeline.io import atomic_write_json
-from pipeline.layout import Layout
+from pipeline.data.benchmark import PRIMARY_METRIC, evaluate_model
 from pipeline.ops import tracking
 from pipeline.ops.promotion import SCORED_KEYS, metric_key
+from pipeline.project.config import Params
+from pipeline.project.io import atomic_write_json
+from pipeline.project.layout import Layout
 
 
 def run(params: Params, project: Path) -> dict[str, Any]:

@@ -15,13 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.benchmark import PRIMARY_METRIC as PRIMARY
-from pipeline.benchmark import evaluate_model
-from pipeline.config import Params
-from pipeline.io import atomic_save_figure, atomic_write_json, read_json
-from pipeline.layout import Layout
+from pipeline.data.benchmark import PRIMARY_METRIC as PRIMARY
+from pipeline.data.benchmark import evaluate_model
 from pipeline.ops import tracking
 from pipeline.ops.promotion import SCORED_KEYS, check_scored_artifacts, metric_key
+from pipeline.project.config import Params
+from pipeline.project.io import atomic_save_figure, atomic_write_json, read_json
+from pipeline.project.layout import Layout
 
 logger = logging.getLogger(__name__)
 

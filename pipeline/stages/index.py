@@ -4,9 +4,9 @@ The corpus is the prepared benchmark's (default) or ``index.corpus`` (a BEIR fol
 ``_id``/``title``/``text``). Documents are encoded and added in chunks of ``index.chunk_size``, so peak
 memory does not grow with the corpus. The index is built beside ``indexes/<name>`` and swapped in at the
 end: a crash leaves the previous index in place. A float16 copy of the embeddings is written beside it, then
-:func:`pipeline.tuning.tune` picks the fastest search settings reaching ``index.recall_target`` recall@10
-against exact MaxSim on probe queries (the benchmark's queries, else queries drawn from the corpus) and
-stores them in ``indexes/<name>/search.json``, where every search finds them. The copy is kept only when
+:func:`pipeline.indexes.tuning.tune` picks the fastest search settings reaching ``index.recall_target``
+recall@10 against exact MaxSim on probe queries (the benchmark's queries, else queries drawn from the corpus)
+and stores them in ``indexes/<name>/search.json``, where every search finds them. The copy is kept only when
 those settings read it. Writes ``metrics/index.json`` (with the chosen settings, their recall and QPS).
 
 Example:
@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params, resolve_path
 from pipeline.data.corpus import corpus_for
-from pipeline.io import atomic_write_json
-from pipeline.layout import Layout
 from pipeline.ops import tracking
+from pipeline.project.config import Params, resolve_path
+from pipeline.project.io import atomic_write_json
+from pipeline.project.layout import Layout
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def probe_texts(params: Params, project: Path, texts: list[str]) -> tuple[list[s
 
     from pipeline.data.beir import find_file, load_beir
     from pipeline.data.nano import list_nano_benchmarks, load_nano_benchmark
-    from pipeline.tuning import queries_from_documents
+    from pipeline.indexes.tuning import queries_from_documents
 
     config = params.index
     queries: list[str] = []
@@ -60,9 +60,10 @@ def probe_texts(params: Params, project: Path, texts: list[str]) -> tuple[list[s
 
 def run(params: Params, project: Path) -> dict[str, Any]:
     """Encode the corpus with ``train.output`` and build ``<index.folder>/<index.name>``."""
-    from pipeline import indexes, tuning
-    from pipeline.encoding import check_backend, load_model
-    from pipeline.indexing import index_corpus
+    from pipeline import indexes
+    from pipeline.indexes import tuning
+    from pipeline.indexes.indexing import index_corpus
+    from pipeline.models.backends import check_backend, load_model
 
     config = params.index
     check_backend(config.backend)
@@ -141,7 +142,7 @@ def tune_search(
     whose files depended on timing would not hash the same twice. ``search.json`` itself is timing-dependent,
     so ``.dvcignore`` keeps it out of the index's DVC hash (it lives beside the data, outside the hash).
     """
-    from pipeline import tuning
+    from pipeline.indexes import tuning
 
     queries = model.encode(probes, is_query=True, batch_size=config.batch_size, show_progress_bar=False)
     queries = [q.detach().cpu().float().numpy() if hasattr(q, "detach") else q for q in queries]

@@ -20,13 +20,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params
 from pipeline.data.nano import build_nano_benchmark
 from pipeline.data.readers import DataFormatError
 from pipeline.data.sources import SOURCES, Prepared, check_no_leak, dedupe
-from pipeline.io import atomic_directory, atomic_write_json
-from pipeline.layout import Layout
 from pipeline.ops import tracking
+from pipeline.project.config import Params
+from pipeline.project.io import atomic_directory, atomic_write_json
+from pipeline.project.layout import Layout
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
 def _write(prepared: Prepared, output: Path, params: Params, name: str) -> dict[str, Any]:
     from datasets import Dataset
 
-    from pipeline.io import atomic_write_json as write_json
+    from pipeline.project.io import atomic_write_json as write_json
 
     with atomic_directory(output / "train") as train_dir:
         Dataset.from_list(prepared.rows).save_to_disk(str(train_dir / "dataset"))

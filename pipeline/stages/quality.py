@@ -9,7 +9,7 @@ the whole corpus for every judged query with each of ``quality.systems``:
 - ``colbert-tuned``: the fine-tuned model (``quality.model``, default ``train.output``), the same two ways.
 
 Each result goes to ``<quality.output>/runs/<name>/`` (metrics JSON and TREC run, see
-:mod:`pipeline.report`) and to the stage's MLflow run; ``colbert-pipeline report`` turns them into the
+:mod:`pipeline.project.report`) and to the stage's MLflow run; ``colbert-pipeline report`` turns them into the
 report. ``metrics/quality.json`` holds this run's scores (``{"dataset": ..., system: {retrieval: {...}}}``),
 the DVC metric that ``dvc exp show`` lists for a real-data experiment. Inputs are all checked before any
 model loads.
@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params, resolve_path
 from pipeline.data.beir import BeirData, load_beir
-from pipeline.io import atomic_write_json, read_json
-from pipeline.layout import TRAINING_LOSS_FILE, Layout
 from pipeline.ops import tracking
-from pipeline.report import save_result, save_training_loss
-from pipeline.runs import Run, hits_to_run
+from pipeline.project.config import Params, resolve_path
+from pipeline.project.io import atomic_write_json, read_json
+from pipeline.project.layout import TRAINING_LOSS_FILE, Layout
+from pipeline.project.report import save_result, save_training_loss
+from pipeline.project.runs import Run, hits_to_run
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def colbert_runs(
 ) -> dict[str, tuple[Run, dict[str, Any]]]:
     """Top-100 runs of one ColBERT model: through a PLAID index and (``quality.exact``) exact MaxSim."""
     from pipeline import indexes, models, retrieve
-    from pipeline.indexing import exact_search
+    from pipeline.indexes.indexing import exact_search
 
     config = params.quality
     model = models.ColBERT(

@@ -16,10 +16,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params
-from pipeline.io import atomic_write_json
-from pipeline.layout import Layout
 from pipeline.ops import lineage, promotion, registry, tracking
+from pipeline.project.config import Params
+from pipeline.project.io import atomic_write_json
+from pipeline.project.layout import Layout
 
 logger = logging.getLogger(__name__)
 

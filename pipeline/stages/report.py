@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params
-from pipeline.layout import Layout
 from pipeline.ops import tracking
-from pipeline.report import write_report
+from pipeline.project.config import Params
+from pipeline.project.layout import Layout
+from pipeline.project.report import write_report
 
 
 def run(params: Params, project: Path) -> dict[str, Any]:

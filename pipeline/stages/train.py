@@ -6,10 +6,11 @@ after a crash with the same params, resumes from the last checkpoint. The finish
 ``train.output`` (default ``models/colbert``) in one rename. Precision ``auto`` picks bf16 (or fp16) on a
 GPU and fp32 on the CPU. Per-step loss goes to the stage's MLflow run.
 
-Batches keep a query out of its own in-batch negatives (``train.batch_sampler``, see ``pipeline.samplers``).
-With ``train.dev_fraction`` > 0, whole training queries are held out as a dev split: the dev loss is logged
-every ``train.eval_steps`` steps and the model saved is the checkpoint with the lowest one
-(``train.early_stopping_patience`` stops training early). ``train.query_length`` sets the query tokens.
+Batches keep a query out of its own in-batch negatives (``train.batch_sampler``, see
+``pipeline.training.samplers``). With ``train.dev_fraction`` > 0, whole training queries are held out as a dev
+split: the dev loss is logged every ``train.eval_steps`` steps and the model saved is the checkpoint with the
+lowest one (``train.early_stopping_patience`` stops training early). ``train.query_length`` sets the query
+tokens.
 
 Example:
     $ colbert-pipeline train --set train.max_steps=20
@@ -23,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params, TrainParams
-from pipeline.io import atomic_directory, atomic_write_json, read_json
-from pipeline.layout import DEV_LOSS_FILE, TRAINING_LOSS_FILE, Layout
 from pipeline.ops import lineage, tracking
+from pipeline.project.config import Params, TrainParams
+from pipeline.project.io import atomic_directory, atomic_write_json, read_json
+from pipeline.project.layout import DEV_LOSS_FILE, TRAINING_LOSS_FILE, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     from transformers import set_seed
 
     from pipeline import models, utils
-    from pipeline.training import (
+    from pipeline.training.trainer import (
         MlflowLossCallback,
         build_loss,
         build_trainer,

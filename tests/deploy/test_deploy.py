@@ -47,8 +47,8 @@ from deploy_platform import (
     wait_until,
 )
 
-from pipeline.layout import STAGES
 from pipeline.ops import services
+from pipeline.project.layout import STAGES
 from tests.workspace import DAG_TINY
 
 pytestmark = pytest.mark.deploy

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.layout import STAGES
+from pipeline.project.layout import STAGES
 from tests.mlflow_server import running_mlflow_server  # tests/mlflow_server.py: a real server process
 from tests.workspace import DAG_TINY, make_workspace
 

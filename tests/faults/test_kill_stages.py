@@ -10,7 +10,7 @@ that each point is hit twice:
 - ``rename``: just before that write's rename (for a folder: the old one already moved aside).
 
 ``write`` and ``rename`` are exact: the stage kills its own group there (``COLBERT_PIPELINE_FAULT``, see
-:func:`pipeline.io.fault_point`). Each time, no process of the group survives, and the next
+:func:`pipeline.project.io.fault_point`). Each time, no process of the group survives, and the next
 ``dvc repro register`` completes without a lock error and leaves outputs whose DVC hashes equal the
 reference's (every output here is deterministic on CPU) and metrics with the same keys. It prints the counts.
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.io import FAULT_ENV
-from pipeline.layout import STAGES
+from pipeline.project.io import FAULT_ENV
+from pipeline.project.layout import STAGES
 from tests.workspace import make_workspace, run, workspace_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]

@@ -34,8 +34,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import cli
-from pipeline.errors import EXIT_CODES
 from pipeline.ops import promotion, serving, tracking
+from pipeline.project.errors import EXIT_CODES
 from tests.ops.test_register import _evaluate, booting_server, template  # noqa: F401 (fixtures)
 from tests.workspace import REPO, workspace_env
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from pipeline import dropout
+from pipeline.training import dropout
 
 
 def test_masks_drop_at_the_rate_asked_and_follow_torch_seed():

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline import indexes
 from pipeline.indexes import base as index_base
-from pipeline.indexing import exact_search, recall_at_k
+from pipeline.indexes.indexing import exact_search, recall_at_k
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import indexes, indexing
-from pipeline.indexing import exact_search, index_corpus, recall_at_k
+from pipeline import indexes
+from pipeline.indexes import indexing
+from pipeline.indexes.indexing import exact_search, index_corpus, recall_at_k
 from pipeline.scores import colbert_scores
 
 TOPICS = ["enzymes", "volcanoes", "sonnets", "tariffs", "glaciers", "neurons"]

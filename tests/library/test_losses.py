@@ -8,7 +8,8 @@ import pytest
 import torch
 from sentence_transformers.base.trainer import BaseTrainer
 
-from pipeline import checkpointing, losses, utils
+from pipeline import losses, utils
+from pipeline.training import checkpointing
 
 ANIMALS = [
     ("Which animal barks?", "Dogs bark at strangers.", "Cats purr when content."),
@@ -97,8 +98,8 @@ def test_cached_contrastive_equals_contrastive_loss_and_gradients(model) -> None
 
 def test_the_train_stage_embeds_documents_a_column_at_a_time_on_cpu_with_the_same_loss(model) -> None:
     """The stage's CPU setting (``document_forward_rows``) re-arranges the forwards, not the loss."""
-    from pipeline.config import TrainParams
-    from pipeline.training import build_loss
+    from pipeline.project.config import TrainParams
+    from pipeline.training.trainer import build_loss
 
     model.eval()
     sentence_features, _ = features(model, triplets())

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import encoding, precision
-from pipeline.config import ConfigError, load_params
-from pipeline.precision import resolve_precision
+from pipeline.models import backends as encoding
+from pipeline.models import precision
+from pipeline.models.precision import resolve_precision
+from pipeline.project.config import ConfigError, load_params
 
 TEXTS = [
     "The otter swims in cold rivers and eats fish.",

@@ -236,7 +236,7 @@ def test_utils_helpers_follow_pylate() -> None:
 
 # ---------------------------------------------------------------------------------------------- evaluation
 def test_evaluate_matches_trec_eval_on_a_graded_run() -> None:
-    from pipeline.runs import evaluate_run
+    from pipeline.project.runs import evaluate_run
 
     qrels = {"q1": {"a": 2, "b": 1, "z": 0}, "q2": {"c": 1}}
     hits = [

@@ -7,7 +7,7 @@ from datasets import Dataset
 from sentence_transformers.base.sampler import BatchSamplers, DefaultBatchSampler, NoDuplicatesBatchSampler
 from torch.utils.data import RandomSampler
 
-from pipeline.samplers import NoDuplicateQueriesBatchSampler, choose_batch_sampler, repeated_queries
+from pipeline.training.samplers import NoDuplicateQueriesBatchSampler, choose_batch_sampler, repeated_queries
 
 
 def _multi_positive_triplets() -> Dataset:

@@ -17,7 +17,7 @@ from sentence_transformers.base.trainer import BaseTrainer
 
 from pipeline import indexes, losses, rank, retrieve, scores, utils
 from pipeline.indexes import IndexFormatError, UnknownIdWarning
-from pipeline.indexing import exact_search, recall_at_k
+from pipeline.indexes.indexing import exact_search, recall_at_k
 
 
 def random_documents(n: int, dim: int = 32, seed: int = 0) -> list[np.ndarray]:

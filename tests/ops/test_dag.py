@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError
-from pipeline.layout import STAGES
 from pipeline.ops import lineage, orchestration, promotion, run_params
+from pipeline.project.config import ConfigError
+from pipeline.project.layout import STAGES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO_ROOT / "dags" / "colbert_pipeline.py"

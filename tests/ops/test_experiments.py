@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
-from pipeline.errors import PipelineError
 from pipeline.ops import experiments as exps
+from pipeline.project.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -175,7 +175,7 @@ def test_the_quality_table_comes_from_the_experiments_plus_rows_scored_outside_d
     """``--quality``: one row per experiment, system and retrieval (from DVC's metrics), PyLate's rows added
     from its result records, each compared with its dataset's dense row; an experiment without quality
     scores adds nothing, and none at all is an error."""
-    from pipeline.report import save_result
+    from pipeline.project.report import save_result
 
     dense = {"ndcg@10": 0.6451, "mrr@10": 0.6047, "recall@100": 0.925, "queries": 300}
     tuned = {"ndcg@10": 0.6865, "mrr@10": 0.6551, "recall@100": 0.916, "queries": 300}

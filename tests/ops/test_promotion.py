@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.errors import InputError
 from pipeline.ops import promotion
+from pipeline.project.errors import InputError
 
 
 def champion(value: float, benchmark: str = "b", metric: str = "ndcg") -> SimpleNamespace:

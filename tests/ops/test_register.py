@@ -16,10 +16,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline.config import Params
-from pipeline.io import atomic_write_json, read_json
-from pipeline.layout import Layout
 from pipeline.ops import lineage, promotion, registry, tracking
+from pipeline.project.config import Params
+from pipeline.project.io import atomic_write_json, read_json
+from pipeline.project.layout import Layout
 from pipeline.stages import register
 from tests.mlflow_server import MlflowServer, free_port
 
@@ -276,7 +276,7 @@ def test_champion_from_another_benchmark_is_re_evaluated_or_not_comparable(proje
     pd.concat([frame, pd.DataFrame({"_id": ["q-extra"], "text": ["Where do walruses live?"]})]).to_parquet(
         queries
     )
-    from pipeline.benchmark import evaluate_model
+    from pipeline.data.benchmark import evaluate_model
 
     actual = evaluate_model(
         str(project / "models" / "colbert"),
@@ -320,7 +320,7 @@ def test_champion_pyfunc_answers_from_its_index(project, server):
     import mlflow
 
     from pipeline import indexes, models, retrieve
-    from pipeline.precision import resolve_precision
+    from pipeline.models.precision import resolve_precision
 
     params = _params("served", k=4)
     _evaluate(project, 0.5)

@@ -21,10 +21,10 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline import training
-from pipeline.config import Params
-from pipeline.errors import EXIT_CODES, classify
 from pipeline.ops import lineage, tracking
+from pipeline.project.config import Params
+from pipeline.project.errors import EXIT_CODES, classify
+from pipeline.training import trainer as training
 from tests.mlflow_server import free_port
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, Params, check_tracked_inputs, untracked_inputs
 from pipeline.ops import versioning
+from pipeline.project.config import ConfigError, Params, check_tracked_inputs, untracked_inputs
 
 DVC = str(Path(sys.executable).parent / "dvc")
 IDENTITY = {

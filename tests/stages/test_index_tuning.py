@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from pipeline import indexes, retrieve
-from pipeline.config import Params
 from pipeline.data.corpus import read_corpus
-from pipeline.embedding_store import STORE_FOLDER
-from pipeline.indexing import exact_search, recall_at_k
-from pipeline.precision import resolve_precision
+from pipeline.indexes.embedding_store import STORE_FOLDER
+from pipeline.indexes.indexing import exact_search, recall_at_k
+from pipeline.indexes.tuning import SEARCH_SETTINGS_FILE
+from pipeline.models.precision import resolve_precision
+from pipeline.project.config import Params
 from pipeline.stages import index as index_stage
-from pipeline.tuning import SEARCH_SETTINGS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,7 +102,7 @@ def test_a_corpus_without_queries_is_tuned_on_queries_drawn_from_it(project):
 
 
 def test_a_missing_backend_is_named_before_any_work(project):
-    from pipeline.encoding import _installed
+    from pipeline.models.backends import _installed
 
     if _installed("onnxruntime") and _installed("optimum.onnxruntime"):
         pytest.skip("the onnx extra is installed here")

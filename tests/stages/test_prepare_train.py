@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from pipeline import training
-from pipeline.config import load_params
 from pipeline.data import sources
 from pipeline.data.nano import load_nano_benchmark
 from pipeline.data.readers import DataFormatError
+from pipeline.project.config import load_params
 from pipeline.stages import prepare, train
+from pipeline.training import trainer as training
 
 TINY = {
     "prepare.sample.n_train_entities": 6,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import report, runs
-from pipeline.config import ConfigError, Params, load_params
-from pipeline.report import save_result, save_training_loss, write_report
-from pipeline.runs import evaluate_run, read_trec_run, write_trec_run
+from pipeline.project import report, runs
+from pipeline.project.config import ConfigError, Params, load_params
+from pipeline.project.report import save_result, save_training_loss, write_report
+from pipeline.project.runs import evaluate_run, read_trec_run, write_trec_run
 
 REPO = Path(__file__).resolve().parents[2]
 

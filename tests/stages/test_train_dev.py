@@ -10,11 +10,11 @@ from pathlib import Path
 from datasets import Dataset
 from mlflow.tracking import MlflowClient
 
-from pipeline import training
-from pipeline.config import ConfigError, load_params
 from pipeline.data.dev_split import split_dev
-from pipeline.layout import DEV_LOSS_FILE
+from pipeline.project.config import ConfigError, load_params
+from pipeline.project.layout import DEV_LOSS_FILE
 from pipeline.stages import train
+from pipeline.training import trainer as training
 
 TOPICS = ["protein folding", "river deltas", "jazz harmony", "glacier retreat", "tax policy", "bird song"]
 

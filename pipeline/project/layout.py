@@ -7,7 +7,7 @@ each stage reads and writes (the tracking tags ``lineage.<artifact>.md5``); a te
 
 Example:
     >>> from pathlib import Path
-    >>> from pipeline.config import Params
+    >>> from pipeline.project.config import Params
     >>> layout = Layout(Params(), Path("/srv/project"))
     >>> str(layout.benchmark), str(layout.eval_metrics)
     ('/srv/project/data/prepared/eval', '/srv/project/metrics/eval.json')
@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipeline.config import Params, resolve_path
+from pipeline.project.config import Params, resolve_path
 
 #: The pipeline's stages in dependency order (what ``dvc repro`` and the Airflow DAG run).
 STAGES: tuple[str, ...] = ("prepare", "baseline", "train", "evaluate", "index", "register")

@@ -6,7 +6,7 @@ code, as BEIR does): nDCG@10 with linear gains, MRR@10 and recall at every cut-o
 a run has no answer for count as zero, so a system cannot look better by skipping hard queries.
 
 Example:
-    >>> from pipeline.runs import evaluate_run
+    >>> from pipeline.project.runs import evaluate_run
     >>> qrels = {"q1": {"d1": 1, "d2": 2}}
     >>> run = {"q1": {"d3": 3.0, "d1": 2.0, "d2": 1.0}}
     >>> scores = evaluate_run(run, qrels)

@@ -2,9 +2,9 @@
 
 PLAID keeps 4-bit residuals; reaching a recall target past their plateau needs the original vectors. The index
 stage writes them here while it encodes the corpus (float16, in the index's slot order, one chunk in memory at
-a time), and :mod:`pipeline.tuning` decides whether searches read them. On a GPU (``device="cuda"``) the store
-scores there: the GPU pass measured exact MaxSim on the GPU at 0.8x to 1.4x the QPS of tuned PLAID on BEIR
-corpora, so the tuner must time it where searches will run.
+a time), and :mod:`pipeline.indexes.tuning` decides whether searches read them. On a GPU (``device="cuda"``)
+the store scores there: the GPU pass measured exact MaxSim on the GPU at 0.8x to 1.4x the QPS of tuned PLAID
+on BEIR corpora, so the tuner must time it where searches will run.
 
 Example:
     >>> import numpy as np, tempfile
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.io import atomic_write_json
+from pipeline.project.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

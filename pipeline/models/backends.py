@@ -1,5 +1,5 @@
 """Load a ColBERT model on a chosen inference backend (``torch``, ``onnx`` or ``openvino``), encoding in
-a chosen precision (:mod:`pipeline.precision`).
+a chosen precision (:mod:`pipeline.models.precision`).
 
 sentence-transformers' ``MultiVectorEncoder`` runs its transformer through ONNX Runtime or OpenVINO when
 given ``backend=``; those need packages the default install leaves out (``sentence-transformers[onnx]`` or
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from pipeline.precision import check_precision, resolve_precision
+from pipeline.models.precision import check_precision, resolve_precision
 
 BACKENDS = ("torch", "onnx", "openvino")
 #: The modules each backend imports, and the extra that installs them.

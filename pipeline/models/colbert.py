@@ -125,7 +125,7 @@ def _in_encode_precision(encode: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: ColBERT, *args: Any, **kwargs: Any) -> Any:
         if self.encode_precision == "fp32":
             return encode(self, *args, **kwargs)
-        from pipeline.precision import encoding_precision
+        from pipeline.models.precision import encoding_precision
 
         with encoding_precision(self.encode_precision, str(self.device)):
             return _as_float32(encode(self, *args, **kwargs))
@@ -163,8 +163,8 @@ class ColBERT(MultiVectorEncoder):
 
     For a ColBERT checkpoint the saved settings are kept; only the arguments given explicitly override them.
 
-    ``encode_precision`` (``"fp32"``, or ``"bf16"``: autocast, see :mod:`pipeline.precision`) is how
-    :meth:`encode` runs; :func:`pipeline.encoding.load_model` sets it from ``index.precision``.
+    ``encode_precision`` (``"fp32"``, or ``"bf16"``: autocast, see :mod:`pipeline.models.precision`) is how
+    :meth:`encode` runs; :func:`pipeline.models.backends.load_model` sets it from ``index.precision``.
 
     Example:
         >>> from pipeline import models
@@ -448,7 +448,7 @@ class ColBERT(MultiVectorEncoder):
             protected_tokens: Leading tokens never pooled (default 1, the ``[CLS]``).
             output_value: ``"token_embeddings"`` (the scored tokens of each text), or ``None`` for PyLate's
                 dict of every position's ``token_embeddings``, ``input_ids``, ``attention_mask`` and
-                ``masks`` (see :mod:`pipeline.token_outputs`).
+                ``masks`` (see :mod:`pipeline.models.token_outputs`).
 
         Returns:
             One ``(tokens, embedding_size)`` array per text, in the input's shape; with ``output_value=None``
@@ -534,7 +534,7 @@ class ColBERT(MultiVectorEncoder):
         self, sentences: Any, output_value: str | None, options: dict[str, Any]
     ) -> Any:
         """``encode`` with PyLate's ``padding=True`` or ``output_value=None`` (see ``token_outputs``)."""
-        from pipeline.token_outputs import convert, encode_token_outputs, pad_outputs
+        from pipeline.models.token_outputs import convert, encode_token_outputs, pad_outputs
 
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)

@@ -2,7 +2,7 @@
 
 Example:
     >>> import tempfile, pathlib
-    >>> from pipeline.io import atomic_write_json, read_json
+    >>> from pipeline.project.io import atomic_write_json, read_json
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "metrics.json"
     >>> atomic_write_json(path, {"ndcg@10": 0.5})
     >>> read_json(path)

@@ -16,7 +16,7 @@ Two entries sit in the index folder beside its version folders (so their names n
   measured on (a later write to the index makes them stale: they are then ignored, with a warning);
 - ``embeddings/``: an :class:`EmbeddingStore`, the documents' token embeddings in float16, in slot order.
 
-Example (the store's own example is in :mod:`pipeline.embedding_store`):
+Example (the store's own example is in :mod:`pipeline.indexes.embedding_store`):
     >>> [SearchSettings(mode="exact").needs_store, SearchSettings(rerank=32).needs_store]
     [True, True]
     >>> SearchSettings().needs_store  # plain PLAID reads only its own compressed index
@@ -41,14 +41,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pipeline.embedding_store import (  # noqa: F401  (part of this module's API: the store it tunes over)
+from pipeline.indexes.embedding_store import (  # noqa: F401  (part of this module's API: the store it tunes over)
     STORE_FOLDER,
     EmbeddingStore,
     EmbeddingStoreWriter,
     Hits,
     open_store,
 )
-from pipeline.io import atomic_write_json
+from pipeline.project.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

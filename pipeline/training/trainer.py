@@ -20,7 +20,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from pipeline.config import TrainParams
+from pipeline.project.config import TrainParams
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def build_trainer(
 ) -> Any:
     """The stage's trainer: its arguments, batch sampler, dev split and callbacks (the bench times this).
 
-    The model's dropout becomes :mod:`pipeline.dropout`'s (in place): the same masks' distribution,
+    The model's dropout becomes :mod:`pipeline.training.dropout`'s (in place): the same masks' distribution,
     drawn faster on CPU.
 
     With ``train.dev_fraction`` > 0 a share of the training queries becomes a dev split: the dev loss is
@@ -119,9 +119,10 @@ def build_trainer(
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from transformers import EarlyStoppingCallback
 
-    from pipeline import samplers, utils
+    from pipeline import utils
     from pipeline.data.dev_split import split_dev
-    from pipeline.dropout import use_cheap_dropout
+    from pipeline.training import samplers
+    from pipeline.training.dropout import use_cheap_dropout
 
     dev = None
     if config.dev_fraction > 0:

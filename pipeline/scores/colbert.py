@@ -22,18 +22,14 @@ from sentence_transformers.multi_vector_encoder.scoring import colbert_kd_scores
 from sentence_transformers.util.similarity import maxsim, maxsim_pairwise
 
 from pipeline.utils import convert_to_tensor
-from pipeline.xtr import XTRKDScores, XTRScores, xtr_kd_scores, xtr_scores
 
 __all__ = [
     "ColBERTScores",
     "SimilarityFunction",
-    "XTRKDScores",
-    "XTRScores",
+    "as_tensors",
     "colbert_kd_scores",
     "colbert_scores",
     "colbert_scores_pairwise",
-    "xtr_kd_scores",
-    "xtr_scores",
 ]
 
 EmbeddingsLike = Sequence[np.ndarray] | Sequence[torch.Tensor] | np.ndarray | torch.Tensor

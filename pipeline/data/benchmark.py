@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from pipeline.errors import InputError
+from pipeline.project.errors import InputError
 
 #: The metric the pipeline reports first and promotes on by default (``register.metric``).
 PRIMARY_METRIC = "NanoBEIR_mean_MaxSim_ndcg@10"

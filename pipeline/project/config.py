@@ -7,13 +7,13 @@ wrong types and missing input paths are errors that name the key (``train.learni
 traceback from deep inside a stage.
 
 Example:
-    >>> from pipeline.config import Params
+    >>> from pipeline.project.config import Params
     >>> params = Params.model_validate({"train": {"epochs": 2}})
     >>> params.train.epochs, params.prepare.source
     (2, 'sample')
     >>> Params.model_validate({"train": {"epochs": "two"}})  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
-    pipeline.config.ConfigError: params.yaml: train.epochs: Input should be a valid integer
+    pipeline.project.config.ConfigError: params.yaml: train.epochs: Input should be a valid integer
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import InputError
+from pipeline.project.errors import InputError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
@@ -495,7 +495,7 @@ def resolve_path(value: str | os.PathLike[str], base: Path) -> Path:
 
 def write_params(params: Params | dict[str, Any], path: str | os.PathLike[str] = DEFAULT_PARAMS_FILE) -> None:
     """Write params atomically (temp file + rename), so a reader never sees half a file."""
-    from pipeline.io import atomic_write_text
+    from pipeline.project.io import atomic_write_text
 
     data = params.model_dump(mode="json") if isinstance(params, Params) else params
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

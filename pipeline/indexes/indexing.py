@@ -7,7 +7,7 @@ is in (a crash half-way leaves the previous index). :func:`exact_search` is the 
 
 Example:
     >>> import numpy as np
-    >>> from pipeline.indexing import exact_search, recall_at_k
+    >>> from pipeline.indexes.indexing import exact_search, recall_at_k
     >>> docs = [np.eye(3, dtype="float32")[:1], np.eye(3, dtype="float32")[1:]]
     >>> reference = exact_search([np.eye(3, dtype="float32")[1:2]], docs, ["a", "b"], k=1)
     >>> reference

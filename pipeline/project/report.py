@@ -11,7 +11,7 @@ can re-score with trec_eval). A training curve, when there is one, is ``<system>
 
 Example:
     >>> import tempfile, pathlib
-    >>> from pipeline.report import save_result, write_report
+    >>> from pipeline.project.report import save_result, write_report
     >>> out = pathlib.Path(tempfile.mkdtemp())
     >>> qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
     >>> run = {"q1": {"d1": 2.0, "d2": 1.0}, "q2": {"d1": 2.0, "d2": 1.0}}
@@ -34,8 +34,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.io import atomic_save_figure, atomic_write_json, atomic_write_text, read_json
-from pipeline.runs import Run, evaluate_run, write_trec_run
+from pipeline.project.io import atomic_save_figure, atomic_write_json, atomic_write_text, read_json
+from pipeline.project.runs import Run, evaluate_run, write_trec_run
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def save_result(
         retrieval: ``cosine``, ``plaid`` or ``exact`` (how the run was retrieved).
         run: Query id -> document id -> score, at least 100 deep for recall@100.
         qrels: The judgements the run is scored against.
-        ignore_identical_ids: See :func:`pipeline.runs.evaluate_run`.
+        ignore_identical_ids: See :func:`pipeline.project.runs.evaluate_run`.
         details: Anything worth keeping beside the metrics: the model, timings, training settings.
 
     Returns:
