@@ -66,7 +66,7 @@ def _stage(project: Path, stage: str, limit_bytes: int | None = None) -> tuple[i
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", stage, "--params", str(project / "params.yaml")],
+        [sys.executable, "-m", "pipeline", stage, "--params", str(project / "params.yaml")],
         cwd=project,
         env=env,
         capture_output=True,

@@ -342,7 +342,7 @@ def test_quality_stage_checks_the_model_before_loading_anything(tmp_path):
 
 def test_cli_report_without_results_is_one_line_and_exit_2(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "report", "--params", str(tmp_path / "params.yaml")],
+        [sys.executable, "-m", "pipeline", "report", "--params", str(tmp_path / "params.yaml")],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -1,0 +1,76 @@
+"""The ``colbert-pipeline`` command line: one module per group of commands, each handler thin.
+
+The work lives in ``stages/`` and ``ops/``; a handler parses, calls it and prints. Each module's
+``add_commands`` adds its subcommands; handlers import what they need when they run, so a stage process
+(``colbert-pipeline <stage>``) imports only the stage's own code (``colbert-pipeline dvc-deps`` lists it).
+
+Example:
+    $ colbert-pipeline prepare                     # one stage, as dvc.yaml runs it, configured by params.yaml
+    $ colbert-pipeline train --set train.epochs=2  # with an override, validated like params.yaml
+    $ colbert-pipeline validate                    # check params.yaml and print the resolved settings
+    $ colbert-pipeline quality --config configs/scifact.yaml  # score systems on SciFact's full test set
+    $ colbert-pipeline report                      # reports/quality.md and plots from every scored result
+    $ colbert-pipeline demo                        # encode a few texts with the offline model and rerank them
+    $ colbert-pipeline search "who wrote Dune?"    # top hits from the registry's champion and its index
+    $ colbert-pipeline status                      # the champion: version, metrics, data/model/index hashes
+    $ colbert-pipeline reproduce champion --into /tmp/champion   # its run's checkout, pulled and verified
+    $ colbert-pipeline experiments                 # DVC experiments: differing params and nDCG@10
+    $ colbert-pipeline dvc-deps --check            # are dvc.yaml's code dependencies current?
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from pipeline.cli import experiments, registry, stages, tools
+from pipeline.project.errors import EXIT_CODES, classify
+
+# The CLI is offline unless the user says otherwise: the default model ships with the package.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DESCRIPTION = "Fine-tune, evaluate, index and ship ColBERT models: pipeline stages, registry, experiments."
+#: The command groups, in the order ``--help`` lists them.
+GROUPS = (tools, stages, registry, experiments)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="colbert-pipeline", description=DESCRIPTION)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for group in GROUPS:
+        group.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except Exception as error:
+        kind = classify(error)
+        if kind == "internal":  # a crash: the traceback is what a developer needs
+            logging.getLogger("pipeline.cli").exception("colbert-pipeline %s crashed", args.command)
+        else:  # bad input or a failing service: one line that names the cause
+            label = "error" if kind == "input" else "unavailable"
+            print(f"colbert-pipeline {args.command}: {label}: {error}", file=sys.stderr)
+        stages.write_result(
+            {
+                "stage": args.command,
+                "ok": False,
+                "kind": kind,
+                "exit_code": EXIT_CODES[kind],
+                "message": f"{type(error).__name__}: {error}",
+            }
+        )
+        return EXIT_CODES[kind]
