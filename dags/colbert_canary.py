@@ -12,18 +12,15 @@ The logic lives in ``pipeline.ops.canary``. Settings: ``COLBERT_PIPELINE_WORKSPA
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Variable, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pipeline.ops import canary, orchestration
-
-#: The asset ``dags/colbert_pipeline.py`` emits from its ``promote`` task (same name and URI).
-CHAMPION = Asset(name="colbert_champion", uri="x-colbert-pipeline://registry/champion")
+from pipeline.ops.dag_shared import CHAMPION, lookup
 
 
 @dag(
@@ -41,9 +38,6 @@ def colbert_canary() -> None:
 
     @task(execution_timeout=timedelta(minutes=30))
     def probe_champion() -> dict[str, Any]:
-        def lookup(name: str) -> str | None:
-            return Variable.get(name, default=None) or os.environ.get(name)
-
         # The pipeline's promote task puts the registered model's name on the event (a run's Params may
         # have named another model than the workspace's params.yaml, which is restored after the run).
         events = get_current_context().get("triggering_asset_events") or {}

@@ -32,10 +32,11 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param, Variable, chain, dag, get_current_context, task
+from airflow.sdk import Asset, Param, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pipeline.ops import orchestration
+from pipeline.ops.dag_shared import CHAMPION, lookup
 from pipeline.project.config import ConfigError, check_tracked_inputs, load_params, read_params_file
 from pipeline.project.layout import STAGES
 
@@ -69,7 +70,6 @@ STAGE_TIMEOUTS = {
 PREPARED_DATA = Asset(name="colbert_prepared_data", uri="x-colbert-pipeline://data/prepared")
 MODEL = Asset(name="colbert_model", uri="x-colbert-pipeline://models/colbert")
 INDEX = Asset(name="colbert_index", uri="x-colbert-pipeline://indexes")
-CHAMPION = Asset(name="colbert_champion", uri="x-colbert-pipeline://registry/champion")
 STAGE_OUTLETS = {"prepare": [PREPARED_DATA], "train": [MODEL], "index": [INDEX]}
 
 DEFAULT_ARGS: dict[str, Any] = {
@@ -85,10 +85,6 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 def _settings() -> orchestration.Settings:
     """Resolve settings at run time: an Airflow Variable wins over the worker's environment."""
-
-    def lookup(name: str) -> str | None:
-        return Variable.get(name, default=None) or os.environ.get(name)
-
     try:
         return orchestration.Settings.resolve(lookup)
     except orchestration.OrchestrationError as error:
@@ -164,6 +160,137 @@ def _stage_task(stage: str):
     return run
 
 
+#: The Params a run can be triggered with (``airflow dags trigger --conf``); each maps to a params.yaml key.
+DAG_PARAMS = {
+    "base_model": Param(None, type=["null", "string"], description="train.base_model: a folder or Hub id"),
+    "data_source": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, "sample", "triplets", "kd", "beir"],
+        description="prepare.source",
+    ),
+    "data_path": Param(
+        None,
+        type=["null", "string"],
+        description="prepare.triplets.path or prepare.beir.folder (for the chosen source)",
+    ),
+    "epochs": Param(None, type=["null", "integer"], minimum=1, description="train.epochs"),
+    "promotion_margin": Param(None, type=["null", "number"], minimum=0, description="register.margin"),
+    "overrides": Param(
+        {},
+        type="object",
+        description='any other params.yaml keys, dotted: {"train.max_steps": 100}',
+    ),
+}
+
+
+@task(pool=DVC_POOL)
+def validate_params() -> dict[str, Any]:
+    """Validate this run's Params against params.yaml; write changed keys into it for DVC to see."""
+    context = get_current_context()
+    settings = _settings()
+    try:
+        current = read_params_file(settings.params_path)
+        source = (current.get("prepare") or {}).get("source", "sample")
+        overrides = orchestration.overrides_from_dag_params(context["params"], source)
+        if settings.runner == "dvc":  # an input DVC does not watch would never re-run anything
+            check_tracked_inputs(load_params(settings.params_path, overrides), settings.workspace)
+        update = orchestration.apply_run_overrides(settings.params_path, overrides, run_key=context["run_id"])
+    except ConfigError as error:  # names the key; retrying cannot fix it
+        raise AirflowFailException(str(error)) from None
+    return update.as_xcom()
+
+
+@task
+def start_mlflow_run(params_update: dict[str, Any]) -> str:
+    """Create the MLflow parent run of this DAG run; every stage's run becomes its child."""
+    context = get_current_context()
+    return orchestration.start_parent_run(
+        _settings(),
+        dag_id=context["dag"].dag_id,
+        run_id=context["run_id"],
+        tags={"params_sha256": params_update["sha256"], "overrides": ",".join(params_update["changed"])},
+    )
+
+
+@task(pool=DVC_POOL, on_failure_callback=_restore_params_and_fail_parent)
+def record_run(params_update: dict[str, Any], register_result: dict[str, Any]) -> dict[str, Any]:
+    """Push outputs, commit params.yaml + dvc.lock to this run's ref, tag the version; restore params."""
+    context = get_current_context()
+    settings = _settings()
+    _reapply_run_params(params_update)  # the ref must hold the params this run ran with
+    version = None if register_result.get("skipped") else orchestration.read_registry(settings).version
+    record = orchestration.record_run(settings, context["run_id"], version)
+    # Scheduled runs use the configured defaults: this run's Params live on in its ref, not here.
+    record["params_restored"] = orchestration.restore_params(params_update)
+    logger.info("run recorded: %s", record)
+    return record
+
+
+@task.branch
+def decide_promotion(register_result: dict[str, Any]) -> str:
+    """Read metrics/registry.json: promote when the register stage moved ``champion``."""
+    if register_result.get("skipped"):
+        # DVC skipped register: no new version exists, and registry.json is the last run's decision.
+        logger.info("promotion decision: KEEP CHAMPION: register was unchanged, no new model version")
+        return "keep_champion"
+    settings = _settings()
+    try:
+        decision = orchestration.read_registry(settings)
+    except (OSError, ValueError) as error:
+        raise AirflowFailException(str(error)) from None
+    logger.info(
+        "promotion decision: %s (version %s): %s",
+        "PROMOTE" if decision.promoted else "KEEP CHAMPION",
+        decision.version,
+        decision.reason,
+    )
+    return "promote" if decision.promoted else "keep_champion"
+
+
+def _finish(parent_run_id: str, register_result: dict[str, Any], outcome: str) -> dict[str, Any]:
+    settings = _settings()
+    if register_result.get("skipped"):
+        version, reason = None, "register unchanged (DVC skipped it): no new model version"
+        model_name = None
+    else:
+        decision = orchestration.read_registry(settings)
+        version, reason, model_name = decision.version, decision.reason, decision.model_name
+    orchestration.finish_parent_run(
+        settings,
+        parent_run_id,
+        "FINISHED",
+        {"promotion": outcome, "registry_version": version or "", "promotion_reason": reason},
+    )
+    return {
+        "outcome": outcome,
+        "version": version,
+        "model_name": model_name,
+        "mlflow_run_id": parent_run_id,
+    }
+
+
+@task(outlets=[CHAMPION])
+def promote(parent_run_id: str, register_result: dict[str, Any]) -> dict[str, Any]:
+    """The new model version is the champion: emit the champion asset for downstream DAGs."""
+    result = _finish(parent_run_id, register_result, "promoted")
+    # The model's name travels with the event: the workspace's params.yaml is back to its defaults by now.
+    get_current_context()["outlet_events"][CHAMPION].extra = {
+        "version": result["version"],
+        "model_name": result["model_name"],
+    }
+    logger.info("champion is now version %s", result["version"])
+    return result
+
+
+@task
+def keep_champion(parent_run_id: str, register_result: dict[str, Any]) -> dict[str, Any]:
+    """No new champion (the challenger did not beat it by the margin, or nothing changed)."""
+    result = _finish(parent_run_id, register_result, "kept")
+    logger.info("champion unchanged; this run's challenger: %s", result["version"] or "none")
+    return result
+
+
 @dag(
     dag_id=DAG_ID,
     schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
@@ -173,135 +300,10 @@ def _stage_task(stage: str):
     default_args=DEFAULT_ARGS,
     tags=["colbert", "mlops", "dvc", "mlflow"],
     doc_md=__doc__,
-    params={
-        "base_model": Param(
-            None, type=["null", "string"], description="train.base_model: a folder or Hub id"
-        ),
-        "data_source": Param(
-            None,
-            type=["null", "string"],
-            enum=[None, "sample", "triplets", "kd", "beir"],
-            description="prepare.source",
-        ),
-        "data_path": Param(
-            None,
-            type=["null", "string"],
-            description="prepare.triplets.path or prepare.beir.folder (for the chosen source)",
-        ),
-        "epochs": Param(None, type=["null", "integer"], minimum=1, description="train.epochs"),
-        "promotion_margin": Param(None, type=["null", "number"], minimum=0, description="register.margin"),
-        "overrides": Param(
-            {},
-            type="object",
-            description='any other params.yaml keys, dotted: {"train.max_steps": 100}',
-        ),
-    },
+    params=DAG_PARAMS,
 )
 def colbert_pipeline() -> None:
     """Fine-tune, evaluate, index and register a ColBERT model; promote it when it beats the champion."""
-
-    @task(pool=DVC_POOL)
-    def validate_params() -> dict[str, Any]:
-        """Validate this run's Params against params.yaml; write changed keys into it for DVC to see."""
-        context = get_current_context()
-        settings = _settings()
-        try:
-            current = read_params_file(settings.params_path)
-            source = (current.get("prepare") or {}).get("source", "sample")
-            overrides = orchestration.overrides_from_dag_params(context["params"], source)
-            if settings.runner == "dvc":  # an input DVC does not watch would never re-run anything
-                check_tracked_inputs(load_params(settings.params_path, overrides), settings.workspace)
-            update = orchestration.apply_run_overrides(
-                settings.params_path, overrides, run_key=context["run_id"]
-            )
-        except ConfigError as error:  # names the key; retrying cannot fix it
-            raise AirflowFailException(str(error)) from None
-        return update.as_xcom()
-
-    @task
-    def start_mlflow_run(params_update: dict[str, Any]) -> str:
-        """Create the MLflow parent run of this DAG run; every stage's run becomes its child."""
-        context = get_current_context()
-        return orchestration.start_parent_run(
-            _settings(),
-            dag_id=context["dag"].dag_id,
-            run_id=context["run_id"],
-            tags={"params_sha256": params_update["sha256"], "overrides": ",".join(params_update["changed"])},
-        )
-
-    @task(pool=DVC_POOL, on_failure_callback=_restore_params_and_fail_parent)
-    def record_run(params_update: dict[str, Any], register_result: dict[str, Any]) -> dict[str, Any]:
-        """Push outputs, commit params.yaml + dvc.lock to this run's ref, tag the version; restore params."""
-        context = get_current_context()
-        settings = _settings()
-        _reapply_run_params(params_update)  # the ref must hold the params this run ran with
-        version = None if register_result.get("skipped") else orchestration.read_registry(settings).version
-        record = orchestration.record_run(settings, context["run_id"], version)
-        # Scheduled runs use the configured defaults: this run's Params live on in its ref, not here.
-        record["params_restored"] = orchestration.restore_params(params_update)
-        logger.info("run recorded: %s", record)
-        return record
-
-    @task.branch
-    def decide_promotion(register_result: dict[str, Any]) -> str:
-        """Read metrics/registry.json: promote when the register stage moved ``champion``."""
-        if register_result.get("skipped"):
-            # DVC skipped register: no new version exists, and registry.json is the last run's decision.
-            logger.info("promotion decision: KEEP CHAMPION: register was unchanged, no new model version")
-            return "keep_champion"
-        settings = _settings()
-        try:
-            decision = orchestration.read_registry(settings)
-        except (OSError, ValueError) as error:
-            raise AirflowFailException(str(error)) from None
-        logger.info(
-            "promotion decision: %s (version %s): %s",
-            "PROMOTE" if decision.promoted else "KEEP CHAMPION",
-            decision.version,
-            decision.reason,
-        )
-        return "promote" if decision.promoted else "keep_champion"
-
-    def _finish(parent_run_id: str, register_result: dict[str, Any], outcome: str) -> dict[str, Any]:
-        settings = _settings()
-        if register_result.get("skipped"):
-            version, reason = None, "register unchanged (DVC skipped it): no new model version"
-            model_name = None
-        else:
-            decision = orchestration.read_registry(settings)
-            version, reason, model_name = decision.version, decision.reason, decision.model_name
-        orchestration.finish_parent_run(
-            settings,
-            parent_run_id,
-            "FINISHED",
-            {"promotion": outcome, "registry_version": version or "", "promotion_reason": reason},
-        )
-        return {
-            "outcome": outcome,
-            "version": version,
-            "model_name": model_name,
-            "mlflow_run_id": parent_run_id,
-        }
-
-    @task(outlets=[CHAMPION])
-    def promote(parent_run_id: str, register_result: dict[str, Any]) -> dict[str, Any]:
-        """The new model version is the champion: emit the champion asset for downstream DAGs."""
-        result = _finish(parent_run_id, register_result, "promoted")
-        # The model's name travels with the event: the workspace's params.yaml is back to its defaults by now.
-        get_current_context()["outlet_events"][CHAMPION].extra = {
-            "version": result["version"],
-            "model_name": result["model_name"],
-        }
-        logger.info("champion is now version %s", result["version"])
-        return result
-
-    @task
-    def keep_champion(parent_run_id: str, register_result: dict[str, Any]) -> dict[str, Any]:
-        """No new champion (the challenger did not beat it by the margin, or nothing changed)."""
-        result = _finish(parent_run_id, register_result, "kept")
-        logger.info("champion unchanged; this run's challenger: %s", result["version"] or "none")
-        return result
-
     params_update = validate_params()
     parent_run_id = start_mlflow_run(params_update)
     previous = None

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.project.errors import InputError
+
+if TYPE_CHECKING:
+    from pipeline.data.beir import BeirData
 
 #: The metric the pipeline reports first and promotes on by default (``register.metric``).
 PRIMARY_METRIC = "NanoBEIR_mean_MaxSim_ndcg@10"
@@ -45,3 +49,19 @@ def evaluate_model(
             f"evaluation of {model_path} gave no finite {bad or PRIMARY_METRIC}: refusing to write metrics"
         )
     return metrics
+
+
+def load_prepared_benchmarks(folder: Path) -> dict[str, BeirData]:
+    """Every benchmark the prepare stage wrote to ``folder``, by name, in name order.
+
+    The one place the stages, the registry and the canary read the prepared benchmark from.
+
+    Raises:
+        InputError: ``folder`` holds no benchmark (the prepare stage has not run).
+    """
+    from pipeline.data.nano import list_nano_benchmarks, load_nano_benchmark
+
+    names = list_nano_benchmarks(folder) if Path(folder).is_dir() else []
+    if not names:
+        raise InputError(f"{folder}: no prepared benchmark (run the prepare stage first)")
+    return {name: load_nano_benchmark(folder, name) for name in names}

@@ -36,18 +36,15 @@ def read_corpus(path: Path) -> Iterator[tuple[str, str]]:
 
 def corpus_for(params: Params, project: Path) -> tuple[list[str], list[str], str]:
     """The ids, texts and a description of the corpus to index."""
-    from pipeline.data.nano import list_nano_benchmarks, load_nano_benchmark
+    from pipeline.data.benchmark import load_prepared_benchmarks
 
     if params.index.corpus:
         source = resolve_path(params.index.corpus, project)
         pairs = list(read_corpus(source))
     else:
-        benchmark = Layout(params, project).benchmark
-        names = list_nano_benchmarks(benchmark)
-        if not names:
-            raise FileNotFoundError(f"{benchmark}: no benchmark to index (run the prepare stage first)")
-        source = benchmark
-        pairs = [pair for name in names for pair in load_nano_benchmark(benchmark, name).corpus.items()]
+        source = Layout(params, project).benchmark
+        benchmarks = load_prepared_benchmarks(source)
+        pairs = [pair for data in benchmarks.values() for pair in data.corpus.items()]
     if not pairs:
         raise ValueError(f"{source}: the corpus to index is empty")
     ids, texts = zip(*pairs, strict=True)

@@ -58,9 +58,11 @@ CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".lock"
 MANIFEST_FILE = "manifest.json"
 DOCUMENTS_FILE = "documents.json"
-#: Beside the versions (see :mod:`pipeline.indexes.tuning`): tuned search settings and
-#: full-precision embeddings.
-_SIDECARS = (SEARCH_SETTINGS_FILE, STORE_FOLDER)
+#: The texts of the indexed documents, written by the index stage for the served model to answer with.
+TEXTS_FILE = "texts.jsonl"
+#: Beside the versions (see :mod:`pipeline.indexes.tuning`): tuned search settings, full-precision
+#: embeddings and the documents' texts.
+_SIDECARS = (SEARCH_SETTINGS_FILE, STORE_FOLDER, TEXTS_FILE)
 #: ``v000001``; folders written before names became deterministic also carry a random ``-3fa2c1d0`` suffix.
 _VERSION_RE = re.compile(r"^v(\d{6})(?:-[0-9a-f]{8})?$")
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.ops import tracking
+
 logger = logging.getLogger(__name__)
 
 EXPERIMENT = "colbert-canary"
@@ -52,21 +54,21 @@ class CanarySet:
 
 def canary_set(workspace: Path, n: int = DEFAULT_QUERIES, params_file: str = "params.yaml") -> CanarySet:
     """The first ``n`` queries (by id) with relevant documents of the workspace's prepared benchmark."""
-    from pipeline.data.nano import list_nano_benchmarks, load_nano_benchmark
+    from pipeline.data.benchmark import load_prepared_benchmarks
     from pipeline.project.config import load_params
+    from pipeline.project.errors import InputError
+    from pipeline.project.layout import Layout
 
-    params = load_params(workspace / params_file)
-    folder = Path(params.prepare.output)
-    folder = (folder if folder.is_absolute() else workspace / folder) / "eval"
-    names = list_nano_benchmarks(folder) if folder.is_dir() else []
-    if not names:
-        raise CanaryFailed(f"{folder}: no prepared benchmark to take canary queries from")
-    data = load_nano_benchmark(folder, names[0])
+    folder = Layout(load_params(workspace / params_file), workspace).benchmark
+    try:
+        name, data = next(iter(load_prepared_benchmarks(folder).items()))
+    except InputError as error:
+        raise CanaryFailed(f"{error}: no canary queries to take") from None
     chosen = [qid for qid in sorted(data.queries) if data.qrels.get(qid)][:n]
     if not chosen:
-        raise CanaryFailed(f"{folder}/{names[0]}: no query has a relevant document")
+        raise CanaryFailed(f"{folder}/{name}: no query has a relevant document")
     return CanarySet(
-        benchmark=names[0],
+        benchmark=name,
         queries={qid: data.queries[qid] for qid in chosen},
         qrels={qid: data.qrels[qid] for qid in chosen},
     )
@@ -182,9 +184,7 @@ def run_canary(
             }
         )
         for prefix, numbers in (("new", new), ("previous", old)):
-            for key, value in (numbers or {}).items():
-                if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
-                    mlflow.log_metric(f"{prefix}_{key}", float(value))
+            tracking.log_numbers(numbers or {}, prefix=f"{prefix}_")
         mlflow.log_dict(result, "canary.json")
     if new["errors"] or new["answered"] < new["queries"]:
         raise CanaryFailed(

@@ -23,6 +23,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,6 @@ def check_index_matches_model(client: Any, experiment: str, lineage: Mapping[str
 
 def register_and_promote(
     params: Params,
-    project: Path,
     metrics: Mapping[str, float],
     lineage: Mapping[str, str],
     model_dir: Path,
@@ -191,110 +191,157 @@ def register_and_promote(
     from mlflow import MlflowClient
 
     config = params.register
-    name, metric, margin = config.model_name, config.metric, config.margin
+    name, metric = config.model_name, config.metric
     value = float(metrics[metric])
-    benchmark = lineage.get("lineage.data_eval.md5")
-    uri = mlflow.get_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
     run = mlflow.active_run()
     run_id = run.info.run_id if run else None
-
     encoded_with = check_index_matches_model(client, params.tracking.experiment, lineage)
 
     # 1. Decide, before anything is written.
+    plan = _plan(client, config, metrics, lineage, reevaluate)
+
+    # 2. Log the served model (upload only: no version exists yet), then create the version with its tags.
+    if plan.existing is not None:
+        version = plan.existing
+        logger.info("registry: %s v%s already holds this model, index and evaluation", name, version.version)
+    else:
+        info = (log_model or (lambda: _log_default(params, model_dir, index_dir)))()
+        tags = _version_tags(plan, metrics, lineage, encoded_with, run_id)
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
+        logger.info("registry: created %s v%s from %s", name, version.version, info.model_uri)
+
+    # 3. Aliases. A failure here removes the version this call created: no half-registered version.
+    _set_aliases(client, plan, str(version.version))
+    _link_index_run(client, params.tracking.experiment, lineage, name, str(version.version))
+    return Decision(
+        model_name=name,
+        version=str(version.version),
+        promoted=plan.promote,
+        reason=plan.reason,
+        metric=metric,
+        value=value,
+        margin=config.margin,
+        benchmark=plan.benchmark,
+        comparison=plan.comparison,
+        champion_before=plan.champion_before,
+        champion_value=plan.champion_value,
+        champion_benchmark=plan.champion_benchmark,
+        champion_after=str(version.version) if plan.promote else plan.champion_before,
+        model_uri=f"models:/{name}/{version.version}",
+        run_id=run_id,
+        reused_version=plan.existing is not None,
+        lineage=dict(lineage),
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What registering will do, decided before anything is written."""
+
+    name: str
+    metric: str
+    value: float
+    benchmark: str | None
+    key: str
+    existing: Any
+    promote: bool
+    comparison: str
+    reason: str
+    champion_value: float | None
+    champion_before: str | None
+    challenger_before: str | None
+    champion_benchmark: str | None
+
+
+def _plan(
+    client: Any,
+    config: Any,
+    metrics: Mapping[str, float],
+    lineage: Mapping[str, str],
+    reevaluate: Reevaluate | None,
+) -> _Plan:
+    name, metric = config.model_name, config.metric
+    value = float(metrics[metric])
+    benchmark = lineage.get("lineage.data_eval.md5")
     champion = _alias(client, name, CHAMPION)
-    champion_before = str(champion.version) if champion else None
     challenger = _alias(client, name, CHALLENGER)
     challenger_before = str(challenger.version) if challenger else None
     key = registration_key(lineage, metrics, metric)
     existing = _find_registered(client, name, key)
     _remove_unfinished(client, name, challenger_before, keep=existing)
-    champion_benchmark = (champion.tags or {}).get(BENCHMARK_TAG) if champion else None
     promote, comparison, reason, champion_value = decide(
-        value, metric, margin, benchmark, champion, existing, reevaluate
+        value, metric, config.margin, benchmark, champion, existing, reevaluate
     )
     if comparison == "re_evaluated" and champion_value is not None and benchmark:
         tag = reeval_tag(benchmark, metric)
         if (champion.tags or {}).get(tag) is None:
             client.set_model_version_tag(name, champion.version, tag, str(champion_value))
+    return _Plan(
+        name=name,
+        metric=metric,
+        value=value,
+        benchmark=benchmark,
+        key=key,
+        existing=existing,
+        promote=promote,
+        comparison=comparison,
+        reason=reason,
+        champion_value=champion_value,
+        champion_before=str(champion.version) if champion else None,
+        challenger_before=challenger_before,
+        champion_benchmark=(champion.tags or {}).get(BENCHMARK_TAG) if champion else None,
+    )
 
-    # 2. Log the served model (upload only: no version exists yet), then create the version with its tags.
+
+def _version_tags(
+    plan: _Plan,
+    metrics: Mapping[str, float],
+    lineage: Mapping[str, str],
+    encoded_with: str | None,
+    run_id: str | None,
+) -> dict[str, str]:
     tags = {
         **{k: str(v) for k, v in lineage.items() if not k.startswith("mlflow.")},
-        BENCHMARK_TAG: benchmark or "unknown",
-        METRIC_NAME_TAG: metric,
-        METRIC_VALUE_TAG: repr(value),
+        BENCHMARK_TAG: plan.benchmark or "unknown",
+        METRIC_NAME_TAG: plan.metric,
+        METRIC_VALUE_TAG: repr(plan.value),
         EVAL_METRICS_TAG: json.dumps(dict(sorted(metrics.items())))[:90_000],
-        IDENTITY_TAG: key,
-        "promotion.decision": "promoted" if promote else "not promoted",
-        "promotion.reason": reason[:5000],
-        "promotion.champion_before": champion_before or "none",
+        IDENTITY_TAG: plan.key,
+        "promotion.decision": "promoted" if plan.promote else "not promoted",
+        "promotion.reason": plan.reason[:5000],
+        "promotion.champion_before": plan.champion_before or "none",
     }
     if encoded_with:
         tags["lineage.index.encoded_with_model.md5"] = encoded_with
     if run_id:
         tags["mlflow_run_id"] = run_id
-    reused = existing is not None
-    if existing is not None:
-        version = existing
-        logger.info("registry: %s v%s already holds this model, index and evaluation", name, version.version)
-    else:
-        info = (log_model or (lambda: _log_default(params, model_dir, index_dir, project)))()
-        version = mlflow.register_model(info.model_uri, name, tags=tags)
-        logger.info("registry: created %s v%s from %s", name, version.version, info.model_uri)
+    return tags
 
-    # 3. Aliases. A failure here removes the version this call created: no half-registered version.
+
+def _set_aliases(client: Any, plan: _Plan, version: str) -> None:
+    """Challenger always, champion when promoted; on failure a version this call created is removed."""
     try:
-        client.set_registered_model_alias(name, CHALLENGER, version.version)
-        if promote:
-            client.set_registered_model_alias(name, CHAMPION, version.version)
+        client.set_registered_model_alias(plan.name, CHALLENGER, version)
+        if plan.promote:
+            client.set_registered_model_alias(plan.name, CHAMPION, version)
     except Exception as error:
+        reused = plan.existing is not None
         if not reused:
-            before = {CHAMPION: champion_before, CHALLENGER: challenger_before}
-            _rollback(client, name, str(version.version), before)
+            before = {CHAMPION: plan.champion_before, CHALLENGER: plan.challenger_before}
+            _rollback(client, plan.name, version, before)
         raise RegistrationError(
-            f"registering {name}: setting aliases on v{version.version} failed ({error}); "
+            f"registering {plan.name}: setting aliases on v{version} failed ({error}); "
             + ("the version was removed again" if not reused else "the existing version was left as it was")
         ) from error
 
-    _link_index_run(client, params.tracking.experiment, lineage, name, str(version.version))
-    champion_after = str(version.version) if promote else champion_before
-    return Decision(
-        model_name=name,
-        version=str(version.version),
-        promoted=promote,
-        reason=reason,
-        metric=metric,
-        value=value,
-        margin=margin,
-        benchmark=benchmark,
-        comparison=comparison,
-        champion_before=champion_before,
-        champion_value=champion_value,
-        champion_benchmark=champion_benchmark,
-        champion_after=champion_after,
-        model_uri=f"models:/{name}/{version.version}",
-        run_id=run_id,
-        reused_version=reused,
-        lineage=dict(lineage),
-    )
 
-
-def _log_default(params: Params, model_dir: Path, index_dir: Path, project: Path | None = None) -> Any:
+def _log_default(params: Params, model_dir: Path, index_dir: Path) -> Any:
     from pipeline.ops import serving
 
-    documents = None
-    if project is not None:
-        # The texts the index was built from, so the served model answers with them (what a RAG user needs).
-        from pipeline.data.corpus import corpus_for
-
-        try:
-            ids, texts, _ = corpus_for(params, project)
-            documents = dict(zip(ids, texts, strict=True))
-        except (OSError, ValueError) as error:
-            logger.warning("registry: serving ids only, the indexed texts are unavailable: %s", error)
+    # The texts the served model answers with travel inside the index folder (the index stage wrote them).
     return serving.log_search_model(
-        model_dir, index_dir, k=params.register.k, documents=documents, precision=params.index.precision
+        model_dir, index_dir, k=params.register.k, precision=params.index.precision
     )
 
 

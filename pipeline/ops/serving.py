@@ -13,7 +13,8 @@ works). **Params**: ``k`` (hits per query; default ``register.k`` at registratio
 - ``ids``: the ``k`` best document ids (strings), best first;
 - ``scores``: their MaxSim scores (floats), same order;
 - ``texts``: the hits' document texts, same order, each cut to :data:`MAX_TEXT_CHARS` characters (only when
-  the version packs the texts the index was built from: artifact ``documents``).
+  the version packs the texts the index was built from: the index folder's ``texts.jsonl``, which
+  the index stage writes, or, in versions logged before that, the artifact ``documents``).
 
 The logged model carries an input example (``serving_input_example.json``), the request body
 ``mlflow models serve`` accepts::
@@ -65,6 +66,7 @@ class ColBERTSearchModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from pipeline import indexes, models, retrieve
+        from pipeline.indexes.base import TEXTS_FILE
         from pipeline.models.precision import resolve_precision
 
         config = dict(getattr(context, "model_config", None) or {})
@@ -90,6 +92,8 @@ class ColBERTSearchModel(mlflow.pyfunc.PythonModel):
         self.retriever = retrieve.ColBERT(index=index)
         self.texts: dict[str, str] | None = None
         documents = (getattr(context, "artifacts", None) or {}).get(DOCUMENTS_ARTIFACT)
+        if not documents and (index_path / TEXTS_FILE).is_file():
+            documents = str(index_path / TEXTS_FILE)
         if documents:
             self.texts = read_documents(Path(documents))
         logger.info("serving %d documents from %s", index.num_documents, index_path)
@@ -132,12 +136,18 @@ def packaged_artifact(local_model: Path, artifact: str = MODEL_ARTIFACT) -> Path
 
 
 def write_documents(documents: Mapping[str, str], path: Path, max_chars: int = MAX_TEXT_CHARS) -> Path:
-    """``{id: text}`` as JSON lines ``{"id", "text"}``, each text cut to ``max_chars`` (the served bound)."""
-    with open(path, "w", encoding="utf-8") as stream:
-        for doc_id, text in documents.items():
-            row = {"id": str(doc_id), "text": str(text)[:max_chars]}
-            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+    """``{id: text}`` as JSON lines ``{"id", "text"}``, each text cut to ``max_chars`` (the served bound).
+
+    Written atomically: a reader never sees half a file.
+    """
+    from pipeline.project.io import atomic_write_text
+
+    rows = (
+        json.dumps({"id": str(doc_id), "text": str(text)[:max_chars]}, ensure_ascii=False) + "\n"
+        for doc_id, text in documents.items()
+    )
+    atomic_write_text(path, "".join(rows))
+    return Path(path)
 
 
 def read_documents(path: Path) -> dict[str, str]:

@@ -301,3 +301,23 @@ def stage_run(stage: str, params: Params, project: Path, tags: dict[str, str] | 
 def _param_value(value: Any) -> Any:
     text = value if isinstance(value, str) else json.dumps(value)
     return text[:6000]
+
+
+def log_numbers(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Log every number in ``values`` to the active run as ``<prefix><key>``; return what was logged.
+
+    Keys are made metric-safe (``ndcg@10`` becomes ``ndcg_at_10``); strings, booleans and NaN are left out,
+    since MLflow would refuse or mis-plot them.
+    """
+    import math
+
+    import mlflow
+
+    numbers = {
+        f"{prefix}{key}".replace("@", "_at_"): float(value)
+        for key, value in values.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+    }
+    if numbers:
+        mlflow.log_metrics(numbers)
+    return numbers

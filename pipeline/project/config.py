@@ -182,7 +182,7 @@ class IndexParams(Section):
     )
     chunk_size: int = Field(2000, ge=1, description="documents encoded and added per chunk (bounds memory)")
     batch_size: int = Field(32, ge=1)
-    nbits: int = Field(4, ge=1, le=8)
+    nbits: Literal[1, 2, 4, 8] = Field(4, description="bits per residual dimension (what PLAID accepts)")
     kmeans_niters: int = Field(4, ge=1)
     n_centroids: int | None = Field(
         None, ge=1, description="PLAID centroids; None: fast-plaid's rule (2^floor(log2(16 sqrt(tokens))))"
@@ -202,6 +202,15 @@ class IndexParams(Section):
         description="encoding precision of documents and queries (index, tuning, the served model); "
         "auto: bf16 autocast on a CPU with native bfloat16, else fp32",
     )
+
+    def plaid_options(self) -> dict[str, Any]:
+        """The ``PLAID(...)`` keyword arguments these params set (folder, name and device aside)."""
+        return {
+            "nbits": self.nbits,
+            "kmeans_niters": self.kmeans_niters,
+            "n_centroids": self.n_centroids,
+            "seed": self.seed,
+        }
 
     @model_validator(mode="after")
     def _bf16_needs_torch(self) -> IndexParams:

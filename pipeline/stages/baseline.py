@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.data.benchmark import PRIMARY_METRIC, evaluate_model
 from pipeline.ops import tracking
-from pipeline.ops.promotion import SCORED_KEYS, metric_key
+from pipeline.ops.promotion import SCORED_KEYS
 from pipeline.project.config import Params
 from pipeline.project.io import atomic_write_json
 from pipeline.project.layout import Layout
@@ -35,9 +35,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         )
         benchmark_md5 = run_.data.tags.get(SCORED_KEYS["benchmark_md5"])
         atomic_write_json(layout.baseline_metrics, {**metrics, "benchmark_md5": benchmark_md5})
-        import mlflow
-
-        mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
+        tracking.log_numbers(metrics)
     return {
         "metrics": str(layout.baseline_metrics),
         PRIMARY_METRIC: metrics[PRIMARY_METRIC],

@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.data.benchmark import PRIMARY_METRIC as PRIMARY
 from pipeline.data.benchmark import evaluate_model
 from pipeline.ops import tracking
-from pipeline.ops.promotion import SCORED_KEYS, check_scored_artifacts, metric_key
+from pipeline.ops.promotion import SCORED_KEYS, check_scored_artifacts
 from pipeline.project.config import Params
 from pipeline.project.io import atomic_save_figure, atomic_write_json, read_json
 from pipeline.project.layout import Layout
@@ -81,8 +81,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         plot_comparison(rows, layout.comparison_png)
         import mlflow
 
-        mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
-        mlflow.log_metrics({f"base_{metric_key(k)}": v for k, v in baseline.items()})
+        tracking.log_numbers(metrics)
+        tracking.log_numbers(baseline, prefix="base_")
         mlflow.log_artifact(str(layout.comparison_png))
     delta = metrics[PRIMARY] - baseline.get(PRIMARY, float("nan"))
     logger.info(

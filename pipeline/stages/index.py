@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.corpus import corpus_for
-from pipeline.ops import tracking
+from pipeline.ops import serving, tracking
 from pipeline.project.config import Params, resolve_path
 from pipeline.project.io import atomic_write_json
 from pipeline.project.layout import Layout
@@ -38,7 +38,7 @@ def probe_texts(params: Params, project: Path, texts: list[str]) -> tuple[list[s
     import random
 
     from pipeline.data.beir import find_file, load_beir
-    from pipeline.data.nano import list_nano_benchmarks, load_nano_benchmark
+    from pipeline.data.benchmark import load_prepared_benchmarks
     from pipeline.indexes.tuning import queries_from_documents
 
     config = params.index
@@ -46,8 +46,8 @@ def probe_texts(params: Params, project: Path, texts: list[str]) -> tuple[list[s
     source = resolve_path(config.corpus, project) if config.corpus else None
     if source is None:
         benchmark = Layout(params, project).benchmark
-        for name in list_nano_benchmarks(benchmark):
-            queries += list(load_nano_benchmark(benchmark, name).queries.values())
+        for data in load_prepared_benchmarks(benchmark).values():
+            queries += list(data.queries.values())
         origin = f"{benchmark} queries"
     elif source.is_dir() and find_file(source, "queries") is not None and (source / "qrels").is_dir():
         queries = list(load_beir(source, "test").queries.values())
@@ -62,6 +62,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     """Encode the corpus with ``train.output`` and build ``<index.folder>/<index.name>``."""
     from pipeline import indexes
     from pipeline.indexes import tuning
+    from pipeline.indexes.base import TEXTS_FILE
     from pipeline.indexes.indexing import index_corpus
     from pipeline.models.backends import check_backend, load_model
 
@@ -79,11 +80,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             index_folder=str(folder),
             index_name=config.name,
             override=True,
-            nbits=config.nbits,
-            kmeans_niters=config.kmeans_niters,
-            n_centroids=config.n_centroids,
-            seed=config.seed,
             device=config.device,
+            **config.plaid_options(),
         )
         started = time.perf_counter()
         # The float16 copy is written outside the index folder until it is complete (the build's first
@@ -102,6 +100,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             version = index.stats()["version"]
             # scored where the index searches (a GPU's exact MaxSim can beat PLAID, so it is timed there)
             store = writer.commit(index_version=version, device=index.device)
+        # The texts go beside the index, so the registry packs them without reading the corpus again.
+        serving.write_documents(dict(zip(ids, texts, strict=True)), index.path / TEXTS_FILE)
         search = tune_search(model, index, store, probes, config, version)
         search["probe_source"] = probe_source
         summary = {
@@ -118,14 +118,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         atomic_write_json(layout.index_metrics, summary)
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
-        mlflow.log_metrics(
-            {
-                f"search_{k.replace('@', '_at_')}": float(v)
-                for k, v in search.items()
-                if isinstance(v, int | float)
-            }
-        )
+        tracking.log_numbers(summary)
+        tracking.log_numbers(search, prefix="search_")
         mlflow.log_params({f"search.{k}": v for k, v in search["settings"].items()})
     logger.info(
         "indexed %d documents (%d tokens) in %.1f s", summary["documents"], summary["tokens"], seconds

@@ -91,5 +91,5 @@ def _write(prepared: Prepared, output: Path, params: Params, name: str) -> dict[
 def _log(stats: dict[str, Any]) -> None:
     import mlflow
 
-    mlflow.log_metrics({key: float(value) for key, value in stats.items() if isinstance(value, int | float)})
+    tracking.log_numbers(stats)
     mlflow.set_tags({"benchmark": str(stats["benchmark"]), "source": str(stats["source"])})

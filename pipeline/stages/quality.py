@@ -43,7 +43,7 @@ DEPTH = 100
 
 def load_quality_dataset(params: Params, project: Path) -> tuple[BeirData, str]:
     """The judged queries and the corpus to score on, and the dataset's name in the report."""
-    from pipeline.data.nano import list_nano_benchmarks, load_nano_benchmark
+    from pipeline.data.benchmark import load_prepared_benchmarks
 
     config = params.quality
     if config.dataset:
@@ -52,11 +52,8 @@ def load_quality_dataset(params: Params, project: Path) -> tuple[BeirData, str]:
         # them, so they are dropped (and logged) rather than failing the whole evaluation.
         data = load_beir(folder, config.split, on_missing="skip")
         return data, config.name or folder.name
-    benchmark = Layout(params, project).benchmark
-    names = list_nano_benchmarks(benchmark) if benchmark.is_dir() else []
-    if not names:
-        raise FileNotFoundError(f"{benchmark}: no benchmark to score (run the prepare stage first)")
-    return load_nano_benchmark(benchmark, names[0]), config.name or names[0]
+    name, data = next(iter(load_prepared_benchmarks(Layout(params, project).benchmark).items()))
+    return data, config.name or name
 
 
 def tuned_model_path(params: Params, project: Path) -> Path:
@@ -137,11 +134,8 @@ def colbert_runs(
             index_folder=scratch,
             index_name=index_name,
             override=True,
-            nbits=params.index.nbits,
-            kmeans_niters=params.index.kmeans_niters,
-            n_centroids=params.index.n_centroids,
-            seed=params.index.seed,
             device=config.device,
+            **params.index.plaid_options(),
         )
         started = time.perf_counter()
         index.add_documents(documents_ids=doc_ids, documents_embeddings=documents)
@@ -179,8 +173,6 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     summary: dict[str, dict[str, float]] = {}
     scores: dict[str, Any] = {"dataset": name}
     with tracking.stage_run("quality", params, project, tags={"dataset": name}) as mlflow_run:
-        import mlflow
-
         for system in config.systems:
             if system == "dense":
                 results = {
@@ -210,9 +202,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
                 # The count too: a table rendered from DVC's metrics alone says how many queries were scored.
                 counted = {**metrics, "queries": record["metrics"]["queries"]}
                 scores.setdefault(system, {})[retrieval] = counted
-                mlflow.log_metrics(
-                    {f"{system}.{retrieval}.{k.replace('@', '_at_')}": v for k, v in metrics.items()}
-                )
+                tracking.log_numbers(metrics, prefix=f"{system}.{retrieval}.")
         loss_curve = tuned / TRAINING_LOSS_FILE
         if "colbert-tuned" in config.systems and loss_curve.is_file():
             save_training_loss(folder, "colbert-tuned", read_json(loss_curve))

@@ -45,10 +45,9 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         }
         # The score must be this model's, on this benchmark: refuse a metrics/eval.json left by another model.
         promotion.check_scored_artifacts(layout.eval_metrics, version_tags)
-        mlflow.log_metrics({f"eval_{promotion.metric_key(k)}": v for k, v in metrics.items()})
+        tracking.log_numbers(metrics, prefix="eval_")
         decision = registry.register_and_promote(
             params,
-            project,
             metrics=metrics,
             lineage=version_tags,
             model_dir=model_dir,

@@ -125,7 +125,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             summary["best_eval_loss"] = float(trainer.state.best_metric)
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
+        tracking.log_numbers(summary)
         mlflow.set_tags({"resumed_from": resume or "", "base_model": config.base_model})
     logger.info("trained %d steps in %.1f s; model saved to %s", summary["steps"], seconds, output)
     return {"model": str(output), **summary, "mlflow_run_id": mlflow_run.info.run_id}

@@ -41,6 +41,8 @@ def test_a_version_registered_before_the_move_answers_in_this_process(legacy_mod
     from pipeline import indexes  # the new package is imported first, as inside `colbert-pipeline serve`
 
     monkeypatch.chdir(tmp_path)  # the session's SQLite store keeps artifacts under ./mlruns
+    # an experiment of this store: the active one may be another test's, on a server that is gone
+    mlflow.set_experiment("legacy-fixture")
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(legacy_model), "search_model")
     version = mlflow.register_model(f"runs:/{run.info.run_id}/search_model", "legacy-fixture")

@@ -16,7 +16,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline.ops import lineage, promotion, registry, tracking
+from pipeline.indexes.base import TEXTS_FILE
+from pipeline.ops import lineage, promotion, registry, serving, tracking
 from pipeline.project.config import Params
 from pipeline.project.io import atomic_write_json, read_json
 from pipeline.project.layout import Layout
@@ -86,6 +87,8 @@ def template(booting_server, module_tmp_path: Path, saved_colbert) -> Path:
     index.add_documents(
         documents_ids=ids, documents_embeddings=model.encode(list(corpus.values()), is_query=False)
     )
+    # as the index stage does: the texts beside the index, for the served model to answer with
+    serving.write_documents(corpus, index.path / TEXTS_FILE)
     return project
 
 

@@ -1,0 +1,19 @@
+"""What the two DAG files in ``dags/`` share: the champion asset and how a task reads its settings.
+
+It lives in the package, not in ``dags/``, so it imports the same way in a scheduler, a worker, a test's
+``DagBag`` and the docker image, whatever the dags folder is. Only the DAG files import it (it needs Airflow).
+"""
+
+from __future__ import annotations
+
+import os
+
+from airflow.sdk import Asset, Variable
+
+#: Emitted by the pipeline DAG's ``promote`` task; the canary DAG is scheduled on it.
+CHAMPION = Asset(name="colbert_champion", uri="x-colbert-pipeline://registry/champion")
+
+
+def lookup(name: str) -> str | None:
+    """A setting at run time: an Airflow Variable wins over the worker's environment."""
+    return Variable.get(name, default=None) or os.environ.get(name)
