@@ -216,43 +216,12 @@ def load_beir(
     if on_missing not in ("error", "skip"):
         raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
     root = Path(folder)
-    if not root.is_dir():
-        raise BeirFormatError(f"BEIR folder not found: {root}")
-    # Check the cheap things first so a wrong folder fails before the corpus is parsed.
-    qrels_path = _qrels_file(root, split)
-    corpus_path = find_file(root, "corpus")
-    queries_path = find_file(root, "queries")
-    for stem, found in (("corpus", corpus_path), ("queries", queries_path)):
-        if found is None:
-            raise BeirFormatError(f"{root}: no {stem}.jsonl or {stem}.jsonl.gz")
-    assert corpus_path is not None and queries_path is not None  # narrowed by the loop above
-
+    corpus_path, queries_path, qrels_path = _beir_files(root, split)
     queries_all = _read_texts(queries_path)
     corpus = _read_texts(corpus_path, with_title=with_title)
-
-    qrels: dict[str, dict[str, int]] = {}
-    skipped = 0
-    for number, query_id, doc_id, score in read_qrels(qrels_path):
-        missing = [
-            f"{kind} {value!r} is not in {path.name}"
-            for kind, value, table, path in (
-                ("query-id", query_id, queries_all, queries_path),
-                ("corpus-id", doc_id, corpus, corpus_path),
-            )
-            if value not in table
-        ]
-        if missing:
-            if on_missing == "error":
-                raise BeirFormatError(
-                    f"{qrels_path}:{number}: {'; '.join(missing)} (pass on_missing='skip' to drop such rows)"
-                )
-            skipped += 1
-            continue
-        qrels.setdefault(query_id, {})[doc_id] = score
-    if skipped:
-        logger.warning("%s: skipped %d judgements whose query or document is absent", qrels_path, skipped)
-    if not qrels:
-        raise BeirFormatError(f"{qrels_path}: no usable judgements")
+    qrels, skipped = _read_judgements(
+        qrels_path, {"query-id": (queries_all, queries_path), "corpus-id": (corpus, corpus_path)}, on_missing
+    )
     queries = {qid: queries_all[qid] for qid in qrels}
     logger.info(
         "Read %s split %r: %d documents, %d queries, %d judgements",
@@ -271,3 +240,46 @@ def load_beir(
         skipped_qrels=skipped,
         source=str(root),
     )
+
+
+def _beir_files(root: Path, split: str) -> tuple[Path, Path, Path]:
+    """The corpus, queries and qrels files of a BEIR folder; the first one missing raises."""
+    if not root.is_dir():
+        raise BeirFormatError(f"BEIR folder not found: {root}")
+    # Check the cheap things first so a wrong folder fails before the corpus is parsed.
+    qrels_path = _qrels_file(root, split)
+    corpus_path = find_file(root, "corpus")
+    queries_path = find_file(root, "queries")
+    for stem, found in (("corpus", corpus_path), ("queries", queries_path)):
+        if found is None:
+            raise BeirFormatError(f"{root}: no {stem}.jsonl or {stem}.jsonl.gz")
+    assert corpus_path is not None and queries_path is not None  # narrowed by the loop above
+    return corpus_path, queries_path, qrels_path
+
+
+def _read_judgements(
+    qrels_path: Path, tables: dict[str, tuple[dict[str, str], Path]], on_missing: str
+) -> tuple[dict[str, dict[str, int]], int]:
+    """The judgements of ``qrels_path`` whose ids are in ``tables`` (``query-id`` / ``corpus-id`` -> the
+    texts and the file they came from), and how many were skipped (``on_missing="skip"``)."""
+    qrels: dict[str, dict[str, int]] = {}
+    skipped = 0
+    for number, query_id, doc_id, score in read_qrels(qrels_path):
+        missing = [
+            f"{kind} {value!r} is not in {tables[kind][1].name}"
+            for kind, value in (("query-id", query_id), ("corpus-id", doc_id))
+            if value not in tables[kind][0]
+        ]
+        if missing:
+            if on_missing == "error":
+                raise BeirFormatError(
+                    f"{qrels_path}:{number}: {'; '.join(missing)} (pass on_missing='skip' to drop such rows)"
+                )
+            skipped += 1
+            continue
+        qrels.setdefault(query_id, {})[doc_id] = score
+    if skipped:
+        logger.warning("%s: skipped %d judgements whose query or document is absent", qrels_path, skipped)
+    if not qrels:
+        raise BeirFormatError(f"{qrels_path}: no usable judgements")
+    return qrels, skipped

@@ -22,7 +22,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -72,3 +74,29 @@ def encoding_precision(precision: str, device: str | None = None) -> Iterator[No
         device_type = "cuda"
     with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
         yield
+
+
+def in_encode_precision(encode: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a model's ``encode`` under its ``encode_precision`` (bf16: autocast; fp32: as it is)."""
+
+    @functools.wraps(encode)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.encode_precision == "fp32":
+            return encode(self, *args, **kwargs)
+        with encoding_precision(self.encode_precision, str(self.device)):
+            return as_float32(encode(self, *args, **kwargs))
+
+    return wrapper
+
+
+def as_float32(value: Any) -> Any:
+    """Tensors (possibly nested in lists or dicts) in bfloat16 as float32: what callers get in fp32."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype == torch.bfloat16 else value
+    if isinstance(value, list):
+        return [as_float32(item) for item in value]
+    if isinstance(value, dict):
+        return {key: as_float32(item) for key, item in value.items()}
+    return value

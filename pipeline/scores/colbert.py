@@ -12,47 +12,24 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-import numpy as np
 import torch
 from sentence_transformers.multi_vector_encoder.scoring import colbert_kd_scores as _st_colbert_kd_scores
 from sentence_transformers.util.similarity import maxsim, maxsim_pairwise
 
+from pipeline.scores.inputs import EmbeddingsLike, as_tensors
 from pipeline.utils import convert_to_tensor
 
 __all__ = [
     "ColBERTScores",
     "SimilarityFunction",
-    "as_tensors",
     "colbert_kd_scores",
     "colbert_scores",
     "colbert_scores_pairwise",
 ]
-
-EmbeddingsLike = Sequence[np.ndarray] | Sequence[torch.Tensor] | np.ndarray | torch.Tensor
-
-
-def as_tensors(embeddings: Any, *, argument: str, dim: int | None = None) -> list[torch.Tensor]:
-    """Per-text embeddings as float32 2-D tensors, checking shapes; errors name ``argument`` and the index."""
-    if isinstance(embeddings, np.ndarray | torch.Tensor) and embeddings.ndim == 2:
-        embeddings = [embeddings]
-    tensors: list[torch.Tensor] = []
-    for index, item in enumerate(embeddings):
-        tensor = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item)
-        if tensor.ndim != 2:
-            raise ValueError(
-                f"{argument}[{index}] must be a 2-D (tokens, dim) array, got shape {tuple(tensor.shape)}"
-            )
-        if tensor.shape[0] == 0:
-            raise ValueError(f"{argument}[{index}] is empty (0 tokens)")
-        if dim is not None and tensor.shape[1] != dim:
-            raise ValueError(f"{argument}[{index}] has dimension {tensor.shape[1]}, expected {dim}")
-        dim = int(tensor.shape[1])
-        tensors.append(tensor.float())
-    return tensors
 
 
 def _queries_and_documents(

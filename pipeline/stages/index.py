@@ -137,9 +137,11 @@ def tune_search(
     so ``.dvcignore`` keeps it out of the index's DVC hash (it lives beside the data, outside the hash).
     """
     from pipeline.indexes import tuning
+    from pipeline.models import as_numpy
 
-    queries = model.encode(probes, is_query=True, batch_size=config.batch_size, show_progress_bar=False)
-    queries = [q.detach().cpu().float().numpy() if hasattr(q, "detach") else q for q in queries]
+    queries = as_numpy(
+        model.encode(probes, is_query=True, batch_size=config.batch_size, show_progress_bar=False)
+    )
     result = tuning.tune(store, queries, index.candidate_slots, target=config.recall_target)
     tuning.write_settings(index.path, version, result)
     logger.info("search settings: %s", tuning.describe_qps(result))

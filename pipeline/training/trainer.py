@@ -96,6 +96,44 @@ def training_loss(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
     ]
 
 
+def training_arguments(config: TrainParams, output_dir: Path, batch_sampler: Any, *, with_dev: bool) -> Any:
+    """The trainer's ``SentenceTransformerTrainingArguments`` for ``train.*``; ``with_dev`` adds the dev
+    loss every ``train.eval_steps`` steps, with a checkpoint each time and the best one loaded at the end."""
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    evaluation: dict[str, Any] = {}
+    if with_dev:
+        evaluation = {
+            "eval_strategy": "steps",
+            "eval_steps": config.eval_steps,
+            # load_best_model_at_end needs a checkpoint at every evaluation.
+            "save_steps": config.eval_steps,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
+            "per_device_eval_batch_size": config.batch_size,
+        }
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_ratio,  # transformers v5: a float below 1 is a ratio of all steps
+        seed=config.seed,
+        save_strategy="steps",
+        save_steps=evaluation.pop("save_steps", config.save_steps),
+        save_total_limit=2,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=config.device == "cpu" or not torch.cuda.is_available(),
+        batch_sampler=batch_sampler,
+        **evaluation,
+        **precision_flags(config.precision, config.device),
+    )
+
+
 def build_trainer(
     config: TrainParams,
     model: Any,
@@ -115,8 +153,7 @@ def build_trainer(
     computed (and logged) every ``train.eval_steps`` steps, a checkpoint is saved at each evaluation, and
     the best one (lowest dev loss) is loaded at the end; ``train.early_stopping_patience`` stops early.
     """
-    import torch
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformerTrainer
     from transformers import EarlyStoppingCallback
 
     from pipeline import utils
@@ -129,36 +166,7 @@ def build_trainer(
         dataset, dev = split_dev(dataset, config.dev_fraction, config.seed, kind)
         logger.info("dev split: %d training rows, %d dev rows", len(dataset), len(dev))
     batch_sampler = samplers.choose_batch_sampler(config.batch_sampler, dataset, kind)
-    evaluation: dict[str, Any] = {}
-    if dev is not None:
-        evaluation = {
-            "eval_strategy": "steps",
-            "eval_steps": config.eval_steps,
-            # load_best_model_at_end needs a checkpoint at every evaluation.
-            "save_steps": config.eval_steps,
-            "load_best_model_at_end": True,
-            "metric_for_best_model": "eval_loss",
-            "greater_is_better": False,
-            "per_device_eval_batch_size": config.batch_size,
-        }
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
-        per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_ratio,  # transformers v5: a float below 1 is a ratio of all steps
-        seed=config.seed,
-        save_strategy="steps",
-        save_steps=evaluation.pop("save_steps", config.save_steps),
-        save_total_limit=2,
-        logging_steps=1,
-        report_to="none",
-        use_cpu=config.device == "cpu" or not torch.cuda.is_available(),
-        batch_sampler=batch_sampler,
-        **evaluation,
-        **precision_flags(config.precision, config.device),
-    )
+    args = training_arguments(config, output_dir, batch_sampler, with_dev=dev is not None)
     # The same dropout with cheaper masks on CPU (where it is most of a step's non-matmul time); GPU steps
     # and evaluation take torch's own path.
     use_cheap_dropout(model)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline import rank
-from pipeline.scores import colbert_scores, colbert_scores_pairwise
+from pipeline.scores import as_tensors, colbert_scores, colbert_scores_pairwise
 
 
 def brute_force_maxsim(query: np.ndarray, document: np.ndarray) -> float:
@@ -91,3 +93,20 @@ def test_empty_query_and_wrong_dimension_are_errors():
             queries_embeddings=[random_embeddings(rng, 3)],
             documents_embeddings=[[random_embeddings(rng, 2), random_embeddings(rng, 2, dim=8)]],
         )
+
+
+def test_read_only_arrays_are_scored_without_a_warning_and_left_untouched():
+    # A memory-mapped embeddings store hands out read-only arrays; torch warns when it wraps one.
+    rng = np.random.default_rng(4)
+    query, document = random_embeddings(rng, 3), random_embeddings(rng, 5)
+    frozen = [array.copy() for array in (query, document)]
+    for array in frozen:
+        array.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensors = as_tensors(frozen, argument="documents_embeddings")
+        score = colbert_scores([frozen[0]], [frozen[1]])
+    assert [t.dtype for t in tensors] == [torch.float32, torch.float32]
+    assert score.item() == pytest.approx(brute_force_maxsim(query, document), rel=1e-5)
+    tensors[0].add_(1.0)  # the tensors are copies: the caller's arrays stay as they were
+    np.testing.assert_array_equal(frozen[0], query)
