@@ -20,7 +20,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pipeline.indexes.base import MultiVectorIndex, as_float_arrays, normalize_subset
+from pipeline.indexes.base import MultiVectorIndex
+from pipeline.indexes.checks import as_float_arrays, normalize_subset
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ Example:
     [[{'id': '1', 'score': 4.0}]]
 """
 
-from pipeline.indexes.base import (
+from pipeline.indexes.base import MultiVectorIndex
+from pipeline.indexes.errors import (
     DuplicateDocumentIdError,
     IndexFormatError,
-    MultiVectorIndex,
     UnknownDocumentIdError,
     UnknownIdWarning,
 )

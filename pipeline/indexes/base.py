@@ -1,17 +1,10 @@
-"""The contract every multi-vector index follows, and the on-disk machinery they share.
+"""The contract every multi-vector index follows: :class:`MultiVectorIndex`, the base class of :class:`PLAID`,
+:class:`Voyager` and :class:`ScaNN`.
 
-One cohesive module: the base class both indexes extend (argument checks, id maps, versioned storage).
-
-An index lives in ``<index_folder>/<index_name>/``. Committed states are immutable *version folders*
-(``v000001/`` ...); a small ``CURRENT`` file names the live one. Every write (a first build, an
-addition, a removal) copies or rebuilds into a fresh version folder, flushes it, then replaces ``CURRENT``
-in one ``os.replace``. A process killed at any moment therefore leaves ``CURRENT`` pointing at a complete
-version: the previous index stays readable and correct, and the half-written folder is swept away by the
-next writer. Writers take a file lock (``.lock``) so two processes never build on the same version.
-
-Each version folder holds ``manifest.json`` (kind, dimension, counts, settings) and ``documents.json`` (the
-document ids in slot order and their token counts), plus the backend's own files. The id mapping is read
-once when the index is opened; searches never touch it on disk.
+It owns what the backends share: argument checks (:mod:`pipeline.indexes.checks`), the document ids and
+their slots, atomic versions on disk (:mod:`pipeline.indexes.storage`), transactions, filtered search and the
+facts. A backend implements only building, loading and candidate search. The id mapping is read once when
+the index is opened; searches never touch it on disk.
 
 Example:
     >>> import numpy as np, tempfile
@@ -29,295 +22,42 @@ Example:
 from __future__ import annotations
 
 import abc
-import json
 import logging
 import os
-import re
-import shutil
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-from filelock import FileLock
 
-from pipeline.indexes.embedding_store import STORE_FOLDER
-from pipeline.indexes.tuning import SEARCH_SETTINGS_FILE
-from pipeline.project.io import atomic_write_json
+from pipeline.indexes.checks import (
+    DocumentId,
+    as_float_arrays,
+    check_counts,
+    check_k,
+    id_key,
+    normalize_subset,
+    safe_index_path,
+    validate_ids,
+)
+from pipeline.indexes.errors import DuplicateDocumentIdError, IndexFormatError, UnknownIdWarning
+from pipeline.indexes.storage import (
+    DOCUMENTS_FILE,
+    VersionStore,
+    folder_bytes,
+    read_version_files,
+    write_version_files,
+)
 
 logger = logging.getLogger(__name__)
 
-#: A document id: a string or an integer, returned exactly as it was given.
-DocumentId = str | int
 
-FORMAT_VERSION = 1
-CURRENT_FILE = "CURRENT"
-LOCK_FILE = ".lock"
-MANIFEST_FILE = "manifest.json"
-DOCUMENTS_FILE = "documents.json"
-#: The texts of the indexed documents, written by the index stage for the served model to answer with.
-TEXTS_FILE = "texts.jsonl"
-#: Beside the versions (see :mod:`pipeline.indexes.tuning`): tuned search settings, full-precision
-#: embeddings and the documents' texts.
-_SIDECARS = (SEARCH_SETTINGS_FILE, STORE_FOLDER, TEXTS_FILE)
-#: ``v000001``; folders written before names became deterministic also carry a random ``-3fa2c1d0`` suffix.
-_VERSION_RE = re.compile(r"^v(\d{6})(?:-[0-9a-f]{8})?$")
-
-
-class IndexFormatError(ValueError):
-    """An index folder is missing, corrupt, or holds another kind of index."""
-
-
-class DuplicateDocumentIdError(ValueError):
-    """A document id is given twice, or is already in the index."""
-
-
-class UnknownDocumentIdError(ValueError):
-    """A document id to remove is not in the index."""
-
-
-class UnknownIdWarning(UserWarning):
-    """``remove_documents`` was given ids that are not in the index; they were skipped."""
-
-
-# ---------------------------------------------------------------------------------------------- validation
-def safe_index_path(index_folder: str | os.PathLike[str], index_name: str) -> Path:
-    """``index_folder / index_name``, refusing names that could land outside ``index_folder``.
-
-    Example:
-        >>> safe_index_path("indexes", "scifact").as_posix()
-        'indexes/scifact'
-        >>> safe_index_path("indexes", "../x")
-        Traceback (most recent call last):
-        ...
-        ValueError: index_name '../x' must be a plain folder name (no '/', '\\\\', '..' or leading '.')
-    """
-    if not isinstance(index_name, str) or not index_name:
-        raise ValueError(f"index_name must be a non-empty string, got {index_name!r}")
-    if (
-        index_name in {".", ".."}
-        or index_name.startswith(".")
-        or any(ch in index_name for ch in ("/", "\\", "\x00"))
-        or index_name != index_name.strip()
-    ):
-        raise ValueError(
-            f"index_name {index_name!r} must be a plain folder name (no '/', '\\\\', '..' or leading '.')"
-        )
-    folder = Path(index_folder)
-    path = folder / index_name
-    # A symlink named like the index could still point elsewhere: check where it really resolves.
-    if not path.resolve().is_relative_to(folder.resolve()):
-        raise ValueError(f"index {path} resolves outside index_folder {folder.resolve()}")
-    return path
-
-
-def validate_ids(documents_ids: Any, *, argument: str = "documents_ids") -> list[DocumentId]:
-    """Check ids are str or int (numpy integers become int) and unique; return them as a list."""
-    if isinstance(documents_ids, str | bytes | int) or not isinstance(documents_ids, Iterable):
-        raise ValueError(f"{argument} must be a list of str or int ids, got {type(documents_ids).__name__}")
-    ids: list[DocumentId] = []
-    seen: set[tuple[type, DocumentId]] = set()
-    for position, value in enumerate(documents_ids):
-        if isinstance(value, bool) or not isinstance(value, str | int | np.integer):
-            raise ValueError(
-                f"{argument}[{position}] = {value!r} ({type(value).__name__}): ids must be str or int"
-            )
-        # numpy scalars (np.str_, np.int64) become plain str / int, so they compare and serialise as such.
-        value = str(value) if isinstance(value, str) else int(value)
-        key = (type(value), value)
-        if key in seen:
-            raise DuplicateDocumentIdError(f"{argument}[{position}] = {value!r} appears more than once")
-        seen.add(key)
-        ids.append(value)
-    return ids
-
-
-def as_float_arrays(
-    embeddings: Any, *, argument: str, dim: int | None, expected: int | None = None
-) -> list[np.ndarray]:
-    """Per-item ``(tokens, dim)`` float32 arrays; errors name ``argument[i]`` and the expected shape.
-
-    A single 2-D ``(tokens, dim)`` array or tensor is one item, as PyLate reads it: it is what
-    ``model.encode("one text")`` returns.
-    """
-    if isinstance(embeddings, np.ndarray | torch.Tensor):
-        if embeddings.ndim == 2:
-            embeddings = [embeddings]
-        elif embeddings.ndim != 3:
-            raise ValueError(f"{argument} must be 3-D (items, tokens, dim), got {tuple(embeddings.shape)}")
-    elif not isinstance(embeddings, Sequence):
-        raise ValueError(
-            f"{argument} must be a list of (tokens, dim) arrays, got {type(embeddings).__name__}"
-        )
-    if expected is not None and len(embeddings) != expected:
-        raise ValueError(f"{argument} has {len(embeddings)} items, expected {expected}")
-    arrays: list[np.ndarray] = []
-    for position, item in enumerate(embeddings):
-        if isinstance(item, torch.Tensor):
-            item = item.detach().to("cpu", torch.float32).numpy()
-        array = np.asarray(item, dtype=np.float32)
-        if array.ndim != 2:
-            raise ValueError(
-                f"{argument}[{position}] must be a 2-D (tokens, dim) array, got shape {array.shape}"
-            )
-        if array.shape[0] == 0:
-            raise ValueError(f"{argument}[{position}] has 0 tokens")
-        if dim is not None and array.shape[1] != dim:
-            raise ValueError(
-                f"{argument}[{position}] has dimension {array.shape[1]}, but the index holds {dim}-dim "
-                "embeddings (was it encoded by another model?)"
-            )
-        if not np.isfinite(array).all():
-            raise ValueError(f"{argument}[{position}] contains NaN or infinite values")
-        dim = int(array.shape[1])
-        arrays.append(array)
-    return arrays
-
-
-def normalize_subset(subset: Any, n_queries: int) -> list[set[tuple[type, DocumentId]]] | None:
-    """``subset`` as one set of allowed id keys per query.
-
-    ``subset`` is ``None`` (no filter), one list of ids applied to every query, or one list per query.
-    """
-    if subset is None:
-        return None
-    if isinstance(subset, str | bytes) or not isinstance(subset, Iterable):
-        raise ValueError(f"subset must be a list of ids or one list of ids per query, got {subset!r}")
-    subset = list(subset)
-    per_query = bool(subset) and all(isinstance(s, list | tuple | set | frozenset) for s in subset)
-    if per_query:
-        if len(subset) != n_queries:
-            raise ValueError(f"subset has {len(subset)} lists but there are {n_queries} queries")
-        groups = subset
-    else:
-        groups = [subset] * n_queries
-    normalized: list[set[tuple[type, DocumentId]]] = []
-    cache: dict[int, set[tuple[type, DocumentId]]] = {}
-    for position, group in enumerate(groups):
-        if id(group) not in cache:  # the shared list is converted once, not once per query
-            keys = set()
-            for value in group:
-                if isinstance(value, bool) or not isinstance(value, str | int | np.integer):
-                    raise ValueError(f"subset[{position}] holds {value!r}: ids must be str or int")
-                keys.add(id_key(value))
-            cache[id(group)] = keys
-        normalized.append(cache[id(group)])
-    return normalized
-
-
-def id_key(value: DocumentId) -> tuple[type, DocumentId]:
-    """Ids "1" and 1 are different documents: key them by kind (str or int) and value."""
-    if isinstance(value, str):
-        return (str, str(value))
-    return (int, int(value))
-
-
-def folder_bytes(path: Path) -> int:
-    """Total size of the regular files under ``path``."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def _fsync_tree(path: Path) -> None:
-    """Flush a freshly written version folder so the commit never points at unflushed data."""
-    for file in path.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-# ---------------------------------------------------------------------------------------------- storage
-class VersionStore:
-    """Immutable version folders under one index folder, and the ``CURRENT`` pointer that selects one."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @property
-    def current_file(self) -> Path:
-        return self.path / CURRENT_FILE
-
-    def current(self) -> str | None:
-        """Name of the live version folder, ``None`` when nothing was ever committed here."""
-        try:
-            text = self.current_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        try:
-            name = json.loads(text)["version"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise IndexFormatError(f"{self.current_file}: corrupt pointer file ({text[:80]!r})") from None
-        if not isinstance(name, str) or not _VERSION_RE.match(name):
-            raise IndexFormatError(f"{self.current_file}: names an invalid version folder {name!r}")
-        if not (self.path / name).is_dir():
-            raise IndexFormatError(f"{self.current_file}: version folder {self.path / name} is missing")
-        return name
-
-    def check_is_index(self) -> None:
-        """Refuse to treat a folder of unrelated files as an (empty) index."""
-        if not self.path.exists():
-            return
-        if not self.path.is_dir():
-            raise IndexFormatError(f"{self.path} exists and is not a folder")
-        foreign = [
-            p.name
-            for p in self.path.iterdir()
-            if p.name not in {CURRENT_FILE, LOCK_FILE, *_SIDECARS}
-            and not _VERSION_RE.match(p.name)
-            and not p.name.startswith(tuple(f".{name}." for name in _SIDECARS))  # their temporary files
-        ]
-        if foreign:
-            raise IndexFormatError(
-                f"{self.path} is not an index folder (it holds {sorted(foreign)[:5]}); "
-                "pass override=True to replace it"
-            )
-
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path / LOCK_FILE)):
-            yield
-
-    def new_version(self) -> Path:
-        """A fresh, empty version folder (not live until :meth:`commit`)."""
-        numbers = [int(m.group(1)) for p in self.path.iterdir() if (m := _VERSION_RE.match(p.name))]
-        # Writers hold the index lock, so the next number is free; no random part, so the same build in two
-        # workspaces (or a DVC re-run) gives the same folder name, and the same DVC hash.
-        name = f"v{max(numbers, default=0) + 1:06d}"
-        folder = self.path / name
-        folder.mkdir()
-        return folder
-
-    def commit(self, version: Path, *, replace_all: bool = False) -> None:
-        """Make ``version`` live in one atomic rename, then sweep older and abandoned versions.
-
-        ``replace_all`` also removes files that are not versions (``override=True`` on a foreign folder).
-        """
-        _fsync_tree(version)
-        atomic_write_json(self.current_file, {"version": version.name, "format": FORMAT_VERSION})
-        for entry in self.path.iterdir():
-            if entry.name in {CURRENT_FILE, LOCK_FILE, version.name}:
-                continue
-            if _VERSION_RE.match(entry.name) or replace_all:
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
-
-    def discard(self, version: Path) -> None:
-        shutil.rmtree(version, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------- the index
 class MultiVectorIndex(abc.ABC):
-    """Shared behaviour of :class:`~pipeline.indexes.PLAID` and :class:`~pipeline.indexes.Voyager`.
+    """Shared behaviour of :class:`~pipeline.indexes.PLAID`, :class:`~pipeline.indexes.Voyager` and
+    :class:`~pipeline.indexes.ScaNN`.
 
     Documents occupy *slots* in insertion order. A backend either compacts slots on removal (PLAID, whose
     document numbers shift down) or leaves a tombstone (Voyager); ``_slot_ids[s]`` is ``None`` for a
@@ -328,6 +68,8 @@ class MultiVectorIndex(abc.ABC):
     kind: ClassVar[str]
     #: Whether removed slots are compacted away (True) or left as tombstones (False).
     compacts_on_remove: ClassVar[bool]
+    #: What the backend keeps beside its versions (see :class:`~pipeline.indexes.storage.VersionStore`).
+    side_files: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -337,14 +79,13 @@ class MultiVectorIndex(abc.ABC):
         embedding_size: int | None,
         settings: dict[str, Any],
     ) -> None:
-        if embedding_size is not None and (not isinstance(embedding_size, int) or embedding_size < 1):
-            raise ValueError(f"embedding_size must be a positive integer or None, got {embedding_size!r}")
+        check_counts({"embedding_size": embedding_size}, optional=True)
         self.path = safe_index_path(index_folder, index_name)
         self.index_folder = Path(index_folder)
         self.index_name = index_name
         self.override = bool(override)
         self.settings = settings
-        self._store = VersionStore(self.path)
+        self._store = VersionStore(self.path, self.side_files)
         self._version: str | None = None
         self._dim: int | None = embedding_size
         self._configured_dim = embedding_size
@@ -410,27 +151,15 @@ class MultiVectorIndex(abc.ABC):
             self._reset_empty()
             return
         folder = self.path / version
-        manifest = self._read_json(folder / MANIFEST_FILE)
-        if manifest.get("kind") != self.kind:
-            raise IndexFormatError(
-                f"{folder / MANIFEST_FILE}: this is a {manifest.get('kind')!r} index, not {self.kind!r}"
-            )
-        if manifest.get("format") != FORMAT_VERSION:
-            raise IndexFormatError(f"{folder / MANIFEST_FILE}: unsupported format {manifest.get('format')!r}")
-        documents = self._read_json(folder / DOCUMENTS_FILE)
-        ids, tokens = documents.get("ids"), documents.get("tokens")
-        if not isinstance(ids, list) or not isinstance(tokens, list) or len(ids) != len(tokens):
-            raise IndexFormatError(
-                f"{folder / DOCUMENTS_FILE}: 'ids' and 'tokens' must be lists of one length"
-            )
-        dim = manifest.get("dim")
+        files = read_version_files(folder, self.kind)
+        dim = files.dim
         if self._dim is not None and dim is not None and dim != self._dim:
             raise ValueError(f"{self.path} holds {dim}-dim embeddings, but embedding_size={self._dim}")
         self._dim = dim if dim is not None else self._dim
-        self._slot_ids = ids
-        self._slot_tokens = [int(t) for t in tokens]
-        self._positions = {id_key(v): s for s, v in enumerate(ids) if v is not None}
-        if len(self._positions) != sum(v is not None for v in ids):
+        self._slot_ids = files.ids
+        self._slot_tokens = files.tokens
+        self._positions = {id_key(v): s for s, v in enumerate(files.ids) if v is not None}
+        if len(self._positions) != sum(v is not None for v in files.ids):
             raise IndexFormatError(f"{folder / DOCUMENTS_FILE}: duplicate document ids")
         try:
             self._open_backend(folder)
@@ -444,18 +173,6 @@ class MultiVectorIndex(abc.ABC):
         self._dim = self._configured_dim
         self._slot_ids, self._slot_tokens, self._positions = [], [], {}
         self._open_backend(None)
-
-    @staticmethod
-    def _read_json(path: Path) -> dict[str, Any]:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise IndexFormatError(f"{path}: missing (the index folder is incomplete or corrupt)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise IndexFormatError(f"{path}: corrupt ({error})") from None
-        if not isinstance(data, dict):
-            raise IndexFormatError(f"{path}: expected a JSON object")
-        return data
 
     def _refresh_for_write(self) -> None:
         """Under the lock: pick up versions committed by another process since we loaded."""
@@ -525,7 +242,7 @@ class MultiVectorIndex(abc.ABC):
         target = self._working or self._store.new_version()
         try:
             write(source, target)
-            self._write_metadata(target, slot_ids, slot_tokens)
+            write_version_files(target, self.kind, self._dim, self.settings, slot_ids, slot_tokens)
             self._slot_ids, self._slot_tokens = slot_ids, slot_tokens
             self._positions = {id_key(v): s for s, v in enumerate(slot_ids) if v is not None}
             if self._in_transaction:
@@ -538,24 +255,6 @@ class MultiVectorIndex(abc.ABC):
                 self._store.discard(target)
                 self._recover()
             raise
-
-    def _write_metadata(
-        self, target: Path, slot_ids: list[DocumentId | None], slot_tokens: list[int]
-    ) -> None:
-        live = [t for v, t in zip(slot_ids, slot_tokens, strict=True) if v is not None]
-        manifest = {
-            "format": FORMAT_VERSION,
-            "kind": self.kind,
-            "dim": self._dim,
-            "num_documents": len(live),
-            "num_tokens": int(sum(live)),
-            "settings": self.settings,
-        }  # no time or path in it: the same documents and settings give the same bytes (DVC hashes it)
-        atomic_write_json(target / MANIFEST_FILE, manifest)
-        # documents.json keeps the ids' JSON types, so "1" and 1 come back exactly as given.
-        (target / DOCUMENTS_FILE).write_text(
-            json.dumps({"ids": slot_ids, "tokens": slot_tokens}, ensure_ascii=False), encoding="utf-8"
-        )
 
     def _publish(self, target: Path) -> None:
         self._store.commit(target, replace_all=self._pending_override)
@@ -678,8 +377,7 @@ class MultiVectorIndex(abc.ABC):
             subset: ``None``; a list of allowed ids for every query; or one list of allowed ids per
                 query. Ids that are not indexed are ignored; an empty list gives no results.
         """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        check_k(k)
         queries = as_float_arrays(queries_embeddings, argument="queries_embeddings", dim=self._dim)
         allowed_keys = normalize_subset(subset, len(queries))
         if not queries:

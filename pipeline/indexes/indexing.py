@@ -27,14 +27,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.indexes.base import (
-    DocumentId,
-    DuplicateDocumentIdError,
-    MultiVectorIndex,
-    as_float_arrays,
-    id_key,
-    validate_ids,
-)
+from pipeline.indexes.base import MultiVectorIndex
+from pipeline.indexes.checks import DocumentId, as_float_arrays, check_counts, id_key, validate_ids
+from pipeline.indexes.errors import DuplicateDocumentIdError
 from pipeline.scores import colbert_scores
 
 logger = logging.getLogger(__name__)
@@ -69,10 +64,7 @@ def index_corpus(
 
     Lists are checked up front (equal lengths, non-empty, valid and new ids) before anything is encoded.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_counts({"chunk_size": chunk_size, "batch_size": batch_size})
     if isinstance(documents, str):
         raise ValueError("documents must be a list of texts, not a single string")
     total: int | None = None
@@ -140,8 +132,7 @@ def exact_search(
     documents = as_float_arrays(
         documents_embeddings, argument="documents_embeddings", dim=dim, expected=len(ids)
     )
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    check_counts({"k": k})
     if not queries or not documents:
         return [[] for _ in queries]
     best_scores = torch.full((len(queries), 0), float("-inf"))

@@ -1,9 +1,11 @@
 """PLAID index on fast-plaid: k-means centroids plus residual compression, searched with IVF probing.
 
-One cohesive module: the `PLAID` class (its build, search and PyLate keyword arguments).
+One cohesive module: the `PLAID` class, its build and its search. How k-means is sized lives in
+:mod:`pipeline.indexes.plaid_kmeans`, PyLate's options fast-plaid cannot honour in
+:mod:`pipeline.indexes.plaid_options`, the tuned search settings in :mod:`pipeline.indexes.search_settings`.
 
 fast-plaid does the clustering, compression, incremental updates, deletions and search; this module adds
-what it lacks: arbitrary str/int document ids, atomic on-disk versions (see :mod:`pipeline.indexes.base`),
+what it lacks: arbitrary str/int document ids, atomic on-disk versions (see :mod:`pipeline.indexes.storage`),
 per-query id filtering, and input validation.
 
 fast-plaid numbers documents 0..n-1 in insertion order and renumbers them after a deletion (the
@@ -23,12 +25,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import logging
 import os
 import shutil
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +37,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-import pipeline.indexes.tuning as tuning
 from pipeline.indexes.base import MultiVectorIndex
+from pipeline.indexes.checks import check_counts
+from pipeline.indexes.embedding_store import STORE_FOLDER, EmbeddingStore, open_store
+from pipeline.indexes.plaid_kmeans import (
+    CPU_KMEANS_CHUNK,
+    DEFAULT_POINTS_PER_CENTROID,
+    fast_plaid_kmeans,
+    kmeans_sample_documents,
+)
+from pipeline.indexes.plaid_options import check_pylate_options, triton_usable
+from pipeline.indexes.search_settings import SEARCH_SETTINGS_FILE, SearchSettings, read_settings, search_slots
+from pipeline.indexes.storage import TEXTS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -60,150 +70,6 @@ def _frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-#: Points per k-means distance block on CPU. fast-plaid's FastKMeans computes distances in blocks of
-#: 51,200 points x every centroid in float32: 800 MiB at the 4,096 centroids of a 500-document build, 1.6 GiB
-#: at 8,192, the peak of the whole build. 8,192 points bound it to a sixth (measured in the README); each
-#: point's nearest centroid and the centroid sums are the same, only computed in more, smaller blocks.
-CPU_KMEANS_CHUNK = 8192
-
-#: fast-plaid's module-level k-means names are swapped for bound ones while a build runs; one at a time.
-_KMEANS_SWAP = threading.Lock()
-
-
-@contextlib.contextmanager
-def _fast_plaid_kmeans(points: int | None, centroids: int | None) -> Iterator[None]:
-    """Run fast-plaid's k-means in ``points``-point blocks, with ``centroids`` centroids when it builds whole.
-
-    fast-plaid's ``create``/``update`` build ``FastKMeans(...)`` themselves without a block size, and
-    ``create`` calls ``compute_kmeans`` without a centroid count (it derives one from the token count), so
-    the names they look up are replaced by ones with ``chunk_size_data`` / ``num_partitions`` bound, for the
-    duration of the build (a new index, or a small one fast-plaid's ``update`` rebuilds whole). When
-    ``update`` adds centroids to a large index it passes its own ``num_partitions``, which wins.
-    ``None`` keeps fast-plaid's own (on CUDA large blocks are what makes k-means fast).
-    """
-    if points is None and centroids is None:
-        yield
-        return
-    from fast_plaid.search import fast_plaid as module
-
-    swaps = {}
-    for name, keyword, value in (
-        ("FastKMeans", "chunk_size_data", points),
-        ("compute_kmeans", "num_partitions", centroids),
-    ):
-        if value is None:
-            continue
-        original = getattr(module, name, None)
-        if original is None:  # a fast-plaid without the hook: build with its own setting
-            logger.warning("fast-plaid has no %s to set %s on; it uses its own", name, keyword)
-            continue
-        swaps[name] = (original, functools.partial(original, **{keyword: value}))
-    with _KMEANS_SWAP:
-        for name, (_, bound) in swaps.items():
-            setattr(module, name, bound)
-        try:
-            yield
-        finally:
-            for name, (original, _) in swaps.items():
-                setattr(module, name, original)
-
-
-#: k-means points per centroid when none is given. fast-plaid and PyLate cap it at 256 and sample up to
-#: 16 * sqrt(120 * documents) documents, which on corpora of a few thousand documents is all of them (~100
-#: points per centroid): k-means was 40% of a SciFact build. 25 points per centroid built in 0.70x the time
-#: at the same recall at PLAID's defaults, 12.5 cost a quarter of the tuned QPS; 32 keeps a margin (FAISS
-#: warns below 39) and cost the tuned search about a fifth of its QPS in one run (README, "Where PLAID's
-#: build time goes").
-DEFAULT_POINTS_PER_CENTROID = 32
-
-
-def fast_plaid_centroids(tokens: int) -> int:
-    """fast-plaid's number of centroids for ``tokens`` token embeddings: the largest power of two not above
-    16 * sqrt(tokens) (PLAID's rule).
-
-    Example:
-        >>> fast_plaid_centroids(561_120)  # NFCorpus's tokens
-        8192
-    """
-    return 2 ** int(np.floor(np.log2(16 * np.sqrt(tokens))))
-
-
-def kmeans_sample_documents(
-    token_counts: list[int], points_per_centroid: int, centroids: int | None = None
-) -> int:
-    """Documents to sample for fast-plaid's k-means so it gets about ``points_per_centroid`` points each.
-
-    fast-plaid picks the number of centroids from the corpus's token count (:func:`fast_plaid_centroids`,
-    unless ``centroids`` is given) and subsamples to ``max_points_per_centroid`` per centroid inside
-    k-means; a document sample of this size avoids gathering (and holding) the whole corpus only to
-    subsample it.
-
-    Example:
-        >>> kmeans_sample_documents([160] * 5000, points_per_centroid=32)  # 8,192 centroids
-        1639
-        >>> kmeans_sample_documents([10] * 20, points_per_centroid=32)  # small corpora: every document
-        20
-    """
-    documents, tokens = len(token_counts), sum(token_counts)
-    if documents == 0 or tokens == 0:
-        return documents
-    centroids = centroids or fast_plaid_centroids(tokens)
-    wanted = int(np.ceil(centroids * points_per_centroid * documents / tokens))
-    return min(documents, wanted, 1 + int(16 * np.sqrt(120 * documents)))  # never more than fast-plaid's
-
-
-#: Stanford-PLAID settings that PyLate's ``PLAID`` accepts and that have no fast-plaid meaning.
-STANFORD_ONLY_OPTIONS = ("nranks", "index_bsize", "ndocs", "centroid_score_threshold", "ncells")
-
-
-def _triton_usable(device: str) -> bool:
-    if not device.startswith("cuda"):
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _check_pylate_options(
-    use_fast: bool, use_triton: bool | None, low_memory: bool, kwargs: dict[str, Any]
-) -> None:
-    """Warn, naming each PyLate option this index cannot honour and what runs instead; refuse unknown ones."""
-    unknown = sorted(set(kwargs) - set(STANFORD_ONLY_OPTIONS))
-    if unknown:
-        raise TypeError(f"PLAID got unexpected keyword argument(s) {unknown}")
-    if kwargs:
-        warnings.warn(
-            f"PLAID ignores the Stanford-PLAID option(s) {sorted(kwargs)}: fast-plaid runs, with its own "
-            "settings (nbits, kmeans_niters, n_ivf_probe, n_full_scores ...)",
-            UserWarning,
-            stacklevel=3,
-        )
-    if not use_fast:
-        warnings.warn(
-            "PLAID(use_fast=False) asks for the Stanford PLAID backend, which this project does not ship: "
-            "the fast-plaid backend runs instead",
-            UserWarning,
-            stacklevel=3,
-        )
-    if use_triton:
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            warnings.warn(
-                "PLAID(use_triton=True): Triton is not installed, so fast-plaid's k-means runs in torch",
-                UserWarning,
-                stacklevel=3,
-            )
-    if low_memory:
-        warnings.warn(
-            "PLAID(low_memory=True) is ignored: fast-plaid places the index in memory itself",
-            UserWarning,
-            stacklevel=3,
-        )
-
-
 class PLAID(MultiVectorIndex):
     """A PLAID index (fast-plaid) with PyLate's constructor.
 
@@ -221,9 +87,9 @@ class PLAID(MultiVectorIndex):
             ``max_points_per_centroid`` points per centroid (:func:`kmeans_sample_documents`), never more
             than fast-plaid's own heuristic.
         n_centroids: Centroids of a new index (not a PyLate argument). ``None``: fast-plaid's rule
-            (:func:`fast_plaid_centroids`, 8,192 for SciFact's or NFCorpus's ~0.6-0.9 M tokens). Fewer
-            centroids build faster (each token is assigned to its nearest one) and make each probed cell
-            larger, which the index stage's tuner accounts for.
+            (:func:`~pipeline.indexes.plaid_kmeans.fast_plaid_centroids`, 8,192 for SciFact's or NFCorpus's
+            ~0.6-0.9 M tokens). Fewer centroids build faster (each token is assigned to its nearest one)
+            and make each probed cell larger, which the index stage's tuner accounts for.
         kmeans_chunk_size: Points per k-means distance block (not a PyLate argument). ``None``: 8,192 on
             CPU, which bounds a build's peak memory (fast-plaid's 51,200-point blocks are most of it),
             fast-plaid's own on CUDA. The clustering is the same; only the blocks are smaller.
@@ -258,6 +124,9 @@ class PLAID(MultiVectorIndex):
 
     kind = "plaid"
     compacts_on_remove = True
+    #: Written beside the versions by the index stage: the tuned settings, the full-precision embeddings
+    #: and the documents' texts.
+    side_files = (SEARCH_SETTINGS_FILE, STORE_FOLDER, TEXTS_FILE)
 
     def __init__(
         self,
@@ -286,76 +155,80 @@ class PLAID(MultiVectorIndex):
         low_memory: bool = False,
         **kwargs: Any,
     ) -> None:
-        _check_pylate_options(use_fast, use_triton, low_memory, kwargs)
+        check_pylate_options(use_fast, use_triton, low_memory, kwargs)
         # Explicit search settings win over the stored, tuned ones.
         self.tuned = bool(tuned) and n_ivf_probe is None and n_full_scores is None
-        n_ivf_probe = 8 if n_ivf_probe is None else n_ivf_probe
-        n_full_scores = 8192 if n_full_scores is None else n_full_scores
-        positive = {
-            "kmeans_niters": kmeans_niters,
-            "max_points_per_centroid": max_points_per_centroid,
-            "n_ivf_probe": n_ivf_probe,
-            "n_full_scores": n_full_scores,
-            "batch_size": batch_size,
-        }
-        if kmeans_chunk_size is not None:
-            positive["kmeans_chunk_size"] = kmeans_chunk_size
-        if n_samples_kmeans is not None:
-            positive["n_samples_kmeans"] = n_samples_kmeans
-        if n_centroids is not None:
-            positive["n_centroids"] = n_centroids
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if nbits not in (1, 2, 4, 8):
-            raise ValueError(f"nbits must be 1, 2, 4 or 8, got {nbits!r}")
-        if search_batch_size != "auto" and (not isinstance(search_batch_size, int) or search_batch_size < 1):
-            raise ValueError(
-                f"search_batch_size must be 'auto' or a positive integer, got {search_batch_size!r}"
-            )
+        self.n_ivf_probe = 8 if n_ivf_probe is None else n_ivf_probe
+        self.n_full_scores = 8192 if n_full_scores is None else n_full_scores
         self.nbits = nbits
         self.kmeans_niters = kmeans_niters
         self.max_points_per_centroid = max_points_per_centroid
         self.n_samples_kmeans = n_samples_kmeans
         self.n_centroids = n_centroids
-        self.n_ivf_probe = n_ivf_probe
-        self.n_full_scores = n_full_scores
         self.batch_size = batch_size
         self.search_batch_size = search_batch_size
+        self._check_settings(kmeans_chunk_size)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if kmeans_chunk_size is None and not self.device.startswith("cuda"):
             kmeans_chunk_size = CPU_KMEANS_CHUNK
         self.kmeans_chunk_size = kmeans_chunk_size
         self.seed = seed
         self.use_fast = use_fast
-        self.use_triton = bool(use_triton) and _triton_usable(self.device)
-        if use_triton and not self.use_triton and not self.device.startswith("cuda"):
+        self.use_triton = self._triton_runs(use_triton)
+        self.show_progress = show_progress
+        self.num_threads = num_threads
+        self._plaid: Any = None
+        self.search_settings: SearchSettings | None = None
+        self._embeddings: EmbeddingStore | None = None
+        # what searches use when no tuned settings apply
+        self._untuned = (self.n_ivf_probe, self.n_full_scores)
+        super().__init__(index_folder, index_name, override, embedding_size, settings=self._build_settings())
+
+    def _check_settings(self, kmeans_chunk_size: int | None) -> None:
+        """Refuse settings fast-plaid cannot build or search with, before anything is opened."""
+        given = {
+            "kmeans_chunk_size": kmeans_chunk_size,
+            "n_samples_kmeans": self.n_samples_kmeans,
+            "n_centroids": self.n_centroids,
+        }
+        check_counts(
+            {
+                "kmeans_niters": self.kmeans_niters,
+                "max_points_per_centroid": self.max_points_per_centroid,
+                "n_ivf_probe": self.n_ivf_probe,
+                "n_full_scores": self.n_full_scores,
+                "batch_size": self.batch_size,
+                **{name: value for name, value in given.items() if value is not None},
+            }
+        )
+        if self.nbits not in (1, 2, 4, 8):
+            raise ValueError(f"nbits must be 1, 2, 4 or 8, got {self.nbits!r}")
+        batch = self.search_batch_size
+        if batch != "auto" and (not isinstance(batch, int) or batch < 1):
+            raise ValueError(f"search_batch_size must be 'auto' or a positive integer, got {batch!r}")
+
+    def _triton_runs(self, use_triton: bool | None) -> bool:
+        """Whether fast-plaid's k-means runs in Triton: asked for, installed, and on CUDA."""
+        usable = bool(use_triton) and triton_usable(self.device)
+        if use_triton and not usable and not self.device.startswith("cuda"):
             warnings.warn(
                 f"PLAID(use_triton=True): Triton k-means needs CUDA and this index runs on {self.device}, "
                 "so fast-plaid's k-means runs in torch",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of PLAID(...), past __init__
             )
-        self.show_progress = show_progress
-        self.num_threads = num_threads
-        self._plaid: Any = None
-        self.search_settings: tuning.SearchSettings | None = None
-        self._embeddings: tuning.EmbeddingStore | None = None
-        self._untuned = (n_ivf_probe, n_full_scores)  # what searches use when no tuned settings apply
-        super().__init__(
-            index_folder,
-            index_name,
-            override,
-            embedding_size,
-            settings={
-                "nbits": nbits,
-                "kmeans_niters": kmeans_niters,
-                "max_points_per_centroid": max_points_per_centroid,
-                "n_samples_kmeans": n_samples_kmeans,
-                "n_centroids": n_centroids,
-                "seed": seed,
-            },
-        )
+        return usable
+
+    def _build_settings(self) -> dict[str, Any]:
+        """The settings that shape the index on disk, recorded in its manifest (not search or device ones)."""
+        return {
+            "nbits": self.nbits,
+            "kmeans_niters": self.kmeans_niters,
+            "max_points_per_centroid": self.max_points_per_centroid,
+            "n_samples_kmeans": self.n_samples_kmeans,
+            "n_centroids": self.n_centroids,
+            "seed": self.seed,
+        }
 
     # ------------------------------------------------------------------ backend
     def _fast_plaid(self, folder: Path) -> Any:
@@ -382,16 +255,16 @@ class PLAID(MultiVectorIndex):
 
     def _load_tuned(self, version: str) -> None:
         """Pick up ``search.json`` (and the embedding store it needs) when they match ``version``."""
-        settings = tuning.read_settings(self.path, version)
+        settings = read_settings(self.path, version)
         if settings is None:
             return
         if settings.needs_store:
-            self._embeddings = tuning.open_store(self.path, version, device=self.device)
+            self._embeddings = open_store(self.path, version, device=self.device)
             if self._embeddings is None or self._embeddings.num_documents != len(self._slot_ids):
                 logger.warning(
                     "%s: the tuned settings need %s, which is missing or stale: plain PLAID search",
                     self.path,
-                    tuning.STORE_FOLDER,
+                    STORE_FOLDER,
                 )
                 self._embeddings = None
                 return
@@ -437,7 +310,7 @@ class PLAID(MultiVectorIndex):
         folder = self._working_copy(source, target)
         exists = (folder / "metadata.json").is_file()
         plaid = self._fast_plaid(folder)
-        with _frozen_heap(), _fast_plaid_kmeans(self.kmeans_chunk_size, self.n_centroids):
+        with _frozen_heap(), fast_plaid_kmeans(self.kmeans_chunk_size, self.n_centroids):
             if exists:  # a small index is rebuilt whole, a large one extends its centroids: fast-plaid's rule
                 plaid.update(documents_embeddings=tensors, **self._build_kwargs())
             else:
@@ -462,7 +335,7 @@ class PLAID(MultiVectorIndex):
         self, queries: list[np.ndarray], k: int, allowed: list[np.ndarray | None]
     ) -> list[list[tuple[int, float]]]:
         if self.search_settings is not None:
-            return tuning.search_slots(
+            return search_slots(
                 self.search_settings, self._embeddings, self.candidate_slots, queries, k, allowed
             )
         return self.candidate_slots(queries, k, self.n_ivf_probe, self.n_full_scores, allowed)

@@ -1,7 +1,8 @@
 """ScaNN index: Google's ScaNN over every token embedding, with PyLate 1.6's constructor and token-level call.
 
-One cohesive module: the ScaNN searcher's build, its safe serialisation, the token-level call XTR ranks
-from and the exact MaxSim search ``retrieve.ColBERT`` uses are one backend of the shared index contract.
+One cohesive module: the token-level call XTR ranks from and the exact MaxSim search ``retrieve.ColBERT``
+uses, one backend of the shared index contract. The searcher itself (its build, safe serialisation and
+loading) is :mod:`pipeline.indexes.scann_searcher`.
 
 Token ``t`` of the index is ScaNN datapoint ``t``; a document owns a contiguous run of tokens. ScaNN
 searchers are trained on their data (a k-means tree and anisotropic quantisation), so an addition rebuilds
@@ -46,18 +47,27 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.indexes.base import DocumentId, MultiVectorIndex, as_float_arrays, id_key
+from pipeline.indexes.base import MultiVectorIndex
+from pipeline.indexes.checks import DocumentId, as_float_arrays, check_counts, check_k, id_key
+from pipeline.indexes.scann_searcher import SEARCHER_FOLDER, build_searcher, load_searcher, write_searcher
+from pipeline.indexes.storage import link_or_copy
 from pipeline.project.io import atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
-SEARCHER_FOLDER = "scann"
 EMBEDDINGS_FILE = "embeddings.npy"
 STATE_FILE = "scann.json"
-ASSETS_FILE = "scann_assets.pbtxt"
-#: ScaNN's anisotropic quantiser trains 16 centres per block: fewer tokens than this cannot train it.
-AH_MIN_TOKENS = 16
 _VERBOSITY = {"none", "init", "all"}
+
+
+def _verbosity(verbose: bool | str, verbose_level: str | None) -> str:
+    """PyLate's two spellings as one level: ``verbose_level`` wins; ``True`` is ``"init"``, ``False`` none."""
+    level = verbose_level if verbose_level is not None else ("init" if verbose is True else verbose)
+    if level is False:
+        level = "none"
+    if level not in _VERBOSITY:
+        raise ValueError(f"Invalid verbosity level: {level!r}. Expected one of: 'none', 'init', 'all'.")
+    return level  # type: ignore[return-value]
 
 
 def _storage_dtype(embeddings: Any) -> np.dtype | None:
@@ -78,14 +88,6 @@ def _storage_dtype(embeddings: Any) -> np.dtype | None:
             )
         halves.append(half)
     return np.dtype(np.float16) if halves and halves[0] else np.dtype(np.float32)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Share a committed, never-rewritten file with a new version (a hard link), or copy it."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 class ScaNN(MultiVectorIndex):
@@ -135,34 +137,23 @@ class ScaNN(MultiVectorIndex):
         k_token: int = 32,
         subset_exact_limit: int = 512,
     ) -> None:
-        level = verbose_level if verbose_level is not None else ("init" if verbose is True else verbose)
-        if level is False:
-            level = "none"
-        if level not in _VERBOSITY:
-            raise ValueError(f"Invalid verbosity level: {level!r}. Expected one of: 'none', 'init', 'all'.")
-        for name, value in {
+        self.verbose_level = _verbosity(verbose, verbose_level)
+        self.verbose = self.verbose_level in ("init", "all")
+        counts = {
             "num_neighbors": num_neighbors,
             "num_leaves": num_leaves,
             "num_leaves_to_search": num_leaves_to_search,
             "dimensions_per_block": dimensions_per_block,
             "training_sample_size": training_sample_size,
             "k_token": k_token,
-        }.items():
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        }
+        check_counts(counts, optional=True)
         threshold = anisotropic_quantization_threshold
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
             raise ValueError(
                 f"anisotropic_quantization_threshold must be a number or None, got {threshold!r}"
             )
-        if (
-            isinstance(subset_exact_limit, bool)
-            or not isinstance(subset_exact_limit, int)
-            or subset_exact_limit < 0
-        ):
-            raise ValueError(f"subset_exact_limit must be a non-negative integer, got {subset_exact_limit!r}")
-        self.verbose_level = level
-        self.verbose = level in ("init", "all")
+        check_counts({"subset_exact_limit": subset_exact_limit}, minimum=0)
         self.num_neighbors = num_neighbors
         self.num_leaves = num_leaves
         self.num_leaves_to_search = num_leaves_to_search
@@ -181,30 +172,35 @@ class ScaNN(MultiVectorIndex):
         self._alive = np.zeros(0, dtype=bool)
         self._fresh: tuple[Path, Any] | None = None
         self._pending_dtype: np.dtype | None = None
-        folder: str | os.PathLike[str] | None = index_folder
-        if index_folder is None or index_name is None:
-            # PyLate keeps such an index in memory only: a private folder, removed with this object.
-            folder = tempfile.mkdtemp(prefix="pipeline-scann-")
-            weakref.finalize(self, shutil.rmtree, folder, True)
+        self.persistent = index_folder is not None and index_name is not None
+        folder = index_folder if self.persistent else self._private_folder()
         super().__init__(
             folder,  # type: ignore[arg-type]
             index_name or "ScaNN_index",
             override,
             embedding_size,
-            settings={
-                "distance": "dot_product",
-                "num_neighbors": num_neighbors,
-                "num_leaves": num_leaves,
-                "num_leaves_to_search": num_leaves_to_search,
-                "dimensions_per_block": self.dimensions_per_block,
-                "anisotropic_quantization_threshold": self.anisotropic_quantization_threshold,
-                "training_sample_size": training_sample_size,
-                "use_autopilot": self.use_autopilot,
-            },
+            settings={"distance": "dot_product", **self._searcher_options()},
         )
-        self.persistent = index_folder is not None and index_name is not None
         if not self.persistent:
             self.index_folder = None  # type: ignore[assignment]  # PyLate's attribute: not persisted
+
+    def _private_folder(self) -> str:
+        """PyLate keeps an index without folder or name in memory only: a private folder, removed with it."""
+        folder = tempfile.mkdtemp(prefix="pipeline-scann-")
+        weakref.finalize(self, shutil.rmtree, folder, True)
+        return folder
+
+    def _searcher_options(self) -> dict[str, Any]:
+        """The searcher's build options as given (``None``: chosen from the token count at each build)."""
+        return {
+            "num_neighbors": self.num_neighbors,
+            "num_leaves": self.num_leaves,
+            "num_leaves_to_search": self.num_leaves_to_search,
+            "dimensions_per_block": self.dimensions_per_block,
+            "anisotropic_quantization_threshold": self.anisotropic_quantization_threshold,
+            "training_sample_size": self.training_sample_size,
+            "use_autopilot": self.use_autopilot,
+        }
 
     # ------------------------------------------------------------------ PyLate's attributes
     @property
@@ -270,80 +266,31 @@ class ScaNN(MultiVectorIndex):
             offset += len(item)
         old = self._embeddings
         vectors = new if old is None else np.concatenate([np.asarray(old, dtype=np.float32), new])
-        searcher, settings = self._build(vectors)
-        folder = target / f".{SEARCHER_FOLDER}.{uuid.uuid4().hex}.tmp"
-        folder.mkdir()
-        try:
-            searcher.serialize(str(folder), relative_path=True)  # asset paths relative: the index can move
-            self._replace(folder, target / SEARCHER_FOLDER)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        searcher, self.build_settings = build_searcher(
+            vectors, **self._searcher_options(), verbose=self.verbose
+        )
+        write_searcher(searcher, target)
         if self.store_embeddings:
             stored = vectors.astype(dtype, copy=False)
             temp = target / f".{EMBEDDINGS_FILE}.{uuid.uuid4().hex}.tmp"
             with open(temp, "xb") as handle:
                 np.save(handle, stored, allow_pickle=False)
             os.replace(temp, target / EMBEDDINGS_FILE)  # never written in place: versions may share it
-        state = {"dtype": dtype.name, "store_embeddings": self.store_embeddings, "build": settings}
+        state = {"dtype": dtype.name, "store_embeddings": self.store_embeddings, "build": self.build_settings}
         atomic_write_json(target / STATE_FILE, state)
         self._dtype = dtype
         self._fresh = (target, searcher)
-
-    @staticmethod
-    def _replace(new: Path, path: Path) -> None:
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(new, path)
-        shutil.rmtree(old, ignore_errors=True)
 
     def _write_removed(self, source: Path, target: Path, slots: list[int]) -> None:
         if source == target:  # inside a transaction: tombstones live in documents.json only
             return
         (target / SEARCHER_FOLDER).mkdir()
         for file in (source / SEARCHER_FOLDER).iterdir():
-            _link_or_copy(file, target / SEARCHER_FOLDER / file.name)
+            link_or_copy(file, target / SEARCHER_FOLDER / file.name)
         for name in (EMBEDDINGS_FILE, STATE_FILE):
             if (source / name).is_file():
-                _link_or_copy(source / name, target / name)
+                link_or_copy(source / name, target / name)
         self._fresh = (target, self.searcher)
-
-    def _build(self, vectors: np.ndarray) -> tuple[Any, dict[str, Any]]:
-        """A ScaNN searcher over ``vectors`` (float32, one row per token) and the settings it was built by."""
-        from scann.scann_ops.py import scann_ops_pybind
-
-        n = len(vectors)
-        neighbours = self.num_neighbors or min(10, n)
-        builder = scann_ops_pybind.builder(vectors, neighbours, "dot_product")
-        if n < AH_MIN_TOKENS:
-            settings: dict[str, Any] = {"mode": "brute_force"}
-            builder = builder.score_brute_force()
-        elif self.use_autopilot:
-            settings = {"mode": "autopilot"}
-            builder = builder.autopilot()
-        else:
-            settings = {
-                "mode": "tree_ah",
-                "num_leaves": self.num_leaves or min(2_000, n),
-                "num_leaves_to_search": self.num_leaves_to_search or 200,
-                "training_sample_size": self.training_sample_size or min(250_000, n),
-                "dimensions_per_block": self.dimensions_per_block,
-                "anisotropic_quantization_threshold": self.anisotropic_quantization_threshold,
-            }
-            builder = builder.tree(
-                num_leaves=settings["num_leaves"],
-                num_leaves_to_search=settings["num_leaves_to_search"],
-                training_sample_size=settings["training_sample_size"],
-                spherical=True,
-            ).score_ah(
-                dimensions_per_block=self.dimensions_per_block,
-                anisotropic_quantization_threshold=self.anisotropic_quantization_threshold,
-            )
-        log = logger.info if self.verbose else logger.debug
-        log("ScaNN: building a searcher over %d tokens (%s)", n, settings)
-        searcher = builder.build()
-        self.build_settings = {"tokens": n, **settings}
-        return searcher, self.build_settings
 
     # ------------------------------------------------------------------ loading
     def _open_backend(self, version: Path | None) -> None:
@@ -363,9 +310,7 @@ class ScaNN(MultiVectorIndex):
         self.store_embeddings = bool(state.get("store_embeddings"))  # what was kept, whatever was asked now
         self.build_settings = dict(state.get("build") or {})
         total = int(tokens.sum())
-        self.searcher = (
-            fresh[1] if fresh is not None and fresh[0] == version else self._load_searcher(version)
-        )
+        self.searcher = fresh[1] if fresh is not None and fresh[0] == version else load_searcher(version)
         self._embeddings = None
         if self.store_embeddings:
             path = version / EMBEDDINGS_FILE
@@ -380,32 +325,6 @@ class ScaNN(MultiVectorIndex):
             raise ValueError(
                 f"{version / SEARCHER_FOLDER} holds {self.searcher.size()} tokens, expected {total}"
             )
-
-    @staticmethod
-    def _load_searcher(version: Path) -> Any:
-        """Load the serialised searcher without ScaNN's pickle path, its assets confined to the folder."""
-        from google.protobuf import text_format
-        from scann.scann_ops import scann_assets_pb2
-        from scann.scann_ops.py import scann_ops_pybind
-
-        folder = version / SEARCHER_FOLDER
-        if (folder / "scann_docids.pkl").exists():
-            raise ValueError(f"{folder / 'scann_docids.pkl'}: a pickle file; this index never writes one")
-        text = (folder / ASSETS_FILE).read_text(encoding="utf-8")
-        try:
-            assets = text_format.Parse(text, scann_assets_pb2.ScannAssets())
-        except text_format.ParseError as error:
-            raise ValueError(f"{folder / ASSETS_FILE}: not a ScaNN assets file ({error})") from None
-        root = folder.resolve()
-        for asset in assets.assets:
-            where = (folder / asset.asset_path).resolve()
-            if os.path.isabs(asset.asset_path) or not where.is_relative_to(root) or not where.is_file():
-                raise ValueError(
-                    f"{folder / ASSETS_FILE}: asset {asset.asset_path!r} is not a file inside {folder}"
-                )
-        return scann_ops_pybind.ScannSearcher(
-            scann_ops_pybind.scann_pybind.ScannNumpy(str(folder), text), None
-        )
 
     # ------------------------------------------------------------------ searching
     def _neighbours(self, stacked: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -430,8 +349,7 @@ class ScaNN(MultiVectorIndex):
         """
         if subset is not None:
             raise ValueError("ScaNN(...) at token level takes no subset: use index.search(..., subset=...)")
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        check_k(k)
         queries = as_float_arrays(queries_embeddings, argument="queries_embeddings", dim=self._dim)
         if self.num_documents == 0 or self.searcher is None:
             raise ValueError(f"Index is empty, add documents before querying ({self.path})")

@@ -1,6 +1,7 @@
-"""Search settings that reach a recall target in the least time, and the full-precision embeddings they use.
+"""Search settings that reach a recall target in the least time, measured on probe queries.
 
-One cohesive module: the tuner, with the settings it chooses, the trials it times and the file it writes.
+One cohesive module: the tuner, the trials it times and the file it writes. The settings themselves, and how
+an index searches with them, are :mod:`pipeline.indexes.search_settings`.
 
 PLAID's 4-bit residuals reorder close candidates, so its recall@10 against exact MaxSim stops short of 0.95
 whatever its probes (about 0.91 on SciFact). Two ways past that plateau need the documents' full-precision
@@ -17,26 +18,21 @@ Two entries sit in the index folder beside its version folders (so their names n
 - ``embeddings/``: an :class:`EmbeddingStore`, the documents' token embeddings in float16, in slot order.
 
 Example (the store's own example is in :mod:`pipeline.indexes.embedding_store`):
-    >>> [SearchSettings(mode="exact").needs_store, SearchSettings(rerank=32).needs_store]
-    [True, True]
-    >>> SearchSettings().needs_store  # plain PLAID reads only its own compressed index
-    False
-    >>> SearchSettings(n_ivf_probe=0)
-    Traceback (most recent call last):
-    ValueError: n_ivf_probe must be a positive integer, got 0
+    >>> hits = [[(1, 1.0), (2, 0.5)], [(3, 1.0), (4, 0.5)]]
+    >>> recall([[(1, 1.0), (9, 0.5)], [(3, 1.0), (4, 0.5)]], hits, k=2)
+    0.75
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,85 +44,17 @@ from pipeline.indexes.embedding_store import (  # noqa: F401  (part of this modu
     Hits,
     open_store,
 )
+from pipeline.indexes.search_settings import (  # noqa: F401  (part of this module's API: what it chooses)
+    SEARCH_SETTINGS_FILE,
+    SETTINGS_FORMAT,
+    CandidateSearch,
+    SearchSettings,
+    read_settings,
+    search_slots,
+)
 from pipeline.project.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
-
-#: The tuned settings' file inside an index folder, beside its versions.
-SEARCH_SETTINGS_FILE = "search.json"
-
-SETTINGS_FORMAT = 1
-
-#: ``(queries, depth, n_ivf_probe, n_full_scores, allowed) -> top-depth (slot, score) per query``.
-CandidateSearch = Callable[
-    [list[np.ndarray], int, int, int, list[np.ndarray | None]], list[list[tuple[int, float]]]
-]
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchSettings:
-    """How to search a PLAID index.
-
-    Attributes:
-        mode: ``"plaid"`` (IVF probing, then optional exact re-scoring) or ``"exact"`` (MaxSim over every
-            document from the full-precision store; no PLAID at all).
-        n_ivf_probe: Centroids probed per query token.
-        n_full_scores: Candidates PLAID scores with its decompressed embeddings.
-        rerank: PLAID's top ``rerank`` candidates are re-scored with full-precision embeddings (0: none,
-            PLAID's own scores are final).
-        batch_size: Queries per search call.
-    """
-
-    mode: Literal["plaid", "exact"] = "plaid"
-    n_ivf_probe: int = 8
-    n_full_scores: int = 8192
-    rerank: int = 0
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("plaid", "exact"):
-            raise ValueError(f"mode must be 'plaid' or 'exact', got {self.mode!r}")
-        for name in ("n_ivf_probe", "n_full_scores", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.rerank, bool) or not isinstance(self.rerank, int) or self.rerank < 0:
-            raise ValueError(f"rerank must be a non-negative integer, got {self.rerank!r}")
-
-    @property
-    def needs_store(self) -> bool:
-        """Whether searching with these settings reads the full-precision embeddings."""
-        return self.mode == "exact" or self.rerank > 0
-
-    def describe(self) -> str:
-        if self.mode == "exact":
-            return f"exact MaxSim over every document (batch {self.batch_size})"
-        rerank = f", exact re-scoring of the top {self.rerank}" if self.rerank else ""
-        return (
-            f"PLAID n_ivf_probe={self.n_ivf_probe} n_full_scores={self.n_full_scores}{rerank} "
-            f"(batch {self.batch_size})"
-        )
-
-
-# ---------------------------------------------------------------------------------------------- searching
-def search_slots(
-    settings: SearchSettings,
-    store: EmbeddingStore | None,
-    candidates: CandidateSearch,
-    queries: list[np.ndarray],
-    k: int,
-    allowed: list[np.ndarray | None],
-) -> Hits:
-    """Top-``k`` ``(slot, score)`` per query under ``settings`` (``candidates`` is the PLAID search)."""
-    if settings.needs_store and store is None:
-        raise ValueError(f"{settings.describe()} needs the full-precision embedding store")
-    if settings.mode == "exact":
-        return store.search(queries, k, allowed)  # type: ignore[union-attr]
-    depth = max(k, settings.rerank)
-    hits = candidates(queries, depth, settings.n_ivf_probe, max(settings.n_full_scores, depth), allowed)
-    if not settings.rerank:
-        return [row[:k] for row in hits]
-    return store.rescore(queries, [[slot for slot, _ in row] for row in hits], k)  # type: ignore[union-attr]
 
 
 def _fractions(results: Hits, reference: Hits, k: int) -> list[float]:
@@ -240,6 +168,69 @@ def _batched(function: Callable[[list[np.ndarray]], Hits], queries: list[np.ndar
     return hits
 
 
+@dataclasses.dataclass(frozen=True)
+class _Bench:
+    """One tuning run's fixed inputs: what each trial searches, how it is timed, what it is held against."""
+
+    store: EmbeddingStore
+    queries: list[np.ndarray]
+    candidates: CandidateSearch | None
+    reference: Hits  #: exact MaxSim's top ``k`` of every probe query
+    k: int
+    standard_errors: float
+    timer: Callable[[], float]
+
+    def trial(self, settings: SearchSettings, results: Hits, seconds: float) -> Trial:
+        fractions = _fractions(results, self.reference, self.k)  # once: the mean and its bound come from them
+        return Trial(settings, _mean(fractions), seconds, _bound(fractions, self.standard_errors))
+
+    def plaid(self, probe: int, n_full: int, depth: int) -> tuple[Hits, float]:
+        """PLAID's top-``depth`` candidates of every probe query, unfiltered, and the seconds they took."""
+        no_filter: list[np.ndarray | None] = [None] * len(self.queries)
+        return _timed(
+            lambda: self.candidates(self.queries, depth, probe, n_full, no_filter),  # type: ignore[misc]
+            self.timer,
+        )
+
+    def reranked(
+        self, probe: int, n_full: int, depths: list[int], hits: Hits, plaid_seconds: float
+    ) -> list[Trial]:
+        """A trial per re-scoring depth of one PLAID search (``hits``); depth 0 is PLAID's own order."""
+        measured = []
+        for rerank in depths:
+            settings = SearchSettings(n_ivf_probe=probe, n_full_scores=n_full, rerank=rerank)
+            if rerank == 0:
+                results, seconds = [row[: self.k] for row in hits], plaid_seconds
+            else:
+                results, extra = _timed(
+                    lambda rerank=rerank: self.store.rescore(
+                        self.queries, [[s for s, _ in row[:rerank]] for row in hits], self.k
+                    ),
+                    self.timer,
+                )
+                seconds = plaid_seconds + extra
+            measured.append(self.trial(settings, results, seconds))
+        return measured
+
+    def run(self, settings: SearchSettings, batch: int) -> tuple[Hits, float]:
+        """Every probe query searched under ``settings``, ``batch`` queries a call; the seconds it took."""
+        return _timed(
+            lambda: _batched(
+                lambda chunk: search_slots(
+                    settings,
+                    self.store,
+                    self.candidates,  # type: ignore[arg-type]
+                    chunk,
+                    self.k,
+                    [None] * len(chunk),
+                ),
+                self.queries,
+                batch,
+            ),
+            self.timer,
+        )
+
+
 def tune(
     store: EmbeddingStore,
     queries: Sequence[np.ndarray],
@@ -265,7 +256,7 @@ def tune(
     The reference is exact MaxSim over every document of ``store`` (float16 embeddings, float32 math). For
     each ``n_ivf_probe``, ``n_full_scores`` grows until some re-scoring depth reaches the target (more
     would only cost more), recall stops growing, or PLAID alone is slower than the fastest setting already
-    reaching the target (see the comments in the loop); one PLAID search at the deepest depth serves every
+    reaching the target (see :func:`_plaid_row`); one PLAID search at the deepest depth serves every
     depth (PLAID's order does not depend on ``top_k``). Exact search over every document (recall 1 by
     definition) competes on time unless ``consider_exact`` is false, and is the fallback when no PLAID
     setting reaches the target. The ``finalists`` fastest candidates are timed once more (noise on a busy
@@ -290,91 +281,13 @@ def tune(
     queries = list(queries)
     n = len(queries)
     reference, exact_seconds = _timed(lambda: store.exact_topk(queries, k), timer)
+    bench = _Bench(store, queries, candidates, reference, k, standard_errors, timer)
     exact = SearchSettings(mode="exact")
     trials: list[Trial] = [Trial(exact, 1.0, exact_seconds, 1.0)] if consider_exact else []
-
-    def trial(settings: SearchSettings, results: Hits, seconds: float) -> Trial:
-        fractions = _fractions(results, reference, k)  # once: the mean and its bound both come from them
-        return Trial(settings, _mean(fractions), seconds, _bound(fractions, standard_errors))
-
-    no_filter: list[np.ndarray | None] = [None] * n
-    depths = sorted({r for r in reranks if r == 0 or r >= k})
-    # PLAID's cost grows with n_ivf_probe and n_full_scores, so the grid is walked cheapest first and cut
-    # short: a setting that reaches the target ends its probe's row (more full scores only cost more);
-    # a row stops when doubling n_full_scores gains no recall (the probed centroids bound the candidates);
-    # and once PLAID alone is slower than the fastest setting that already reaches the target (exact
-    # search included), the rest of the row, or when it is the row's first setting every later row, can
-    # only be slower.
-    fastest = min((t.seconds for t in trials if t.recall_bound >= target), default=math.inf)
-    for probe in probes if candidates is not None else ():
-        previous = -1.0
-        first_in_row = True
-        stop_all = False
-        for n_full in sorted(full_scores):
-            usable = [r for r in depths if r <= n_full]
-            if n_full < k or not usable:
-                continue
-            depth = max(k, *usable)
-            hits, plaid_seconds = _timed(
-                lambda probe=probe, n_full=n_full, depth=depth: candidates(  # type: ignore[misc]
-                    queries, depth, probe, n_full, no_filter
-                ),
-                timer,
-            )
-            if plaid_seconds > slack * fastest:
-                stop_all = first_in_row
-                break
-            first_in_row = False
-            measured = []
-            for rerank in usable:
-                settings = SearchSettings(n_ivf_probe=probe, n_full_scores=n_full, rerank=rerank)
-                if rerank == 0:
-                    results, seconds = [row[:k] for row in hits], plaid_seconds
-                else:
-                    results, extra = _timed(
-                        lambda rerank=rerank, hits=hits: store.rescore(
-                            queries, [[s for s, _ in row[:rerank]] for row in hits], k
-                        ),
-                        timer,
-                    )
-                    seconds = plaid_seconds + extra
-                measured.append(trial(settings, results, seconds))
-            trials.extend(measured)
-            best = max(t.recall_bound for t in measured)
-            logger.info("tuning: probe %d, n_full_scores %d: recall@%d bound %.3f", probe, n_full, k, best)
-            fastest = min([fastest, *(t.seconds for t in measured if t.recall_bound >= target)])
-            if best >= target or best <= previous + 1e-9:
-                break
-            previous = best
-        if stop_all:
-            break
-
-    def run(settings: SearchSettings, batch: int) -> tuple[Hits, float]:
-        return _timed(
-            lambda: _batched(
-                lambda chunk: search_slots(settings, store, candidates, chunk, k, [None] * len(chunk)),  # type: ignore[arg-type]
-                queries,
-                batch,
-            ),
-            timer,
-        )
-
-    passing = sorted((t for t in trials if t.recall_bound >= target), key=lambda t: t.seconds)
-    reached_target = bool(passing)
-    if not passing:  # only possible without exact search: report the best recall, marked as not reached
-        passing = sorted(trials, key=lambda t: (-t.recall_bound, t.seconds))[:1]
-    retimed = []
-    for finalist in passing[:finalists]:
-        results, seconds = run(finalist.settings, finalist.settings.batch_size)
-        retimed.append(trial(finalist.settings, results, min(seconds, finalist.seconds)))
-    best = min(retimed, key=lambda t: t.seconds)
-    for batch in batch_sizes:
-        if batch == best.settings.batch_size:
-            continue
-        settings = dataclasses.replace(best.settings, batch_size=batch)
-        results, seconds = run(settings, batch)
-        if seconds < best.seconds:
-            best = trial(settings, results, seconds)
+    if candidates is not None:
+        fastest = min((t.seconds for t in trials if t.recall_bound >= target), default=math.inf)
+        trials.extend(_plaid_trials(bench, probes, full_scores, reranks, target, slack, fastest))
+    best, reached_target = _fastest_passing(bench, trials, target, finalists, batch_sizes)
     logger.info(
         "tuned search: %s, recall@%d %.3f at %.1f QPS (exact MaxSim %.1f QPS)",
         best.settings.describe(),
@@ -397,39 +310,101 @@ def tune(
     )
 
 
+def _plaid_trials(
+    bench: _Bench,
+    probes: Sequence[int],
+    full_scores: Sequence[int],
+    reranks: Sequence[int],
+    target: float,
+    slack: float,
+    fastest: float,
+) -> list[Trial]:
+    """The PLAID settings' trials, row by row (one row per ``n_ivf_probe``), cheapest first.
+
+    ``fastest`` is the time of the fastest setting already reaching ``target`` (exact search's, or infinity).
+    """
+    depths = sorted({r for r in reranks if r == 0 or r >= bench.k})
+    trials: list[Trial] = []
+    for probe in probes:
+        row, fastest, slower_from_the_start = _plaid_row(
+            bench, probe, sorted(full_scores), depths, target, slack, fastest
+        )
+        trials.extend(row)
+        # PLAID's cost grows with n_ivf_probe: a row whose first setting is already too slow means every
+        # later row is too.
+        if slower_from_the_start:
+            break
+    return trials
+
+
+def _plaid_row(
+    bench: _Bench,
+    probe: int,
+    full_scores: list[int],
+    depths: list[int],
+    target: float,
+    slack: float,
+    fastest: float,
+) -> tuple[list[Trial], float, bool]:
+    """One ``n_ivf_probe``'s trials; the fastest time reaching ``target`` after them; whether the row's first
+    PLAID search was already too slow.
+
+    PLAID's cost grows with ``n_full_scores``, so the row is walked cheapest first and cut short: a setting
+    that reaches the target ends it (more full scores only cost more); so does doubling ``n_full_scores``
+    without gaining recall (the probed centroids bound the candidates); and once PLAID alone is slower than
+    the fastest setting that already reaches the target (exact search included), the rest of the row can
+    only be slower.
+    """
+    trials: list[Trial] = []
+    previous = -1.0
+    for n_full in full_scores:
+        usable = [r for r in depths if r <= n_full]
+        if n_full < bench.k or not usable:
+            continue
+        hits, plaid_seconds = bench.plaid(probe, n_full, max(bench.k, *usable))
+        if plaid_seconds > slack * fastest:
+            return trials, fastest, not trials
+        measured = bench.reranked(probe, n_full, usable, hits, plaid_seconds)
+        trials.extend(measured)
+        best = max(t.recall_bound for t in measured)
+        logger.info("tuning: probe %d, n_full_scores %d: recall@%d bound %.3f", probe, n_full, bench.k, best)
+        fastest = min([fastest, *(t.seconds for t in measured if t.recall_bound >= target)])
+        if best >= target or best <= previous + 1e-9:
+            break
+        previous = best
+    return trials, fastest, False
+
+
+def _fastest_passing(
+    bench: _Bench, trials: list[Trial], target: float, finalists: int, batch_sizes: Sequence[int]
+) -> tuple[Trial, bool]:
+    """The fastest trial reaching ``target`` once its ``finalists`` are timed again and its query batch size
+    chosen; and whether any reached it (if none did, the best recall stands in, marked as not reached)."""
+    passing = sorted((t for t in trials if t.recall_bound >= target), key=lambda t: t.seconds)
+    reached_target = bool(passing)
+    if not passing:  # only possible without exact search: report the best recall, marked as not reached
+        passing = sorted(trials, key=lambda t: (-t.recall_bound, t.seconds))[:1]
+    retimed = []
+    for finalist in passing[:finalists]:
+        results, seconds = bench.run(finalist.settings, finalist.settings.batch_size)
+        retimed.append(bench.trial(finalist.settings, results, min(seconds, finalist.seconds)))
+    best = min(retimed, key=lambda t: t.seconds)
+    for batch in batch_sizes:
+        if batch == best.settings.batch_size:
+            continue
+        settings = dataclasses.replace(best.settings, batch_size=batch)
+        results, seconds = bench.run(settings, batch)
+        if seconds < best.seconds:
+            best = bench.trial(settings, results, seconds)
+    return best, reached_target
+
+
 # ---------------------------------------------------------------------------------------------- on disk
 def write_settings(index_path: str | os.PathLike[str], index_version: str, result: TuningResult) -> Path:
     """Store ``result`` as ``<index_path>/search.json`` (atomically), for that index version."""
     path = Path(index_path) / SEARCH_SETTINGS_FILE
     atomic_write_json(path, {"format": SETTINGS_FORMAT, "index_version": index_version, **result.summary()})
     return path
-
-
-def read_settings(index_path: str | os.PathLike[str], index_version: str | None) -> SearchSettings | None:
-    """The stored settings of ``index_path`` if they were measured on ``index_version``; else ``None``.
-
-    A missing file is ``None`` silently; stale or unreadable settings are ``None`` with a warning.
-    """
-    path = Path(index_path) / SEARCH_SETTINGS_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != SETTINGS_FORMAT:
-            raise ValueError(f"unsupported format {data.get('format')!r}")
-        settings = SearchSettings(**data["settings"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        logger.warning("%s: unreadable search settings, searching with defaults (%s)", path, error)
-        return None
-    if data.get("index_version") != index_version:
-        logger.warning(
-            "%s: tuned on index version %s, but %s is live: searching with defaults (rerun the index stage)",
-            path,
-            data.get("index_version"),
-            index_version,
-        )
-        return None
-    return settings
 
 
 def queries_from_documents(texts: Sequence[str], n: int, seed: int = 42, words: int = 12) -> list[str]:

@@ -37,7 +37,8 @@ import torch
 import voyager
 from tqdm.auto import tqdm
 
-from pipeline.indexes.base import DocumentId, MultiVectorIndex, as_float_arrays, id_key
+from pipeline.indexes.base import MultiVectorIndex
+from pipeline.indexes.checks import DocumentId, as_float_arrays, check_k, id_key
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,7 @@ class Voyager(MultiVectorIndex):
         """
         if subset is not None:
             raise ValueError("Voyager(...) at token level takes no subset: use index.search(..., subset=...)")
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        check_k(k)
         queries = as_float_arrays(queries_embeddings, argument="queries_embeddings", dim=self._dim)
         if self.num_documents == 0 or self._hnsw is None:
             raise ValueError(f"the index {self.path} is empty: add documents before querying")

@@ -66,7 +66,7 @@ class ColBERTSearchModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from pipeline import indexes, models, retrieve
-        from pipeline.indexes.base import TEXTS_FILE
+        from pipeline.indexes.storage import TEXTS_FILE
         from pipeline.models.precision import resolve_precision
 
         config = dict(getattr(context, "model_config", None) or {})

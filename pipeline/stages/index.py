@@ -62,8 +62,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     """Encode the corpus with ``train.output`` and build ``<index.folder>/<index.name>``."""
     from pipeline import indexes
     from pipeline.indexes import tuning
-    from pipeline.indexes.base import TEXTS_FILE
     from pipeline.indexes.indexing import index_corpus
+    from pipeline.indexes.storage import TEXTS_FILE
     from pipeline.models.backends import check_backend, load_model
 
     config = params.index

@@ -145,8 +145,8 @@ def test_id_mapping_is_not_reread_per_search(built, corpus, monkeypatch):
     def no_disk_reads(*args, **kwargs):
         raise AssertionError("the id mapping was read again during a search")
 
-    monkeypatch.setattr(index_base.json, "loads", no_disk_reads)
-    monkeypatch.setattr(index_base.Path, "read_text", no_disk_reads)
+    monkeypatch.setattr(json, "loads", no_disk_reads)
+    monkeypatch.setattr(Path, "read_text", no_disk_reads)
     assert built["PLAID"](queries[:2], k=5) == expected
 
 
@@ -502,9 +502,9 @@ def test_a_missing_index_opens_empty(tmp_path):
 
 
 def test_docstring_examples_run():
-    from pipeline.indexes import plaid, voyager
+    from pipeline.indexes import checks, plaid, plaid_kmeans, storage, voyager
 
-    for module in (index_base, plaid, voyager, indexes):
+    for module in (index_base, checks, storage, plaid, plaid_kmeans, voyager, indexes):
         failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert failures == 0, module.__name__
 
@@ -512,7 +512,7 @@ def test_docstring_examples_run():
 def test_kmeans_samples_documents_for_the_points_per_centroid_it_trains_on(tmp_path, monkeypatch):
     from fast_plaid.search import fast_plaid as backend
 
-    from pipeline.indexes.plaid import kmeans_sample_documents
+    from pipeline.indexes.plaid_kmeans import kmeans_sample_documents
 
     # 300 documents x 8-23 tokens (~4,600): 1,024 centroids, so 2 points each need ~140 documents.
     documents = random_documents(300, seed=9)
@@ -543,7 +543,7 @@ def test_kmeans_samples_documents_for_the_points_per_centroid_it_trains_on(tmp_p
 def test_n_centroids_sets_the_centroids_of_a_build_and_of_a_rebuild(tmp_path):
     from fast_plaid.search import fast_plaid as backend
 
-    from pipeline.indexes.plaid import fast_plaid_centroids
+    from pipeline.indexes.plaid_kmeans import fast_plaid_centroids
 
     documents = random_documents(300, seed=4)
     assert fast_plaid_centroids(sum(len(d) for d in documents)) == 1024  # what fast-plaid would pick

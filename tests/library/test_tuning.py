@@ -322,7 +322,7 @@ def test_settings_of_another_index_version_are_ignored(tmp_path, caplog):
     result = tuning.tune(store, queries, None, target=0.95)
     tuning.write_settings(index.path, index.stats()["version"], result)
     index.add_documents(["new"], [documents[0]])  # a new version: the tuning no longer describes it
-    with caplog.at_level(logging.WARNING, logger="pipeline.indexes.tuning"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.indexes.search_settings"):
         reopened = indexes.PLAID(index_folder=tmp_path, index_name="stale", device="cpu")
     assert reopened.search_settings is None
     assert "searching with defaults" in caplog.text
@@ -331,7 +331,7 @@ def test_settings_of_another_index_version_are_ignored(tmp_path, caplog):
 
 def test_unreadable_settings_fall_back_with_a_warning(tmp_path, caplog):
     (tmp_path / SEARCH_SETTINGS_FILE).write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="pipeline.indexes.tuning"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.indexes.search_settings"):
         assert tuning.read_settings(tmp_path, "v000001-00000000") is None
     assert SEARCH_SETTINGS_FILE in caplog.text
     (tmp_path / SEARCH_SETTINGS_FILE).write_text(json.dumps({"format": 1, "settings": {"mode": "fast"}}))

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline.indexes.base import TEXTS_FILE
+from pipeline.indexes.storage import TEXTS_FILE
 from pipeline.ops import lineage, promotion, registry, serving, tracking
 from pipeline.project.config import Params
 from pipeline.project.io import atomic_write_json, read_json
