@@ -290,7 +290,8 @@ def _train_command(command: str, config: str) -> str:
 
 def _configs_that_train(model_root: Path, configs: list[Path], params_path: Path) -> list[str]:
     """Overlay files beside ``configs`` that train ``model_root`` (to name in an error)."""
-    from pipeline.project.config import load_params, resolve_path
+    from pipeline.project.config import resolve_path
+    from pipeline.project.params_file import load_params
 
     base = params_path.resolve().parent
     found = []
@@ -379,7 +380,8 @@ def run_worker(python: Path, job: Path, timeout: float | None) -> None:
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     """Check inputs, train or reuse the PyLate model, retrieve, and save the scored result."""
     from pipeline.data.beir import load_beir
-    from pipeline.project.config import load_params, parse_override, resolve_path
+    from pipeline.project.config import resolve_path
+    from pipeline.project.params_file import load_params, parse_override
     from pipeline.project.report import save_result, save_training_loss
     from pipeline.project.runs import read_trec_run
 

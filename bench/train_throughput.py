@@ -311,7 +311,7 @@ def worker_stage(spec: dict) -> dict:
     from transformers import set_seed
 
     from pipeline import models
-    from pipeline.project.config import load_params
+    from pipeline.project.params_file import load_params
     from pipeline.training.trainer import MlflowLossCallback, build_loss, build_trainer
 
     overrides = {f"train.{key}": value for key, value in spec["train"].items()}

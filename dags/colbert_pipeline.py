@@ -37,8 +37,9 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from pipeline.ops import orchestration
 from pipeline.ops.dag_shared import CHAMPION, lookup
-from pipeline.project.config import ConfigError, check_tracked_inputs, load_params, read_params_file
+from pipeline.project.config import ConfigError
 from pipeline.project.layout import STAGES
+from pipeline.project.params_file import check_tracked_inputs, load_params, read_params_file
 
 logger = logging.getLogger(__name__)
 

@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.project.config import (
-    ConfigError,
-    Params,
-    load_params,
-    parse_override,
-    read_params_file,
-    write_params,
-)
+from pipeline.project.config import ConfigError, Params
+from pipeline.project.params_file import load_params, parse_override, read_params_file, write_params
 
 REPO = Path(__file__).resolve().parents[1]
 

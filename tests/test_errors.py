@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.sources import LeakError
-from pipeline.project.config import write_params
 from pipeline.project.errors import EXIT_CODES, RETRYABLE, InfrastructureError, InputError, classify
+from pipeline.project.params_file import write_params
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.project.config import apply_overrides, load_params
+from pipeline.project.params_file import apply_overrides, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

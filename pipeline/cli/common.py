@@ -26,7 +26,7 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace) -> Any:
     """The validated :class:`~pipeline.project.config.Params` the arguments name."""
-    from pipeline.project.config import load_params, parse_override
+    from pipeline.project.params_file import load_params, parse_override
 
     overrides = dict(parse_override(text) for text in args.set or [])
     return load_params(args.params, overrides, overlays=args.config or [])

@@ -64,7 +64,7 @@ def experiments(args: argparse.Namespace) -> int:
     from pipeline.ops import experiments as exps
 
     if args.set_arguments:
-        from pipeline.project.config import flatten, parse_override, read_params_file
+        from pipeline.project.params_file import flatten, parse_override, read_params_file
 
         # A later config replaces an earlier one's keys, and --set replaces both's (e.g. where a
         # real-data experiment writes its runs).

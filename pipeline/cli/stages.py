@@ -38,7 +38,7 @@ def run_stage(args: argparse.Namespace) -> int:
     params = load(args)
     project = project_of(args)
     if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: DVC must watch every input this stage reads
-        from pipeline.project.config import check_tracked_inputs
+        from pipeline.project.params_file import check_tracked_inputs
 
         check_tracked_inputs(params, project, args.params)
     module = importlib.import_module(f"pipeline.stages.{args.command}")

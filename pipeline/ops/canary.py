@@ -55,9 +55,9 @@ class CanarySet:
 def canary_set(workspace: Path, n: int = DEFAULT_QUERIES, params_file: str = "params.yaml") -> CanarySet:
     """The first ``n`` queries (by id) with relevant documents of the workspace's prepared benchmark."""
     from pipeline.data.benchmark import load_prepared_benchmarks
-    from pipeline.project.config import load_params
     from pipeline.project.errors import InputError
     from pipeline.project.layout import Layout
+    from pipeline.project.params_file import load_params
 
     folder = Layout(load_params(workspace / params_file), workspace).benchmark
     try:
@@ -141,7 +141,7 @@ def run_canary(
     import mlflow
     from mlflow import MlflowClient
 
-    from pipeline.project.config import load_params
+    from pipeline.project.params_file import load_params
 
     name = model_name or load_params(workspace / params_file).register.model_name
     client = MlflowClient(tracking_uri=tracking_uri)

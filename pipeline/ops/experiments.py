@@ -31,8 +31,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.project.config import flatten
 from pipeline.project.errors import PipelineError
+from pipeline.project.params_file import flatten
 
 PARAMS_FILE = "params.yaml"
 #: The README block that ``colbert-pipeline experiments --readme`` regenerates.

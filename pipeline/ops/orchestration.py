@@ -15,7 +15,8 @@ passes in ``COLBERT_PIPELINE_RESULT_FILE``, and the outputs' hashes come from ``
 
 Example (the ``cli`` runner on a folder with a params.yaml):
     >>> import tempfile
-    >>> from pipeline.project.config import write_params, Params
+    >>> from pipeline.project.config import Params
+    >>> from pipeline.project.params_file import write_params
     >>> workspace = Path(tempfile.mkdtemp())
     >>> write_params(Params(), workspace / "params.yaml")
     >>> settings = Settings.resolve({"COLBERT_PIPELINE_WORKSPACE": str(workspace),
@@ -49,9 +50,10 @@ from pipeline.ops.run_params import (  # noqa: F401  (the DAG's entry points, re
     restore_params,
 )
 from pipeline.ops.runner import ancestors, run_process
-from pipeline.project.config import DEFAULT_PARAMS_FILE, load_params
+from pipeline.project.config import DEFAULT_PARAMS_FILE
 from pipeline.project.errors import RETRYABLE, InputError, PipelineError, kind_of_exit_code
 from pipeline.project.layout import RESULT_FILE_ENV, STAGES, Layout
+from pipeline.project.params_file import load_params
 
 logger = logging.getLogger(__name__)
 

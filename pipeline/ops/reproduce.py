@@ -25,9 +25,9 @@ from typing import Any
 from pipeline.ops import versioning
 from pipeline.ops.lineage import LINEAGE_PREFIX, compute_md5, read_dvc_lock
 from pipeline.ops.runner import run_process
-from pipeline.project.config import load_params
 from pipeline.project.errors import InputError, PipelineError
 from pipeline.project.layout import Layout
+from pipeline.project.params_file import load_params
 
 logger = logging.getLogger(__name__)
 

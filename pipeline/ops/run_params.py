@@ -27,9 +27,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.project.config import ConfigError, apply_overrides, load_params, read_params_file, write_params
+from pipeline.project.config import ConfigError
 from pipeline.project.io import atomic_write_text
 from pipeline.project.layout import STATE_DIR
+from pipeline.project.params_file import apply_overrides, load_params, read_params_file, write_params
 
 logger = logging.getLogger(__name__)
 

@@ -45,9 +45,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.ops.lineage import LINEAGE_PREFIX, dvc_md5, git_commit, lineage_tags, params_hash
-from pipeline.project.config import Params, flatten
+from pipeline.project.config import Params
 from pipeline.project.errors import InfrastructureError
 from pipeline.project.layout import STAGE_IO, Layout
+from pipeline.project.params_file import flatten
 
 logger = logging.getLogger(__name__)
 

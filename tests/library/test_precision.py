@@ -9,7 +9,8 @@ import torch
 from pipeline.models import backends as encoding
 from pipeline.models import precision
 from pipeline.models.precision import resolve_precision
-from pipeline.project.config import ConfigError, load_params
+from pipeline.project.config import ConfigError
+from pipeline.project.params_file import load_params
 
 TEXTS = [
     "The otter swims in cold rivers and eats fish.",

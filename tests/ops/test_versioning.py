@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.ops import versioning
-from pipeline.project.config import ConfigError, Params, check_tracked_inputs, untracked_inputs
+from pipeline.project.config import ConfigError, Params
+from pipeline.project.params_file import check_tracked_inputs, untracked_inputs
 
 DVC = str(Path(sys.executable).parent / "dvc")
 IDENTITY = {

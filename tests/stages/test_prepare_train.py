@@ -11,7 +11,7 @@ from datasets import load_from_disk
 from pipeline.data import sources
 from pipeline.data.nano import load_nano_benchmark
 from pipeline.data.readers import DataFormatError
-from pipeline.project.config import load_params
+from pipeline.project.params_file import load_params
 from pipeline.stages import prepare, train
 from pipeline.training import trainer as training
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.project import report, runs
-from pipeline.project.config import ConfigError, Params, load_params
+from pipeline.project.config import ConfigError, Params
+from pipeline.project.params_file import load_params
 from pipeline.project.report import save_result, save_training_loss, write_report
 from pipeline.project.runs import evaluate_run, read_trec_run, write_trec_run
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.project.config import load_params
+from pipeline.project.params_file import load_params
 from pipeline.stages import baseline, evaluate, index, prepare, register, train
 from tests.workspace import REPO, TINY
 

@@ -11,8 +11,9 @@ from datasets import Dataset
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.dev_split import split_dev
-from pipeline.project.config import ConfigError, load_params
+from pipeline.project.config import ConfigError
 from pipeline.project.layout import DEV_LOSS_FILE
+from pipeline.project.params_file import load_params
 from pipeline.stages import train
 from pipeline.training import trainer as training
 

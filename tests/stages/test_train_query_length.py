@@ -7,7 +7,7 @@ import json
 from datasets import Dataset
 
 from pipeline import models
-from pipeline.project.config import load_params
+from pipeline.project.params_file import load_params
 from pipeline.stages import train
 
 

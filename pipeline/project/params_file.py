@@ -1,0 +1,221 @@
+"""Reading ``params.yaml``: overlays (``--config``), ``--set`` overrides, input-path checks, atomic writes.
+
+The schema they validate against is :mod:`pipeline.project.config`.
+
+Example:
+    >>> from pipeline.project.params_file import load_params
+    >>> load_params("no-such-file.yaml", {"train.epochs": 3}).train.epochs
+    3
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.project.config import DEFAULT_PARAMS_FILE, ConfigError, Params, resolve_path
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value`` (the value is YAML: ``2``, ``true``, ``null``, ``[a, b]``).
+
+    Example:
+        >>> parse_override("train.epochs=2")
+        ('train.epochs', 2)
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    return key.strip(), yaml.safe_load(value)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted keys, the form ``--set`` and ``dvc exp run -S`` take.
+
+    Example:
+        >>> flatten({"train": {"epochs": 1, "sampler": {"seed": 2}}})
+        {'train.epochs': 1, 'train.sampler.seed': 2}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted-key overrides set (``{"train.epochs": 2}``)."""
+    merged = _deep_copy(raw)
+    for dotted, value in (overrides or {}).items():
+        parts = dotted.split(".")
+        node = merged
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return merged
+
+
+def merge_overlay(raw: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with ``overlay``'s values laid over it, section by section (a copy; neither is changed).
+
+    Example:
+        >>> merge_overlay({"train": {"epochs": 1, "seed": 1}}, {"train": {"epochs": 3}})
+        {'train': {'epochs': 3, 'seed': 1}}
+    """
+    merged = _deep_copy(raw)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_overlay(merged[key], value)
+        else:
+            merged[key] = _deep_copy(value) if isinstance(value, dict) else value
+    return merged
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {key: _deep_copy(value) if isinstance(value, dict) else value for key, value in raw.items()}
+
+
+def read_params_file(path: str | os.PathLike[str] = DEFAULT_PARAMS_FILE) -> dict[str, Any]:
+    """The raw mapping in a params file; a missing file is an empty mapping (all defaults)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_params(
+    path: str | os.PathLike[str] = DEFAULT_PARAMS_FILE,
+    overrides: dict[str, Any] | None = None,
+    *,
+    overlays: list[str | os.PathLike[str]] | None = None,
+    check_paths: bool = True,
+) -> Params:
+    """Read, lay overlays over, override, validate; relative paths are checked against the params' folder.
+
+    Args:
+        path: The params file (a missing file means all defaults).
+        overrides: Dotted keys set last (``{"train.epochs": 3}``).
+        overlays: YAML files with the same sections (``configs/scifact.yaml``), merged in order; a missing
+            overlay is an error, unlike a missing params file.
+        check_paths: Check that the configured local inputs exist.
+
+    Example:
+        >>> load_params("no-such-file.yaml", {"train.epochs": 3}).train.epochs
+        3
+    """
+    raw = read_params_file(path)
+    sources = [str(path)]
+    for overlay in overlays or []:
+        if not Path(overlay).is_file():
+            raise ConfigError(f"{overlay}: overlay file not found")
+        raw = merge_overlay(raw, read_params_file(overlay))
+        sources.append(str(overlay))
+    raw = apply_overrides(raw, overrides)
+    source = " + ".join(sources)
+    params = Params.model_validate(raw, source=source)
+    if check_paths:
+        check_input_paths(params, base=Path(path).resolve().parent, source=source)
+    return params
+
+
+def check_input_paths(params: Params, base: Path, source: str = DEFAULT_PARAMS_FILE) -> None:
+    """Every local input the configured source needs must exist; Hub ids are left to the loaders."""
+    for key, value, must_be_local in _input_paths(params):
+        if value is None:
+            continue
+        resolved = resolve_path(value, base)
+        if resolved.exists():
+            continue
+        if must_be_local or _looks_local(value):
+            raise ConfigError(f"{source}: {key}: path {value!r} does not exist (looked at {resolved})")
+
+
+def _input_paths(params: Params) -> list[tuple[str, str | None, bool]]:
+    # (key, configured value, must be a local path rather than a Hub id) for every input the params read
+    prepare = params.prepare
+    checks: list[tuple[str, str | None, bool]] = []
+    if prepare.source == "triplets":
+        checks.append(("prepare.triplets.path", prepare.triplets.path, False))
+    elif prepare.source == "kd":
+        checks += [
+            ("prepare.kd.scores", prepare.kd.scores, True),
+            ("prepare.kd.queries", prepare.kd.queries, True),
+            ("prepare.kd.documents", prepare.kd.documents, True),
+        ]
+    elif prepare.source == "beir":
+        checks.append(("prepare.beir.folder", prepare.beir.folder, True))
+    if params.index.corpus:
+        checks.append(("index.corpus", params.index.corpus, True))
+    if params.quality.dataset:
+        checks.append(("quality.dataset", params.quality.dataset, True))
+    return checks
+
+
+def untracked_inputs(params: Params, base: Path) -> list[tuple[str, Path]]:
+    """The configured local inputs outside ``prepare.data``: ``(key, path)`` pairs DVC would not watch.
+
+    dvc.yaml can only name fixed keys as dependencies, so every input must sit in the one path it names.
+
+    Example:
+        >>> params = Params.model_validate({"index": {"corpus": "/elsewhere/corpus.jsonl"}})
+        >>> untracked_inputs(params, Path("/project"))
+        [('index.corpus', PosixPath('/elsewhere/corpus.jsonl'))]
+    """
+    root = resolve_path(params.prepare.data, base).resolve()
+    outside = []
+    for key, value, must_be_local in _input_paths(params):
+        if value is None or not (must_be_local or _looks_local(value) or resolve_path(value, base).exists()):
+            continue  # a Hub dataset id: DVC cannot watch it
+        path = resolve_path(value, base).resolve()
+        if path != root and root not in path.parents:
+            outside.append((key, path))
+    return outside
+
+
+def check_tracked_inputs(params: Params, base: Path, source: str = DEFAULT_PARAMS_FILE) -> None:
+    """Under DVC: refuse inputs outside ``prepare.data`` (a change there would silently re-run nothing)."""
+    outside = untracked_inputs(params, base)
+    if outside:
+        listed = ", ".join(f"{key} ({path})" for key, path in outside)
+        raise ConfigError(
+            f"{source}: {listed} outside prepare.data ({params.prepare.data}), the path dvc.yaml watches: "
+            "set prepare.data to a folder that holds every input"
+        )
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or Path(value).suffix in {
+        ".jsonl",
+        ".json",
+        ".csv",
+        ".parquet",
+        ".gz",
+    }
+
+
+def write_params(params: Params | dict[str, Any], path: str | os.PathLike[str] = DEFAULT_PARAMS_FILE) -> None:
+    """Write params atomically (temp file + rename), so a reader never sees half a file."""
+    from pipeline.project.io import atomic_write_text
+
+    data = params.model_dump(mode="json") if isinstance(params, Params) else params
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
