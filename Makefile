@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install services run test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana
+.PHONY: install services run test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-render
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -48,7 +48,7 @@ run: install
 
 # Real-data quality (configs/*.yaml; ../shared/data beside the checkout): the pipeline's fine-tuned ColBERT
 # against the dense and untrained baselines and, unless PEER=0, PyLate 1.6 trained identically
-# (bench/quality_peer.py installs it into bench/.peer-venv). Results and report: reports/beir/.
+# (`python -m bench.quality`, which installs it into bench/.peer-venv). Results and report: reports/beir/.
 CP := $(VENV)/bin/colbert-pipeline
 PEER ?= 1
 
@@ -58,14 +58,39 @@ quality-scifact quality-nfcorpus: quality-%: install
 	$(CP) prepare --config configs/$*.yaml
 	$(CP) train --config configs/$*.yaml
 	$(CP) quality --config configs/$*.yaml
-	if [ "$(PEER)" = 1 ]; then $(PY) bench/quality_peer.py --config configs/$*.yaml; fi
+	if [ "$(PEER)" = 1 ]; then $(PY) -m bench.quality --config configs/$*.yaml; fi
 	$(CP) report --config configs/$*.yaml
 
 # Zero-shot: scores the SciFact-trained models (run quality-scifact first).
 quality-arguana: install
 	$(CP) quality --config configs/arguana.yaml
-	if [ "$(PEER)" = 1 ]; then $(PY) bench/quality_peer.py --config configs/arguana.yaml; fi
+	if [ "$(PEER)" = 1 ]; then $(PY) -m bench.quality --config configs/arguana.yaml; fi
 	$(CP) report --config configs/arguana.yaml
+
+# Benchmarks against PyLate 1.6 (bench/, a package; PyLate goes into bench/.peer-venv on first use). Each
+# writes the committed record it is named for into bench/records/; long (minutes to an hour on 2 cores): run
+# them on a quiet machine. Arguments replace the defaults, e.g.
+#   make bench-index BENCH_ARGS="--datasets scifact --max-docs 500 --max-queries 50"
+# bench-quality: PyLate trained and scored on DATASET's test set, into bench/records/peer/runs/<DATASET>
+# (quality-* above run the same module into reports/beir/ for the quality report).
+# bench-pylate-tests: PyLate's own tests against pipeline, from an unpacked PyLate sdist: PYLATE=DIR.
+# bench-render: every record as Markdown tables.
+DATASET ?= scifact
+bench-index: install
+	$(PY) -m bench.index $(or $(BENCH_ARGS),--peer --rss --kinds plaid --record bench/records/index_bench.json)
+
+bench-train: install
+	$(PY) -m bench.train $(or $(BENCH_ARGS),--peer --steps 8 --warmup 2 --repeats 2 --output bench/records/train_throughput.json)
+
+bench-quality: install
+	$(PY) -m bench.quality --config configs/$(DATASET).yaml --set quality.output=bench/records/peer $(BENCH_ARGS)
+
+bench-pylate-tests: install
+	@test -n "$(PYLATE)" || { echo "make bench-pylate-tests PYLATE=DIR: DIR is a PyLate checkout or unpacked sdist" >&2; exit 2; }
+	$(PY) -m bench.pylate_tests $(PYLATE) $(BENCH_ARGS)
+
+bench-render: install
+	$(PY) -m bench.render $(BENCH_ARGS)
 
 # A real-data run as a DVC experiment (prepare -> baseline -> train -> evaluate, and quality on the full test
 # set, with configs/<name>.yaml; its runs go to reports/experiments/<name>, as reports/beir/ is git's):

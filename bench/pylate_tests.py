@@ -17,8 +17,9 @@ reason. Nothing of PyLate is copied into this repository: the scratch folder def
 ``/work/pylate-tests``.
 
 Usage:
-    .venv/bin/python bench/pylate_tests.py /tmp/pylate-sdist/pylate-1.6.0 --out /work/pylate-tests
-    .venv/bin/python bench/pylate_tests.py CHECKOUT --files test_kd.py test_plaid.py --json results.json
+    .venv/bin/python -m bench.pylate_tests /tmp/pylate-sdist/pylate-1.6.0 --out /work/pylate-tests
+    .venv/bin/python -m bench.pylate_tests CHECKOUT --files test_kd.py test_plaid.py --json results.json
+    make bench-pylate-tests PYLATE=/tmp/pylate-sdist/pylate-1.6.0
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from bench.common import DATA, REPO
+
 HUB_DATASET = "lightonai/lighton-ms-marco-mini"
 #: A string literal that looks like a Hub model id (owner/name), or a bare well-known one.
 HUB_MODEL = re.compile(r"""(["'])((?:[A-Za-z0-9][\w.-]*/[\w.-]+)|bert-base-uncased)\1""")
 NOT_MODELS = {HUB_DATASET}
 
-SHIM = '''"""Local stand-in for datasets.load_dataset, written by bench/pylate_tests.py."""
+SHIM = '''"""Local stand-in for datasets.load_dataset, written by bench.pylate_tests."""
 import datasets
 
 FOLDER = {folder!r}
@@ -99,7 +100,7 @@ def prepare(checkout: Path, out: Path, triplet_rows: int) -> list[Path]:
     files = sorted(out.glob("test_*.py"))
     for path in [*files, *out.glob("conftest.py")]:
         path.write_text(rewrite(path.read_text(encoding="utf-8"), model_path), encoding="utf-8")
-    folder = SHARED_DATA / "kd-sample-flagembedding"
+    folder = DATA / "kd-sample-flagembedding"
     (out / "_local_data.py").write_text(
         SHIM.format(folder=str(folder), triplet_rows=triplet_rows, hub=HUB_DATASET), encoding="utf-8"
     )

@@ -86,7 +86,7 @@ def experiments(args: argparse.Namespace) -> int:
         from pipeline.project import report
 
         records = exps.quality_records(rows)
-        for folder in args.results or ():  # rows scored outside DVC, e.g. PyLate's (bench/quality_peer.py)
+        for folder in args.results or ():  # rows scored outside DVC, e.g. PyLate's (bench/records/peer/runs)
             records += report.load_results(folder)
         if not records:
             raise InputError("no quality scores: none of these experiments ran the quality stage")

@@ -2,10 +2,11 @@
 
 One cohesive module: the report's records, their table and the plots drawn from the same records.
 
-Each scored system leaves two files under ``<output>/runs/<dataset>/`` (written by :func:`save_result`,
-which the ``quality`` stage and ``bench/quality_peer.py`` both call): ``<system>.<retrieval>.json`` (the
-metrics and how they were obtained) and ``<system>.<retrieval>.trec.gz`` (the run itself, which anyone
-can re-score with trec_eval). A training curve, when there is one, is ``<system>.training_loss.json``.
+Each scored system leaves two files per retrieval under ``<output>/runs/<dataset>/`` (written by
+:func:`save_system_result`, which the ``quality`` stage and ``python -m bench.quality`` both call):
+``<system>.<retrieval>.json`` (the metrics and how they were obtained, :func:`save_result`) and
+``<system>.<retrieval>.trec.gz`` (the run itself, which anyone can re-score with trec_eval). A training
+curve, when there is one, is ``<system>.training_loss.json``.
 :func:`write_report` reads them all and writes ``<output>/quality.md``, ``<output>/plots/*.png`` and the
 ``plots/*.json`` data that ``dvc plots show`` renders.
 
@@ -39,7 +40,14 @@ from pipeline.project.runs import Run, evaluate_run, write_trec_run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SYSTEMS", "load_results", "save_result", "save_training_loss", "write_report"]
+__all__ = [
+    "SYSTEMS",
+    "load_results",
+    "save_result",
+    "save_system_result",
+    "save_training_loss",
+    "write_report",
+]
 
 #: Report order and labels of the systems a result file may name (others keep their own name, last).
 SYSTEMS: dict[str, str] = {
@@ -132,6 +140,59 @@ def save_training_loss(folder: str | os.PathLike[str], system: str, steps: list[
     """Write a training curve (``[{"step": 1, "loss": 2.3}, ...]``) as ``<system>.training_loss.json``."""
     points = [{"step": int(p["step"]), "loss": float(p["loss"])} for p in steps if "loss" in p]
     atomic_write_json(Path(folder) / f"{_check_name('system', system)}.training_loss.json", points)
+
+
+def save_system_result(
+    folder: str | os.PathLike[str],
+    *,
+    dataset: str,
+    system: str,
+    runs: Mapping[str, tuple[Run, Mapping[str, Any]]],
+    qrels: Mapping[str, Mapping[str, int]],
+    ignore_identical_ids: bool = True,
+    training_loss: list[dict[str, float]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """What one system leaves for the report on one dataset: each retrieval's scored run and, when given,
+    its model's training curve.
+
+    Args:
+        folder: The dataset's runs folder.
+        dataset: The dataset's name in the report.
+        system: A key of :data:`SYSTEMS` (or a new name, shown as given).
+        runs: Retrieval (``cosine``, ``plaid``, ``exact``) -> (its run, its details), each written by
+            :func:`save_result`.
+        qrels: The judgements the runs are scored against.
+        ignore_identical_ids: See :func:`pipeline.project.runs.evaluate_run`.
+        training_loss: ``[{"step": 1, "loss": 2.3}, ...]``, written by :func:`save_training_loss`.
+
+    Returns:
+        Retrieval -> the record written.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp())
+        >>> run = {"q1": {"d1": 2.0, "d2": 1.0}}
+        >>> records = save_system_result(out, dataset="toy", system="pylate", runs={"plaid": (run, {})},
+        ...                              qrels={"q1": {"d2": 1}}, training_loss=[{"step": 1, "loss": 0.5}])
+        >>> records["plaid"]["metrics"]["mrr@10"], sorted(p.name for p in out.glob("*.json"))
+        (0.5, ['pylate.plaid.json', 'pylate.training_loss.json'])
+    """
+    records = {
+        retrieval: save_result(
+            folder,
+            dataset=dataset,
+            system=system,
+            retrieval=retrieval,
+            run=run,
+            qrels=qrels,
+            ignore_identical_ids=ignore_identical_ids,
+            details=details,
+        )
+        for retrieval, (run, details) in runs.items()
+    }
+    if training_loss:
+        save_training_loss(folder, system, training_loss)
+    return records
 
 
 def load_results(runs_folder: str | os.PathLike[str]) -> list[dict[str, Any]]:

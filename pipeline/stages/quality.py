@@ -32,7 +32,7 @@ from pipeline.ops import tracking
 from pipeline.project.config import Params, resolve_path
 from pipeline.project.io import atomic_write_json, read_json
 from pipeline.project.layout import TRAINING_LOSS_FILE, Layout
-from pipeline.project.report import save_result, save_training_loss
+from pipeline.project.report import save_system_result
 from pipeline.project.runs import Run, hits_to_run
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     tuned = tuned_model_path(params, project)
     summary: dict[str, dict[str, float]] = {}
     scores: dict[str, Any] = {"dataset": name}
+    loss_curve = tuned / TRAINING_LOSS_FILE
     with tracking.stage_run("quality", params, project, tags={"dataset": name}) as mlflow_run:
         for system in config.systems:
             if system == "dense":
@@ -186,26 +187,30 @@ def run(params: Params, project: Path) -> dict[str, Any]:
                 # An untrained ColBERT's projection is random: seed it, as the baseline stage does.
                 torch.manual_seed(params.train.seed)
                 results = colbert_runs(model, data, query_ids, params, index_name=f"{name}-{system}")
-            for retrieval, (system_run, details) in results.items():
-                record = save_result(
-                    folder,
-                    dataset=name,
-                    system=system,
-                    retrieval=retrieval,
-                    run=system_run,
-                    qrels=data.qrels,
-                    ignore_identical_ids=config.ignore_identical_ids,
-                    details={"model": model, "documents": len(data.corpus), **_rounded(details)},
-                )
+            records = save_system_result(
+                folder,
+                dataset=name,
+                system=system,
+                runs={
+                    retrieval: (
+                        system_run,
+                        {"model": model, "documents": len(data.corpus), **_rounded(details)},
+                    )
+                    for retrieval, (system_run, details) in results.items()
+                },
+                qrels=data.qrels,
+                ignore_identical_ids=config.ignore_identical_ids,
+                training_loss=(
+                    read_json(loss_curve) if system == "colbert-tuned" and loss_curve.is_file() else None
+                ),
+            )
+            for retrieval, record in records.items():
                 metrics = {k: v for k, v in record["metrics"].items() if isinstance(v, float)}
                 summary[f"{system}.{retrieval}"] = metrics
                 # The count too: a table rendered from DVC's metrics alone says how many queries were scored.
                 counted = {**metrics, "queries": record["metrics"]["queries"]}
                 scores.setdefault(system, {})[retrieval] = counted
                 tracking.log_numbers(metrics, prefix=f"{system}.{retrieval}.")
-        loss_curve = tuned / TRAINING_LOSS_FILE
-        if "colbert-tuned" in config.systems and loss_curve.is_file():
-            save_training_loss(folder, "colbert-tuned", read_json(loss_curve))
         atomic_write_json(layout.quality_metrics, scores)
     return {"results": str(folder), "dataset": name, **summary, "mlflow_run_id": mlflow_run.info.run_id}
 

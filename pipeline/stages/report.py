@@ -1,6 +1,6 @@
 """``report``: the quality report from every scored system (``reports/quality.md`` and ``reports/plots/``).
 
-Reads what ``colbert-pipeline quality`` (and ``bench/quality_peer.py``) left under
+Reads what ``colbert-pipeline quality`` (and ``python -m bench.quality``) left under
 ``<quality.output>/runs/``, writes the Markdown table and the PNG plots (nDCG@10 per dataset and system,
 recall@k curves, training loss) and logs them all to the stage's MLflow run.
 

@@ -3,7 +3,7 @@
 Why: on a CPU, dropout is the largest cost of a long-document training step after the matrix products.
 torch draws every mask with ``bernoulli_`` into a float tensor, and attention dropout also takes SDPA off
 its fused CPU kernel onto its math path. Measured on one SciFact batch (16 triplets, 180-token documents,
-forward + backward, this project's 2-core CPU; ``bench/train_step_profile.py --documents long
+forward + backward, this project's 2-core CPU; ``python -m bench.train.step --documents long
 --document-rows 16``, with and without ``--dropout 0``): 3.0 s per step with MiniLM's dropout, 2.5 s
 with none. Here a mask is 32-bit words from numpy's PCG64 compared with ``p * 2**32``: per element the
 same Bernoulli(p) (to within 2**-33), drawn several times faster, and seeded from torch's default

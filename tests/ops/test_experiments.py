@@ -229,13 +229,13 @@ def test_the_quality_table_comes_from_the_experiments_plus_rows_scored_outside_d
 
 def test_the_readme_quality_table_is_the_committed_experiments_and_peer_rows(tmp_path: Path, capsys) -> None:
     """README "Quality on real data": rendered again from ``reports/quality-experiments.json`` (saved from
-    ``dvc exp show``) and PyLate's records (``reports/peer/runs``), nothing changes; every experiment's
+    ``dvc exp show``) and PyLate's records (``bench/records/peer/runs``), nothing changes; every experiment's
     tuned nDCG@10 is in it."""
     readme = tmp_path / "README.md"
     readme.write_text((REPO / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
     snapshot = REPO / "reports" / "quality-experiments.json"
     arguments = _quality_arguments(snapshot)
-    arguments += ["--results", str(REPO / "reports" / "peer" / "runs"), "--readme", str(readme)]
+    arguments += ["--results", str(REPO / "bench" / "records" / "peer" / "runs"), "--readme", str(readme)]
     assert cli.main(arguments) == 0
     assert readme.read_text(encoding="utf-8") == (REPO / "README.md").read_text(encoding="utf-8")
     printed = capsys.readouterr().out

@@ -12,28 +12,27 @@ On a GPU (``--device cuda --variants float32 float16 bfloat16``) the same table 
 how a GPU encodes; int8 dynamic quantization is a CPU kernel.
 
 Usage (about 15 minutes on 2 cores for SciFact; the speeds want a quiet machine, the nDCG does not):
-    .venv/bin/python bench/quantized_encode.py --dataset scifact --record bench/records/quantized_encode.json
-    .venv/bin/python bench/quantized_encode.py --dataset scifact --max-docs 200   # quick look
-    python3 bench/quantized_encode.py --device cuda --variants float32 float16 bfloat16   # on a GPU
+    .venv/bin/python -m bench.index.precision --record bench/records/quantized_encode.json
+    .venv/bin/python -m bench.index.precision --max-docs 200   # quick look
+    python3 -m bench.index.precision --device cuda --variants float32 float16 bfloat16   # on a GPU
     # float32 against bfloat16 autocast (index.precision: bf16) on this CPU:
-    .venv/bin/python bench/quantized_encode.py --variants float32 "bfloat16 autocast" \
+    .venv/bin/python -m bench.index.precision --variants float32 "bfloat16 autocast" \
         --record bench/records/encode_precision_cpu.json
     # one text alone vs in a batch of 32 (seconds), added to the record:
-    .venv/bin/python bench/quantized_encode.py --batch-dependence --record bench/records/quantized_encode.json
+    .venv/bin/python -m bench.index.precision --batch-dependence --record bench/records/quantized_encode.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index_bench import DATA, as_float32, environment, read_corpus
+from bench.common import DATA, command_line, environment, write_record
+from bench.index.corpus import as_float32, read_corpus
+from bench.index.encode import timed_encode
+from bench.render import render_precision
 
 #: name -> which of the transformer's ``nn.Linear`` layers run in int8 (None: none, the float32 baseline),
 #: the half precision the whole model is cast to, or ``autocast``: the float32 model encoding under
@@ -46,7 +45,7 @@ VARIANTS: dict[str, str | None] = {
     "bfloat16": "bfloat16",
     "bfloat16 autocast": "autocast",
 }
-#: What runs without ``--variants`` (the CPU comparison this file was written for).
+#: What runs without ``--variants`` (the CPU comparison this benchmark was written for).
 CPU_VARIANTS = ("float32", "int8, every linear layer", "int8, feed-forward layers only")
 
 
@@ -58,14 +57,14 @@ def _selected(name: str, which: str) -> bool:
     return which == "all" or feed_forward
 
 
-def quantized(model: Any, which: str) -> Any:
+def quantized(model: Any, which: str | None) -> Any:
     """A copy of ``model`` whose transformer linear layers in ``which`` run in dynamic int8 (per channel),
     or, for ``which`` ``float16`` / ``bfloat16``, all of whose weights are in that precision."""
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    if which == "autocast":
-        return model  # the same weights; the encode calls run under autocast
+    if which in (None, "autocast"):
+        return model  # the same weights; autocast's encode calls run under autocast
     copied = copy.deepcopy(model)
     if which in ("float16", "bfloat16"):
         return copied.to(getattr(torch, which))
@@ -80,6 +79,26 @@ def quantized(model: Any, which: str) -> Any:
     return copied
 
 
+def _encode_variants(
+    base: Any, variants: tuple[str, ...], texts: list[str], queries: list[str], batch_size: int, device: str
+) -> tuple[dict[str, tuple[list[Any], list[Any]]], list[dict[str, Any]]]:
+    """Each variant's document and query embeddings (float32 arrays), and its docs/s."""
+    from pipeline.models.precision import encoding_precision
+
+    encoded: dict[str, tuple[list[Any], list[Any]]] = {}
+    rows: list[dict[str, Any]] = []
+    for name in variants:
+        which = VARIANTS[name]
+        model = quantized(base, which)
+        with encoding_precision("bf16" if which == "autocast" else "fp32", device):
+            documents, seconds = timed_encode(model, texts, batch_size, device)
+            embedded = model.encode(queries, is_query=True, batch_size=batch_size, show_progress_bar=False)
+        encoded[name] = ([as_float32(d) for d in documents], [as_float32(q) for q in embedded])
+        rows.append({"variant": name, "encode_docs_per_s": len(texts) / seconds})
+        print(f"{name}: {rows[-1]['encode_docs_per_s']:.1f} docs/s", flush=True)
+    return encoded, rows
+
+
 def measure(
     dataset: str,
     max_docs: int | None,
@@ -87,12 +106,12 @@ def measure(
     variants: tuple[str, ...] = CPU_VARIANTS,
     device: str = "cpu",
 ) -> dict[str, Any]:
+    """Each variant's docs/s and its retrieval quality (own queries, and the first variant's queries)."""
     import torch
 
     from pipeline import models
     from pipeline.data.beir import load_beir
     from pipeline.indexes.indexing import exact_search
-    from pipeline.models.precision import encoding_precision
     from pipeline.project.runs import evaluate_run, hits_to_run
 
     torch.manual_seed(0)
@@ -101,22 +120,7 @@ def measure(
     query_ids = [q for q in data.queries if q in data.qrels]
     query_texts = [data.queries[q] for q in query_ids]
     base = models.ColBERT(device=device)
-    encoded: dict[str, tuple[Any, Any]] = {}
-    rows: list[dict[str, Any]] = []
-    for name in variants:
-        which = VARIANTS[name]
-        model = base if which is None else quantized(base, which)
-        with encoding_precision("bf16" if which == "autocast" else "fp32", device):
-            model.encode(texts[:8], is_query=False, batch_size=batch_size, show_progress_bar=False)  # warm-up
-            started = time.perf_counter()
-            documents = model.encode(texts, is_query=False, batch_size=batch_size, show_progress_bar=False)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - started
-            queries = model.encode(query_texts, is_query=True, batch_size=batch_size, show_progress_bar=False)
-        encoded[name] = ([as_float32(d) for d in documents], [as_float32(q) for q in queries])
-        rows.append({"variant": name, "encode_docs_per_s": len(texts) / seconds})
-        print(f"{name}: {rows[-1]['encode_docs_per_s']:.1f} docs/s", flush=True)
+    encoded, rows = _encode_variants(base, variants, texts, query_texts, batch_size, device)
     float_queries = encoded[variants[0]][1]
     for row in rows:
         documents, queries = encoded[row["variant"]]
@@ -156,33 +160,13 @@ def batch_dependence(dataset: str, batch_size: int) -> dict[str, Any]:
     differences = {}
     for name in (*CPU_VARIANTS, "bfloat16 autocast"):
         which = VARIANTS[name]
-        model = base if which is None else quantized(base, which)
+        model = quantized(base, which)
         with encoding_precision("bf16" if which == "autocast" else "fp32", "cpu"):
             alone = np.asarray(model.encode(texts[:1], is_query=False, batch_size=1)[0])
             batched = np.asarray(model.encode(texts, is_query=False, batch_size=batch_size)[0])
         differences[name] = float(np.abs(alone - batched).max())
         print(f"{name}: {differences[name]:.2e}", flush=True)
     return {"dataset": dataset, "batch_size": batch_size, "max_abs_difference": differences}
-
-
-def render(report: dict[str, Any]) -> str:
-    """The record as a Markdown table (speed and nDCG@10 against float32 in the same run)."""
-    lines = [
-        f"{report['dataset']}: {report['documents']} documents, {report['queries']} test queries; "
-        f"command: `{report['command']}`",
-        "",
-        "| encoder | docs/s | vs float32 | nDCG@10 | vs float32 | recall@100 "
-        "| nDCG@10 with float32 queries |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in report["rows"]:
-        mixed = row.get("float32_queries", {}).get("ndcg@10")
-        lines.append(
-            f"| {row['variant']} | {row['encode_docs_per_s']:.1f} | {row['speed_ratio']:.2f}x "
-            f"| {row['own_queries']['ndcg@10']:.4f} | {row['ndcg@10_delta']:+.4f} "
-            f"| {row['own_queries']['recall@100']:.4f} | {'' if mixed is None else f'{mixed:.4f}'} |"
-        )
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,19 +189,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--record", type=Path, help="also write the report here (atomically), to commit")
     args = parser.parse_args(argv)
-    command = " ".join(["bench/quantized_encode.py", *sys.argv[1:]])
+    command = command_line("bench.index.precision", argv)
     if args.batch_dependence:
-        report = json.loads(args.record.read_text()) if args.record and args.record.is_file() else {}
+        from pipeline.project.io import read_json
+
+        report = read_json(args.record) if args.record and args.record.is_file() else {}
         report["batch_dependence"] = {"command": command, **batch_dependence(args.dataset, args.batch_size)}
     else:
         report = {"environment": environment(), "command": command}
         variants = tuple(args.variants)
         report.update(measure(args.dataset, args.max_docs, args.batch_size, variants, args.device))
-        print(render(report))
+        print(render_precision(report))
     if args.record:
-        from pipeline.project.io import atomic_write_text
-
-        atomic_write_text(args.record, json.dumps(report, indent=2) + "\n")
+        write_record(args.record, report)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,23 @@
-"""The README's index-benchmark tables are rendered from the committed report, between their markers."""
+"""Benchmark records render as Markdown (``python -m bench.render``); the README's index-benchmark tables
+are the committed records', between their markers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from bench import render
+from bench.common import RECORDS
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _renderer():
-    spec = importlib.util.spec_from_file_location(
-        "render_index_bench", REPO / "bench" / "render_index_bench.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return render
 
 
 REPORT = {
@@ -31,7 +31,7 @@ REPORT = {
         "torch": "2.11.0",
         "cuda": False,
     },
-    "command": "bench/index_bench.py --peer",
+    "command": "python -m bench.index --peer",
     "note": "under load",
     "rows": [
         {
@@ -61,7 +61,7 @@ REPORT = {
 
 def test_render_shows_ratios_the_unreached_peer_and_the_ratio_to_peer_defaults():
     text = _renderer().render(REPORT)
-    assert "**under load**" in text and "`bench/index_bench.py --peer`" in text
+    assert "**under load**" in text and "`python -m bench.index --peer`" in text
     assert "| scifact (500, 50) | plaid (defaults) | QPS | 10.00 | 4.00 | 2.50 |" in text
     assert "(its best recall; none reached ours)" in text
     assert (
@@ -121,3 +121,31 @@ def test_index_corpus_rss_rows_show_the_per_chunk_peaks_and_the_ratio():
     text = _renderer().render(report)
     assert "| 5000 | 70 | 90 | 990 | 1800 | 1500, 1800, 1800 |" in text
     assert "Peak RSS for 10x the documents: 1.20x (target <= 1.1x)." in text
+
+
+@pytest.mark.parametrize("path", sorted(RECORDS.glob("*.json")), ids=lambda path: path.name)
+def test_every_committed_record_renders(path: Path) -> None:
+    """Each record in bench/records is one the renderer knows, and its table has a row per measurement."""
+    record = json.loads(path.read_text(encoding="utf-8"))
+    text = render.render(record)
+    assert text.count("\n|") >= 2, text
+    rows = record.get("rows") or record.get("variants") or record.get("samples_per_s_median")
+    assert all(str(name) in text for name in (rows if isinstance(rows, dict) else [])), text
+
+
+def test_the_command_renders_every_record_or_one(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.render"]
+    everything = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert "## index_bench.json" in everything and "## train_throughput.json" in everything
+    one = subprocess.run(
+        [*command, str(RECORDS / "quantized_encode.json")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    ).stdout
+    assert one.startswith("scifact: ") and "| int8, every linear layer |" in one
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    failed = subprocess.run([*command, str(bad)], capture_output=True, text=True, cwd=REPO, check=False)
+    assert failed.returncode != 0 and "not a benchmark record" in failed.stderr

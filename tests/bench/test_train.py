@@ -1,4 +1,4 @@
-"""``bench/train_throughput.py --stage`` runs the train stage's trainer on tiny data (no timing asserted)."""
+"""``python -m bench.train --stage`` runs the train stage's trainer on tiny data (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def test_the_stage_trainer_bench_runs_on_tiny_data_and_writes_its_results(tmp_pa
     output = tmp_path / "results.json"
     command = [
         sys.executable,
-        str(REPO / "bench" / "train_throughput.py"),
+        "-m",
+        "bench.train",
         "--stage",
         "--steps", "1",
         "--warmup", "1",
@@ -54,5 +55,25 @@ def test_the_stage_trainer_bench_runs_on_tiny_data_and_writes_its_results(tmp_pa
         rows = run["rows_per_step"] * run["timed_steps"]
         assert run["samples_per_s"] == pytest.approx(rows / run["seconds"])
     assert set(result["samples_per_s_median"]) == {"scifact", "short"}
-    assert "bench/train_throughput.py --stage" in result["command"] and result["environment"]["cores"]
+    assert "python -m bench.train --stage" in result["command"] and result["environment"]["cores"]
     assert "| scifact |" in completed.stdout
+
+
+def _module(*arguments: str) -> str:
+    """``python -m`` with ``arguments`` from the checkout's root; its stdout (it must succeed)."""
+    command = [sys.executable, "-m", *arguments]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1800, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+def test_the_loss_comparison_runs_both_losses_in_their_own_processes():
+    printed = _module("bench.train", "--batch-size", "2", "--mini-batch-size", "1", "--steps", "1")
+    assert "| Contrastive |" in printed
+    assert "| CachedContrastive(mini_batch_size=1) |" in printed
+
+
+def test_one_step_on_the_fixed_batch(shared_data):
+    printed = _module("bench.train.step", "--documents", "short", "--steps", "1", "--dropout", "0")
+    result = json.loads(printed.splitlines()[0])
+    assert result["seconds_per_step"] > 0 and result["shapes"]["query_input_ids"][0] == 16

@@ -1,0 +1,256 @@
+"""Render benchmark records (``bench/records/*.json``) as Markdown tables.
+
+Each record's kind is told by its shape: an index benchmark (``python -m bench.index``), an encoding
+precision comparison (``python -m bench.index.precision``), k-means build variants
+(``python -m bench.index.build``) or trainer throughput (``python -m bench.train --peer``).
+
+Usage:
+    .venv/bin/python -m bench.render                                   # every record, or: make bench-render
+    .venv/bin/python -m bench.render bench/records/index_bench.json    # one
+    .venv/bin/python -m bench.render bench/records/index_bench.json --readme README.md
+
+``--readme`` replaces what lies between ``<!-- index-bench:begin -->`` and ``<!-- index-bench:end -->`` in
+that file (atomically), so the page's numbers are always the committed record's; ``--marker NAME`` uses
+``<!-- NAME:begin -->`` ... instead (``index-bench-gpu``: the GPU pass's record, ``bench/gpu_pass.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import RECORDS
+
+MARKER = "index-bench"
+BEGIN, END = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
+#: Records whose tables the README shows, and the marker of each.
+README_TABLES = {
+    "index_bench.json": MARKER,
+    "index_bench_cuda.json": "index-bench-gpu",
+    "encode_bench.json": "encode-bench",  # `python -m bench.index --peer --kinds`: encoding only
+}
+METRICS = [
+    ("encode docs/s", "encode_docs_per_s", "{:.1f}"),
+    ("encode precision", "precision", "{}"),  # ours: index.precision resolved; PyLate: float32
+    ("build s", "build_s", "{:.1f}"),
+    ("tune s", "tune_s", "{:.1f}"),
+    ("QPS", "qps", "{:.2f}"),
+    ("recall@10 vs exact", "recall@10", "{:.3f}"),
+    ("settings", "settings", "{}"),
+    ("disk MiB", "disk_mib", "{:.1f}"),
+    ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
+]
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _index_label(row: dict[str, Any]) -> str:
+    return {"plaid": "plaid (defaults)", "plaid at target": "plaid at target"}.get(row["index"], row["index"])
+
+
+def _environment_line(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    return (
+        f"Environment: {env['date']}, {env['cpu']}, {env['cores']} cores, {env['ram_gib']} GiB RAM, "
+        f"load average {env['load_avg_1m']} at the start, Python {env['python']}, torch {env['torch']}, "
+        f"CUDA {'yes (' + env.get('gpu', 'GPU') + ')' if env['cuda'] else 'no'}. "
+        f"Command: `{report['command']}`"
+    )
+
+
+def _index_rows(row: dict[str, Any], peer: bool) -> list[str]:
+    """One table line per metric either system measured in ``row``."""
+    where = f"{row['dataset']} ({row['documents']}, {row['queries']})"
+    lines = []
+    for label, key, fmt in METRICS:
+        ours, theirs = row["ours"].get(key), row.get("peer", {}).get(key)
+        if ours is None and theirs is None:
+            continue
+        line = f"| {where} | {_index_label(row)} | {label} | {_cell(ours, fmt)} |"
+        if peer:
+            numeric = isinstance(ours, int | float) and isinstance(theirs, int | float) and theirs
+            ratio = f"{ours / theirs:.2f}" if numeric else ""
+            if key == "settings" and row.get("peer") and not row["peer"].get("reached", True):
+                theirs = f"{theirs} (its best recall; none reached ours)"
+            line += f" {_cell(theirs, fmt)} | {ratio} |"
+        lines.append(line)
+    return lines
+
+
+def render_index(report: dict[str, Any]) -> str:
+    """The environment, the command, the caveat if any, and one table row per (dataset, index, metric)."""
+    rows = report["rows"]
+    peer = any(row.get("peer") for row in rows)
+    lines = [f"**{report['note']}**", ""] if report.get("note") else []
+    lines += [_environment_line(report), ""]
+    header = "| dataset (docs, queries) | index | metric | ours |" + (
+        " PyLate 1.6 | ours/PyLate |" if peer else ""
+    )
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    defaults: dict[str, float] = {}
+    for row in rows:
+        if row["index"] == "plaid" and row.get("peer"):
+            defaults[row["dataset"]] = row["peer"].get("qps")
+        lines += _index_rows(row, peer)
+        if row["index"] == "plaid at target" and defaults.get(row["dataset"]):
+            base = defaults[row["dataset"]]
+            lines.append(
+                f"| {row['dataset']} ({row['documents']}, {row['queries']}) | plaid at target | "
+                f"QPS vs PyLate at its defaults | {row['ours']['qps']:.2f} | "
+                f"{base:.2f} | {row['ours']['qps'] / base:.2f} |"
+            )
+    if report.get("index_corpus_rss"):
+        lines += ["", *_rss_rows(report["index_corpus_rss"])]
+    return "\n".join(lines)
+
+
+def _rss_rows(items: list[dict[str, Any]]) -> list[str]:
+    """``index_corpus``'s peak RSS at each corpus size, and the ratio between the two sizes."""
+    traced = any("peak_rss_after_chunk_mib" in item for item in items)
+    precision = items[0].get("precision")  # how the documents were encoded (older records: float32)
+    header = (
+        f"| index_corpus ({precision or 'fp32'} encoding): documents | tokens | seconds | "
+        "RSS after model load MiB | peak RSS MiB |"
+    )
+    lines = [header + (" peak RSS after each chunk MiB |" if traced else "")]
+    lines.append("|---|---|---|---|---|" + ("---|" if traced else ""))
+    for item in items:
+        line = (
+            f"| {item['documents']} | {item['tokens']} | {item['seconds']:.0f} | "
+            f"{item['rss_after_model_mib']:.0f} | {item['peak_rss_mib']:.0f} |"
+        )
+        if traced:
+            line += " " + ", ".join(f"{v:.0f}" for v in item.get("peak_rss_after_chunk_mib", [])) + " |"
+        lines.append(line)
+    if len(items) == 2:
+        ratio = items[1]["peak_rss_mib"] / items[0]["peak_rss_mib"]
+        lines += [
+            "",
+            f"Peak RSS for {items[1]['documents'] / items[0]['documents']:.0f}x the documents: "
+            f"{ratio:.2f}x (target <= 1.1x).",
+        ]
+    return lines
+
+
+def render_precision(report: dict[str, Any]) -> str:
+    """An encoding-precision record: speed and nDCG@10 of each encoder against the first, same run."""
+    lines = [
+        f"{report['dataset']}: {report['documents']} documents, {report['queries']} test queries; "
+        f"command: `{report['command']}`",
+        "",
+        "| encoder | docs/s | vs float32 | nDCG@10 | vs float32 | recall@100 "
+        "| nDCG@10 with float32 queries |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        mixed = row.get("float32_queries", {}).get("ndcg@10")
+        lines.append(
+            f"| {row['variant']} | {row['encode_docs_per_s']:.1f} | {row['speed_ratio']:.2f}x "
+            f"| {row['own_queries']['ndcg@10']:.4f} | {row['ndcg@10_delta']:+.4f} "
+            f"| {row['own_queries']['recall@100']:.4f} | {'' if mixed is None else f'{mixed:.4f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def render_build(report: dict[str, Any]) -> str:
+    """A PLAID build record: each k-means variant's build seconds and recall@10 (and tuned QPS, if any)."""
+    lines = [f"**{report['note']}**", ""] if report.get("note") else []
+    lines += [
+        f"{report['dataset']}: {report['documents']} documents, {report['tokens']} tokens, "
+        f"{report['queries']} queries; command: `{report['command']}`",
+        "",
+        "| variant | build s | recall@10 (n_full_scores 1024) | tuned | tuned QPS | tuned recall@10 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in report["variants"].items():
+        tuned = row.get("tuned", {})
+        qps, recall = tuned.get("qps"), tuned.get("recall@10")
+        lines.append(
+            f"| {name} | {row['build_s']:.1f} | {row['recall@10']:.3f} | {tuned.get('description', '')} "
+            f"| {_cell(qps, '{:.1f}') if tuned else ''} | {_cell(recall, '{:.3f}') if tuned else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def render_trainers(report: dict[str, Any]) -> str:
+    """A trainer-throughput record: the median samples/s of the train stage (and PyLate) per data set."""
+    peer = any("peer" in row for row in report["samples_per_s_median"].values())
+    lines = [f"command: `{report['command']}`", ""]
+    lines.append(
+        f"| documents | stage samples/s |{' PyLate 1.6 samples/s | stage / PyLate |' if peer else ''}"
+    )
+    lines.append(f"|---|---|{'---|---|' if peer else ''}")
+    for name, row in report["samples_per_s_median"].items():
+        extra = f" {row['peer']:.2f} | {row['stage_vs_peer']:.2f} |" if peer else ""
+        lines.append(f"| {name} | {row['stage']:.2f} |{extra}")
+    return "\n".join(lines)
+
+
+#: How to tell a record's kind (a key only it has), and its renderer.
+RENDERERS: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]]] = [
+    (lambda r: "samples_per_s_median" in r, render_trainers),
+    (lambda r: isinstance(r.get("variants"), dict), render_build),
+    (lambda r: any("variant" in row for row in r.get("rows", [])), render_precision),
+    (lambda r: any("index" in row for row in r.get("rows", [])), render_index),
+]
+
+
+def render(report: dict[str, Any]) -> str:
+    """A record as Markdown, by its kind (see :data:`RENDERERS`)."""
+    for recognizes, renderer in RENDERERS:
+        if recognizes(report):
+            return renderer(report)
+    raise ValueError("not a benchmark record this module renders")
+
+
+def markers(name: str = MARKER) -> tuple[str, str]:
+    """The begin and end markers named ``name``."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def replace_in_readme(readme: Path, markdown: str, marker: str = MARKER) -> None:
+    """Put ``markdown`` between the markers named ``marker`` of ``readme`` (both must be there, in order)."""
+    from pipeline.project.io import replace_between_markers
+
+    replace_between_markers(readme, *markers(marker), markdown)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("records", nargs="*", type=Path, help="JSON records (default: bench/records/*.json)")
+    parser.add_argument("--readme", type=Path, default=None, help="replace the tables in this file")
+    parser.add_argument(
+        "--marker",
+        default=MARKER,
+        help="the markers' name (index-bench-gpu: the GPU pass; encode-bench: the encoding-only run)",
+    )
+    args = parser.parse_args()
+    if args.readme and len(args.records) != 1:
+        parser.error("--readme takes one record")
+    from pipeline.project.io import read_json
+
+    for path in args.records or sorted(RECORDS.glob("*.json")):
+        try:
+            record = read_json(path)
+        except (OSError, ValueError) as error:
+            raise SystemExit(str(error)) from None
+        try:
+            markdown = render(record)
+        except (ValueError, KeyError) as error:
+            if args.records:
+                raise SystemExit(f"{path}: {error}") from None
+            continue  # a record of another kind (e.g. batch dependence alone)
+        if args.readme:
+            replace_in_readme(args.readme, markdown, args.marker)
+        else:
+            print(
+                f"## {path.name}\n\n{markdown}\n" if not args.records or len(args.records) > 1 else markdown
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m bench.train``: training throughput (:mod:`bench.train.compare`)."""
+
+from bench.train.compare import main
+
+main()

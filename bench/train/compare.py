@@ -1,0 +1,167 @@
+"""Training throughput: the train stage against PyLate 1.6 (``--peer``) or alone (``--stage``), or
+``losses.Contrastive`` against ``losses.CachedContrastive`` (neither flag, :mod:`bench.train.losses`).
+
+**The train stage against PyLate**: the stage's trainer and PyLate 1.6's (``bench/.peer-venv``, see
+:func:`bench.common.ensure_peer_venv`) each train in a fresh process (:mod:`bench.train.trainers`) on the
+same rows with the same settings, on long documents (SciFact's prepared triplets, or SciFact's train qrels
+with seeded random negatives: the cost of a step depends on the texts' lengths, not on how hard the
+negatives are) and on short passages (``../shared/data/kd-sample-flagembedding``). Runs are interleaved
+(stage then PyLate, then the other way round) so load drift hits both. PyLate is given the batch sampler the
+stage resolves for the rows (``no_duplicates`` where a query repeats), so both see batches alike; such
+batches can hold fewer rows than ``--batch-size``, which is why rows are counted. ``--profile DIR`` writes
+each run's cProfile top entries. The record goes to ``--output`` (default
+``bench/records/train_throughput.json``). On a GPU machine: ``bench/gpu_pass.sh``.
+
+    .venv/bin/python -m bench.train --peer --steps 8 --warmup 2 --repeats 2     # or: make bench-train
+    .venv/bin/python -m bench.train --stage --steps 2 --warmup 1 --output /tmp/stage.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    PEER_REQUIREMENT,
+    RECORDS,
+    command_line,
+    ensure_peer_venv,
+    environment,
+    logger,
+    run_worker,
+    setup_logging,
+    write_record,
+)
+from bench.render import render_trainers
+from bench.train import losses
+from bench.train.data import long_and_short
+
+
+def train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What both trainers train with; the precision resolved here (auto: bf16/fp16 on CUDA, else fp32) so
+    the stage and PyLate get the same one."""
+    from pipeline.training.trainer import precision_flags
+
+    flags = precision_flags(args.precision, args.device)
+    return {
+        "batch_size": args.batch_size,
+        "max_steps": args.warmup + args.steps,
+        "learning_rate": 3e-5,
+        "temperature": 1.0,
+        "seed": args.seed,
+        "device": args.device,
+        "save_steps": 100,
+        "precision": next((name for name, on in flags.items() if on), "fp32"),
+    }
+
+
+def compare_trainers(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved runs of the stage (and PyLate with ``--peer``) on long and short documents."""
+    from datasets import Dataset
+
+    from pipeline.models import resolve_model_name
+    from pipeline.training import samplers
+
+    systems = {"stage": sys.executable}
+    if args.peer:
+        systems["peer"] = str(ensure_peer_venv())
+    train = train_settings(args)
+    data = long_and_short(args.long, args.short, (args.warmup + args.steps) * args.batch_size, args.seed)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="train-throughput-") as workdir:
+        for repeat in range(args.repeats):
+            for name, source, rows in data:
+                sampler = samplers.choose_batch_sampler("auto", Dataset.from_list(rows), "triplets").value
+                spec = {
+                    "rows": rows,
+                    "train": train,
+                    "warmup": args.warmup,
+                    "workdir": workdir,
+                    "base_model_path": resolve_model_name(None),
+                    "batch_sampler": sampler,
+                }
+                for system in list(systems) if repeat % 2 == 0 else list(reversed(systems)):
+                    logger.info("repeat %d, %s, %s", repeat + 1, name, system)
+                    job = Path(workdir) / f"{system}-job.json"
+                    profile = Path(args.profile).resolve() / f"{name}-{system}.txt" if args.profile else None
+                    write_record(job, {**spec, "profile": str(profile) if profile else None})
+                    result = run_worker(
+                        systems[system],
+                        "bench.train.trainers",
+                        [system, "--job", str(job)],
+                        peer=system == "peer",
+                        timeout=args.timeout,
+                    )
+                    runs.append(
+                        {"repeat": repeat + 1, "data": name, "source": source, "system": system, **result}
+                    )
+                    logger.info("  %.3f samples/s", result["samples_per_s"])
+    return {"runs": runs, "samples_per_s_median": medians(runs, list(systems)), "train": train}
+
+
+def medians(runs: list[dict[str, Any]], systems: list[str]) -> dict[str, dict[str, float]]:
+    """Per data set, each system's median samples/s (and the stage's ratio to PyLate's)."""
+    summary = {}
+    for name in dict.fromkeys(run["data"] for run in runs):
+        row = {
+            system: statistics.median(
+                r["samples_per_s"] for r in runs if r["data"] == name and r["system"] == system
+            )
+            for system in systems
+        }
+        if "peer" in row:
+            row["stage_vs_peer"] = row["stage"] / row["peer"]
+        summary[name] = row
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    losses.add_arguments(parser)
+    parser.add_argument("--peer", action="store_true", help="the train stage against PyLate 1.6, interleaved")
+    parser.add_argument("--stage", action="store_true", help="the train stage alone (no PyLate)")
+    parser.add_argument("--repeats", type=int, default=1, help="--peer/--stage: runs per system and data")
+    parser.add_argument("--long", help="--peer/--stage: long documents (prepared train folder or JSONL)")
+    parser.add_argument("--short", help="--peer/--stage: short passages (prepared train folder or JSONL)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per trainer run")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        default="auto",
+        help="--peer/--stage: the train stage's precision setting (auto: bf16/fp16 on CUDA), PyLate's too",
+    )
+    parser.add_argument(
+        "--output", default=str(RECORDS / "train_throughput.json"), help="--peer/--stage: the record (JSON)"
+    )
+    parser.add_argument(
+        "--profile", help="--peer/--stage: a folder for each run's cProfile top entries (<data>-<system>.txt)"
+    )
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
+    setup_logging()
+    if not (args.peer or args.stage):
+        losses.compare_losses(args)
+        return
+    if args.steps < 1 or args.warmup < 1:
+        raise SystemExit("--steps and --warmup must be at least 1")
+    result = compare_trainers(args)
+    # The environment as the runs end: the load average then is the one they ran under.
+    record = {
+        "command": command_line("bench.train"),
+        "environment": environment(),
+        **result,
+        "peer": PEER_REQUIREMENT if args.peer else None,
+    }
+    output = write_record(args.output, record)
+    print(f"\nenvironment: {record['environment']}\n{render_trainers(record)}\n\nresults: {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The train stage's trainer and PyLate's, each timed in its own process on the rows of a job file.
+
+``stage`` runs ``pipeline.training.trainer.build_trainer`` (its arguments, batch sampler, collator and
+per-step MLflow callback, inside an MLflow run); ``peer`` runs PyLate 1.6's model, loss and collator with the
+stage's trainer arguments, in PyLate's venv (so nothing here imports ``pipeline`` at module level).
+samples/s counts the rows collated in the timed steps after the warm-up steps, from the end of the last
+warm-up step to the end of the last step (data loading, collation, forward, backward, optimizer step and
+callbacks included). Started by :mod:`bench.train.compare`:
+``python -m bench.train.trainers stage|peer --job FILE --result FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import die_with_parent, profiled, write_record
+
+
+def step_timer() -> Any:
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall-clock time at the end of each optimizer step (callbacks of that step included), and the
+        rows collated by then: a no-duplicates sampler can yield batches under ``batch_size`` rows."""
+
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.rows: list[int] = []
+            self.sizes: list[int] = []  # rows of each collated batch, in order
+
+        def counting(self, collator: Any) -> Any:
+            timer = self
+
+            class Counting:
+                """The collator, noting each batch's rows (the trainer reads its attributes too)."""
+
+                def __call__(self, features: list[dict]) -> Any:
+                    timer.sizes.append(len(features))
+                    return collator(features)
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(collator, name)
+
+            return Counting()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.ends.append(time.perf_counter())
+            # The data loader collates a batch ahead: the rows trained on are the first batches, one per step.
+            self.rows.append(sum(self.sizes[: len(self.ends)]))
+
+    return StepTimer()
+
+
+def rate(timer: Any, warmup: int) -> dict[str, Any]:
+    """Samples/s over the steps after ``warmup`` (>= 1), timed from the end of the last warm-up step;
+    samples are the rows actually collated in those steps."""
+    ends, rows = timer.ends, timer.rows
+    if len(ends) <= warmup:
+        raise RuntimeError(f"only {len(ends)} steps ran; {warmup} are warm-up")
+    timed = len(ends) - warmup
+    seconds = ends[-1] - ends[warmup - 1]
+    samples = rows[-1] - rows[warmup - 1]
+    return {
+        "timed_steps": timed,
+        "seconds": seconds,
+        "rows_per_step": samples / timed,
+        "samples_per_s": samples / seconds,
+    }
+
+
+def worker_stage(spec: dict) -> dict:
+    """The train stage's trainer (``build_trainer``) with its MLflow callback, inside an MLflow run (where
+    MLflow is installed: not on the GPU machine, see ``bench/gpu_pass.sh``)."""
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+
+    from pipeline import models
+    from pipeline.project.params_file import load_params
+    from pipeline.training.trainer import MlflowLossCallback, build_loss, build_trainer
+
+    overrides = {f"train.{key}": value for key, value in spec["train"].items()}
+    config = load_params(Path(spec["workdir"]) / "params.yaml", overrides, check_paths=False).train
+    dataset = Dataset.from_list(spec["rows"])
+    set_seed(config.seed)
+    model = models.ColBERT(
+        model_name_or_path=config.base_model, device=config.device, query_length=config.query_length
+    )
+    loss = build_loss(model, config, "triplets")
+    timer = step_timer()
+    callbacks: list[Any] = [timer]
+    with contextlib.ExitStack() as stack:
+        try:
+            import mlflow
+        except ImportError:  # no MLflow on the GPU machine (nothing installs there); the result says so
+            mlflow = None
+        if mlflow is not None:
+            mlflow.set_tracking_uri(f"sqlite:///{Path(spec['workdir']) / 'mlruns.db'}")
+            # Its own store and experiment: an inherited MLFLOW_EXPERIMENT_ID names another store's.
+            mlflow.set_experiment("train-throughput")
+            stack.enter_context(mlflow.start_run())
+            callbacks.insert(0, MlflowLossCallback())
+        checkpoints = stack.enter_context(tempfile.TemporaryDirectory(dir=spec["workdir"]))
+        trainer = build_trainer(
+            config, model, loss, dataset, "triplets", Path(checkpoints), callbacks=callbacks
+        )
+        trainer.data_collator = timer.counting(trainer.data_collator)
+        trainer.train()
+        chosen = trainer.args.batch_sampler  # a BatchSamplers value, or a sampler class
+        sampler = getattr(chosen, "value", getattr(chosen, "__name__", str(chosen)))
+    return {
+        **rate(timer, spec["warmup"]),
+        "batch_sampler": sampler,
+        "mlflow_callback": mlflow is not None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def worker_peer(spec: dict) -> dict:
+    """PyLate 1.6's model, loss and collator, with the stage's trainer arguments (runs in the peer venv)."""
+    import torch
+    from datasets import Dataset
+    from pylate import losses, models, utils
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from transformers import set_seed
+
+    settings = spec["train"]
+    dataset = Dataset.from_list(spec["rows"])
+    set_seed(settings["seed"])
+    model = models.ColBERT(model_name_or_path=spec["base_model_path"], device=settings["device"])
+    loss = losses.Contrastive(model=model, temperature=settings["temperature"])
+    timer = step_timer()
+    with tempfile.TemporaryDirectory(dir=spec["workdir"]) as checkpoints:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=checkpoints,
+            max_steps=settings["max_steps"],
+            per_device_train_batch_size=settings["batch_size"],
+            learning_rate=settings["learning_rate"],
+            seed=settings["seed"],
+            save_strategy="steps",
+            save_steps=settings["save_steps"],
+            logging_steps=1,
+            report_to="none",
+            use_cpu=settings["device"] == "cpu",
+            # the precision the stage resolved (bench.train.compare), so both train alike on a GPU
+            fp16=settings["precision"] == "fp16",
+            bf16=settings["precision"] == "bf16",
+            # the sampler the stage resolves for these rows (no query twice in a batch where they repeat)
+            batch_sampler=spec["batch_sampler"],
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            loss=loss,
+            data_collator=timer.counting(utils.ColBERTCollator(model.tokenize)),
+            callbacks=[timer],
+        )
+        trainer.train()
+    return {
+        **rate(timer, spec["warmup"]),
+        "batch_sampler": spec["batch_sampler"],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("system", choices=["stage", "peer"])
+    parser.add_argument("--job", required=True, help="the job's JSON: rows, settings, warm-up, workdir")
+    parser.add_argument("--result", required=True)
+    args = parser.parse_args()
+    die_with_parent()
+    spec = json.loads(Path(args.job).read_text(encoding="utf-8"))
+    worker = worker_stage if args.system == "stage" else worker_peer
+    if spec.get("profile"):  # the top entries by cumulative and by own time, to <data>-<system>.txt
+        result, text = profiled(lambda: worker(spec), 40)
+        Path(spec["profile"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(spec["profile"]).write_text(text, encoding="utf-8")
+    else:
+        result = worker(spec)
+    write_record(args.result, result)
+
+
+if __name__ == "__main__":
+    main()
