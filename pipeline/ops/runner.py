@@ -11,6 +11,10 @@ levels: further up sit launchers (a shell that started a worker in the backgroun
 stage. On Linux it also asks the kernel for ``SIGTERM`` on the parent's death (``PR_SET_PDEATHSIG``), which
 wakes it at once instead of at its next poll.
 
+Processes are read through psutil (parents, creation times, zombies, the members of a group), which covers
+Linux and macOS alike. ``PR_SET_PDEATHSIG`` stays a ``prctl`` call through ctypes: psutil has no equivalent
+(it reads processes; it does not set a process's own kernel attributes).
+
 Output is read as bytes and split on newlines only: a progress bar's carriage-return refreshes are folded, so
 a log gets one progress line per ``progress_seconds`` (and the last one), not one per refresh.
 
@@ -37,6 +41,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+import psutil
 
 from pipeline.project.errors import InfrastructureError
 
@@ -176,43 +182,30 @@ def stop_group(pgid: int, grace_seconds: float = GRACE_SECONDS) -> None:
 
 def group_alive(pgid: int) -> bool:
     """Whether any process of group ``pgid`` is still running (zombies do not count)."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: ask the kernel directly
+    for process in psutil.process_iter():
         try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue  # gone meanwhile, or not ours to look at
     return False
 
 
-def _stat(pid: int) -> list[str] | None:
-    """``/proc/<pid>/stat`` from field 3 on (after the command name, which may hold spaces); None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2 :].split()
-
-
 def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (field 22); None when gone, a zombie (or not Linux).
+    """The creation time of ``pid`` as text; None when gone or a zombie.
 
-    With the pid it names one process: a pid reused by a new process has another start time. A zombie has
-    exited already; only its parent's ``wait`` keeps its entry (a killed worker whose parent is slow to
-    reap it, seen under load), so it counts as gone.
+    With the pid it names one process: a pid reused by a new process has another creation time (psutil's
+    is the kernel's start time plus the boot time, the same number in every process that asks). A zombie has
+    exited already; only its parent's ``wait`` keeps its entry (a killed worker whose parent is slow to reap
+    it, seen under load), so it counts as gone.
     """
-    fields = _stat(pid)
-    return fields[19] if fields and fields[0] not in ("Z", "X") else None
+    try:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return repr(process.create_time())
+    except psutil.Error:
+        return None
 
 
 def _ended(watched: Sequence[tuple[int, str]]) -> list[int]:
@@ -221,20 +214,24 @@ def _ended(watched: Sequence[tuple[int, str]]) -> list[int]:
 
 
 def ancestors(pid: int, depth: int = 2) -> list[tuple[int, str]]:
-    """``(pid, start time)`` of the ``depth`` nearest ancestors of ``pid``, never pid 1 (empty off Linux)."""
+    """``(pid, start time)`` of the ``depth`` nearest ancestors of ``pid``, never pid 1."""
     chain: list[tuple[int, str]] = []
-    fields = _stat(pid)
-    current = int(fields[1]) if fields else 0  # field 4: the parent's pid
-    while current > 1 and len(chain) < depth:
-        fields = _stat(current)
-        if fields is None:
+    try:
+        parents = psutil.Process(pid).parents()
+    except psutil.Error:
+        return chain
+    for parent in parents:
+        if parent.pid <= 1 or len(chain) >= depth:
             break
-        chain.append((current, fields[19]))
-        current = int(fields[1])
+        start = _start_time(parent.pid)
+        if start is None:
+            break
+        chain.append((parent.pid, start))
     return chain
 
 
 def _set_parent_death_signal(sig: int) -> None:
+    # psutil has no way to set this (it only reads processes): the kernel's prctl, where there is one.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 

@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipeline.ops import runner
@@ -214,9 +215,9 @@ def test_an_owner_that_exited_but_is_not_yet_reaped_counts_as_gone():
         assert start is not None and runner._ended([(child.pid, start)]) == []
         child.send_signal(signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while (runner._stat(child.pid) or ["?"])[0] != "Z" and time.monotonic() < deadline:
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
             time.sleep(0.01)  # not reaped: no wait() yet, so the kernel keeps it as a zombie
-        assert runner._stat(child.pid)[0] == "Z"
+        assert psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
         assert runner._start_time(child.pid) is None
         assert runner._ended([(child.pid, start)]) == [child.pid]
     finally:
