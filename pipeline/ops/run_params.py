@@ -30,7 +30,7 @@ from typing import Any
 from pipeline.project.config import ConfigError
 from pipeline.project.io import atomic_write_text
 from pipeline.project.layout import STATE_DIR
-from pipeline.project.params_file import apply_overrides, load_params, read_params_file, write_params
+from pipeline.project.params_file import load_params, read_params_file, write_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ def apply_run_overrides(params_path: Path, overrides: Mapping[str, Any], run_key
     if changed:
         backup = state / f"params.before-{_safe_name(run_key)}.yaml"
         atomic_write_text(backup, params_path.read_text(encoding="utf-8") if params_path.exists() else "")
-        write_params(apply_overrides(raw, {key: overrides[key] for key in changed}), params_path)
+        # In place, comments and layout kept: the run's ref holds the file as people wrote it.
+        write_overrides(params_path, {key: overrides[key] for key in changed})
         logger.info(
             "params: wrote %s to %s", ", ".join(f"{k}={overrides[k]!r}" for k in changed), params_path
         )

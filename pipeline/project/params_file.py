@@ -1,5 +1,8 @@
 """Reading ``params.yaml``: overlays (``--config``), ``--set`` overrides, input-path checks, atomic writes.
 
+A run's overrides are written into the file with :func:`write_overrides`, a ruamel.yaml round trip: the
+comments, key order and layout stay as the user wrote them, so a run's git ref holds the file a person reads.
+
 The schema they validate against is :mod:`pipeline.project.config`.
 
 Example:
@@ -219,3 +222,75 @@ def write_params(params: Params | dict[str, Any], path: str | os.PathLike[str] =
 
     data = params.model_dump(mode="json") if isinstance(params, Params) else params
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def _round_trip_yaml() -> Any:
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()  # round trip: comments, order, flow lists and quoting are kept
+    yaml_rt.preserve_quotes = True
+    yaml_rt.width = 4096  # never re-wrap a long line (a comment or a path)
+    # ruamel writes None as an empty value; the committed file spells it ``null``.
+    yaml_rt.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    return yaml_rt
+
+
+def _like(old: Any, new: Any) -> Any:
+    """``new`` in ``old``'s style: a list that was written ``[a, b]`` stays on one line."""
+    from ruamel.yaml.comments import CommentedSeq
+
+    if isinstance(old, CommentedSeq) and isinstance(new, list) and old.fa.flow_style():
+        seq = CommentedSeq(new)
+        seq.fa.set_flow_style()
+        return seq
+    return new
+
+
+def write_overrides(path: str | os.PathLike[str], overrides: Mapping[str, Any]) -> None:
+    r"""Set dotted keys in a params file in place, keeping its comments and layout; atomic.
+
+    Only the values named change: every other line, comment included, is written back as it was (a
+    ruamel.yaml round trip). A missing file starts empty.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "params.yaml"
+        >>> _ = path.write_text("train:\n  epochs: 1   # one pass\n  max_steps: null\n")
+        >>> write_overrides(path, {"train.max_steps": 5, "register.margin": 0.01})
+        >>> print(path.read_text(), end="")
+        train:
+          epochs: 1   # one pass
+          max_steps: 5
+        register:
+          margin: 0.01
+    """
+    import io
+
+    from ruamel.yaml.comments import CommentedMap
+
+    from pipeline.project.io import atomic_write_text
+
+    path = Path(path)
+    yaml_rt = _round_trip_yaml()
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    data = yaml_rt.load(text) if text.strip() else None
+    if data is None:
+        data = CommentedMap()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    for dotted, value in overrides.items():
+        *sections, key = dotted.split(".")
+        node = data
+        for part in sections:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = CommentedMap()
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted!r}: {part!r} is a value, not a section")
+            node = child
+        node[key] = _like(node.get(key), value)
+    buffer = io.StringIO()
+    yaml_rt.dump(data, buffer)
+    atomic_write_text(path, buffer.getvalue())
