@@ -83,7 +83,7 @@ def worker_stage(spec: dict) -> dict:
 
     from pipeline import models
     from pipeline.project.params_file import load_params
-    from pipeline.training.trainer import MlflowLossCallback, build_loss, build_trainer
+    from pipeline.training.trainer import build_loss, build_trainer
 
     overrides = {f"train.{key}": value for key, value in spec["train"].items()}
     config = load_params(Path(spec["workdir"]) / "params.yaml", overrides, check_paths=False).train
@@ -105,10 +105,17 @@ def worker_stage(spec: dict) -> dict:
             # Its own store and experiment: an inherited MLFLOW_EXPERIMENT_ID names another store's.
             mlflow.set_experiment("train-throughput")
             stack.enter_context(mlflow.start_run())
-            callbacks.insert(0, MlflowLossCallback())
         checkpoints = stack.enter_context(tempfile.TemporaryDirectory(dir=spec["workdir"]))
+        # As the train stage logs: transformers' own MLflow integration, into the run opened above.
         trainer = build_trainer(
-            config, model, loss, dataset, "triplets", Path(checkpoints), callbacks=callbacks
+            config,
+            model,
+            loss,
+            dataset,
+            "triplets",
+            Path(checkpoints),
+            callbacks=callbacks,
+            report_to=["mlflow"] if mlflow is not None else "none",
         )
         trainer.data_collator = timer.counting(trainer.data_collator)
         trainer.train()

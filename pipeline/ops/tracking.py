@@ -261,16 +261,31 @@ def parent_run_id(params: Params, project: Path) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, project: Path, tags: dict[str, str] | None = None) -> Iterator[Any]:
+def stage_run(
+    stage: str,
+    params: Params,
+    project: Path,
+    tags: dict[str, str] | None = None,
+    system_metrics: bool = False,
+) -> Iterator[Any]:
     """A child MLflow run for one stage (the active run inside the block), tagged with its lineage.
 
     Inputs of the stage (:data:`pipeline.project.layout.STAGE_IO`) are hashed at the start, its outputs when
-    the block ends without an error. The stage's params section is logged as params ``<stage>.<key>``.
+    the block ends without an error. The data among its inputs (the prepared training set, the benchmark)
+    become the run's dataset inputs, their DVC md5 the digest. The stage's params section is logged as params
+    ``<stage>.<key>``. ``system_metrics`` (the long stages: train, index) samples CPU, memory, disk, network
+    and GPU use into ``system/*`` metrics every ``tracking.system_metrics_interval`` seconds, when
+    ``tracking.system_metrics`` is on.
     """
     import mlflow
 
+    from pipeline.ops import run_inputs
+
     project = Path(project)
     configure(params, project)
+    sample_system = system_metrics and params.tracking.system_metrics
+    if sample_system:
+        mlflow.set_system_metrics_sampling_interval(params.tracking.system_metrics_interval)
     parent = parent_run_id(params, project)
     inputs, outputs = STAGE_IO.get(stage, ((), ()))
     section = getattr(params, stage, None)
@@ -281,8 +296,9 @@ def stage_run(stage: str, params: Params, project: Path, tags: dict[str, str] | 
         **({f"{stage}_params_hash": params_hash(section)} if section is not None else {}),
         **(tags or {}),
     }
-    run = mlflow.start_run(run_name=stage, tags=all_tags)
+    run = mlflow.start_run(run_name=stage, tags=all_tags, log_system_metrics=sample_system)
     try:
+        run_inputs.log_datasets(run_inputs.lineage_datasets(params, project, all_tags))
         if section is not None and hasattr(section, "model_dump"):
             flat = flatten(section.model_dump(mode="json"))
             mlflow.log_params({f"{stage}.{key}": _param_value(value) for key, value in flat.items()})

@@ -262,6 +262,10 @@ class TrackingParams(Section):
     experiment: str = "colbert-pipeline"
     retries: int = Field(3, ge=0, description="attempts against a tracking server that is down")
     request_timeout: float = Field(30.0, gt=0, description="seconds one MLflow HTTP request may take")
+    system_metrics: bool = Field(
+        True, description="sample CPU, memory, disk, network and GPU use into the train and index runs"
+    )
+    system_metrics_interval: float = Field(10.0, gt=0, description="seconds between system metric samples")
 
 
 # ``register`` is a stage name; pydantic only warns that ABCMeta.register (unused here) is shadowed.

@@ -7,7 +7,11 @@ end: a crash leaves the previous index in place. A float16 copy of the embedding
 :func:`pipeline.indexes.tuning.tune` picks the fastest search settings reaching ``index.recall_target``
 recall@10 against exact MaxSim on probe queries (the benchmark's queries, else queries drawn from the corpus)
 and stores them in ``indexes/<name>/search.json``, where every search finds them. The copy is kept only when
-those settings read it. Writes ``metrics/index.json`` (with the chosen settings, their recall and QPS).
+those settings read it. Then one probe query at a time is searched with those settings, as a served request
+is (``p50_ms``/``p95_ms``: search only, queries already encoded). Writes ``metrics/index.json`` (the chosen
+settings, their recall, QPS and single-query latency, and the index version they were measured on), which the
+register stage's gate reads. The MLflow run records the corpus as its dataset input (its DVC md5 the digest)
+and, with ``tracking.system_metrics``, CPU, memory and GPU use.
 
 Example:
     $ colbert-pipeline index --set index.corpus=../shared/data/scifact --set index.name=scifact
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.corpus import corpus_for
-from pipeline.ops import serving, tracking
+from pipeline.ops import run_inputs, serving, tracking
 from pipeline.project.config import Params, resolve_path
 from pipeline.project.io import atomic_write_json
 from pipeline.project.layout import Layout
@@ -73,7 +77,11 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     ids, texts, source = corpus_for(params, project)
     probes, probe_source = probe_texts(params, project, texts)
     folder = layout.index_folder
-    with tracking.stage_run("index", params, project, tags={"corpus": source}) as mlflow_run:
+    with tracking.stage_run(
+        "index", params, project, tags={"corpus": source}, system_metrics=True
+    ) as mlflow_run:
+        corpus = run_inputs.corpus_dataset(params, project)
+        run_inputs.log_datasets([(corpus, "indexing")] if corpus is not None else [])
         # documents and probe queries alike: the settings are tuned on queries encoded as search will
         model = load_model(str(model_path), config.backend, device=config.device, precision=config.precision)
         index = indexes.PLAID(
@@ -102,7 +110,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             store = writer.commit(index_version=version, device=index.device)
         # The texts go beside the index, so the registry packs them without reading the corpus again.
         serving.write_documents(dict(zip(ids, texts, strict=True)), index.path / TEXTS_FILE)
-        search = tune_search(model, index, store, probes, config, version)
+        search, encoded = tune_search(model, index, store, probes, config, version)
+        search.update(single_query_latency(folder, config, encoded))
         search["probe_source"] = probe_source
         summary = {
             "documents": int(stats["documents"]),
@@ -114,6 +123,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             "backend": config.backend,
             "precision": model.encode_precision,
             "search": search,
+            # the register stage checks that these numbers were measured on the index it registers
+            "index_version": version,
         }
         atomic_write_json(layout.index_metrics, summary)
         import mlflow
@@ -129,12 +140,13 @@ def run(params: Params, project: Path) -> dict[str, Any]:
 
 def tune_search(
     model: Any, index: Any, store: Any, probes: list[str], config: Any, version: str
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Any]:
     """Tune search on ``probes`` and store the settings beside the index.
 
     The embeddings store stays whatever is chosen: which setting wins depends on measured time, and an output
     whose files depended on timing would not hash the same twice. ``search.json`` itself is timing-dependent,
     so ``.dvcignore`` keeps it out of the index's DVC hash (it lives beside the data, outside the hash).
+    Returns the summary and the encoded probe queries.
     """
     from pipeline.indexes import tuning
     from pipeline.models import as_numpy
@@ -145,4 +157,37 @@ def tune_search(
     result = tuning.tune(store, queries, index.candidate_slots, target=config.recall_target)
     tuning.write_settings(index.path, version, result)
     logger.info("search settings: %s", tuning.describe_qps(result))
-    return {k: v for k, v in result.summary().items() if k != "trials"}  # every trial: search.json
+    summary = {k: v for k, v in result.summary().items() if k != "trials"}  # every trial: search.json
+    return summary, queries
+
+
+#: Probe queries timed one at a time for the single-query latency in ``metrics/index.json``.
+LATENCY_QUERIES = 32
+
+
+def single_query_latency(folder: Path, config: Any, queries: Any) -> dict[str, float]:
+    """p50/p95 milliseconds of one encoded query searched alone with the stored settings (search only).
+
+    The index is opened afresh, as the served model opens it, so the settings just written are the ones
+    timed. One untimed search first: the first call pays for lazy loading, which no later request does.
+    """
+    from pipeline import indexes
+    from pipeline.ops.canary import percentile
+
+    index = indexes.PLAID(
+        index_folder=str(folder), index_name=config.name, override=False, device=config.device
+    )
+    timed = list(queries[:LATENCY_QUERIES])
+    if not timed:
+        return {}
+    index.search([timed[0]], k=10)
+    latencies = []
+    for query in timed:
+        started = time.perf_counter()
+        index.search([query], k=10)
+        latencies.append((time.perf_counter() - started) * 1000.0)
+    return {
+        "p50_ms": round(percentile(latencies, 50), 3),
+        "p95_ms": round(percentile(latencies, 95), 3),
+        "latency_queries": len(timed),
+    }

@@ -4,7 +4,9 @@ Runs sentence-transformers' trainer with the configured loss (contrastive, cache
 distillation), checkpoints every ``train.save_steps`` steps to ``<output>-checkpoints/`` and, when re-run
 after a crash with the same params, resumes from the last checkpoint. The finished model replaces
 ``train.output`` (default ``models/colbert``) in one rename. Precision ``auto`` picks bf16 (or fp16) on a
-GPU and fp32 on the CPU. Per-step loss goes to the stage's MLflow run.
+GPU and fp32 on the CPU. Per-step loss goes to the stage's MLflow run through transformers' own MLflow
+integration (``report_to=["mlflow"]``); with ``tracking.system_metrics`` the run also samples CPU, memory
+and GPU use (``system/*``). The prepared training set is the run's dataset input (its DVC md5 the digest).
 
 Batches keep a query out of its own in-batch negatives (``train.batch_sampler``, see
 ``pipeline.training.samplers``). With ``train.dev_fraction`` > 0, whole training queries are held out as a dev
@@ -68,7 +70,6 @@ def run(params: Params, project: Path) -> dict[str, Any]:
 
     from pipeline import models, utils
     from pipeline.training.trainer import (
-        MlflowLossCallback,
         build_loss,
         build_trainer,
         dev_curve,
@@ -83,7 +84,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     # Every row (KD joins included) is checked before the model loads: a bad row names its index.
     utils.check_training_dataset(dataset)
 
-    with tracking.stage_run("train", params, project) as mlflow_run:
+    with tracking.stage_run("train", params, project, system_metrics=True) as mlflow_run:
         set_seed(config.seed)
         model = models.ColBERT(
             model_name_or_path=config.base_model, device=config.device, query_length=config.query_length
@@ -94,9 +95,8 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         checkpoints.mkdir(parents=True, exist_ok=True)
         (checkpoints / "params.sha").write_text(fingerprint)
         flags = precision_flags(config.precision, config.device)
-        trainer = build_trainer(
-            config, model, loss, dataset, kind, checkpoints, callbacks=[MlflowLossCallback()]
-        )
+        # transformers' MLflowCallback finds the stage's run active and logs every step into it.
+        trainer = build_trainer(config, model, loss, dataset, kind, checkpoints, report_to=["mlflow"])
         if resume:
             logger.info("resuming from %s", resume)
         started = time.perf_counter()

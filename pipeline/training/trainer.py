@@ -1,5 +1,10 @@
 """Training helpers shared by the train stage and ``bench/``: precision flags, the loss by name, the trainer
-(arguments, batch sampler, dev split, early stopping), the loss curves, and a callback that logs to MLflow.
+(arguments, batch sampler, dev split, early stopping) and the loss curves.
+
+Per-step metrics reach MLflow through transformers' own integration (``report_to=["mlflow"]``): inside an
+active MLflow run (the train stage's) its ``MLflowCallback`` logs every step's ``loss``, ``grad_norm``,
+``learning_rate``, the dev loss and the final summary to that run, plus the trainer's arguments as params.
+Outside a run it would start one of its own, so callers without one keep ``report_to="none"``.
 
 They sit outside the train stage so that another caller (the PyLate peer benchmark, a notebook) uses the
 same rules without importing a stage.
@@ -17,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from pipeline.project.config import TrainParams
@@ -96,9 +100,17 @@ def training_loss(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
     ]
 
 
-def training_arguments(config: TrainParams, output_dir: Path, batch_sampler: Any, *, with_dev: bool) -> Any:
+def training_arguments(
+    config: TrainParams,
+    output_dir: Path,
+    batch_sampler: Any,
+    *,
+    with_dev: bool,
+    report_to: str | list[str] = "none",
+) -> Any:
     """The trainer's ``SentenceTransformerTrainingArguments`` for ``train.*``; ``with_dev`` adds the dev
-    loss every ``train.eval_steps`` steps, with a checkpoint each time and the best one loaded at the end."""
+    loss every ``train.eval_steps`` steps, with a checkpoint each time and the best one loaded at the end.
+    ``report_to=["mlflow"]`` logs to the active MLflow run (see the module docstring)."""
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
 
@@ -126,7 +138,7 @@ def training_arguments(config: TrainParams, output_dir: Path, batch_sampler: Any
         save_steps=evaluation.pop("save_steps", config.save_steps),
         save_total_limit=2,
         logging_steps=1,
-        report_to="none",
+        report_to=report_to,
         use_cpu=config.device == "cpu" or not torch.cuda.is_available(),
         batch_sampler=batch_sampler,
         **evaluation,
@@ -143,8 +155,11 @@ def build_trainer(
     output_dir: Path,
     *,
     callbacks: list[Any] | None = None,
+    report_to: str | list[str] = "none",
 ) -> Any:
     """The stage's trainer: its arguments, batch sampler, dev split and callbacks (the bench times this).
+
+    ``report_to=["mlflow"]`` (the train stage, inside its MLflow run) logs every step to that run.
 
     The model's dropout becomes :mod:`pipeline.training.dropout`'s (in place): the same masks' distribution,
     drawn faster on CPU.
@@ -166,7 +181,9 @@ def build_trainer(
         dataset, dev = split_dev(dataset, config.dev_fraction, config.seed, kind)
         logger.info("dev split: %d training rows, %d dev rows", len(dataset), len(dev))
     batch_sampler = samplers.choose_batch_sampler(config.batch_sampler, dataset, kind)
-    args = training_arguments(config, output_dir, batch_sampler, with_dev=dev is not None)
+    args = training_arguments(
+        config, output_dir, batch_sampler, with_dev=dev is not None, report_to=report_to
+    )
     # The same dropout with cheaper masks on CPU (where it is most of a step's non-matmul time); GPU steps
     # and evaluation take torch's own path.
     use_cheap_dropout(model)
@@ -200,44 +217,6 @@ def dev_curve(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
         for entry in log_history
         if "eval_loss" in entry
     ]
-
-
-class MlflowLossCallback(TrainerCallback):
-    """Log the trainer's numeric logs (``loss``, ``learning_rate``, ``grad_norm``...) per step to MLflow.
-
-    Logs to ``run_id`` if given, else to the active run (the stage run). Only the main process logs.
-
-    Example (inside an MLflow run, here a throwaway one):
-        >>> import mlflow
-        >>> from types import SimpleNamespace
-        >>> with mlflow.start_run() as run:
-        ...     state = SimpleNamespace(global_step=3)
-        ...     MlflowLossCallback().on_log(None, state, None, {"loss": 0.5, "epoch": 1})
-        >>> mlflow.get_run(run.info.run_id).data.metrics["loss"]
-        0.5
-    """
-
-    def __init__(self, run_id: str | None = None) -> None:
-        self.run_id = run_id
-
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
-    ) -> None:
-        import mlflow
-
-        if not getattr(state, "is_world_process_zero", True):
-            return
-        numbers = {
-            key: float(value)
-            for key, value in (logs or {}).items()
-            if isinstance(value, int | float) and not isinstance(value, bool)
-        }
-        if not numbers:
-            return
-        if self.run_id:
-            mlflow.log_metrics(numbers, step=state.global_step, run_id=self.run_id)
-        elif mlflow.active_run() is not None:
-            mlflow.log_metrics(numbers, step=state.global_step)
 
 
 class PeriodicProgressCallback(ProgressCallback):

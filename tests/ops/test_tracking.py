@@ -1,4 +1,5 @@
-"""Tracking: URIs, bounded retry on a dead server, DVC-compatible hashes, stage/parent runs, loss logging.
+"""Tracking: URIs, bounded retry on a dead server, DVC-compatible hashes, stage/parent runs, step metrics
+through transformers' own MLflow integration, system metrics and dataset inputs.
 
 Runs against the session's SQLite tracking store (conftest); the real-server behaviour is in test_register.
 """
@@ -187,19 +188,76 @@ def test_pipeline_run_is_idempotent_and_groups_stages(tmp_path, monkeypatch):
     assert client.get_run(first).info.status == "FAILED"
 
 
-def test_loss_callback_logs_every_step(tmp_path, monkeypatch):
-    from transformers import TrainerState
+def test_the_trainers_own_mlflow_integration_logs_each_step_into_the_stage_run(
+    tmp_path, monkeypatch, saved_colbert
+):
+    """report_to=["mlflow"] finds the stage's run active: every step lands there, and no run of its own."""
+    from datasets import Dataset
+
+    from pipeline import models
 
     monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
-    callback = training.MlflowLossCallback()
-    state = TrainerState()
-    with tracking.stage_run("train", _params("tracking-loss"), tmp_path) as run:
-        for step, loss in enumerate([2.0, 1.5, 1.2], start=1):
-            state.global_step = step
-            callback.on_log(None, state, None, logs={"loss": loss, "learning_rate": 1e-5, "note": "x"})
-    history = MlflowClient().get_metric_history(run.info.run_id, "loss")
-    assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.5), (3, 1.2)]
-    assert "note" not in MlflowClient().get_run(run.info.run_id).data.metrics
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_NESTED_RUN", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)  # what would make transformers open a run of its own
+    params = Params.model_validate(
+        {
+            "train": {"max_steps": 3, "batch_size": 2, "device": "cpu", "learning_rate": 1e-30},
+            "tracking": {"experiment": "tracking-hf-mlflow", "system_metrics": False},
+        }
+    )
+    rows = [{"query": f"q{i}", "positive": f"answer {i}", "negative": f"other {i}"} for i in range(6)]
+    model = models.ColBERT(model_name_or_path=str(saved_colbert), device="cpu")  # a copy: training moves it
+    loss = training.build_loss(model, params.train, "triplets")
+    with tracking.stage_run("train", params, tmp_path) as run:
+        trainer = training.build_trainer(
+            params.train,
+            model,
+            loss,
+            Dataset.from_list(rows),
+            "triplets",
+            tmp_path / "ckpt",
+            report_to=["mlflow"],
+        )
+        trainer.train()
+        assert mlflow.active_run().info.run_id == run.info.run_id  # transformers did not end the stage's run
+    client = MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    logged = client.get_run(run.info.run_id).data
+    assert {"grad_norm", "learning_rate", "train_runtime"} <= set(logged.metrics)
+    assert logged.params["max_steps"] == "3" and logged.params["train.max_steps"] == "3"  # HF's and ours
+    experiment = client.get_experiment_by_name("tracking-hf-mlflow").experiment_id
+    runs = client.search_runs([experiment])
+    stage_runs = [r.info.run_id for r in runs if r.data.tags.get("pipeline_parent") != "true"]
+    assert stage_runs == [run.info.run_id]  # no run of transformers' own
+
+
+def test_train_and_index_runs_sample_system_metrics_and_name_their_datasets(tmp_path, monkeypatch):
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    params = _params("tracking-system", system_metrics_interval=0.2)
+    for split in ("train", "eval"):
+        (tmp_path / "data" / "prepared" / split).mkdir(parents=True)
+        (tmp_path / "data" / "prepared" / split / "rows.jsonl").write_text(f'{{"split": "{split}"}}\n')
+    with tracking.stage_run("train", params, tmp_path, system_metrics=True) as train_run:
+        time.sleep(1.5)  # a few samples
+    with tracking.stage_run("register", params, tmp_path) as register_run:
+        pass
+    client = MlflowClient()
+    train = client.get_run(train_run.info.run_id)
+    assert any(key.startswith("system/cpu_utilization") for key in train.data.metrics), train.data.metrics
+    assert any(key.startswith("system/system_memory_usage") for key in train.data.metrics)
+    inputs = {d.dataset.name: d for d in train.inputs.dataset_inputs}
+    assert set(inputs) == {"prepared_train"}
+    md5 = lineage.compute_md5(tmp_path / "data" / "prepared" / "train")
+    assert inputs["prepared_train"].dataset.digest == md5 == train.data.tags["lineage.data_train.md5"]
+    assert {t.key: t.value for t in inputs["prepared_train"].tags}["mlflow.data.context"] == "training"
+    register = client.get_run(register_run.info.run_id)
+    assert {d.dataset.name for d in register.inputs.dataset_inputs} == {"prepared_train", "benchmark"}
+    assert not [key for key in register.data.metrics if key.startswith("system/")]  # a short stage: off
+    off = _params("tracking-system-off", system_metrics=False, system_metrics_interval=0.2)
+    with tracking.stage_run("train", off, tmp_path, system_metrics=True) as quiet_run:
+        time.sleep(0.6)
+    assert not [k for k in client.get_run(quiet_run.info.run_id).data.metrics if k.startswith("system/")]
 
 
 def test_bare_stage_names_outside_the_map_still_track(tmp_path, monkeypatch):
