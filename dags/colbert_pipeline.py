@@ -22,6 +22,12 @@ Parse-time settings (environment only, so parsing never touches the metadata dat
     COLBERT_PIPELINE_SCHEDULE    cron or preset (default @weekly; "none" for manual runs only)
     COLBERT_PIPELINE_RETRIES     retries per task (default 2, exponential backoff)
     COLBERT_PIPELINE_GPU_STAGES  comma-separated stages on the gpu queue and pool (default: train)
+    COLBERT_PIPELINE_NOTIFY_TO   comma-separated e-mail addresses told of each run's failure or success
+                                 (SMTP provider's notifier; none: no e-mails)
+    COLBERT_PIPELINE_NOTIFY_FROM sender (default: the SMTP connection's from_email)
+    COLBERT_PIPELINE_SMTP_CONN_ID  the Airflow SMTP connection (default smtp_default)
+    COLBERT_PIPELINE_DEADLINE    a run not finished this long after it was queued misses its deadline alert
+                                 (default 30h; "none": no deadline); see pipeline/ops/notify.py
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import pendulum
 from airflow.sdk import Asset, Param, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline.ops import orchestration
+from pipeline.ops import notify, orchestration
 from pipeline.ops.dag_shared import CHAMPION, lookup
 from pipeline.project.config import ConfigError
 from pipeline.project.layout import STAGES
@@ -55,6 +61,7 @@ RETRIES = int(os.environ.get("COLBERT_PIPELINE_RETRIES", "2"))
 GPU_STAGES = frozenset(
     name.strip() for name in os.environ.get("COLBERT_PIPELINE_GPU_STAGES", "train").split(",") if name.strip()
 )
+NOTIFY = notify.NotifySettings.from_environ(os.environ)
 
 #: Upper bounds per stage on the offline sample's scale up to a real GPU run; a hung stage is stopped.
 STAGE_TIMEOUTS = {
@@ -302,6 +309,11 @@ def keep_champion(parent_run_id: str, register_result: dict[str, Any]) -> dict[s
     tags=["colbert", "mlops", "dvc", "mlflow"],
     doc_md=__doc__,
     params=DAG_PARAMS,
+    # Airflow's own alerting: an e-mail per failed or succeeded run, and a deadline on the whole run (train
+    # alone may take a day, so a per-task timeout says too little too late).
+    on_failure_callback=notify.run_notifiers(NOTIFY, "failed"),
+    on_success_callback=notify.run_notifiers(NOTIFY, "succeeded"),
+    deadline=notify.deadline_alert(NOTIFY),
 )
 def colbert_pipeline() -> None:
     """Fine-tune, evaluate, index and register a ColBERT model; promote it when it beats the champion."""
