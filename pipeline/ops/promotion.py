@@ -73,6 +73,10 @@ class Decision:
     run_id: str | None = None
     reused_version: bool = False
     lineage: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Every gate criterion (quality, index_recall, latency): passed (None: not checked), value, threshold.
+    criteria: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Which nDCG the gate used and how it differs from the report's (``pipeline.ops.gate``).
+    ndcg_definitions: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

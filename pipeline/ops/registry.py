@@ -1,8 +1,11 @@
 """The model registry's MLflow side: create a version, alias it ``challenger``, move ``champion`` when it
 wins.
 
-The rule itself is pure and lives in :mod:`pipeline.ops.promotion`; this module reads the current champion,
-applies the rule, and writes (the version with all its tags in one call, then the aliases).
+The quality rule is pure and lives in :mod:`pipeline.ops.promotion`, the gate's other criteria (the index's
+recall, single-query latency against the champion) in :mod:`pipeline.ops.gate`; this module reads the
+current champion, applies them, and writes (the version with all its tags in one call, then the aliases).
+The evaluation and index metrics are logged against the version's LoggedModel (``model_id``), so MLflow's
+model page shows them, each with the dataset it was measured on.
 
 **Registration is all-or-nothing.** The server is checked (bounded retry) and every input is read before
 anything is written; if setting the aliases fails, the version is deleted again. Re-running on the same model,
@@ -21,13 +24,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.ops import tracking
+from pipeline.ops import gate, tracking
 from pipeline.ops.promotion import (
     BENCHMARK_TAG,
     CHALLENGER,
@@ -172,6 +176,10 @@ def check_index_matches_model(client: Any, experiment: str, lineage: Mapping[str
     return encoded_with
 
 
+#: Numbers logged against the LoggedModel, each group with the dataset it was measured on (or None).
+ModelMetrics = list[tuple[Mapping[str, float], Any]]
+
+
 def register_and_promote(
     params: Params,
     metrics: Mapping[str, float],
@@ -180,12 +188,16 @@ def register_and_promote(
     index_dir: Path,
     reevaluate: Reevaluate | None = None,
     log_model: Callable[[], Any] | None = None,
+    gate_inputs: gate.GateInputs | None = None,
+    model_metrics: ModelMetrics | None = None,
 ) -> Decision:
-    """Register ``model_dir`` + ``index_dir`` as a new version (inside the active run) and apply the rule.
+    """Register ``model_dir`` + ``index_dir`` as a new version (inside the active run) and apply the gate.
 
     ``lineage`` holds the tags for the version (see :func:`pipeline.ops.lineage.lineage_tags`);
     ``lineage.data_eval.md5`` identifies the benchmark. ``log_model`` overrides how the pyfunc is logged
-    (tests); it must return mlflow's ``ModelInfo``.
+    (tests); it must return mlflow's ``ModelInfo``. ``gate_inputs`` feeds the criteria beside quality (none
+    given: they are recorded as not checked). ``model_metrics`` are logged against the new version's
+    LoggedModel with their datasets, and the gate's own numbers with them.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -199,14 +211,17 @@ def register_and_promote(
     encoded_with = check_index_matches_model(client, params.tracking.experiment, lineage)
 
     # 1. Decide, before anything is written.
-    plan = _plan(client, config, metrics, lineage, reevaluate)
+    plan = _plan(client, config, metrics, lineage, reevaluate, gate_inputs or gate.GateInputs())
+    numbers = [*(model_metrics or []), (gate.numbers(plan.criteria), None)]
 
     # 2. Log the served model (upload only: no version exists yet), then create the version with its tags.
     if plan.existing is not None:
         version = plan.existing
         logger.info("registry: %s v%s already holds this model, index and evaluation", name, version.version)
+        _log_model_metrics(numbers, model_id=None)  # its LoggedModel has them from its first registration
     else:
         info = (log_model or (lambda: _log_default(params, model_dir, index_dir)))()
+        _log_model_metrics(numbers, model_id=getattr(info, "model_id", None))
         tags = _version_tags(plan, metrics, lineage, encoded_with, run_id)
         version = mlflow.register_model(info.model_uri, name, tags=tags)
         logger.info("registry: created %s v%s from %s", name, version.version, info.model_uri)
@@ -232,7 +247,23 @@ def register_and_promote(
         run_id=run_id,
         reused_version=plan.existing is not None,
         lineage=dict(lineage),
+        criteria=[criterion.as_dict() for criterion in plan.criteria],
+        ndcg_definitions={"gate": gate.NDCG_GATE, "report": gate.NDCG_REPORT},
     )
+
+
+def _log_model_metrics(groups: ModelMetrics, model_id: str | None) -> None:
+    """Log each group to the active run, against ``model_id``'s LoggedModel, with its dataset."""
+    import mlflow
+
+    for values, dataset in groups:
+        numbers = {
+            key.replace("@", "_at_"): float(value)
+            for key, value in values.items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        }
+        if numbers:
+            mlflow.log_metrics(numbers, model_id=model_id, dataset=dataset)
 
 
 @dataclass(frozen=True)
@@ -252,6 +283,7 @@ class _Plan:
     champion_before: str | None
     challenger_before: str | None
     champion_benchmark: str | None
+    criteria: tuple[gate.Criterion, ...] = ()
 
 
 def _plan(
@@ -260,6 +292,7 @@ def _plan(
     metrics: Mapping[str, float],
     lineage: Mapping[str, str],
     reevaluate: Reevaluate | None,
+    inputs: gate.GateInputs,
 ) -> _Plan:
     name, metric = config.model_name, config.metric
     value = float(metrics[metric])
@@ -273,6 +306,13 @@ def _plan(
     promote, comparison, reason, champion_value = decide(
         value, metric, config.margin, benchmark, champion, existing, reevaluate
     )
+    criteria = gate.criteria(
+        config,
+        inputs,
+        gate.quality_criterion(promote, comparison, reason, value, champion_value, config.margin),
+        champion,
+    )
+    promote, reason = gate.verdict(criteria)
     if comparison == "re_evaluated" and champion_value is not None and benchmark:
         tag = reeval_tag(benchmark, metric)
         if (champion.tags or {}).get(tag) is None:
@@ -291,6 +331,7 @@ def _plan(
         champion_before=str(champion.version) if champion else None,
         challenger_before=challenger_before,
         champion_benchmark=(champion.tags or {}).get(BENCHMARK_TAG) if champion else None,
+        criteria=criteria,
     )
 
 
@@ -311,7 +352,15 @@ def _version_tags(
         "promotion.decision": "promoted" if plan.promote else "not promoted",
         "promotion.reason": plan.reason[:5000],
         "promotion.champion_before": plan.champion_before or "none",
+        "promotion.criteria": json.dumps([c.as_dict() for c in plan.criteria], default=str)[:5000],
+        "gate.ndcg": f"gate: {gate.NDCG_GATE}; report: {gate.NDCG_REPORT}"[:5000],
     }
+    for criterion in plan.criteria:
+        passed = "not checked" if criterion.passed is None else str(criterion.passed).lower()
+        tags[f"gate.{criterion.name}.passed"] = passed
+        for field in ("value", "threshold"):
+            if getattr(criterion, field) is not None:
+                tags[f"gate.{criterion.name}.{field}"] = repr(getattr(criterion, field))
     if encoded_with:
         tags["lineage.index.encoded_with_model.md5"] = encoded_with
     if run_id:

@@ -227,6 +227,14 @@ class RegisterParams(Section):
         0.0, ge=0, description="promote only when the metric beats the champion by this much"
     )
     k: int = Field(10, ge=1, description="hits returned by the served model")
+    max_latency_ratio: float | None = Field(
+        1.2,
+        gt=0,
+        description="promote only when the challenger's single-query p95 through its index is at most this "
+        "times the champion's (both timed in one process, same queries, interleaved); null: no latency check",
+    )
+    latency_queries: int = Field(20, ge=1, description="benchmark queries timed for the latency check")
+    latency_repeats: int = Field(5, ge=1, description="passes over them; the check compares the medians")
 
 
 class QualityParams(Section):

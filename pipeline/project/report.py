@@ -455,7 +455,9 @@ def _markdown(
         "Full test sets and full corpora; nDCG@10 (linear gains), MRR@10 and recall@100 from trec_eval "
         "(pytrec_eval) over every judged query. `plaid` is the system's PLAID index, `exact` is MaxSim "
         "over every document, `cosine` is exact dense search. A hit whose id equals the query's is "
-        "ignored (BEIR's rule).",
+        "ignored (BEIR's rule). This nDCG@10 is graded (the qrels grade is the gain); the promotion gate's "
+        "(`register.metric`, sentence-transformers' NanoBEIR evaluator on the Nano benchmark) counts every "
+        "relevant document 1, so the two differ on graded sets such as NFCorpus.",
         "",
         markdown_table(list(records)),
         "",

@@ -3,8 +3,15 @@
 Reads ``metrics/eval.json`` (``register.metric`` must be there and finite, else nothing is registered),
 ``train.output`` (the model) and ``<index.folder>/<index.name>`` (the index built with it); logs them as one
 pyfunc (:mod:`pipeline.ops.serving`) in a ``register`` run; creates a model version of ``register.model_name``
-tagged with its lineage and benchmark; sets alias ``challenger``; moves ``champion`` to it when it wins
-(:mod:`pipeline.ops.registry`). Writes the decision to ``metrics/registry.json``.
+tagged with its lineage and benchmark; sets alias ``challenger``; moves ``champion`` to it when it passes the
+gate (:mod:`pipeline.ops.gate`): its ``register.metric`` beats the champion's by the margin, its index reaches
+``index.recall_target`` on its probe queries (``metrics/index.json``), and its single-query p95 is at most
+``register.max_latency_ratio`` times the champion's. Writes the decision, every criterion with its values, to
+``metrics/registry.json``.
+
+The evaluation metrics (``eval_*``, measured on the benchmark) and the index metrics (``index_*``: recall
+against exact MaxSim, QPS, single-query latency, measured on the corpus) are logged against the version's
+MLflow LoggedModel, each with its dataset, so MLflow's model page shows them.
 
 Example:
     $ colbert-pipeline register && cat metrics/registry.json
@@ -16,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.ops import lineage, promotion, registry, tracking
+from pipeline.ops import gate, lineage, promotion, registry, run_inputs, tracking
 from pipeline.project.config import Params
 from pipeline.project.io import atomic_write_json
 from pipeline.project.layout import Layout
@@ -34,9 +41,20 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{model_dir}: no trained model (train.output; run the train stage first)")
     if not index_dir.is_dir():
         raise FileNotFoundError(f"{index_dir}: no index (index.folder/index.name; run the index stage first)")
+    index_metrics = gate.read_index_metrics(layout.index_metrics, current_index_version(index_dir))
     with tracking.stage_run("register", params, project) as mlflow_run:
         import mlflow
 
+        corpus = run_inputs.corpus_dataset(params, project)
+        run_inputs.log_datasets([(corpus, "serving")] if corpus is not None else [])
+        benchmark = next(
+            (
+                record
+                for record, _ in run_inputs.lineage_datasets(params, project, mlflow_run.data.tags)
+                if record.name == "benchmark"
+            ),
+            None,
+        )
         version_tags = {
             key: value
             for key, value in mlflow_run.data.tags.items()
@@ -45,7 +63,6 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         }
         # The score must be this model's, on this benchmark: refuse a metrics/eval.json left by another model.
         promotion.check_scored_artifacts(layout.eval_metrics, version_tags)
-        tracking.log_numbers(metrics, prefix="eval_")
         decision = registry.register_and_promote(
             params,
             metrics=metrics,
@@ -53,6 +70,18 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             model_dir=model_dir,
             index_dir=index_dir,
             reevaluate=registry.reevaluate_with(params, project),
+            gate_inputs=gate.GateInputs(
+                index_metrics=index_metrics,
+                recall_target=params.index.recall_target,
+                measure_latency=gate.measure_latency_with(
+                    model_dir, index_dir, layout.benchmark, params.register, params.index.precision
+                ),
+            ),
+            # on the model page, each number beside the data it was measured on
+            model_metrics=[
+                ({f"eval_{key}": value for key, value in metrics.items()}, benchmark),
+                (index_numbers(index_metrics), corpus),
+            ],
         )
         mlflow.set_tags(
             {
@@ -78,3 +107,29 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         "champion": decision.champion_after,
         "mlflow_run_id": mlflow_run.info.run_id,
     }
+
+
+def current_index_version(index_dir: Path) -> str | None:
+    """The live version folder of the index (what ``metrics/index.json`` must have been measured on)."""
+    from pipeline.indexes.storage import VersionStore
+
+    return VersionStore(index_dir).current()
+
+
+def index_numbers(index_metrics: dict[str, Any]) -> dict[str, float]:
+    """``metrics/index.json`` as model metrics: the tuned search's recall, QPS and latency, and the build.
+
+    Example:
+        >>> index_numbers({"documents": 30, "search": {"recall@10": 1.0, "qps": 80.5, "p95_ms": 4.2}})
+        {'index_documents': 30.0, 'index_recall_at_10': 1.0, 'index_qps': 80.5, 'index_p95_ms': 4.2}
+    """
+    numbers: dict[str, float] = {}
+    for key in ("documents", "tokens", "build_seconds", "bytes"):
+        if isinstance(index_metrics.get(key), int | float):
+            numbers[f"index_{key}"] = float(index_metrics[key])
+    search = index_metrics.get("search") or {}
+    for key in ("recall@10", "recall@10_bound", "qps", "exact_qps", "p50_ms", "p95_ms", "target"):
+        value = search.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            numbers[f"index_{key.replace('@', '_at_')}"] = float(value)
+    return numbers

@@ -89,7 +89,38 @@ def template(booting_server, module_tmp_path: Path, saved_colbert) -> Path:
     )
     # as the index stage does: the texts beside the index, for the served model to answer with
     serving.write_documents(corpus, index.path / TEXTS_FILE)
+    _measure_index(project, recall=1.0)
     return project
+
+
+def _measure_index(project: Path, recall: float, **extra) -> None:
+    """What the index stage writes: the tuned search's recall, speed and latency, on this index version."""
+    from pipeline.indexes.storage import VersionStore
+
+    search = {
+        "recall@10": recall,
+        "recall@10_bound": recall - 0.01,
+        "qps": 120.0,
+        "exact_qps": 100.0,
+        "p50_ms": 3.0,
+        "p95_ms": 4.5,
+        "target": 0.95,
+        "reached": recall >= 0.95,
+        "probe_queries": len(TOPICS),
+        "description": "exact MaxSim",
+        "probe_source": "benchmark queries",
+    }
+    atomic_write_json(
+        project / "metrics" / "index.json",
+        {
+            "documents": 3 * len(TOPICS),
+            "tokens": 400,
+            "build_seconds": 1.5,
+            "search": search,
+            "index_version": VersionStore(project / "indexes" / "sample").current(),
+            **extra,
+        },
+    )
 
 
 @pytest.fixture()
@@ -161,7 +192,7 @@ def test_first_version_is_champion_better_promotes_worse_and_ties_do_not(project
 
     _evaluate(project, 0.60)  # better by 0.10 > margin 0.01
     better = register.run(params, project)
-    assert (better["version"], better["promoted"]) == ("2", True)
+    assert (better["version"], better["promoted"]) == ("2", True), better["reason"]
     decision = read_json(project / "metrics" / "registry.json")
     assert decision["comparison"] == "same_benchmark"
     assert (decision["champion_before"], decision["champion_value"], decision["champion_after"]) == (
@@ -292,7 +323,7 @@ def test_champion_from_another_benchmark_is_re_evaluated_or_not_comparable(proje
     decision = read_json(project / "metrics" / "registry.json")
     assert decision["comparison"] == "re_evaluated"
     assert decision["champion_value"] == pytest.approx(actual, abs=1e-6)
-    assert result["promoted"] is True and decision["champion_after"] == "2"
+    assert result["promoted"] is True and decision["champion_after"] == "2", decision["reason"]
     champion_tags = MlflowClient(server).get_model_version("bench", "1").tags
     assert float(champion_tags[promotion.reeval_tag(decision["benchmark"], PRIMARY)]) == pytest.approx(actual)
 
@@ -384,3 +415,81 @@ def test_cli_search_and_status_answer_from_the_champion(project, server, capsys,
     assert champion["metrics"][PRIMARY] == 0.5
     assert champion["hashes"]["index"] == lineage.compute_md5(project / "indexes" / "sample")
     assert champion["benchmark"] == champion["hashes"]["data_eval"]
+
+
+def _criteria(decision: dict) -> dict[str, dict]:
+    return {criterion["name"]: criterion for criterion in decision["criteria"]}
+
+
+def test_the_gate_refuses_a_challenger_whose_index_misses_the_recall_target(project, server):
+    params = _params("gate-recall")
+    _evaluate(project, 0.5)
+    _measure_index(project, recall=0.9)  # its index loses a tenth of what exact MaxSim finds
+    first = register.run(params, project)
+    assert first["promoted"] is False and _alias(server, "gate-recall", "champion") is None
+    decision = read_json(project / "metrics" / "registry.json")
+    criteria = _criteria(decision)
+    assert criteria["index_recall"]["passed"] is False
+    assert (criteria["index_recall"]["value"], criteria["index_recall"]["threshold"]) == (0.9, 0.95)
+    assert criteria["quality"]["passed"] is True  # the first version: nothing to beat
+    assert (
+        "refused by index_recall: index recall@10 vs exact MaxSim 0.9000 < index.recall_target"
+        in (decision["reason"])
+    )
+    assert set(decision["ndcg_definitions"]) == {"gate", "report"}
+    assert "binary relevance" in decision["ndcg_definitions"]["gate"]
+    assert "graded" in decision["ndcg_definitions"]["report"]
+    tags = MlflowClient(server).get_model_version("gate-recall", first["version"]).tags
+    assert tags["gate.index_recall.passed"] == "false" and tags["gate.index_recall.value"] == "0.9"
+    assert tags["gate.quality.passed"] == "true" and tags["gate.latency.passed"] == "not checked"
+    assert "binary relevance" in tags["gate.ndcg"]
+    # Re-indexed so that its search reaches the target (and re-evaluated): promoted.
+    _measure_index(project, recall=0.97)
+    _evaluate(project, 0.51)
+    second = register.run(params, project)
+    assert second["promoted"] is True and _alias(server, "gate-recall", "champion") == second["version"]
+
+
+def test_the_gate_refuses_a_challenger_slower_than_the_latency_bound(project, server):
+    _evaluate(project, 0.5)
+    register.run(_params("gate-latency"), project)
+    _evaluate(project, 0.6)  # better on quality; but the bound asks for twice the champion's speed
+    slow = register.run(
+        _params("gate-latency", max_latency_ratio=0.5, latency_queries=6, latency_repeats=3), project
+    )
+    assert slow["promoted"] is False and _alias(server, "gate-latency", "champion") == "1"
+    decision = read_json(project / "metrics" / "registry.json")
+    latency = _criteria(decision)["latency"]
+    assert latency["passed"] is False and latency["threshold"] == 0.5
+    assert latency["value"] > 0.5 and len(latency["extra"]["challenger_pass_p95_ms"]) == 6  # measured twice
+    assert latency["extra"]["champion_p95_ms"] > 0 and latency["extra"]["challenger_p95_ms"] > 0
+    assert _criteria(decision)["quality"]["passed"] is True
+    assert _criteria(decision)["index_recall"]["passed"] is True
+    assert decision["reason"].startswith("refused by latency: single-query p95")
+    assert "register.max_latency_ratio 0.500" in decision["reason"]
+    tags = MlflowClient(server).get_model_version("gate-latency", slow["version"]).tags
+    assert tags["gate.latency.passed"] == "false" and float(tags["gate.latency.value"]) > 0.5
+
+
+def test_the_logged_model_shows_evaluation_and_index_metrics_and_the_runs_name_their_datasets(
+    project, server
+):
+    """What MLflow's model page shows, read through the client: metrics on the LoggedModel, datasets."""
+    _evaluate(project, 0.5)
+    result = register.run(_params("model-page"), project)
+    client = MlflowClient(server)
+    version = client.get_model_version("model-page", result["version"])
+    # The version's source is its LoggedModel (models:/m-...), the page MLflow's UI links it to.
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    on_model = {metric.key: metric for metric in logged.metrics}
+    assert on_model[f"eval_{PRIMARY}".replace("@", "_at_")].value == 0.5
+    assert on_model["index_recall_at_10"].value == 1.0 and on_model["index_qps"].value == 120.0
+    assert on_model["index_p95_ms"].value == 4.5 and on_model["gate_index_recall"].value == 1.0
+    benchmark_md5 = lineage.compute_md5(project / "data" / "prepared" / "eval")
+    assert on_model[f"eval_{PRIMARY}".replace("@", "_at_")].dataset_digest == benchmark_md5
+    assert on_model["index_recall_at_10"].dataset_name == "corpus"
+    run = client.get_run(result["mlflow_run_id"])
+    inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+    assert inputs["benchmark"].digest == benchmark_md5 == run.data.tags["lineage.data_eval.md5"]
+    assert inputs["corpus"].digest == benchmark_md5  # the default corpus is the benchmark's
+    assert run.data.metrics["index_recall_at_10"] == 1.0
