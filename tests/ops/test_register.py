@@ -182,7 +182,9 @@ def _alias(server: str, name: str, alias: str) -> str | None:
 
 
 def test_first_version_is_champion_better_promotes_worse_and_ties_do_not(project, server):
-    params = _params("promotion", margin=0.01)
+    # The quality rule alone (the latency criterion has tests of its own; it times the same model twice here,
+    # and on a machine shared with other work one such round measured up to 1.25x between them).
+    params = _params("promotion", margin=0.01, max_latency_ratio=None)
     _evaluate(project, 0.50)
     first = register.run(params, project)
     assert (first["version"], first["promoted"]) == ("1", True)
@@ -301,7 +303,7 @@ def test_failed_alias_removes_the_new_version_and_keeps_aliases(project, server,
 
 def test_champion_from_another_benchmark_is_re_evaluated_or_not_comparable(project, server):
     """A champion measured on another benchmark is re-scored on this one, never compared blindly."""
-    params = _params("bench")
+    params = _params("bench", max_latency_ratio=None)  # the quality rule alone, as above
     _evaluate(project, 0.99)  # an inflated number on the old benchmark
     register.run(params, project)
     # The benchmark changes (one more query): the old 0.99 is not comparable.
@@ -453,22 +455,24 @@ def test_the_gate_refuses_a_challenger_whose_index_misses_the_recall_target(proj
 def test_the_gate_refuses_a_challenger_slower_than_the_latency_bound(project, server):
     _evaluate(project, 0.5)
     register.run(_params("gate-latency"), project)
-    _evaluate(project, 0.6)  # better on quality; but the bound asks for twice the champion's speed
+    # Better on quality; but the bound asks for four times the champion's speed, and the challenger is the
+    # same model and index (the same speed: one round of the same model against itself measured 0.58-1.25).
+    _evaluate(project, 0.6)
     slow = register.run(
-        _params("gate-latency", max_latency_ratio=0.5, latency_queries=6, latency_repeats=3), project
+        _params("gate-latency", max_latency_ratio=0.25, latency_queries=6, latency_repeats=3), project
     )
     assert slow["promoted"] is False and _alias(server, "gate-latency", "champion") == "1"
     decision = read_json(project / "metrics" / "registry.json")
     latency = _criteria(decision)["latency"]
-    assert latency["passed"] is False and latency["threshold"] == 0.5
-    assert latency["value"] > 0.5 and len(latency["extra"]["challenger_pass_p95_ms"]) == 6  # measured twice
+    assert latency["passed"] is False and latency["threshold"] == 0.25
+    assert latency["value"] > 0.25 and len(latency["extra"]["challenger_pass_p95_ms"]) == 6  # measured twice
     assert latency["extra"]["champion_p95_ms"] > 0 and latency["extra"]["challenger_p95_ms"] > 0
     assert _criteria(decision)["quality"]["passed"] is True
     assert _criteria(decision)["index_recall"]["passed"] is True
     assert decision["reason"].startswith("refused by latency: single-query p95")
-    assert "register.max_latency_ratio 0.500" in decision["reason"]
+    assert "register.max_latency_ratio 0.250" in decision["reason"]
     tags = MlflowClient(server).get_model_version("gate-latency", slow["version"]).tags
-    assert tags["gate.latency.passed"] == "false" and float(tags["gate.latency.value"]) > 0.5
+    assert tags["gate.latency.passed"] == "false" and float(tags["gate.latency.value"]) > 0.25
 
 
 def test_the_logged_model_shows_evaluation_and_index_metrics_and_the_runs_name_their_datasets(

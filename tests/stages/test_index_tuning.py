@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 
 from pipeline import indexes, retrieve
 from pipeline.data.corpus import read_corpus
@@ -65,6 +66,17 @@ def test_index_stage_stores_settings_that_reach_the_target_and_search_uses_them(
     assert search["qps"] > 0 and search["exact_qps"] > 0
     assert search["settings"]["mode"] in {"plaid", "exact"}
     assert metrics["precision"] == resolve_precision("auto", None)  # index.precision's default, resolved
+    # One query at a time through the stored settings (what the gate's recall and the model page show).
+    assert 0 < search["p50_ms"] <= search["p95_ms"] and search["latency_queries"] == len(ANIMALS)
+    from pipeline.indexes.storage import VersionStore
+    from pipeline.ops import lineage
+
+    assert metrics["index_version"] == VersionStore(Path(result["index"])).current()
+    # The run names the corpus it indexed (its DVC md5 the digest) as its dataset input.
+    run = MlflowClient().get_run(result["mlflow_run_id"])
+    (corpus,) = [d.dataset for d in run.inputs.dataset_inputs if d.dataset.name == "corpus"]
+    assert corpus.digest == lineage.compute_md5(project / "corpus")
+    assert run.data.metrics["search_p95_ms"] == search["p95_ms"]
 
     path = Path(result["index"])
     stored = json.loads((path / SEARCH_SETTINGS_FILE).read_text())
