@@ -15,9 +15,11 @@ A challenger becomes ``champion`` only when every criterion passes:
    process and asked the same benchmark queries one at a time, interleaved (challenger then champion on one
    query, champion first on the next), ``register.latency_repeats`` times; the criterion compares the
    medians of each pass's p95. The two therefore share the machine's load at every moment, and one noisy
-   pass does not decide. A measurement over the bound is repeated once before refusing, and decided on the
-   median over both rounds' passes: on a machine shared with other work (load average 5-7 on 2 cores, the
-   same model against itself) one round's ratio ranged 0.82-1.25 over 12 trials.
+   pass does not decide. A refusal needs the challenger over the bound in most passes too (a slower model is
+   over it in every one), and a measurement over the bound is repeated once before refusing, deciding on
+   both rounds' passes: on a machine shared with other work (load average 3-8 on 2 cores) the same model
+   timed against itself gave ratios from 0.58 to 1.25 in one round, and 1.59 over two rounds once, with
+   per-pass p95s from 34 to 632 ms.
 
 Criteria are checked in that order; latency, the costly one (it loads the champion), only when the others
 passed and there is a champion to compare with. Every criterion, checked or not, is in the decision record
@@ -149,21 +151,48 @@ def recall_criterion(index_metrics: dict[str, Any], target: float) -> Criterion:
     return Criterion("index_recall", passed, recall, target, detail, extra)
 
 
+#: Share of side-by-side passes in which the challenger must be over the bound for a refusal.
+CONSISTENT_SHARE = 0.75
+
+
 def latency_criterion(
     challenger: Sequence[float], champion: Sequence[float], max_ratio: float, champion_version: str
 ) -> Criterion:
-    """Challenger p95 / champion p95 (medians over passes) must be at most ``max_ratio``."""
+    """Challenger p95 / champion p95 (medians over passes) must be at most ``max_ratio``, or else the
+    challenger must not be over it consistently.
+
+    A refusal needs both: the ratio of the medians over the bound, and the challenger over the bound in at
+    least :data:`CONSISTENT_SHARE` of the passes, each pass comparing the two measured side by side. A slower
+    model is over it in (nearly) every pass; on a loaded machine a model timed against itself was over it in
+    about half (per-pass p95s from 34 to 632 ms), which is noise, not a slower model: recorded, not refused.
+
+    Example:
+        >>> latency_criterion([130.0, 125.0, 128.0], [100.0, 100.0, 100.0], 1.2, "1").passed
+        False
+        >>> noisy = latency_criterion([400.0, 60.0, 130.0, 90.0], [100.0, 90.0, 100.0, 95.0], 1.2, "1")
+        >>> noisy.passed, noisy.extra["passes_over_bound"]
+        (True, 2)
+    """
     mine, theirs = statistics.median(challenger), statistics.median(champion)
     ratio = mine / theirs if theirs > 0 else math.inf
-    passed = round(ratio, PRECISION) <= round(max_ratio, PRECISION)
+    bound = round(max_ratio, PRECISION)
+    over = sum(
+        1 for c, h in zip(challenger, champion, strict=True) if h <= 0 or round(c / h, PRECISION) > bound
+    )
+    consistent = over >= CONSISTENT_SHARE * len(challenger)
+    within = round(ratio, PRECISION) <= bound
+    passed = within or not consistent
     detail = (
         f"single-query p95 {mine:.1f} ms vs champion v{champion_version} {theirs:.1f} ms: ratio {ratio:.3f} "
-        f"{'<=' if passed else '>'} register.max_latency_ratio {max_ratio:.3f} (median of {len(challenger)} "
-        "interleaved passes, same queries, one process)"
+        f"{'<=' if within else '>'} register.max_latency_ratio {max_ratio:.3f} (median of {len(challenger)} "
+        f"interleaved passes, same queries, one process; over the bound in {over} of them)"
     )
+    if not within and not consistent:
+        detail += f": not consistently slower (a refusal needs {CONSISTENT_SHARE:.0%} of passes), noise"
     extra = {
         "challenger_p95_ms": round(mine, 3),
         "champion_p95_ms": round(theirs, 3),
+        "passes_over_bound": over,
         "challenger_pass_p95_ms": [round(v, 3) for v in challenger],
         "champion_pass_p95_ms": [round(v, 3) for v in champion],
     }
