@@ -12,6 +12,7 @@ Example:
     $ colbert-pipeline report                      # reports/quality.md and plots from every scored result
     $ colbert-pipeline demo                        # encode a few texts with the offline model and rerank them
     $ colbert-pipeline search "who wrote Dune?"    # top hits from the registry's champion and its index
+    $ colbert-pipeline serve --port 5001           # the champion over HTTP, following promotions
     $ colbert-pipeline status                      # the champion: version, metrics, data/model/index hashes
     $ colbert-pipeline reproduce champion --into /tmp/champion   # its run's checkout, pulled and verified
     $ colbert-pipeline experiments                 # DVC experiments: differing params and nDCG@10
@@ -26,7 +27,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.cli import experiments, registry, stages, tools
+from pipeline.cli import experiments, registry, serving, stages, tools
 from pipeline.project.errors import EXIT_CODES, classify
 
 # The CLI is offline unless the user says otherwise: the default model ships with the package.
@@ -35,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DESCRIPTION = "Fine-tune, evaluate, index and ship ColBERT models: pipeline stages, registry, experiments."
 #: The command groups, in the order ``--help`` lists them.
-GROUPS = (tools, stages, registry, experiments)
+GROUPS = (tools, stages, registry, serving, experiments)
 
 
 def build_parser() -> argparse.ArgumentParser:
