@@ -7,7 +7,7 @@ so the tests run exactly what compose runs::
     python -m pipeline.ops.services api-server        # also: scheduler, dag-processor, triggerer
     python -m pipeline.ops.services worker --queue gpu --concurrency 1
     python -m pipeline.ops.services mlflow            # tracking server on the Postgres backend store
-    python -m pipeline.ops.services serve             # mlflow models serve models:/<name>@champion
+    python -m pipeline.ops.services serve             # colbert-pipeline serve: <name>@champion, followed
     python -m pipeline.ops.services env worker        # print the environment a service gets (secrets masked)
 
 A service command replaces this process (``exec``): under compose it is the container's main process, in the
@@ -205,21 +205,16 @@ def command(service: str, env: Mapping[str, str], queue: str = "default", concur
             "1",
         ]
     if service == "serve":
-        model_uri = env.get("COLBERT_MODEL_URI") or f"models:/{setting(env, 'COLBERT_MODEL_NAME')}@champion"
+        # The champion, followed as it is promoted (`mlflow models serve` resolves the alias once).
         return [
-            _bin("mlflow"),
-            "models",
+            _bin("colbert-pipeline"),
             "serve",
-            "-m",
-            model_uri,
-            "--env-manager",
-            "local",
             "--host",
             host,
             "--port",
             setting(env, "COLBERT_SERVE_PORT"),
-            "--workers",
-            "1",
+            "--model",
+            setting(env, "COLBERT_MODEL_NAME"),
         ]
     raise ServiceError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
 

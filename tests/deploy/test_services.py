@@ -72,8 +72,9 @@ def test_commands() -> None:
     )
     assert "tracking:5000" in mlflow[mlflow.index("--allowed-hosts") + 1].split(",")
     serve = services.command("serve", {"COLBERT_MODEL_NAME": "m", "COLBERT_SERVE_PORT": "5009"})
-    assert serve[1:6] == ["models", "serve", "-m", "models:/m@champion", "--env-manager"]
-    assert serve[serve.index("--port") + 1] == "5009"
+    assert Path(serve[0]).name == "colbert-pipeline" and serve[1] == "serve"  # follows the champion alias
+    assert serve[serve.index("--port") + 1] == "5009" and serve[serve.index("--model") + 1] == "m"
+    assert serve[serve.index("--host") + 1] == "127.0.0.1"
     with pytest.raises(services.ServiceError, match="unknown service 'web'"):
         services.command("web", {})
 

@@ -71,6 +71,11 @@ def test_services_and_profiles(services: dict[str, Any]) -> None:
     for name in CELERY_SERVICES:
         assert services[name]["profiles"] == ["celery"], name
     assert services["serve"]["profiles"] == ["serve"]  # it needs a champion: started after the first run
+    # The champion followed as it is promoted; host, port and model from the service's environment.
+    assert _command(services["serve"]) == "colbert-pipeline serve"
+    assert {"COLBERT_BIND_HOST", "COLBERT_SERVE_PORT", "COLBERT_MODEL_NAME"} <= set(
+        services["serve"]["environment"]
+    )
 
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
