@@ -7,8 +7,11 @@ Built in a few seconds on a CPU; each document's own text finds it first, so ans
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 TOPICS = [
@@ -80,3 +83,29 @@ def register_version(project: Path, name: str, **log_args: Any) -> str:
             project / "models" / "colbert", project / "indexes" / "sample", **{"k": 4, **log_args}
         )
     return str(mlflow.register_model(info.model_uri, name).version)
+
+
+@contextlib.contextmanager
+def sqlite_registry(
+    folder: Path, saved_colbert: Path, name: str, versions: int = 1
+) -> Iterator[SimpleNamespace]:
+    """A SQLite registry in ``folder`` holding ``versions`` versions of the search project under ``name``.
+
+    MLflow's current tracking URI is the registry's while the context is open, then put back. The versions
+    share one model and index (a test tells them apart by the ``model_version`` answers name).
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    project = build_search_project(folder / "project", saved_colbert)
+    uri = f"sqlite:///{folder / 'registry.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = MlflowClient(uri)
+        client.create_experiment("search-project", artifact_location=str(folder / "artifacts"))
+        mlflow.set_experiment("search-project")
+        numbers = [register_version(project, name) for _ in range(versions)]
+        yield SimpleNamespace(uri=uri, project=project, versions=numbers, client=client, name=name)
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -153,7 +153,7 @@ def _download(name: str, version: str, tracking_uri: str | None, folder: Path) -
     )
 
 
-def _alias_version(client: Any, name: str, alias: str) -> str:
+def alias_version(client: Any, name: str, alias: str) -> str:
     """The version ``alias`` names; :class:`AliasMissing` when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
@@ -207,7 +207,7 @@ class AliasFollower:
 
         if self._client is None or self._client[0] != self._tracking_uri:
             self._client = (self._tracking_uri, MlflowClient(tracking_uri=self._tracking_uri))
-        return _alias_version(self._client[1], self.name, self.alias)
+        return alias_version(self._client[1], self.name, self.alias)
 
     # ---------------------------------------------------------------------------------------- polling
     def poll_once(self) -> None:

@@ -23,13 +23,12 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from mlflow import MlflowClient
 
 from pipeline.ops import server as serving_server
 from pipeline.ops.follower import AliasFollower
 from pipeline.ops.scoring import Limits
 from tests.mlflow_server import free_port
-from tests.search_project import build_search_project, register_version
+from tests.search_project import sqlite_registry
 
 MODEL = "served-animals"
 POLL = 0.2
@@ -40,19 +39,8 @@ GOOD = {"dataframe_split": {"columns": ["query"], "data": [[FALCON]]}, "params":
 @pytest.fixture(scope="module")
 def registry(module_tmp_path: Path, saved_colbert: Path) -> Iterator[SimpleNamespace]:
     """A SQLite registry holding versions 1 and 2 of ``served-animals`` (same model and index)."""
-    import mlflow
-
-    project = build_search_project(module_tmp_path / "project", saved_colbert)
-    uri = f"sqlite:///{module_tmp_path / 'registry.db'}"
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        MlflowClient(uri).create_experiment("serve", artifact_location=str(module_tmp_path / "artifacts"))
-        mlflow.set_experiment("serve")
-        versions = [register_version(project, MODEL) for _ in range(2)]
-        yield SimpleNamespace(uri=uri, project=project, versions=versions, client=MlflowClient(uri))
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with sqlite_registry(module_tmp_path, saved_colbert, MODEL, versions=2) as registry:
+        yield registry
 
 
 def _champion(registry: SimpleNamespace, version: str) -> None:
@@ -172,7 +160,7 @@ def _register_broken(registry: SimpleNamespace, module_tmp_path: Path) -> str:
         '    python_version: "3.11"\n'
     )
     mlflow.set_tracking_uri(registry.uri)
-    mlflow.set_experiment("serve")
+    mlflow.set_experiment("search-project")
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(folder), "broken")
     return str(mlflow.register_model(f"runs:/{run.info.run_id}/broken", MODEL).version)
