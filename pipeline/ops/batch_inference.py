@@ -144,7 +144,8 @@ def run_batch_inference(
     queries = read_queries(path)
     version = alias_version(MlflowClient(tracking_uri=tracking_uri), model_name, alias)
     logger.info("batch inference: %d queries from %s with %s v%s", len(queries), path, model_name, version)
-    loaded = load_version(model_name, version, tracking_uri)
+    loaded = load_version(model_name, version, tracking_uri, batch=min(batch_size, 16))
+    loaded.prepare(batch_size)  # searched in batches: the settings fitted to a batch
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(EXPERIMENT)
     tags = {"model_name": model_name, "model_version": version, "alias": alias, "queries_md5": _md5(path)}

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.ops.search_fit import FIT_QUERIES, SearchFit, fit_search
+
 logger = logging.getLogger(__name__)
 
 #: The query a new version must answer before it is switched to.
@@ -56,11 +58,21 @@ class LoadedVersion:
     folder: Path
     loaded_s: float = 0.0
     loaded_at: float = field(default_factory=time.time)
+    #: The search settings for one query and for a batch, fitted at warm-up (:mod:`pipeline.ops.search_fit`).
+    search_fit: SearchFit | None = None
+
+    def prepare(self, queries: int) -> None:
+        """Search ``queries`` queries at once with the settings fitted for that size (one caller at once)."""
+        if self.search_fit is not None:
+            self.model.unwrap_python_model().retriever.index.search_settings = self.search_fit.settings_for(
+                queries
+            )
 
     def predict(self, queries: list[str], k: int) -> list[dict[str, Any]]:
         """One row ``{query, ids, scores[, texts]}`` per query, in order (the pyfunc's output as records)."""
         import pandas as pd
 
+        self.prepare(len(queries))
         frame = self.model.predict(pd.DataFrame({"query": queries}), params={"k": int(k)})
         return frame.to_dict(orient="records")
 
@@ -71,6 +83,7 @@ class LoadedVersion:
             "documents": self.documents,
             "default_k": self.default_k,
             "load_seconds": round(self.loaded_s, 2),
+            "search": self.search_fit.describe() if self.search_fit else "the index's own settings",
         }
 
 
@@ -98,9 +111,14 @@ def _no_leftovers() -> Iterator[None]:
 
 
 def load_version(
-    name: str, version: str, tracking_uri: str | None = None, scratch: Path | None = None
+    name: str,
+    version: str,
+    tracking_uri: str | None = None,
+    scratch: Path | None = None,
+    batch: int = 16,
 ) -> LoadedVersion:
-    """Download ``models:/name/version`` into a folder of its own, load it and ask it :data:`WARM_QUERY`.
+    """Download ``models:/name/version`` into a folder of its own, load it and ask it :data:`WARM_QUERY`;
+    then fit its search settings to one query and to ``batch`` queries (:func:`search_fit.fit_search`).
 
     ``tracking_uri`` is the registry's (default: MLflow's current one); it is passed, not set globally, so
     nothing else in the process is redirected. The folder is removed when the returned object is collected
@@ -127,6 +145,8 @@ def load_version(
         rows = loaded.predict([WARM_QUERY], k=min(loaded.default_k, loaded.documents))
         if not rows or not rows[0]["ids"]:
             raise RuntimeError(f"the warm-up query {WARM_QUERY!r} got no hits")
+        queries = inner.model.encode(list(FIT_QUERIES), is_query=True, show_progress_bar=False)
+        loaded.search_fit = fit_search(inner.retriever, queries, batch)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -181,6 +201,7 @@ class AliasFollower:
         poll_seconds: float = 10.0,
         retry_failed_seconds: float | None = None,
         scratch: Path | None = None,
+        batch: int = 16,
         resolve: Callable[[], str] | None = None,
         loader: Callable[[str, str], LoadedVersion] | None = None,
     ) -> None:
@@ -192,7 +213,9 @@ class AliasFollower:
         self._tracking_uri = tracking_uri
         self._client: tuple[str | None, Any] | None = None
         self._resolve = resolve or self._registry_alias
-        self._loader = loader or (lambda model, version: load_version(model, version, tracking_uri, scratch))
+        self._loader = loader or (
+            lambda model, version: load_version(model, version, tracking_uri, scratch, batch=batch)
+        )
         #: The version answering requests (``None`` until the first one loaded).
         self.current: LoadedVersion | None = None
         self.last_poll: float | None = None

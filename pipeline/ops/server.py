@@ -218,6 +218,8 @@ class ScoringApp:
             tracking_uri=settings.tracking_uri,
             poll_seconds=settings.poll_seconds,
             scratch=settings.scratch,
+            # the batch a version's search settings are fitted to: the largest this server forms
+            batch=min(settings.max_batch, 16) if settings.batching else 1,
         )
         self.worker = InferenceWorker(self.follower, settings.batching, settings.max_batch)
         #: Scoring requests received, and those not answered yet (changed on the event loop only).
@@ -267,6 +269,8 @@ class ScoringApp:
             "poll_seconds": self.follower.poll_seconds,
             "batching": self.worker.batching,
             "pending": self.worker.pending(),
+            "batches": self.worker.batches,
+            "batched_queries": self.worker.batched_queries,
             "received": self.received,
             "in_flight": self.in_flight,
         }

@@ -415,7 +415,7 @@ def test_the_worker_batches_what_waits_and_cuts_each_answer_to_its_k() -> None:
     gate = threading.Event()
 
     class Fake:
-        version, name, default_k = "7", MODEL, 2
+        version, name, default_k, documents = "7", MODEL, 2, 30
 
         def predict(self, queries: list[str], k: int) -> list[dict]:
             gate.wait(10)
@@ -452,3 +452,42 @@ def test_limits_are_settings_and_the_command_says_their_defaults(monkeypatch) ->
     serve_help = parser._subparsers._group_actions[0].choices["serve"].format_help()
     for value in (limits.max_body_bytes, limits.max_k, limits.max_queries):
         assert f"default: {value}" in serve_help
+
+
+def test_search_settings_are_fitted_to_one_query_and_to_a_batch() -> None:
+    from pipeline.indexes.search_settings import SearchSettings
+    from pipeline.ops.follower import LoadedVersion
+    from pipeline.ops.search_fit import fit_search
+
+    clock = [0.0]
+    seconds = {("plaid", 1): 0.5, ("exact", 1): 0.1, ("plaid", 8): 0.8, ("exact", 8): 1.6}  # per call
+    tuned = SearchSettings(n_ivf_probe=16, n_full_scores=512, rerank=16)
+    index = SimpleNamespace(search_settings=tuned, _embeddings=object())
+
+    def retrieve(queries: list, k: int, show_progress: bool) -> None:
+        clock[0] += seconds[(index.search_settings.mode, len(queries))]
+
+    retriever = SimpleNamespace(index=index, retrieve=retrieve)
+    fit = fit_search(retriever, ["q1", "q2"], batch=8, timer=lambda: clock[0])
+    assert (fit.single.mode, fit.batch) == ("exact", tuned)  # exact alone, PLAID for a batch
+    assert fit.timings_ms == {
+        "single_tuned": 500.0,
+        "single_exact": 100.0,
+        "batch_tuned": 100.0,
+        "batch_exact": 200.0,
+    }
+    assert index.search_settings is tuned  # left as it was
+    # What a loaded version searches with follows the size of each prediction.
+    model = SimpleNamespace(unwrap_python_model=lambda: SimpleNamespace(retriever=retriever))
+    loaded = LoadedVersion("m", "1", model, documents=10, default_k=2, folder=Path("."), search_fit=fit)
+    loaded.prepare(1)
+    assert index.search_settings.mode == "exact"
+    loaded.prepare(5)
+    assert index.search_settings is tuned
+    # No choice to make: no stored embeddings to score exactly with, or already exact.
+    assert (
+        fit_search(SimpleNamespace(index=SimpleNamespace(search_settings=tuned, _embeddings=None)), ["q"], 8)
+        is None
+    )
+    exact = SimpleNamespace(search_settings=SearchSettings(mode="exact"), _embeddings=object())
+    assert fit_search(SimpleNamespace(index=exact), ["q"], 8) is None
