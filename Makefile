@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install services run test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-render
+.PHONY: install services run test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-serve bench-render
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -74,6 +74,8 @@ quality-arguana: install
 # bench-quality: PyLate trained and scored on DATASET's test set, into bench/records/peer/runs/<DATASET>
 # (quality-* above run the same module into reports/beir/ for the quality report).
 # bench-pylate-tests: PyLate's own tests against pipeline, from an unpacked PyLate sdist: PYLATE=DIR.
+# bench-serve: `colbert-pipeline serve` under load on loopback (a tiny SciFact champion, cached in
+# bench/.cache/serve/): latency at concurrency 1, 4 and 16 with and without batching, RSS over 10,000 requests.
 # bench-render: every record as Markdown tables.
 DATASET ?= scifact
 bench-index: install
@@ -88,6 +90,9 @@ bench-quality: install
 bench-pylate-tests: install
 	@test -n "$(PYLATE)" || { echo "make bench-pylate-tests PYLATE=DIR: DIR is a PyLate checkout or unpacked sdist" >&2; exit 2; }
 	$(PY) -m bench.pylate_tests $(PYLATE) $(BENCH_ARGS)
+
+bench-serve: install
+	$(PY) -m bench.serve $(or $(BENCH_ARGS),--record bench/records/serve_load.json)
 
 bench-render: install
 	$(PY) -m bench.render $(BENCH_ARGS)

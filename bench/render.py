@@ -2,7 +2,8 @@
 
 Each record's kind is told by its shape: an index benchmark (``python -m bench.index``), an encoding
 precision comparison (``python -m bench.index.precision``), k-means build variants
-(``python -m bench.index.build``) or trainer throughput (``python -m bench.train --peer``).
+(``python -m bench.index.build``), trainer throughput (``python -m bench.train --peer``) or the served
+champion under load (``python -m bench.serve``).
 
 Usage:
     .venv/bin/python -m bench.render                                   # every record, or: make bench-render
@@ -190,8 +191,85 @@ def render_trainers(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _settings_text(settings: dict[str, Any] | None) -> str:
+    if not settings:
+        return "n/a"
+    if settings.get("mode") == "exact":
+        return f"exact MaxSim, batch {settings.get('batch_size')}"
+    return ", ".join(f"{key}={value}" for key, value in settings.items())
+
+
+def render_serve(report: dict[str, Any]) -> str:
+    """A serving load record (``python -m bench.serve``): latency per concurrency, RSS, the time split."""
+    champion, settings = report["champion"], report["settings"]
+    lines = [
+        _environment_line(report),
+        "",
+        f"Champion: {champion['corpus']}, {champion['model']}; search settings the index stage chose: "
+        f"{_settings_text(champion.get('search_settings'))}. k={settings['k']}; each level at most "
+        f"{settings['requests_per_level']} requests and {settings['seconds_per_level']:.0f} s, "
+        "one query per request, loopback, the client on the same cores.",
+        "",
+        "| batching | concurrency | requests | errors | req/s | p50 ms | p95 ms | p99 ms | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["runs"]:
+        cells = [_cell(row.get(key), "{:.1f}") for key in ("rps", "p50_ms", "p95_ms", "p99_ms")]
+        lines.append(
+            f"| {'on' if row['batching'] else 'off'} | {row['concurrency']} | {row['requests']} | "
+            f"{row['errors']} | {' | '.join(cells)} | {row['mean_batch']:.2f} |"
+        )
+    rss = report.get("rss") or {}
+    if rss:
+        reached = "" if rss.get("reached_target") else " (the time bound came first)"
+        samples = ", ".join(f"{n}: {mib:.0f}" for n, mib in rss["samples"])
+        lines += [
+            "",
+            f"Server RSS (batching on): {rss['before_mib']:.0f} MiB before the first request, "
+            f"{rss['after_mib']:.0f} MiB after {rss['requests']} requests{reached}, {rss['errors']} errors "
+            f"(requests: MiB after them: {samples}).",
+        ]
+    split = report.get("breakdown") or {}
+    if split:
+        lines += [
+            "",
+            "Where a query's time goes in the served model (in process, no server; ms per query, the fastest "
+            f"of {split.get('repeats', 'n')} calls, its parts timed inside it; encoding in "
+            f"{split.get('precision')}):",
+            "",
+            "| queries per call | encode | search | rest of the pyfunc | whole pyfunc | JSON answer "
+            "| whole pyfunc, median call |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, name in (("single", "1"), ("batch16", "16")):
+            row = split[label]
+            keys = ("encode_ms", "search_ms", "other_ms", "pyfunc_ms", "json_ms", "median_pyfunc_ms")
+            lines.append(f"| {name} | {' | '.join(_cell(row.get(key), '{:.2f}') for key in keys)} |")
+    fit = split.get("search_fit")
+    if fit:
+        times = fit["ms_per_query"]
+        lines += [
+            "",
+            f"Search settings the server fitted at warm-up (ms per query, tuned / exact MaxSim): one query "
+            f"{times['single_tuned']:.0f} / {times['single_exact']:.0f}, so {fit['single']}; "
+            f"a batch of 16 {times.get('batch_tuned', 0):.0f} / {times.get('batch_exact', 0):.0f}, "
+            f"so {fit['batch']}.",
+        ]
+    decision = report.get("batching") or {}
+    if decision.get("lowers_p95") is not None:
+        p95 = decision["p95_ms_at_max_concurrency"]
+        verdict = "lowers" if decision["lowers_p95"] else "does not lower"
+        lines += [
+            "",
+            f"Batching {verdict} p95 at the highest concurrency: "
+            f"{p95['on']:.0f} ms on, {p95['off']:.0f} ms off.",
+        ]
+    return "\n".join(lines)
+
+
 #: How to tell a record's kind (a key only it has), and its renderer.
 RENDERERS: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]]] = [
+    (lambda r: r.get("benchmark") == "serve_load", render_serve),
     (lambda r: "samples_per_s_median" in r, render_trainers),
     (lambda r: isinstance(r.get("variants"), dict), render_build),
     (lambda r: any("variant" in row for row in r.get("rows", [])), render_precision),
