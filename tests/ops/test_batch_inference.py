@@ -33,6 +33,8 @@ QUERIES = {
 def registry(module_tmp_path: Path, saved_colbert: Path) -> Iterator[SimpleNamespace]:
     with sqlite_registry(module_tmp_path, saved_colbert, MODEL) as registry:
         registry.client.set_registered_model_alias(MODEL, "champion", registry.versions[0])
+        # its runs' artifacts in the test's folder, not in ./mlruns (a SQLite store's default root)
+        registry.client.create_experiment(batch_inference.EXPERIMENT, str(module_tmp_path / "batch-runs"))
         yield registry
 
 
