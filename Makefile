@@ -20,7 +20,7 @@ $(UV):
 # --compile-bytecode: every stage, DVC and Airflow task is a fresh Python process; where
 # PYTHONDONTWRITEBYTECODE is set (as on this project's machines) each one otherwise compiles its imports
 # again (`import pipeline.training.trainer, pipeline.models, mlflow`: 17 s, 7.4 s with the .pyc files).
-$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+$(VENV)/.installed: pyproject.toml uv.lock pipeline/__init__.py | $(UV)
 	$(UV) sync --frozen --all-extras --compile-bytecode
 	touch $@
 
