@@ -15,12 +15,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 $(UV):
 	python3 -m pip install --user --quiet uv
 
-# The `deploy` extra: the Postgres and Celery/Redis drivers of the deployed platform (tests/deploy, docker/).
+# Every extra (`all`): the core library, the MLOps stack (`mlops`), Airflow (`airflow`) and the Postgres and
+# Celery/Redis drivers of the deployed platform (`deploy`: tests/deploy, docker/).
 # --compile-bytecode: every stage, DVC and Airflow task is a fresh Python process; where
 # PYTHONDONTWRITEBYTECODE is set (as on this project's machines) each one otherwise compiles its imports
 # again (`import pipeline.training.trainer, pipeline.models, mlflow`: 17 s, 7.4 s with the .pyc files).
-$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra deploy --compile-bytecode
+$(VENV)/.installed: pyproject.toml uv.lock pipeline/__init__.py | $(UV)
+	$(UV) sync --frozen --all-extras --compile-bytecode
 	touch $@
 
 install: $(VENV)/.installed

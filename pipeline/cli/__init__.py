@@ -16,6 +16,7 @@ Example:
     $ colbert-pipeline reproduce champion --into /tmp/champion   # its run's checkout, pulled and verified
     $ colbert-pipeline experiments                 # DVC experiments: differing params and nDCG@10
     $ colbert-pipeline dvc-deps --check            # are dvc.yaml's code dependencies current?
+    $ colbert-pipeline --version                   # the installed version (pipeline.__version__)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from pipeline import __version__
 from pipeline.cli import experiments, registry, stages, tools
 from pipeline.project.errors import EXIT_CODES, classify
 
@@ -41,6 +43,7 @@ GROUPS = (tools, stages, registry, experiments)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colbert-pipeline", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.add_commands(commands)

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 
-from airflow.sdk import Asset, Variable
+from pipeline.project.errors import require
+
+require(__name__, "airflow", "airflow")
+
+from airflow.sdk import Asset, Variable  # noqa: E402
 
 #: Emitted by the pipeline DAG's ``promote`` task; the canary DAG is scheduled on it.
 CHAMPION = Asset(name="colbert_champion", uri="x-colbert-pipeline://registry/champion")
