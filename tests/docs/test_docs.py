@@ -360,6 +360,16 @@ def test_the_readme_is_short_and_its_first_screen_is_what_it_is_and_the_two_comm
     assert not re.search(r"\d+\s*min\s*\d+\s*s\b|\bin \d+(\.\d+)? ?s\b", first_screen), "a timing"
 
 
+def test_the_readme_links_to_pages_and_anchors_the_site_has(site: Path) -> None:
+    links = re.findall(r"\]\((docs/[^)#]+)(?:#([^)]+))?\)", README.read_text(encoding="utf-8"))
+    assert len(links) > 10
+    for target, anchor in links:
+        assert (REPO / target).is_file(), target
+        if anchor:
+            page = built(site, target.removeprefix("docs/")).read_text(encoding="utf-8")
+            assert f'id="{anchor}"' in page, f"{target}#{anchor}"
+
+
 def test_an_unknown_placeholder_fails_the_build_naming_the_page() -> None:
     with pytest.raises(ValueError, match=r"page\.md: unknown placeholder"):
         hooks.render_placeholders("<!-- render: nothing -->", where="page.md")
