@@ -4,13 +4,15 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# mkdocs-material's banner about MkDocs 2.0 on every build
+export NO_MKDOCS_2_WARNING := 1
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install services run test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-render
+.PHONY: install services run docs docs-serve docs-assets test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-render
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -107,6 +109,19 @@ exp-%: install
 	$(VENV)/bin/dvc exp run $$($(CP) experiments --set-arguments $(or $(EXP_CONFIGS_$*),configs/$*.yaml) --set quality.output=reports/experiments/$* $(foreach s,$(EXP_SET),--set $(s))) -n $(or $(EXP_NAME),$*-$$(date +%Y%m%d-%H%M%S)) evaluate quality; \
 	  status=$$?; git checkout -- params.yaml; exit $$status
 
+# The docs site (mkdocs.yml, docs/): built offline and strict into site/; its benchmark tables and params
+# reference are rendered from bench/records/, reports/ and the params schema while it builds (docs/hooks.py).
+# docs-assets: the README's parts that MkDocs cannot render (the headline table and the quality plot), from the
+# same records; tests/docs/test_docs.py fails when they are stale.
+docs: install
+	$(VENV)/bin/mkdocs build --strict
+
+docs-serve: install
+	$(VENV)/bin/mkdocs serve --strict -a 127.0.0.1:8000
+
+docs-assets: install
+	$(PY) docs/hooks.py readme
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -116,7 +131,8 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Unit tests, the package's docstring examples, the slow end-to-end tier, the fault-injection suite
+# Unit tests (tests/docs builds the docs site with `mkdocs build --strict` and checks its figures against
+# bench/records/), the package's docstring examples, the slow end-to-end tier, the fault-injection suite
 # (tests/faults: stages SIGKILLed under dvc repro, the MLflow server killed during register) and the deploy tier
 # (tests/deploy: PostgreSQL, Redis, MLflow, Airflow on Celery workers as processes; `services` installs what
 # is missing with apt-get as root). COLBERT_DEPLOY_REQUIRED: the deploy tier fails, never skips, here.

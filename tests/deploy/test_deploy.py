@@ -18,7 +18,7 @@ order, on one platform:
 6. the gpu worker SIGKILLed during ``train``: the task fails (retries are 0 here), no stage survives, and the
    next run completes, keeping the champion where it was.
 
-Set ``COLBERT_DEPLOY_REPORT=<file>`` to keep a JSON record of the first run's tasks (the README's table).
+Set ``COLBERT_DEPLOY_REPORT=<file>`` to keep a JSON record of the first run's tasks (docs/history.md's table).
 """
 
 from __future__ import annotations

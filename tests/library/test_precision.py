@@ -58,6 +58,6 @@ def test_bf16_encodes_close_to_fp32_in_float32_whatever_the_batch(colbert_model)
         difference = float(np.abs(bf16 - fp32).max())
         assert 0 < difference < 0.02  # bfloat16 products: near, not equal (unit-length token vectors)
     # Alone or batched with longer texts, a text's embedding moves by bfloat16 rounding only (oneDNN blocks
-    # the products by batch shape): far below dynamic int8's 0.13 (the README's encoding section).
+    # the products by batch shape): far below dynamic int8's 0.13 (docs/benchmarks.md, encoding precision).
     drift = max(float(np.abs(s - b).max()) for s, b in zip(alone, documents, strict=True))
     assert drift < 0.01
