@@ -187,12 +187,12 @@ def activation_hint(project: Path) -> str | None:
     import shutil
     import sys
 
-    scripts = Path(sys.executable).parent
+    scripts = Path(os.path.abspath(sys.executable)).parent  # not resolved: .venv may be a link, say so
     found = shutil.which("mlflow")
     if not (scripts / "activate").is_file() or (found and Path(found).parent.resolve() == scripts.resolve()):
         return None  # not a venv (nothing to activate), or its scripts are already what PATH finds
     try:
-        shown = scripts.resolve().relative_to(project.resolve())
+        shown = scripts.relative_to(project.resolve())
     except ValueError:
         shown = scripts
     return f"run them in this environment: source {shown / 'activate'}"
