@@ -44,6 +44,12 @@ services:
 	  else echo "make services: the tests need$$missing: apt-get install$$packages" >&2; exit 1; fi; \
 	fi
 
+# The deployed stack's settings: docker/compose.yaml reads docker/.env into every service (env_file), and Compose
+# refuses a missing one. The first time, the documented example (every setting commented out: the defaults)
+# becomes it; an existing docker/.env is never overwritten. Then: docker compose -f docker/compose.yaml up -d
+docker/.env:
+	cp docker/.env.example $@
+
 # The main job: every stage on the offline sample (prepare, baseline, train, evaluate, index, register).
 run: install
 	$(VENV)/bin/dvc repro

@@ -195,7 +195,8 @@ def validate_params() -> dict[str, Any]:
         source = (current.get("prepare") or {}).get("source", "sample")
         overrides = orchestration.overrides_from_dag_params(context["params"], source)
         if settings.runner == "dvc":  # an input DVC does not watch would never re-run anything
-            check_tracked_inputs(load_params(settings.params_path, overrides), settings.workspace)
+            params = load_params(settings.params_path, overrides, overrides_source=orchestration.RUN_OVERRIDE)
+            check_tracked_inputs(params, settings.workspace)
         update = orchestration.apply_run_overrides(settings.params_path, overrides, run_key=context["run_id"])
     except ConfigError as error:  # names the key; retrying cannot fix it
         raise AirflowFailException(str(error)) from None

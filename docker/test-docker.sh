@@ -118,26 +118,34 @@ docker builder prune -f --keep-storage "${COLBERT_TEST_DOCKER_CACHE:-20GB}" >/de
 
 # -- the stack, host networking, every service on 127.0.0.1 and free ports ------------------------------
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-export COLBERT_PIPELINE_IMAGE=colbert-pipeline:test AIRFLOW_EXECUTOR=CeleryExecutor COLBERT_BIND_HOST=127.0.0.1
-export COLBERT_PIPELINE_SCHEDULE=none POSTGRES_PORT=$(free_port) REDIS_PORT=$(free_port) AIRFLOW_PORT=$(free_port)
-export MLFLOW_PORT=$(free_port) SERVE_PORT=$(free_port) COLBERT_MODEL_NAME=colbert-docker
-export AIRFLOW_ADMIN_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
+export COLBERT_PIPELINE_IMAGE=colbert-pipeline:test AIRFLOW__CORE__EXECUTOR=CeleryExecutor
+export COLBERT_PIPELINE_BIND_HOST=127.0.0.1 COLBERT_PIPELINE_SCHEDULE=none
+export COLBERT_PIPELINE_POSTGRES_PORT=$(free_port) COLBERT_PIPELINE_REDIS_PORT=$(free_port)
+export AIRFLOW__API__PORT=$(free_port) COLBERT_PIPELINE_MLFLOW_PORT=$(free_port) COLBERT_PIPELINE_SERVE_PORT=$(free_port)
+export COLBERT_PIPELINE_MODEL_NAME=colbert-docker
+export COLBERT_PIPELINE_ADMIN_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
 # What compose's network names would give: every address is 127.0.0.1 on the host network.
-export COLBERT_POSTGRES_HOST=127.0.0.1 COLBERT_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
-export COLBERT_AIRFLOW_API_URL="http://127.0.0.1:$AIRFLOW_PORT" MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
+export COLBERT_PIPELINE_POSTGRES_HOST=127.0.0.1 COLBERT_PIPELINE_REDIS_URL="redis://127.0.0.1:$COLBERT_PIPELINE_REDIS_PORT/0"
+export COLBERT_PIPELINE_AIRFLOW_API_URL="http://127.0.0.1:$AIRFLOW__API__PORT"
+export MLFLOW_TRACKING_URI="http://127.0.0.1:$COLBERT_PIPELINE_MLFLOW_PORT"
+# The compose file is copied below: the DAG folder it mounts is this checkout's, by absolute path.
+export COLBERT_PIPELINE_DAGS=$PWD/dags
 # Compose 1.29 predates the top-level `name:` (the project is named with -p); no GPU here to reserve.
 # Host networking publishes nothing (compose 1.29 refuses `ports:` with it): every server listens on 127.0.0.1.
 sed -e '/^name: colbert-pipeline$/d' -e '/deploy: \*gpu-reservation/d' -e '/^    ports:$/d' \
     -e '/^      - "127\.0\.0\.1:/d' docker/compose.yaml >"$run/compose.yaml"
 cp docker/postgres-init.sh docker/test-postgres.sh "$run/"
 cp docker/compose.test.yaml "$run/compose.test.yaml"
+# Every service's env_file (Compose refuses a missing one), as a user's first `make docker/.env` makes it: the
+# example, all defaults; the settings above come from this shell.
+cp docker/.env.example "$run/.env"
 log "starting the stack"
 "${compose[@]}" up -d >"$logs/up.log" 2>&1 || { cat "$logs/up.log"; exit 1; }
 # Every wait of the driver is bounded; a stuck run fails the script with the services' logs.
 wait_s=${COLBERT_TEST_DOCKER_WAIT:-1200}
-.venv/bin/python tests/deploy/drive_stack.py run --api "http://127.0.0.1:$AIRFLOW_PORT" --timeout "$wait_s" \
-    --password "$AIRFLOW_ADMIN_PASSWORD" --mlflow "$MLFLOW_TRACKING_URI" --model "$COLBERT_MODEL_NAME"
+.venv/bin/python tests/deploy/drive_stack.py run --api "$COLBERT_PIPELINE_AIRFLOW_API_URL" --timeout "$wait_s" \
+    --password "$COLBERT_PIPELINE_ADMIN_PASSWORD" --mlflow "$MLFLOW_TRACKING_URI" --model "$COLBERT_PIPELINE_MODEL_NAME"
 log "serving the champion"
 "${compose[@]}" --profile serve up -d serve >>"$logs/up.log" 2>&1 || { cat "$logs/up.log"; exit 1; }
-.venv/bin/python tests/deploy/drive_stack.py serve --serve "http://127.0.0.1:$SERVE_PORT" --timeout "$wait_s"
+.venv/bin/python tests/deploy/drive_stack.py serve --serve "http://127.0.0.1:$COLBERT_PIPELINE_SERVE_PORT" --timeout "$wait_s"
 log "passed"

@@ -43,6 +43,7 @@ from typing import Any
 from pipeline.ops import lineage
 from pipeline.ops.promotion import Decision
 from pipeline.ops.run_params import (  # noqa: F401  (the DAG's entry points, re-exported)
+    RUN_OVERRIDE,
     ParamsUpdate,
     apply_run_overrides,
     overrides_from_dag_params,

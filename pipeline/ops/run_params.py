@@ -34,6 +34,8 @@ from pipeline.project.params_file import apply_overrides, load_params, read_para
 
 logger = logging.getLogger(__name__)
 
+#: How an error names a value this run set (``DAG run override train.epochs: ...``).
+RUN_OVERRIDE = "DAG run override"
 #: DAG ``Param`` name -> the params.yaml key it overrides (``data_path`` depends on the source).
 DAG_PARAM_KEYS = {
     "base_model": "train.base_model",
@@ -115,7 +117,8 @@ def apply_run_overrides(params_path: Path, overrides: Mapping[str, Any], run_key
     ``run_key``) so ``restore_params`` can put it back when the run fails. Raises ``ConfigError`` naming the
     key for a bad override, before anything is written.
     """
-    load_params(params_path, dict(overrides))  # raises ConfigError naming the key (and missing paths)
+    # Raises ConfigError naming the key (and missing paths), a bad value as the run's, not params.yaml's.
+    load_params(params_path, dict(overrides), overrides_source=RUN_OVERRIDE)
     raw = read_params_file(params_path)
     changed = sorted(key for key, value in overrides.items() if _get_dotted(raw, key) != (True, value))
     backup: Path | None = None

@@ -15,12 +15,17 @@ Example:
     >>> Params.model_validate({"train": {"epochs": "two"}})  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
     pipeline.project.config.ConfigError: params.yaml: train.epochs: Input should be a valid integer
+    >>> Params.model_validate({"train": {"epoch": 2}})
+    Traceback (most recent call last):
+    pipeline.project.config.ConfigError: params.yaml: train.epoch: unknown key; did you mean train.epochs?
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.project.errors import InputError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
+#: Where the value at a dotted key came from, for error messages: ``params.yaml``, ``configs/scifact.yaml`` or
+#: ``--set train.epochs`` (:func:`pipeline.project.params_file.load_params` tracks it per key).
+Origin = Callable[[str], str]
 
 
 class ConfigError(InputError):
@@ -300,20 +308,66 @@ class Params(Section):
         return {} if value is None else value
 
     @classmethod
-    def model_validate(cls, obj: Any, *args: Any, source: str = DEFAULT_PARAMS_FILE, **kwargs: Any) -> Params:  # type: ignore[override]
+    def model_validate(  # type: ignore[override]
+        cls, obj: Any, *args: Any, source: str | Origin = DEFAULT_PARAMS_FILE, **kwargs: Any
+    ) -> Params:
+        """Validate ``obj``; a :class:`ConfigError` names each bad key and where its value came from."""
         try:
             return super().model_validate(obj, *args, **kwargs)
         except ValidationError as error:
-            raise ConfigError(_describe(error, source)) from None
+            raise ConfigError(_describe(error, source, cls)) from None
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    lines = []
+def _describe(error: ValidationError, source: str | Origin, schema: type[BaseModel]) -> str:
+    """One line (the CLI prints it as is): ``<where the value came from>: <key>: <what is wrong>``, joined."""
+    problems = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"{source}: {key}: {message}")
-    return "\n".join(lines)
+        problems.append(f"{origin_label(source, key)}: {_problem(item, schema)}")
+    return "; ".join(problems)
+
+
+def origin_label(source: str | Origin, key: str) -> str:
+    """``params.yaml: train.epochs`` or ``--set train.epochs``: where ``key``'s value came from, and the key.
+
+    Example:
+        >>> origin_label("configs/a.yaml", "train.seed"), origin_label(lambda k: f"--set {k}", "train.seed")
+        ('configs/a.yaml: train.seed', '--set train.seed')
+    """
+    where = source(key) if callable(source) else source
+    # ``--set prepare.source`` names the key already, or the one inside it that a section's rule is about.
+    named = where.rpartition(" ")[2] if " " in where else ""
+    return where if named == key or named.startswith(f"{key}.") else f"{where}: {key}"
+
+
+def _problem(item: Any, schema: type[BaseModel]) -> str:
+    if item["type"] == "extra_forbidden":
+        return _unknown_key([str(part) for part in item["loc"]], schema)
+    # A validator's ValueError comes back as "Value error, <its message>": the prefix says nothing to a user.
+    message = str(item["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    value = item.get("input")
+    if value is None or isinstance(value, str | int | float | bool):  # a scalar: show what was given
+        message += f" (got {value!r})"
+    return message
+
+
+def _unknown_key(loc: list[str], schema: type[BaseModel]) -> str:
+    """``unknown key; did you mean train.epochs?``: the closest keys of the same section, else all of them."""
+    section: type[BaseModel] = schema
+    for part in loc[:-1]:
+        field = section.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return "unknown key"
+        section = annotation
+    prefix = "".join(f"{part}." for part in loc[:-1])
+    names = list(section.model_fields)
+    close = difflib.get_close_matches(loc[-1], names, n=3)
+    if close:
+        return f"unknown key; did you mean {' or '.join(prefix + name for name in close)}?"
+    return f"unknown key; {prefix.rstrip('.') or 'the top level'} takes {', '.join(names)}"
 
 
 def resolve_path(value: str | os.PathLike[str], base: Path) -> Path:

@@ -61,7 +61,7 @@ RUN_TIMEOUT = 1500.0  # bounded, with room for a loaded 2-core machine
 ENV = {
     "COLBERT_PIPELINE_SCHEDULE": "none",  # runs come from the API only (a weekly run would start at unpause)
     "COLBERT_PIPELINE_RETRIES": "0",  # "as configured": a killed task fails at once, no retry delay to wait
-    "COLBERT_CANARY_QUERIES": "4",
+    "COLBERT_PIPELINE_CANARY_QUERIES": "4",
     "AIRFLOW__API__WORKERS": "1",
     "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
     # A task whose worker vanished is failed after 30 s without a heartbeat (default 300 s).
@@ -286,7 +286,7 @@ def _task_logs_canary(api: AirflowApi, run_id: str) -> str:
 
 def test_the_champion_answers_over_http(deployed: dict[str, Any]) -> None:
     platform = deployed["platform"]
-    serve = platform._service("serve", ["serve"], COLBERT_MODEL_NAME=MODEL_NAME)
+    serve = platform._service("serve", ["serve"], COLBERT_PIPELINE_MODEL_NAME=MODEL_NAME)
     try:
         serve.wait_ready(lambda: _pings(f"{platform.serve_url}/ping"), 300)
         query = {"dataframe_split": {"columns": ["query"], "data": [["a question about entity 3"]]}}
