@@ -16,6 +16,7 @@ Example:
     $ colbert-pipeline reproduce champion --into /tmp/champion   # its run's checkout, pulled and verified
     $ colbert-pipeline experiments                 # DVC experiments: differing params and nDCG@10
     $ colbert-pipeline dvc-deps --check            # are dvc.yaml's code dependencies current?
+    $ colbert-pipeline task train --run nightly-42  # one stage of a run, anywhere (the shared remotes only)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.cli import experiments, registry, stages, tools
+from pipeline.cli import experiments, registry, stages, task, tools
 from pipeline.project.errors import EXIT_CODES, classify
 
 # The CLI is offline unless the user says otherwise: the default model ships with the package.
@@ -35,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DESCRIPTION = "Fine-tune, evaluate, index and ship ColBERT models: pipeline stages, registry, experiments."
 #: The command groups, in the order ``--help`` lists them.
-GROUPS = (tools, stages, registry, experiments)
+GROUPS = (tools, stages, task, registry, experiments)
 
 
 def build_parser() -> argparse.ArgumentParser:
