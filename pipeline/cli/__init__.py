@@ -16,6 +16,7 @@ Example:
     $ colbert-pipeline reproduce champion --into /tmp/champion   # its run's checkout, pulled and verified
     $ colbert-pipeline experiments                 # DVC experiments: differing params and nDCG@10
     $ colbert-pipeline dvc-deps --check            # are dvc.yaml's code dependencies current?
+    $ colbert-pipeline task train --run nightly-42  # one stage of a run, anywhere (the shared remotes only)
     $ colbert-pipeline --version                   # the installed version (pipeline.__version__)
 """
 
@@ -29,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from pipeline import __version__
-from pipeline.cli import experiments, registry, stages, tools
+from pipeline.cli import experiments, registry, stages, task, tools
 from pipeline.project.errors import EXIT_CODES, classify
 
 # The CLI is offline unless the user says otherwise: the default model ships with the package.
@@ -38,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DESCRIPTION = "Fine-tune, evaluate, index and ship ColBERT models: pipeline stages, registry, experiments."
 #: The command groups, in the order ``--help`` lists them.
-GROUPS = (tools, stages, registry, experiments)
+GROUPS = (tools, stages, task, registry, experiments)
 
 
 class Parser(argparse.ArgumentParser):
