@@ -146,6 +146,8 @@ def _doctest_namespace(request: pytest.FixtureRequest, doctest_namespace: dict) 
     if request.node.name.startswith("pipeline.ops.serving"):
         model_dir, index_dir = request.getfixturevalue("doctest_search_artifacts")
         doctest_namespace.update(model_dir=model_dir, index_dir=index_dir)
+    if request.node.name.startswith("pipeline.ops.canary"):
+        doctest_namespace["workspace"] = request.getfixturevalue("doctest_canary_workspace")
     request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
 
 
@@ -176,3 +178,46 @@ def doctest_search_artifacts(tmp_path_factory) -> tuple[Path, Path]:
     index = indexes.PLAID(index_folder=str(folder / "indexes"), index_name="toy", override=True, device="cpu")
     index.add_documents(documents_ids=ids, documents_embeddings=model.encode(texts, is_query=False))
     return folder / "model", folder / "indexes" / "toy"
+
+
+@pytest.fixture(scope="session")
+def doctest_canary_workspace(
+    tmp_path_factory, doctest_search_artifacts: tuple[Path, Path], mlflow_tracking_db: str
+) -> Path:
+    """For the canary's example: a project whose prepared benchmark asks about the three documents of
+    :func:`doctest_search_artifacts`' index, and the served model over them registered as the champion of
+    ``canary-example`` in the session's store."""
+    import shutil
+
+    import mlflow
+
+    from pipeline.data.beir import BeirData
+    from pipeline.data.nano import build_nano_benchmark
+    from pipeline.ops import canary, serving
+    from pipeline.project.layout import Layout
+    from pipeline.project.params_file import load_params
+
+    workspace = tmp_path_factory.mktemp("doctest-canary")
+    shutil.copy(Path(__file__).parent / "params.yaml", workspace / "params.yaml")
+    corpus = {"koala": "Koalas eat eucalyptus leaves.", "train": "Trains run on rails.", "dune": "Dune."}
+    queries = {"q1": "what do koalas eat?", "q2": "what runs on rails?"}
+    qrels = {"q1": {"koala": 1}, "q2": {"train": 1}}
+    build_nano_benchmark(
+        BeirData(corpus=corpus, queries=queries, qrels=qrels, name="toy"),
+        Layout(load_params(workspace / "params.yaml"), workspace).benchmark,
+        n_queries=len(queries),
+        n_documents=len(corpus),
+    )
+    model_dir, index_dir = doctest_search_artifacts
+    mlflow.set_tracking_uri(mlflow_tracking_db)
+    # The artifacts (this model's, the canary's record) go under this folder: a new experiment's default is
+    # below the folder the session's store was first opened from, the checkout itself for a session fixture.
+    artifacts = (workspace / "mlruns").as_uri()
+    experiment = mlflow.create_experiment("canary-example", artifact_location=artifacts)
+    if mlflow.get_experiment_by_name(canary.EXPERIMENT) is None:
+        mlflow.create_experiment(canary.EXPERIMENT, artifact_location=artifacts)
+    with mlflow.start_run(experiment_id=experiment):
+        info = serving.log_search_model(model_dir, index_dir, k=2)
+    version = mlflow.register_model(info.model_uri, "canary-example").version
+    mlflow.MlflowClient().set_registered_model_alias("canary-example", "champion", version)
+    return workspace
