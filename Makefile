@@ -154,7 +154,7 @@ test-faults: lint
 # The image built and the compose stack started for real (root; starts and stops its own dockerd, builds the
 # base images from Debian packages): one DAG run through the stack, then the champion served. Also the last
 # step of `test`, which lets it pass, saying why, where the machine cannot run it (not root, under ~32 GB
-# free, no docker.io from apt-get, a daemon that does not start).
+# free, no docker.io from apt-get, a daemon that does not start); on CI (CI=true) only for too little disk.
 test-docker: install
 	docker/test-docker.sh
 
