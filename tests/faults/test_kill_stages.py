@@ -102,7 +102,8 @@ class Fault:
 
 def _kill_after_start(process: subprocess.Popen, marker: Path, delay: float) -> None:
     """SIGKILL the group ``delay`` seconds after the stage's marker appears (the machine or worker dies)."""
-    while not marker.exists() and process.poll() is None:
+    deadline = time.monotonic() + 600  # bounded: a DVC that never starts the stage is killed all the same
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
         process.wait(delay)
