@@ -145,10 +145,21 @@ format: install
 # Two xdist workers, one test module each at a time (module fixtures stay whole), the longest modules first
 # (conftest.py orders them): one worker alone kept ~1 of the 2 cores busy (44 min wall, 40 min CPU on a quiet
 # machine), and the deploy tier mostly waits on services. Then `test-docker` (the image built and the compose
-# stack run for real, ~6 minutes cold): as root with room on disk; elsewhere it prints why it did not run.
+# stack run for real, ~6 minutes cold): as root with room on disk; elsewhere it prints why it did not run (on
+# CI, CI=true, only too little disk may skip it). On CI any other skip fails too (conftest.py's CI_MAY_SKIP).
+# The last lines summarise each tier (tests/tier_summary.py, from pytest's junit XML and the docker output).
+RESULTS := .test-results
 test: lint services
-	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m "not repro" -n 2 --dist loadscope --no-loadscope-reorder --durations=40
-	COLBERT_TEST_DOCKER_OPTIONAL=1 docker/test-docker.sh
+	@mkdir -p $(RESULTS); rm -f $(RESULTS)/pytest.xml $(RESULTS)/docker.log; docker_status=; \
+	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m "not repro" -n 2 --dist loadscope --no-loadscope-reorder \
+	  --durations=40 --junitxml=$(RESULTS)/pytest.xml; status=$$?; \
+	if [ $$status = 0 ]; then \
+	  COLBERT_TEST_DOCKER_OPTIONAL=1 docker/test-docker.sh 2>&1 | tee $(RESULTS)/docker.log; \
+	  docker_status=$${PIPESTATUS[0]}; status=$$docker_status; \
+	fi; \
+	$(PY) tests/tier_summary.py --junit $(RESULTS)/pytest.xml --docker-log $(RESULTS)/docker.log \
+	  $${docker_status:+--docker-status $$docker_status}; \
+	exit $$status
 
 # Reproducibility (not in `test`: ~15 minutes on 2 cores): two workspaces of one commit give identical DVC
 # hashes, a forced re-run gives the recorded ones, a changed input byte re-runs prepare, trials are experiments.
@@ -166,7 +177,7 @@ test-faults: lint
 # The image built and the compose stack started for real (root; starts and stops its own dockerd, builds the
 # base images from Debian packages): one DAG run through the stack, then the champion served. Also the last
 # step of `test`, which lets it pass, saying why, where the machine cannot run it (not root, under ~32 GB
-# free, no docker.io from apt-get, a daemon that does not start).
+# free, no docker.io from apt-get, a daemon that does not start); on CI (CI=true) only for too little disk.
 test-docker: install
 	docker/test-docker.sh
 
@@ -175,4 +186,4 @@ test-fast: lint
 	$(VENV)/bin/pytest -m "not slow and not deploy and not faults and not repro"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(RESULTS)

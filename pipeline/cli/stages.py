@@ -71,7 +71,10 @@ def stage_help(stage: str) -> tuple[str, str]:
 
 def run_stage(args: argparse.Namespace) -> int:
     """Validate params, then run one stage in this process; print its outputs and write its result file."""
+    from pipeline.project.io import mark_stage_started
     from pipeline.project.layout import STAGE_IO, Layout
+
+    mark_stage_started(args.command)  # tests/faults: a kill after this landed inside the stage
 
     params = load(args)
     project = project_of(args)

@@ -289,6 +289,34 @@ def test_shell_scripts_parse() -> None:
         assert script.stat().st_mode & 0o111, f"{script.name} must be executable"
 
 
+def _docker_tier(tmp_path: Path, ci: str, **env: str) -> subprocess.CompletedProcess:
+    """docker/test-docker.sh as ``make test`` runs it, up to the reason it cannot run (it stops there)."""
+    command = ["bash", str(DOCKER / "test-docker.sh")]
+    if env.pop("as_user", "") == "nobody" and os.geteuid() == 0:  # the not-root reason, from root too
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    full_env = {**os.environ, "CI": ci, "COLBERT_TEST_DOCKER_OPTIONAL": "1", **env}
+    full_env["COLBERT_TEST_DOCKER_STATE"] = str(tmp_path / "state")  # never the machine's kept state
+    return subprocess.run(command, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def test_on_ci_the_docker_tier_skips_only_for_lack_of_disk(tmp_path: Path) -> None:
+    no_room = {"COLBERT_TEST_DOCKER_ROOM_GB": "100000000"}  # more than any disk: the disk reason
+    for ci in ("true", ""):
+        result = _docker_tier(tmp_path, ci, **no_room)
+        if "needs root" in result.stderr:  # not root here: the disk check comes after the root check
+            break
+        assert result.returncode == 0, result.stderr
+        assert re.search(
+            r"SKIPPED \(not run, not passed\): \d+ GB free under .*needs about 100000000 GB", result.stderr
+        )
+    assert os.geteuid() != 0 or shutil.which("setpriv"), "setpriv (util-linux) drops root for the check below"
+    on_ci = _docker_tier(tmp_path, "true", as_user="nobody")
+    assert on_ci.returncode == 1, on_ci.stderr
+    assert "needs root" in on_ci.stderr and "only too little disk may skip this tier on CI" in on_ci.stderr
+    off_ci = _docker_tier(tmp_path, "", as_user="nobody")
+    assert off_ci.returncode == 0 and "SKIPPED (not run, not passed): needs root" in off_ci.stderr
+
+
 def test_dockerfile_builds_from_the_lock_as_a_non_root_user() -> None:
     text = DOCKERFILE.read_text()
     # Base images are build arguments whose defaults are the public images.
