@@ -1,0 +1,153 @@
+"""The DAG's stateless mode (``COLBERT_PIPELINE_STATELESS=1``): its shape, the task command it runs, and two
+stages of one run through the real ``colbert-pipeline task`` from two clones that share only the servers.
+
+The DAG is imported under another module name with the parse-time settings set (as ``test_dag.py`` does);
+the end-to-end test calls the stage tasks' own helper (``stateless_dag.run_stage``), not ``dag.test()``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.ops import orchestration, stateless_dag
+from pipeline.project.config import ConfigError
+from pipeline.project.layout import STAGES
+from pipeline.project.params_file import parse_override
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAG_FILE = REPO_ROOT / "dags" / "colbert_pipeline.py"
+
+
+@pytest.fixture(scope="module")
+def airflow_home(module_tmp_path: Path) -> Path:
+    """A throwaway AIRFLOW_HOME, set before Airflow is first imported in this process."""
+    home = module_tmp_path / "airflow-home"
+    home.mkdir()
+    os.environ.setdefault("AIRFLOW_HOME", str(home))
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    return home
+
+
+def _load_dag(monkeypatch: pytest.MonkeyPatch, name: str, **env: str) -> Any:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    spec = importlib.util.spec_from_file_location(name, DAG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def stateless_dag_module(monkeypatch: pytest.MonkeyPatch, airflow_home: Path) -> Any:
+    return _load_dag(
+        monkeypatch,
+        "colbert_pipeline_stateless_variant",
+        COLBERT_PIPELINE_STATELESS="1",
+        COLBERT_PIPELINE_MAX_ACTIVE_RUNS="3",
+    )
+
+
+def test_stateless_dag_has_no_dvc_pool_several_runs_and_one_register_at_a_time(
+    stateless_dag_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dag = stateless_dag_module.pipeline_dag
+    monkeypatch.delenv("COLBERT_PIPELINE_STATELESS")
+    monkeypatch.delenv("COLBERT_PIPELINE_MAX_ACTIVE_RUNS")
+    default = _load_dag(monkeypatch, "colbert_pipeline_default_variant").pipeline_dag
+    assert set(dag.task_dict) == set(default.task_dict)  # same task ids: only how they run changes
+    for task_id, task in dag.task_dict.items():
+        assert task.upstream_task_ids == default.task_dict[task_id].upstream_task_ids, task_id
+    assert dag.max_active_runs == 3 and default.max_active_runs == 1
+    assert all(task.pool != "colbert_dvc_workspace" for task in dag.tasks)
+    assert dag.task_dict["register"].pool == "colbert_register"
+    assert (dag.task_dict["train"].pool, dag.task_dict["train"].queue) == ("gpu", "gpu")
+    for stage in set(STAGES) - {"train", "register"}:
+        assert dag.task_dict[stage].pool == "default_pool", stage
+    assert dag.task_dict["validate_params"].pool == "default_pool"
+    assert default.task_dict["register"].pool == "colbert_dvc_workspace"  # the default mode is unchanged
+    assert "colbert-pipeline task prepare" in dag.task_dict["prepare"].doc_md
+
+
+def test_register_pool_is_created_with_one_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.ops import services
+
+    created: dict[str, int] = {}
+
+    class FakePool:
+        @staticmethod
+        def create_or_update_pool(name: str, slots: int, description: str, include_deferred: bool) -> None:
+            created[name] = slots
+
+    import airflow.models.pool
+
+    monkeypatch.setattr(airflow.models.pool, "Pool", FakePool)
+    services.create_pools(2)
+    assert created == {"colbert_dvc_workspace": 1, "gpu": 2, stateless_dag.REGISTER_POOL: 1}
+
+
+def test_parse_time_settings_name_the_bad_one() -> None:
+    assert stateless_dag.stateless_from_env({}) is False
+    assert stateless_dag.stateless_from_env({"COLBERT_PIPELINE_STATELESS": "true"}) is True
+    assert stateless_dag.max_active_runs_from_env(False, {"COLBERT_PIPELINE_MAX_ACTIVE_RUNS": "8"}) == 1
+    assert stateless_dag.max_active_runs_from_env(True, {}) == stateless_dag.DEFAULT_MAX_ACTIVE_RUNS > 1
+    with pytest.raises(orchestration.OrchestrationError, match="COLBERT_PIPELINE_STATELESS"):
+        stateless_dag.stateless_from_env({"COLBERT_PIPELINE_STATELESS": "maybe"})
+    with pytest.raises(orchestration.OrchestrationError, match="COLBERT_PIPELINE_MAX_ACTIVE_RUNS"):
+        stateless_dag.max_active_runs_from_env(True, {"COLBERT_PIPELINE_MAX_ACTIVE_RUNS": "0"})
+
+
+def test_task_command_names_the_sanitised_run_and_its_params() -> None:
+    overrides = {"train.max_steps": 20, "prepare.source": "beir", "train.base_model": None, "x.list": [1, 2]}
+    command = stateless_dag.task_command("train", "manual__2025-01-01T00:00:00+00:00", overrides)
+    assert Path(command[0]).name == "colbert-pipeline"
+    assert command[1:5] == ["task", "train", "--run", "manual__2025-01-01T00-00-00+00-00"]
+    assert command[4] == stateless_dag.run_ref("manual__2025-01-01T00:00:00+00:00").rsplit("/", 1)[1]
+    sets = command[5:]
+    assert sets[::2] == ["--set"] * 4
+    assert dict(parse_override(text) for text in sets[1::2]) == overrides  # round-trips through --set
+    reordered = dict(reversed(list(overrides.items())))
+    assert stateless_dag.task_command("train", "r", reordered)[5:] == sets  # every task: the same args
+    assert stateless_dag.task_command("prepare", "r", {})[1:] == ["task", "prepare", "--run", "r"]
+
+
+def test_validate_only_keeps_the_params_for_the_tasks() -> None:
+    first = stateless_dag.validated({"b": 1, "a": "x"})
+    assert first == {**first, "stateless": True, "overrides": {"b": 1, "a": "x"}, "changed": ["a", "b"]}
+    assert first["sha256"] == stateless_dag.validated({"a": "x", "b": 1})["sha256"]
+
+
+def test_a_task_that_cannot_start_fails_permanently_with_its_message(tmp_path: Path) -> None:
+    # Not a clone: the task command's own input error comes back through the result file.
+    with pytest.raises(orchestration.StageFailed) as failure:
+        stateless_dag.run_stage("prepare", "r1", {}, tmp_path, None, f"sqlite:///{tmp_path}/mlruns.db")
+    assert failure.value.permanent and failure.value.kind == "input"
+    assert "not in a git clone" in failure.value.message
+
+
+@pytest.mark.slow
+def test_two_stages_of_a_dag_run_through_the_task_command(
+    monkeypatch: pytest.MonkeyPatch, module_tmp_path: Path
+) -> None:
+    from tests.ops import test_stateless as base
+    from tests import remotes
+
+    served = module_tmp_path / "served"
+    with remotes.git_daemon(served) as git_url, remotes.s3_server(module_tmp_path / "s3") as endpoint:
+        remotes.make_bucket(endpoint, base.BUCKET)
+        toy = base.toy.__wrapped__(module_tmp_path, {"git": git_url, "s3": endpoint, "served": str(served)})
+        (a, env_a), (b, env_b) = toy["a"], toy["b"]
+        run_id = "scheduled__2026-01-04T00:00:00+00:00"
+        uri = f"sqlite:///{module_tmp_path}/mlruns.db"
+        for clone, env, stage in ((a, env_a, "prepare"), (b, env_b, "baseline")):
+            monkeypatch.setattr(os, "environ", {**env})
+            result = stateless_dag.run_stage(stage, run_id, {"prepare.seed": 5}, clone, None, uri)
+            assert result["ok"] and result["ref"] == stateless_dag.run_ref(run_id), result
+        lock = base.remote_lock(a, stateless_dag.run_ref(run_id))
+        assert list(lock["stages"]) == ["prepare", "baseline"]
+        with pytest.raises(ConfigError, match="registry.json"):  # the toy has no register stage
+            stateless_dag.read_run_decision(a, run_id, lambda name: None)
