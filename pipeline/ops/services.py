@@ -360,7 +360,8 @@ def init(env: Mapping[str, str]) -> None:
         given = env.get("COLBERT_PIPELINE_GPU_SLOTS")
         raise ServiceError(f"COLBERT_PIPELINE_GPU_SLOTS: {given!r} is not an integer") from None
     create_pools(slots)
-    print(f"init done: schema migrated, login {ADMIN_USER!r}, pools {DVC_POOL} (1), {GPU_POOL} ({slots}) "
+    print(
+        f"init done: schema migrated, login {ADMIN_USER!r}, pools {DVC_POOL} (1), {GPU_POOL} ({slots}) "
         f"and {REGISTER_POOL} (1)"
     )
 

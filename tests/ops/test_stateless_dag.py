@@ -133,8 +133,8 @@ def test_a_task_that_cannot_start_fails_permanently_with_its_message(tmp_path: P
 def test_two_stages_of_a_dag_run_through_the_task_command(
     monkeypatch: pytest.MonkeyPatch, module_tmp_path: Path
 ) -> None:
-    from tests.ops import test_stateless as base
     from tests import remotes
+    from tests.ops import test_stateless as base
 
     served = module_tmp_path / "served"
     with remotes.git_daemon(served) as git_url, remotes.s3_server(module_tmp_path / "s3") as endpoint:
@@ -149,5 +149,5 @@ def test_two_stages_of_a_dag_run_through_the_task_command(
             assert result["ok"] and result["ref"] == stateless_dag.run_ref(run_id), result
         lock = base.remote_lock(a, stateless_dag.run_ref(run_id))
         assert list(lock["stages"]) == ["prepare", "baseline"]
-        with pytest.raises(ConfigError, match="registry.json"):  # the toy has no register stage
+        with pytest.raises(ConfigError, match=r"registry\.json"):  # the toy has no register stage
             stateless_dag.read_run_decision(a, run_id, lambda name: None)
