@@ -17,13 +17,14 @@ Settings (Airflow Variable first, then environment):
     COLBERT_PIPELINE_RUNNER      dvc (default) | cli
     COLBERT_PIPELINE_HF_OFFLINE  1 (default) | 0: let stages reach the Hugging Face Hub
     COLBERT_PIPELINE_DVC_REMOTE  the DVC remote (by name) the outputs are pushed to; default: the workspace's
+    COLBERT_PIPELINE_TASK_CLONE  stateless mode: the worker's clone a task starts from (default: workspace)
     MLFLOW_TRACKING_URI          default: the workspace's params.yaml, else sqlite:///<workspace>/mlruns.db
 Parse-time settings (environment only, so parsing never touches the metadata database):
     COLBERT_PIPELINE_SCHEDULE    cron or preset (default @weekly; "none" for manual runs only)
     COLBERT_PIPELINE_RETRIES     retries per task (default 2, exponential backoff)
     COLBERT_PIPELINE_GPU_STAGES  comma-separated stages on the gpu queue and pool (default: train)
     COLBERT_PIPELINE_STATELESS   1: each stage task runs `colbert-pipeline task STAGE --run <run id>` from the
-                                 worker's clone (COLBERT_PIPELINE_TASK_CLONE, default the workspace) over the
+                                 worker's own clone (COLBERT_PIPELINE_TASK_CLONE) over the
                                  git remote, DVC remote and MLflow; no DVC pool, several runs at once,
                                  register in the one-slot pool `colbert_register` (docs/stateless.md).
                                  Default 0.
@@ -169,6 +170,7 @@ def _run_stateless(stage: str, parent_run_id: str) -> orchestration.StageResult:
         parent_run_id,
         orchestration.resolve_tracking_uri(settings),
         emit=logging.getLogger(f"colbert_pipeline.{stage}").info,
+        extra_env=stateless_dag.task_environment(lookup),
     )
     return orchestration.StageResult(
         stage=stage,

@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ops import orchestration, versioning
+from pipeline.ops.dvc_remote import DVC_REMOTE_ENV
 from pipeline.ops.git_remote import GIT_REMOTE_ENV, Retry, fetch, resolve_url
 from pipeline.ops.promotion import Decision
 from pipeline.ops.runner import ancestors, run_process
+from pipeline.ops.stateless import ATTEMPTS_ENV, BACKOFF_ENV, START_ENV
 from pipeline.project.config import ConfigError
 from pipeline.project.errors import kind_of_exit_code
 from pipeline.project.layout import RESULT_FILE_ENV, Layout
@@ -102,6 +104,15 @@ def task_command(stage: str, run_id: str, overrides: Mapping[str, Any]) -> list[
     return command
 
 
+#: The task command's own settings (pipeline.ops.stateless) that an Airflow Variable may set for it.
+TASK_SETTINGS = (GIT_REMOTE_ENV, DVC_REMOTE_ENV, START_ENV, ATTEMPTS_ENV, BACKOFF_ENV)
+
+
+def task_environment(lookup: Callable[[str], str | None]) -> dict[str, str]:
+    """The task command's settings as ``lookup`` (Variables, then env) resolves them, for its environment."""
+    return {name: value for name in TASK_SETTINGS if (value := lookup(name))}
+
+
 def clone_of(settings: orchestration.Settings, lookup: Callable[[str], str | None]) -> Path:
     """The worker's clone a task starts from: ``COLBERT_PIPELINE_TASK_CLONE``, else the workspace."""
     clone = Path(lookup(CLONE_ENV) or settings.workspace).expanduser().resolve()
@@ -118,6 +129,7 @@ def run_stage(
     parent_run_id: str | None,
     tracking_uri: str | None,
     emit: Callable[[str], None] | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run the task command in a supervised child process in ``clone``; its result (or error) comes back
     through ``COLBERT_PIPELINE_RESULT_FILE``. Raises :class:`orchestration.StageFailed` on failure."""
@@ -125,7 +137,7 @@ def run_stage(
     owners = ancestors(os.getpid())
     command = task_command(stage, run_id, overrides)
     settings = orchestration.Settings(workspace=clone, runner="cli")
-    env = orchestration.stage_environment(settings, parent_run_id, tracking_uri)
+    env = orchestration.stage_environment(settings, parent_run_id, tracking_uri, extra_env)
     env.pop(RESULT_FILE_ENV, None)
     with tempfile.TemporaryDirectory(prefix=f"colbert-task-{stage}-") as scratch:
         result_file = Path(scratch) / "result.json"
