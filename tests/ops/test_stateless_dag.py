@@ -151,3 +151,86 @@ def test_two_stages_of_a_dag_run_through_the_task_command(
         assert list(lock["stages"]) == ["prepare", "baseline"]
         with pytest.raises(ConfigError, match=r"registry\.json"):  # the toy has no register stage
             stateless_dag.read_run_decision(a, run_id, lambda name: None)
+
+
+# -- two runs that finish together: the register pool serialises them, the re-check settles the rest -------
+
+
+class _Registry:
+    """A fake MLflow client holding one model's aliases and version tags; ``on_set`` runs after each write
+    (another run's register moving the alias in between)."""
+
+    def __init__(self, values: dict[str, float], champion: str) -> None:
+        from pipeline.ops import promotion
+
+        self.tags = {
+            version: {promotion.METRIC_VALUE_TAG: repr(value), promotion.BENCHMARK_TAG: "b1"}
+            | {promotion.METRIC_NAME_TAG: "ndcg"}
+            for version, value in values.items()
+        }
+        self.aliases = {"champion": champion}
+        self.on_set: list[Any] = []
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> Any:
+        from types import SimpleNamespace
+
+        version = self.aliases[alias]
+        return SimpleNamespace(version=version, tags=dict(self.tags[version]))
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+        self.aliases[alias] = version
+        while self.on_set:
+            self.on_set.pop(0)()
+
+    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.tags[version][key] = value
+
+
+def _plan(value: float, champion_before: str = "1") -> Any:
+    from pipeline.ops import registry
+
+    return registry._Plan(
+        name="m",
+        metric="ndcg",
+        value=value,
+        benchmark="b1",
+        key="k",
+        existing=None,
+        promote=True,
+        comparison="same_benchmark",
+        reason="better",
+        champion_value=0.5,
+        champion_before=champion_before,
+        challenger_before=None,
+        champion_benchmark="b1",
+    )
+
+
+@pytest.mark.parametrize("better_first", [True, False])
+def test_two_runs_promoting_together_leave_the_better_version_champion(better_first: bool) -> None:
+    from pipeline.ops.registry import settle_champion
+
+    client = _Registry({"1": 0.5, "2": 0.6, "3": 0.7}, champion="1")
+    order = [("3", 0.7), ("2", 0.6)] if better_first else [("2", 0.6), ("3", 0.7)]
+    # Both planned against v1, then registered one after the other (the register pool's order).
+    plans = {version: settle_champion(client, _plan(value), version) for version, value in order}
+    assert client.aliases["champion"] == "3"
+    assert plans["3"].promote is True
+    if better_first:  # v2 found v3 there and kept it: both decisions are recorded, v2's as superseded
+        assert plans["2"].promote is False and "superseded: v3" in plans["2"].reason
+        assert client.tags["2"]["promotion.decision"] == "not promoted"
+
+
+def test_the_re_check_sees_an_alias_moved_right_after_its_own_write() -> None:
+    from pipeline.ops.registry import settle_champion
+
+    client = _Registry({"1": 0.5, "2": 0.6, "3": 0.7}, champion="1")
+    # v3's register moves the alias; before it re-reads, a worse v2 (planned against v1) writes over it.
+    client.on_set.append(lambda: client.aliases.update(champion="2"))
+    assert settle_champion(client, _plan(0.7), "3").promote is True
+    assert client.aliases["champion"] == "3"  # moved back: the better version ends as champion
+    # And the worse one (planned against v1), re-checking after a better one overwrote it, gives way.
+    client.aliases["champion"] = "1"
+    client.on_set.append(lambda: client.aliases.update(champion="3"))
+    late = settle_champion(client, _plan(0.6), "2")
+    assert client.aliases["champion"] == "3" and late.promote is False
