@@ -139,7 +139,7 @@ def test_two_stages_of_a_dag_run_through_the_task_command(
     served = module_tmp_path / "served"
     with remotes.git_daemon(served) as git_url, remotes.s3_server(module_tmp_path / "s3") as endpoint:
         remotes.make_bucket(endpoint, base.BUCKET)
-        toy = base.toy.__wrapped__(module_tmp_path, {"git": git_url, "s3": endpoint, "served": str(served)})
+        toy = base.make_toy(module_tmp_path, {"git": git_url, "s3": endpoint, "served": str(served)})
         (a, env_a), (b, env_b) = toy["a"], toy["b"]
         run_id = "scheduled__2026-01-04T00:00:00+00:00"
         uri = f"sqlite:///{module_tmp_path}/mlruns.db"
