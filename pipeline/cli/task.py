@@ -44,5 +44,9 @@ def task(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in args.set or [])
     settings = stateless.TaskSettings.resolve(Path(args.clone))
     result = stateless.run_task(args.stage, args.run_id, overrides, settings)
+    from pipeline.cli.stages import write_result
+
+    # An orchestrator that started this task reads COLBERT_PIPELINE_RESULT_FILE, not stdout.
+    write_result({"ok": True, **result.as_dict()})
     print(json.dumps(result.as_dict(), indent=2))
     return 0

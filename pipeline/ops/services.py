@@ -64,6 +64,8 @@ from pathlib import Path
 #: The DAG's pools (``dags/colbert_pipeline.py``: DVC_POOL, GPU_POOL); a deploy test checks they agree.
 DVC_POOL = "colbert_dvc_workspace"
 GPU_POOL = "gpu"
+#: Stateless mode (``COLBERT_PIPELINE_STATELESS=1``): the register tasks of all runs take turns.
+REGISTER_POOL = "colbert_register"
 QUEUES = ("default", "gpu")
 AIRFLOW_SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer", "worker")
 SERVICES = ("init", *AIRFLOW_SERVICES, "mlflow", "serve")
@@ -320,6 +322,12 @@ def create_pools(gpu_slots: int) -> None:
     Pool.create_or_update_pool(
         name=GPU_POOL, slots=gpu_slots, description="GPU tasks (one per GPU)", include_deferred=False
     )
+    Pool.create_or_update_pool(
+        name=REGISTER_POOL,
+        slots=1,
+        description="one register (promotion) at a time across runs (stateless mode)",
+        include_deferred=False,
+    )
 
 
 def write_passwords_file(path: Path, password: str) -> None:
@@ -352,7 +360,10 @@ def init(env: Mapping[str, str]) -> None:
         given = env.get("COLBERT_PIPELINE_GPU_SLOTS")
         raise ServiceError(f"COLBERT_PIPELINE_GPU_SLOTS: {given!r} is not an integer") from None
     create_pools(slots)
-    print(f"init done: schema migrated, login {ADMIN_USER!r}, pools {DVC_POOL} (1) and {GPU_POOL} ({slots})")
+    print(
+        f"init done: schema migrated, login {ADMIN_USER!r}, pools {DVC_POOL} (1), {GPU_POOL} ({slots}) "
+        f"and {REGISTER_POOL} (1)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

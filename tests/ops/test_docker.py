@@ -278,6 +278,7 @@ def test_init_creates_the_dags_pools() -> None:
     script = (DOCKER / "airflow-init.sh").read_text()
     assert "python -m pipeline.ops.services init" in script  # migrate, login, pools: tests/deploy runs it too
     assert (constants["DVC_POOL"], constants["GPU_POOL"]) == (platform.DVC_POOL, platform.GPU_POOL)
+    assert constants["REGISTER_POOL"] == platform.REGISTER_POOL  # the stateless mode's register pool
 
 
 def test_shell_scripts_parse() -> None:

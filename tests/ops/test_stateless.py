@@ -108,6 +108,11 @@ def remote_lock(clone: Path, ref: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def toy(module_tmp_path: Path, servers: dict[str, str]) -> dict[str, Any]:
     """The toy project served as ``toy.git``; two clones (own HOMEs) with the same S3 remote."""
+    return make_toy(module_tmp_path, servers)
+
+
+def make_toy(module_tmp_path: Path, servers: dict[str, str]) -> dict[str, Any]:
+    """What the ``toy`` fixture makes (also used by ``test_stateless_dag``)."""
     source = module_tmp_path / "toy-source"
     source.mkdir()
     (source / "params.yaml").write_text(TOY_PARAMS)
