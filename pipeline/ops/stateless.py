@@ -54,7 +54,13 @@ import yaml
 from pipeline.ops import dvc_remote, git_remote, orchestration, versioning
 from pipeline.ops.git_remote import Retry, git, git_out
 from pipeline.project.errors import InfrastructureError, InputError
-from pipeline.project.params_file import apply_overrides, load_params, read_params_file, write_params
+from pipeline.project.params_file import (
+    apply_overrides,
+    get_dotted,
+    load_params,
+    read_params_file,
+    write_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -215,15 +221,6 @@ def open_run(
     return RunCheckout(workspace, scratch, ref, run_id, base, new=not tip)
 
 
-def _dotted(raw: Mapping[str, Any], key: str) -> tuple[bool, Any]:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
 def check_run(workspace: Path, commit: str, ref: str, run_id: str, overrides: Mapping[str, Any]) -> None:
     """Refuse a ref that records another run, or holds Params other than this task's ``--set``."""
     owner = git_out(workspace, "log", "-1", f"--format=%(trailers:key={RUN_TRAILER},valueonly)", commit)
@@ -232,7 +229,7 @@ def check_run(workspace: Path, commit: str, ref: str, run_id: str, overrides: Ma
     raw = read_params_file(workspace / "params.yaml")
     differ = []
     for key, value in sorted(overrides.items()):
-        present, found = _dotted(raw, key)
+        present, found = get_dotted(raw, key)
         if (present, found) != (True, value):
             held = f"the ref has {found!r}" if present else "the ref does not set it"
             differ.append(f"{key}: {held}, --set gives {value!r}")

@@ -273,3 +273,18 @@ def write_params(params: Params | dict[str, Any], path: str | os.PathLike[str] =
 
     data = params.model_dump(mode="json") if isinstance(params, Params) else params
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def get_dotted(raw: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    """``(True, value)`` at a dotted key of a raw params mapping, ``(False, None)`` where it is not set.
+
+    Example:
+        >>> get_dotted({"train": {"epochs": 2}}, "train.epochs"), get_dotted({}, "train.epochs")
+        ((True, 2), (False, None))
+    """
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node

@@ -35,7 +35,8 @@ def test_other_backends_encode_in_their_own_precision():
     with pytest.raises(ValueError, match=r"index.backend: 'onnx' runs its own graph; precision bf16 needs"):
         encoding.load_model("unused", backend="onnx", precision="bf16")
     # in params.yaml it is refused when the params are read, naming the key
-    with pytest.raises(ConfigError, match=r"index: .*precision: bf16 needs backend 'torch'"):
+    # (the error names where the value came from: here the --set override)
+    with pytest.raises(ConfigError, match=r"--set index\.precision: .*bf16 needs backend 'torch'"):
         load_params("no-such-file.yaml", {"index.backend": "openvino", "index.precision": "bf16"})
 
 
