@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline import cli
 from pipeline.cli import stages as stage_commands
 from pipeline.project.config import Params
 from pipeline.project.layout import REPORT_STAGES, STAGE_PARAMS, STAGES, Layout
+from tests.dvc_yaml import dvc_stages, entry_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -213,34 +213,14 @@ def test_each_stage_help_says_what_it_reads_and_writes(stage: str, capsys) -> No
     assert stage_commands.stage_help(stage)[0] in " ".join(run_cli(["--help"], capsys)[1].split())
 
 
-def _dvc_stages() -> dict[str, dict]:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-
-
-def _resolve(value: str) -> str:
-    params = Params().model_dump(mode="json")
-
-    def lookup(match: re.Match) -> str:
-        node = params
-        for part in match[1].split("."):
-            node = node[part]
-        return str(node)
-
-    return re.sub(r"\$\{([^}]+)\}", lookup, value)
-
-
 def _entries(spec: dict, *fields: str) -> set[str]:
-    return {
-        _resolve(next(iter(entry)) if isinstance(entry, dict) else entry)
-        for field in fields
-        for entry in spec.get(field) or []
-    }
+    return {entry_path(entry) for field in fields for entry in spec.get(field) or []}
 
 
-@pytest.mark.parametrize("stage", sorted(_dvc_stages()))
+@pytest.mark.parametrize("stage", sorted(dvc_stages()))
 def test_stage_help_agrees_with_dvc_yaml(stage: str) -> None:
     """What --help lists is what dvc.yaml declares (code aside): the help cannot drift from the pipeline."""
-    spec = _dvc_stages()[stage]
+    spec = dvc_stages()[stage]
     layout = Layout(Params(), REPO)
     reads, writes = ({layout.relative(path) for path in paths} for paths in layout.stage_files(stage))
     deps = {dep for dep in _entries(spec, "deps") if not dep.startswith("pipeline/")}

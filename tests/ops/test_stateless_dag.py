@@ -7,7 +7,6 @@ the end-to-end test calls the stage tasks' own helper (``stateless_dag.run_stage
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,7 @@ from pipeline.ops import orchestration, stateless_dag
 from pipeline.project.config import ConfigError
 from pipeline.project.layout import STAGES
 from pipeline.project.params_file import parse_override
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DAG_FILE = REPO_ROOT / "dags" / "colbert_pipeline.py"
+from tests.dag_module import load_dag_module
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +30,9 @@ def airflow_home(module_tmp_path: Path) -> Path:
     return home
 
 
-def _load_dag(monkeypatch: pytest.MonkeyPatch, name: str, **env: str) -> Any:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    spec = importlib.util.spec_from_file_location(name, DAG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture()
 def stateless_dag_module(monkeypatch: pytest.MonkeyPatch, airflow_home: Path) -> Any:
-    return _load_dag(
+    return load_dag_module(
         monkeypatch,
         "colbert_pipeline_stateless_variant",
         COLBERT_PIPELINE_STATELESS="1",
@@ -58,7 +46,7 @@ def test_stateless_dag_has_no_dvc_pool_several_runs_and_one_register_at_a_time(
     dag = stateless_dag_module.pipeline_dag
     monkeypatch.delenv("COLBERT_PIPELINE_STATELESS")
     monkeypatch.delenv("COLBERT_PIPELINE_MAX_ACTIVE_RUNS")
-    default = _load_dag(monkeypatch, "colbert_pipeline_default_variant").pipeline_dag
+    default = load_dag_module(monkeypatch, "colbert_pipeline_default_variant").pipeline_dag
     assert set(dag.task_dict) == set(default.task_dict)  # same task ids: only how they run changes
     for task_id, task in dag.task_dict.items():
         assert task.upstream_task_ids == default.task_dict[task_id].upstream_task_ids, task_id
