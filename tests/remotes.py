@@ -4,9 +4,10 @@ Both bind 127.0.0.1 on a free port, run in their own process group and are stopp
 when their ``with`` block ends, whatever happens in it: no server outlives its test. The S3 API is moto's
 standalone server (``moto[server]``), which DVC reaches through its ``s3`` remote with ``endpointurl``.
 
-Example:
-    >>> with git_daemon(tmp_path / "served") as base, s3_server(tmp_path) as endpoint:  # doctest: +SKIP
-    ...     make_bucket(endpoint, "runs")
+Used as (servers take seconds to start, so this is not a doctest; tests/ops/test_stateless.py runs it)::
+
+    with git_daemon(tmp_path / "served") as base, s3_server(tmp_path) as endpoint:
+        make_bucket(endpoint, "runs")
 """
 
 from __future__ import annotations

@@ -69,6 +69,10 @@ ENV = {
     # A task whose worker vanished is failed after 30 s without a heartbeat (default 300 s).
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+    # A task queued into a broker that then died is re-queued after 180 s in the queue (default 600 s: the
+    # broker-crash test spent 720 s of CI's 1,141 s waiting for it).
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "180",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
 }
 
 
