@@ -8,10 +8,10 @@ Runs on each ``colbert_champion`` event (the pipeline DAG's promote task), or wh
 the params ``queries_file`` and ``k``. The logic lives in ``pipeline.ops.batch_inference``.
 
 Settings (Airflow Variable first, then environment):
-    COLBERT_BATCH_QUERIES        the queries file when a run names none (relative: to the workspace); unset,
-                                 an asset-triggered run is skipped
-    COLBERT_PIPELINE_WORKSPACE   the project checkout (its params.yaml names the model and tracking URI)
-    MLFLOW_TRACKING_URI          the registry (default: the workspace's params.yaml)
+    COLBERT_PIPELINE_BATCH_QUERIES  the queries file when a run names none (relative: to the workspace);
+                                    unset, an asset-triggered run is skipped
+    COLBERT_PIPELINE_WORKSPACE      the project checkout (its params.yaml names the model and tracking URI)
+    MLFLOW_TRACKING_URI             the registry (default: the workspace's params.yaml)
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ from pipeline.project.errors import InputError
     max_active_runs=1,
     params={
         "queries_file": Param(
-            None, type=["null", "string"], description="queries file (default: COLBERT_BATCH_QUERIES)"
+            None,
+            type=["null", "string"],
+            description="queries file (default: COLBERT_PIPELINE_BATCH_QUERIES)",
         ),
         "k": Param(batch_inference.DEFAULT_K, type="integer", minimum=1, maximum=1000, description="hits"),
     },

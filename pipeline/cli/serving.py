@@ -1,8 +1,9 @@
 """``colbert-pipeline serve``: the registry alias's version over HTTP, following the alias (``ops.server``).
 
-Defaults come from the environment the deployment already sets (``COLBERT_BIND_HOST``,
-``COLBERT_SERVE_PORT``, ``COLBERT_MODEL_NAME``, as for ``python -m pipeline.ops.services``), then from
-``params.yaml`` (``register.model_name``); options win over both. It binds 127.0.0.1 unless told otherwise.
+Defaults come from the environment the deployment already sets (``COLBERT_PIPELINE_BIND_HOST``,
+``COLBERT_PIPELINE_SERVE_PORT``, ``COLBERT_PIPELINE_MODEL_NAME``, ``COLBERT_PIPELINE_MODEL_ALIAS``, as for
+``python -m pipeline.ops.services``), then from ``params.yaml`` (``register.model_name``); options win over
+both. It binds 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -23,18 +24,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--host",
-        default=os.environ.get("COLBERT_BIND_HOST") or "127.0.0.1",
-        help="address to listen on (default: $COLBERT_BIND_HOST, else 127.0.0.1)",
+        default=os.environ.get("COLBERT_PIPELINE_BIND_HOST") or "127.0.0.1",
+        help="address to listen on (default: $COLBERT_PIPELINE_BIND_HOST, else 127.0.0.1)",
     )
     parser.add_argument(
-        "--port", type=int, default=None, help="port (default: $COLBERT_SERVE_PORT, else 5001)"
+        "--port", type=int, default=None, help="port (default: $COLBERT_PIPELINE_SERVE_PORT, else 5001)"
     )
     parser.add_argument(
         "--model",
         default=None,
-        help="registered model (default: $COLBERT_MODEL_NAME, else register.model_name)",
+        help="registered model (default: $COLBERT_PIPELINE_MODEL_NAME, else register.model_name)",
     )
-    parser.add_argument("--alias", default="champion", help="the alias served and followed (champion)")
+    parser.add_argument(
+        "--alias",
+        default=os.environ.get("COLBERT_PIPELINE_MODEL_ALIAS") or "champion",
+        help="the alias served and followed (default: $COLBERT_PIPELINE_MODEL_ALIAS, else champion)",
+    )
     parser.add_argument(
         "--poll-seconds", type=float, default=10.0, help="how often the alias is looked up (default: 10)"
     )
@@ -83,7 +88,7 @@ def serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
     if args.poll_seconds <= 0:
         raise ValueError(f"--poll-seconds: must be positive, got {args.poll_seconds}")
-    port = args.port or int(os.environ.get("COLBERT_SERVE_PORT") or server.DEFAULT_PORT)
+    port = args.port or int(os.environ.get("COLBERT_PIPELINE_SERVE_PORT") or server.DEFAULT_PORT)
     uri = tracking.tracking_uri(params, project_of(args))
     # A poll against a registry that is down fails within seconds and is tried again at the next poll.
     tracking.bound_mlflow_http_retries(params.tracking.retries, params.tracking.request_timeout)
@@ -91,7 +96,7 @@ def serve(args: argparse.Namespace) -> int:
 
     mlflow.set_tracking_uri(uri)  # where versions are downloaded from
     settings = server.ServeSettings(
-        model_name=args.model or os.environ.get("COLBERT_MODEL_NAME") or params.register.model_name,
+        model_name=args.model or os.environ.get("COLBERT_PIPELINE_MODEL_NAME") or params.register.model_name,
         alias=args.alias,
         host=args.host,
         port=port,

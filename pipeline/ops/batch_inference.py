@@ -14,9 +14,11 @@ tagged with the model, version and the queries file's md5):
 
 Nothing heavy at module level: the DAG file that imports this stays cheap to parse.
 
-Example (a registry with a champion; tests/ops/test_batch_inference.py runs it for real):
-    >>> run_batch_inference(Path("queries.jsonl"), "http://mlflow:5000", "colbert-pipeline")  # doctest: +SKIP
-    {'model': 'colbert-pipeline', 'version': '3', 'queries': 300, 'hits': 3000, 'run_id': '...', ...}
+Used as (it needs a registry with a champion, so it is not a doctest; tests/ops/test_batch_inference.py
+runs it against a real tracking server)::
+
+    run_batch_inference(Path("queries.jsonl"), "http://mlflow:5000", "colbert-pipeline")
+    # {'model': 'colbert-pipeline', 'version': '3', 'queries': 300, 'hits': 3000, 'run_id': '...', ...}
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ HITS_FILE = "hits.jsonl"
 DEFAULT_K = 10
 DEFAULT_BATCH = 32
 #: The queries file's setting (an Airflow Variable or the environment) when the DAG run names none.
-QUERIES_ENV = "COLBERT_BATCH_QUERIES"
+QUERIES_ENV = "COLBERT_PIPELINE_BATCH_QUERIES"
 
 
 def read_queries(path: str | Path) -> dict[str, str]:

@@ -22,8 +22,10 @@ MaxSim, whichever its warm-up measured faster for one query and for a batch (:mo
 **Shutdown**: on SIGTERM uvicorn stops accepting, waits up to ``drain_seconds`` for the requests in flight
 (the inference thread keeps answering them), then the thread and the poller stop.
 
-Example (a registered model and a reachable registry; ``colbert-pipeline serve`` does this):
-    >>> serve(ServeSettings(model_name="colbert-pipeline", port=5001))  # doctest: +SKIP
+Used as (it serves until stopped, so it is not a doctest; ``colbert-pipeline serve`` does this, and
+tests/ops/test_serve.py runs it as a process)::
+
+    serve(ServeSettings(model_name="colbert-pipeline", port=5001))
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Reads ``metrics/eval.json`` (``register.metric`` must be there and finite, else 
 ``train.output`` (the model) and ``<index.folder>/<index.name>`` (the index built with it); logs them as one
 pyfunc (:mod:`pipeline.ops.serving`) in a ``register`` run; creates a model version of ``register.model_name``
 tagged with its lineage and benchmark; sets alias ``challenger``; moves ``champion`` to it when it wins
-(:mod:`pipeline.ops.registry`). Writes the decision to ``metrics/registry.json``.
+(:mod:`pipeline.ops.registry`). Writes the decision to ``metrics/registry.json``. Run by ``dvc repro`` or by
+hand, it also records the run (:func:`pipeline.ops.versioning.record_registered_version`: outputs pushed, a
+``refs/colbert-runs/local__<time>`` ref) so that every registered version can be reproduced.
 
 Example:
     $ colbert-pipeline register && cat metrics/registry.json
@@ -16,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.ops import lineage, promotion, registry, tracking
+from pipeline.ops import lineage, promotion, registry, tracking, versioning
 from pipeline.project.config import Params
 from pipeline.project.io import atomic_write_json
 from pipeline.project.layout import Layout
@@ -59,6 +61,11 @@ def run(params: Params, project: Path) -> dict[str, Any]:
                 "registered_model": f"{decision.model_name}/{decision.version}",
                 "promoted": str(decision.promoted).lower(),
             }
+        )
+    if decision.version:
+        # The run's ref and data remote on the version: `colbert-pipeline reproduce` can check it out.
+        versioning.record_registered_version(
+            project, decision.model_name, decision.version, tracking.tracking_uri(params, project)
         )
     summary = decision.as_dict()
     atomic_write_json(layout.registry_decision, summary)

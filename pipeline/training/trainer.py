@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from pipeline.project.config import TrainParams
+from pipeline.project.errors import require
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ class MlflowLossCallback(TrainerCallback):
     """
 
     def __init__(self, run_id: str | None = None) -> None:
+        require("pipeline.training.MlflowLossCallback", "mlops", "mlflow")
         self.run_id = run_id
 
     def on_log(

@@ -1,5 +1,5 @@
-"""Benchmark records render as Markdown (``python -m bench.render``); the README's index-benchmark tables
-are the committed records', between their markers."""
+"""Benchmark records render as Markdown (``python -m bench.render``), each with its environment; the docs
+site renders its tables from the committed records with the same function (``tests/docs/test_docs.py``)."""
 
 from __future__ import annotations
 
@@ -81,14 +81,21 @@ def test_readme_tables_are_replaced_between_the_markers(tmp_path):
         module.replace_in_readme(readme, "x")
 
 
-@pytest.mark.parametrize("name", ["index_bench.json", "index_bench_cuda.json", "encode_bench.json"])
-def test_the_committed_report_is_what_the_readme_shows(name):
-    module = _renderer()
-    record = REPO / "bench" / "records" / name
-    begin, end = module.markers(module.README_TABLES[name])
-    rendered = module.render(json.loads(record.read_text(encoding="utf-8")))
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert f"{begin}\n{rendered}\n{end}" in readme
+def test_kinds_keep_those_rows_and_the_ratio_to_peer_defaults() -> None:
+    text = _renderer().render(REPORT, kinds=["plaid at target"])
+    assert "| plaid (defaults) |" not in text
+    ratio = "| scifact (500, 50) | plaid at target | QPS vs PyLate at its defaults | 20.00 | 4.00 | 5.00 |"
+    assert ratio in text
+    assert text.startswith("**under load**") and "Environment: 2026-11-28" in text
+
+
+def test_every_record_kind_names_its_environment() -> None:
+    for path in sorted(RECORDS.glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        text = render.render(record)
+        assert "Environment: " in text and record["environment"]["python"] in text, path.name
+        if record["environment"].get("gpu"):
+            assert f"CUDA yes ({record['environment']['gpu']})" in text, path.name
 
 
 def test_the_gpu_name_is_in_the_environment_line():

@@ -97,7 +97,9 @@ def test_the_task_reads_its_settings_and_a_tsv_relative_to_the_workspace(
     (workspace / "queries.tsv").write_text("".join(f"{q}\t{t}\n" for q, t in QUERIES.items()))
     settings = {"COLBERT_PIPELINE_WORKSPACE": str(workspace), "MLFLOW_TRACKING_URI": registry.uri}
     assert batch_inference.run_configured(settings.get) is None  # no queries file: nothing to do
-    result = batch_inference.run_configured({**settings, "COLBERT_BATCH_QUERIES": "queries.tsv"}.get, k=2)
+    result = batch_inference.run_configured(
+        {**settings, "COLBERT_PIPELINE_BATCH_QUERIES": "queries.tsv"}.get, k=2
+    )
     assert (result["queries"], result["hits"], result["version"]) == (3, 6, "1")
 
 

@@ -343,7 +343,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_k(running) -> Non
 def test_the_command_serves_and_sigterm_drains_requests_in_flight(registry, tmp_path) -> None:
     _champion(registry, registry.versions[0])
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.uri, "COLBERT_MODEL_NAME": MODEL}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.uri, "COLBERT_PIPELINE_MODEL_NAME": MODEL}
     log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(
         [
@@ -353,9 +353,7 @@ def test_the_command_serves_and_sigterm_drains_requests_in_flight(registry, tmp_
             "serve",
             "--port",
             str(port),
-            "--params",
-            str(tmp_path / "none.yaml"),
-        ],
+        ],  # no params.yaml in tmp_path: the defaults (a --params naming a missing file is refused)
         cwd=tmp_path,
         env=env,
         stdout=log,
@@ -445,7 +443,7 @@ def test_limits_are_settings_and_the_command_says_their_defaults(monkeypatch) ->
     assert (limits.max_body_bytes, limits.max_k, limits.max_queries) == (1 << 20, 1000, 256)
     settings = serving_server.ServeSettings(model_name="m")
     assert (settings.host, settings.poll_seconds, settings.batching) == ("127.0.0.1", 10.0, True)
-    monkeypatch.delenv("COLBERT_BIND_HOST", raising=False)
+    monkeypatch.delenv("COLBERT_PIPELINE_BIND_HOST", raising=False)
     parser = cli.build_parser()
     args = parser.parse_args(["serve"])
     assert (args.host, args.alias, args.poll_seconds, args.batching) == ("127.0.0.1", "champion", 10.0, True)
