@@ -4,23 +4,26 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# mkdocs-material's banner about MkDocs 2.0 on every build
+export NO_MKDOCS_2_WARNING := 1
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install services run test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-render
+.PHONY: install services run docs docs-serve docs-assets test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-serve bench-render
 
 $(UV):
 	python3 -m pip install --user --quiet uv
 
-# The `deploy` extra: the Postgres and Celery/Redis drivers of the deployed platform (tests/deploy, docker/).
+# Every extra (`all`): the core library, the MLOps stack (`mlops`), Airflow (`airflow`) and the Postgres and
+# Celery/Redis drivers of the deployed platform (`deploy`: tests/deploy, docker/).
 # --compile-bytecode: every stage, DVC and Airflow task is a fresh Python process; where
 # PYTHONDONTWRITEBYTECODE is set (as on this project's machines) each one otherwise compiles its imports
 # again (`import pipeline.training.trainer, pipeline.models, mlflow`: 17 s, 7.4 s with the .pyc files).
-$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra deploy --compile-bytecode
+$(VENV)/.installed: pyproject.toml uv.lock pipeline/__init__.py | $(UV)
+	$(UV) sync --frozen --all-extras --compile-bytecode
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,6 +43,12 @@ services:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$packages >/dev/null; \
 	  else echo "make services: the tests need$$missing: apt-get install$$packages" >&2; exit 1; fi; \
 	fi
+
+# The deployed stack's settings: docker/compose.yaml reads docker/.env into every service (env_file), and Compose
+# refuses a missing one. The first time, the documented example (every setting commented out: the defaults)
+# becomes it; an existing docker/.env is never overwritten. Then: docker compose -f docker/compose.yaml up -d
+docker/.env:
+	cp docker/.env.example $@
 
 # The main job: every stage on the offline sample (prepare, baseline, train, evaluate, index, register).
 run: install
@@ -74,6 +83,8 @@ quality-arguana: install
 # bench-quality: PyLate trained and scored on DATASET's test set, into bench/records/peer/runs/<DATASET>
 # (quality-* above run the same module into reports/beir/ for the quality report).
 # bench-pylate-tests: PyLate's own tests against pipeline, from an unpacked PyLate sdist: PYLATE=DIR.
+# bench-serve: `colbert-pipeline serve` under load on loopback (a tiny SciFact champion, cached in
+# bench/.cache/serve/): latency at concurrency 1, 4 and 16 with and without batching, RSS over up to 10,000 requests (a time bound may come first).
 # bench-render: every record as Markdown tables.
 DATASET ?= scifact
 bench-index: install
@@ -88,6 +99,9 @@ bench-quality: install
 bench-pylate-tests: install
 	@test -n "$(PYLATE)" || { echo "make bench-pylate-tests PYLATE=DIR: DIR is a PyLate checkout or unpacked sdist" >&2; exit 2; }
 	$(PY) -m bench.pylate_tests $(PYLATE) $(BENCH_ARGS)
+
+bench-serve: install
+	$(PY) -m bench.serve $(or $(BENCH_ARGS),--record bench/records/serve_load.json)
 
 bench-render: install
 	$(PY) -m bench.render $(BENCH_ARGS)
@@ -106,6 +120,19 @@ exp-%: install
 	$(VENV)/bin/dvc exp run $$($(CP) experiments --set-arguments $(or $(EXP_CONFIGS_$*),configs/$*.yaml) --set quality.output=reports/experiments/$* $(foreach s,$(EXP_SET),--set $(s))) -n $(or $(EXP_NAME),$*-$$(date +%Y%m%d-%H%M%S)) evaluate quality; \
 	  status=$$?; git checkout -- params.yaml; exit $$status
 
+# The docs site (mkdocs.yml, docs/): built offline and strict into site/; its benchmark tables and params
+# reference are rendered from bench/records/, reports/ and the params schema while it builds (docs/hooks.py).
+# docs-assets: the README's parts that MkDocs cannot render (the headline table and the quality plot), from the
+# same records; tests/docs/test_docs.py fails when they are stale.
+docs: install
+	$(VENV)/bin/mkdocs build --strict
+
+docs-serve: install
+	$(VENV)/bin/mkdocs serve --strict -a 127.0.0.1:8000
+
+docs-assets: install
+	$(PY) docs/hooks.py readme
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -115,17 +142,29 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Unit tests, the package's docstring examples, the slow end-to-end tier, the fault-injection suite
+# Unit tests (tests/docs builds the docs site with `mkdocs build --strict` and checks its figures against
+# bench/records/), the package's docstring examples, the slow end-to-end tier, the fault-injection suite
 # (tests/faults: stages SIGKILLed under dvc repro, the MLflow server killed during register) and the deploy tier
 # (tests/deploy: PostgreSQL, Redis, MLflow, Airflow on Celery workers as processes; `services` installs what
 # is missing with apt-get as root). COLBERT_DEPLOY_REQUIRED: the deploy tier fails, never skips, here.
 # Two xdist workers, one test module each at a time (module fixtures stay whole), the longest modules first
 # (conftest.py orders them): one worker alone kept ~1 of the 2 cores busy (44 min wall, 40 min CPU on a quiet
 # machine), and the deploy tier mostly waits on services. Then `test-docker` (the image built and the compose
-# stack run for real, ~6 minutes cold): as root with room on disk; elsewhere it prints why it did not run.
+# stack run for real, ~6 minutes cold): as root with room on disk; elsewhere it prints why it did not run (on
+# CI, CI=true, only too little disk may skip it). On CI any other skip fails too (conftest.py's CI_MAY_SKIP).
+# The last lines summarise each tier (tests/tier_summary.py, from pytest's junit XML and the docker output).
+RESULTS := .test-results
 test: lint services
-	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m "not repro" -n 2 --dist loadscope --no-loadscope-reorder --durations=40
-	COLBERT_TEST_DOCKER_OPTIONAL=1 docker/test-docker.sh
+	@mkdir -p $(RESULTS); rm -f $(RESULTS)/pytest.xml $(RESULTS)/docker.log; docker_status=; \
+	COLBERT_DEPLOY_REQUIRED=1 $(VENV)/bin/pytest -m "not repro" -n 2 --dist loadscope --no-loadscope-reorder \
+	  --durations=40 --junitxml=$(RESULTS)/pytest.xml; status=$$?; \
+	if [ $$status = 0 ]; then \
+	  COLBERT_TEST_DOCKER_OPTIONAL=1 docker/test-docker.sh 2>&1 | tee $(RESULTS)/docker.log; \
+	  docker_status=$${PIPESTATUS[0]}; status=$$docker_status; \
+	fi; \
+	$(PY) tests/tier_summary.py --junit $(RESULTS)/pytest.xml --docker-log $(RESULTS)/docker.log \
+	  $${docker_status:+--docker-status $$docker_status}; \
+	exit $$status
 
 # Reproducibility (not in `test`: ~15 minutes on 2 cores): two workspaces of one commit give identical DVC
 # hashes, a forced re-run gives the recorded ones, a changed input byte re-runs prepare, trials are experiments.
@@ -143,7 +182,7 @@ test-faults: lint
 # The image built and the compose stack started for real (root; starts and stops its own dockerd, builds the
 # base images from Debian packages): one DAG run through the stack, then the champion served. Also the last
 # step of `test`, which lets it pass, saying why, where the machine cannot run it (not root, under ~32 GB
-# free, no docker.io from apt-get, a daemon that does not start).
+# free, no docker.io from apt-get, a daemon that does not start); on CI (CI=true) only for too little disk.
 test-docker: install
 	docker/test-docker.sh
 
@@ -152,4 +191,4 @@ test-fast: lint
 	$(VENV)/bin/pytest -m "not slow and not deploy and not faults and not repro"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(RESULTS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 
 # Set before any Hugging Face import so no test can reach the Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,8 +20,57 @@ from pathlib import Path
 
 import pytest
 
+from tests.paths import on_ci
+
 #: Modules with these markers hold minutes-long module fixtures (a platform, a reference ``dvc repro``).
 _LONG_FIRST = ("deploy", "faults", "slow")
+
+#: Tests that may skip on CI (``CI=true``), each with why it cannot run there (node id, or a prefix of one
+#: ending in ``::`` or ``/``: every test under it). Every other skip on CI is a failure: a green CI run must
+#: mean each test ran. An entry would be, e.g., a test that needs a CUDA device (CI has none):
+#: ``"tests/library/test_x.py::test_on_cuda": "CUDA only; CI machines have no GPU"``.
+CI_MAY_SKIP: dict[str, str] = {}
+
+
+def _may_skip_on_ci(nodeid: str) -> bool:
+    return any(
+        nodeid == allowed or (allowed.endswith(("::", "/")) and nodeid.startswith(allowed))
+        for allowed in CI_MAY_SKIP
+    )
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (file, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _fail_skip_on_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turn a skip that is not on ``CI_MAY_SKIP`` into a failure when on CI (an expected failure stays)."""
+    if not report.skipped or hasattr(report, "wasxfail") or not on_ci() or _may_skip_on_ci(report.nodeid):
+        return
+    report.outcome = "failed"
+    report.longrepr = (
+        f"{report.nodeid} skipped on CI (CI=true), where every test must run: {_skip_reason(report)}. "
+        "A test that cannot run on CI goes on CI_MAY_SKIP in conftest.py, with the reason."
+    )
+
+
+# The reports are changed where they are made: under xdist a worker makes them and the controller only sees
+# the result, so a skip turned into a failure here is a failure in the summary and in the exit status alike.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    report = yield
+    _fail_skip_on_ci(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    report = yield
+    _fail_skip_on_ci(report)  # a whole module skipped (importorskip, allow_module_level)
+    return report
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,6 +97,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return module_rank[module], first_seen[module], order[id(item)]
 
     items.sort(key=key)
+    for item in items:  # the tier each test belongs to, in the junit XML (tests/tier_summary.py reads it)
+        item.user_properties.append(("tier", (*_LONG_FIRST, "fast")[rank(item)]))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -94,6 +146,8 @@ def _doctest_namespace(request: pytest.FixtureRequest, doctest_namespace: dict) 
     if request.node.name.startswith("pipeline.ops.serving"):
         model_dir, index_dir = request.getfixturevalue("doctest_search_artifacts")
         doctest_namespace.update(model_dir=model_dir, index_dir=index_dir)
+    if request.node.name.startswith("pipeline.ops.canary"):
+        doctest_namespace["workspace"] = request.getfixturevalue("doctest_canary_workspace")
     request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
 
 
@@ -124,3 +178,46 @@ def doctest_search_artifacts(tmp_path_factory) -> tuple[Path, Path]:
     index = indexes.PLAID(index_folder=str(folder / "indexes"), index_name="toy", override=True, device="cpu")
     index.add_documents(documents_ids=ids, documents_embeddings=model.encode(texts, is_query=False))
     return folder / "model", folder / "indexes" / "toy"
+
+
+@pytest.fixture(scope="session")
+def doctest_canary_workspace(
+    tmp_path_factory, doctest_search_artifacts: tuple[Path, Path], mlflow_tracking_db: str
+) -> Path:
+    """For the canary's example: a project whose prepared benchmark asks about the three documents of
+    :func:`doctest_search_artifacts`' index, and the served model over them registered as the champion of
+    ``canary-example`` in the session's store."""
+    import shutil
+
+    import mlflow
+
+    from pipeline.data.beir import BeirData
+    from pipeline.data.nano import build_nano_benchmark
+    from pipeline.ops import canary, serving
+    from pipeline.project.layout import Layout
+    from pipeline.project.params_file import load_params
+
+    workspace = tmp_path_factory.mktemp("doctest-canary")
+    shutil.copy(Path(__file__).parent / "params.yaml", workspace / "params.yaml")
+    corpus = {"koala": "Koalas eat eucalyptus leaves.", "train": "Trains run on rails.", "dune": "Dune."}
+    queries = {"q1": "what do koalas eat?", "q2": "what runs on rails?"}
+    qrels = {"q1": {"koala": 1}, "q2": {"train": 1}}
+    build_nano_benchmark(
+        BeirData(corpus=corpus, queries=queries, qrels=qrels, name="toy"),
+        Layout(load_params(workspace / "params.yaml"), workspace).benchmark,
+        n_queries=len(queries),
+        n_documents=len(corpus),
+    )
+    model_dir, index_dir = doctest_search_artifacts
+    mlflow.set_tracking_uri(mlflow_tracking_db)
+    # The artifacts (this model's, the canary's record) go under this folder: a new experiment's default is
+    # below the folder the session's store was first opened from, the checkout itself for a session fixture.
+    artifacts = (workspace / "mlruns").as_uri()
+    experiment = mlflow.create_experiment("canary-example", artifact_location=artifacts)
+    if mlflow.get_experiment_by_name(canary.EXPERIMENT) is None:
+        mlflow.create_experiment(canary.EXPERIMENT, artifact_location=artifacts)
+    with mlflow.start_run(experiment_id=experiment):
+        info = serving.log_search_model(model_dir, index_dir, k=2)
+    version = mlflow.register_model(info.model_uri, "canary-example").version
+    mlflow.MlflowClient().set_registered_model_alias("canary-example", "champion", version)
+    return workspace

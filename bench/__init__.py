@@ -7,6 +7,7 @@
 - ``python -m bench.quality`` (``make bench-quality``): PyLate trained and scored as the quality stage
   scores ours;
 - ``python -m bench.pylate_tests`` (``make bench-pylate-tests``): PyLate's own tests against ``pipeline``;
+- ``python -m bench.serve`` (``make bench-serve``): ``colbert-pipeline serve`` under load on loopback;
 - ``python -m bench.render`` (``make bench-render``): the records as Markdown tables.
 
 What they share (paths, the environment a record names, record files, workers, PyLate's venv) is

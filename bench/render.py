@@ -2,22 +2,26 @@
 
 Each record's kind is told by its shape: an index benchmark (``python -m bench.index``), an encoding
 precision comparison (``python -m bench.index.precision``), k-means build variants
-(``python -m bench.index.build``) or trainer throughput (``python -m bench.train --peer``).
+(``python -m bench.index.build``), trainer throughput (``python -m bench.train --peer``) or the served
+champion under load (``python -m bench.serve``). Every table
+comes with the environment the record names (date, cores, Python, torch, the GPU where there was one).
+
+The docs site renders its benchmark tables with :func:`render` at build time (``docs/hooks.py``, a
+``<!-- render: record NAME -->`` placeholder per table), so a page's numbers are always the committed
+record's.
 
 Usage:
     .venv/bin/python -m bench.render                                   # every record, or: make bench-render
     .venv/bin/python -m bench.render bench/records/index_bench.json    # one
-    .venv/bin/python -m bench.render bench/records/index_bench.json --readme README.md
+    .venv/bin/python -m bench.render bench/records/index_bench.json --readme FILE --marker NAME
 
-``--readme`` replaces what lies between ``<!-- index-bench:begin -->`` and ``<!-- index-bench:end -->`` in
-that file (atomically), so the page's numbers are always the committed record's; ``--marker NAME`` uses
-``<!-- NAME:begin -->`` ... instead (``index-bench-gpu``: the GPU pass's record, ``bench/gpu_pass.sh``).
-"""
+``--readme`` replaces what lies between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in that file
+(atomically; ``--marker`` defaults to ``index-bench``)."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +29,6 @@ from bench.common import RECORDS
 
 MARKER = "index-bench"
 BEGIN, END = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
-#: Records whose tables the README shows, and the marker of each.
-README_TABLES = {
-    "index_bench.json": MARKER,
-    "index_bench_cuda.json": "index-bench-gpu",
-    "encode_bench.json": "encode-bench",  # `python -m bench.index --peer --kinds`: encoding only
-}
 METRICS = [
     ("encode docs/s", "encode_docs_per_s", "{:.1f}"),
     ("encode precision", "precision", "{}"),  # ours: index.precision resolved; PyLate: float32
@@ -52,14 +50,27 @@ def _index_label(row: dict[str, Any]) -> str:
     return {"plaid": "plaid (defaults)", "plaid at target": "plaid at target"}.get(row["index"], row["index"])
 
 
-def _environment_line(report: dict[str, Any]) -> str:
-    env = report["environment"]
-    return (
-        f"Environment: {env['date']}, {env['cpu']}, {env['cores']} cores, {env['ram_gib']} GiB RAM, "
-        f"load average {env['load_avg_1m']} at the start, Python {env['python']}, torch {env['torch']}, "
-        f"CUDA {'yes (' + env.get('gpu', 'GPU') + ')' if env['cuda'] else 'no'}. "
-        f"Command: `{report['command']}`"
-    )
+def environment_line(report: dict[str, Any]) -> str:
+    """Where and how a record was measured, from its ``environment`` (and its command, when it has one).
+
+    Index records name the load at the start, trainer records the load at the end and torch's threads;
+    a record with a GPU names it.
+    """
+    env = report.get("environment") or {}
+    parts = [str(env.get("date", "date not recorded")), str(env.get("cpu", "?"))]
+    parts += [f"{env['cores']} cores"] if "cores" in env else []
+    parts += [f"{env['ram_gib']} GiB RAM"] if "ram_gib" in env else []
+    if "load_avg_1m" in env:
+        parts.append(f"load average {env['load_avg_1m']} at the start")
+    elif "load_avg_1m_at_end" in env:
+        parts.append(f"load average {env['load_avg_1m_at_end']} at the end")
+    parts += [f"Python {env['python']}"] if "python" in env else []
+    parts += [f"torch {env['torch']}"] if "torch" in env else []
+    parts += [f"{env['torch_threads']} torch threads"] if "torch_threads" in env else []
+    cuda = env.get("cuda", "gpu" in env)
+    parts.append(f"CUDA {'yes (' + env.get('gpu', 'GPU') + ')' if cuda else 'no'}")
+    line = "Environment: " + ", ".join(parts) + "."
+    return line + (f" Command: `{report['command']}`" if report.get("command") else "")
 
 
 def _index_rows(row: dict[str, Any], peer: bool) -> list[str]:
@@ -81,12 +92,19 @@ def _index_rows(row: dict[str, Any], peer: bool) -> list[str]:
     return lines
 
 
-def render_index(report: dict[str, Any]) -> str:
-    """The environment, the command, the caveat if any, and one table row per (dataset, index, metric)."""
+def render_index(report: dict[str, Any], kinds: Collection[str] | None = None, rss: bool = True) -> str:
+    """The environment, the command, the caveat if any, and one table row per (dataset, index, metric).
+
+    ``kinds`` keeps the rows of those ``index`` values only (``encode``, ``exact MaxSim``, ``plaid``,
+    ``plaid at target``; a ratio to PyLate's defaults still comes from the record's ``plaid`` rows);
+    ``rss=False`` leaves out the ``index_corpus`` memory table, and ``kinds=()`` shows that table alone.
+    """
     rows = report["rows"]
     peer = any(row.get("peer") for row in rows)
     lines = [f"**{report['note']}**", ""] if report.get("note") else []
-    lines += [_environment_line(report), ""]
+    lines += [environment_line(report), ""]
+    if kinds is not None and not kinds:
+        return "\n".join([*lines, *_rss_rows(report.get("index_corpus_rss") or [])])
     header = "| dataset (docs, queries) | index | metric | ours |" + (
         " PyLate 1.6 | ours/PyLate |" if peer else ""
     )
@@ -95,6 +113,8 @@ def render_index(report: dict[str, Any]) -> str:
     for row in rows:
         if row["index"] == "plaid" and row.get("peer"):
             defaults[row["dataset"]] = row["peer"].get("qps")
+        if kinds is not None and row["index"] not in kinds:
+            continue
         lines += _index_rows(row, peer)
         if row["index"] == "plaid at target" and defaults.get(row["dataset"]):
             base = defaults[row["dataset"]]
@@ -103,7 +123,7 @@ def render_index(report: dict[str, Any]) -> str:
                 f"QPS vs PyLate at its defaults | {row['ours']['qps']:.2f} | "
                 f"{base:.2f} | {row['ours']['qps'] / base:.2f} |"
             )
-    if report.get("index_corpus_rss"):
+    if rss and report.get("index_corpus_rss"):
         lines += ["", *_rss_rows(report["index_corpus_rss"])]
     return "\n".join(lines)
 
@@ -140,7 +160,9 @@ def render_precision(report: dict[str, Any]) -> str:
     """An encoding-precision record: speed and nDCG@10 of each encoder against the first, same run."""
     lines = [
         f"{report['dataset']}: {report['documents']} documents, {report['queries']} test queries; "
-        f"command: `{report['command']}`",
+        f"device: {report.get('device', 'cpu')}",
+        "",
+        environment_line(report),
         "",
         "| encoder | docs/s | vs float32 | nDCG@10 | vs float32 | recall@100 "
         "| nDCG@10 with float32 queries |",
@@ -161,7 +183,9 @@ def render_build(report: dict[str, Any]) -> str:
     lines = [f"**{report['note']}**", ""] if report.get("note") else []
     lines += [
         f"{report['dataset']}: {report['documents']} documents, {report['tokens']} tokens, "
-        f"{report['queries']} queries; command: `{report['command']}`",
+        f"{report['queries']} queries",
+        "",
+        environment_line(report),
         "",
         "| variant | build s | recall@10 (n_full_scores 1024) | tuned | tuned QPS | tuned recall@10 |",
         "|---|---|---|---|---|---|",
@@ -179,7 +203,11 @@ def render_build(report: dict[str, Any]) -> str:
 def render_trainers(report: dict[str, Any]) -> str:
     """A trainer-throughput record: the median samples/s of the train stage (and PyLate) per data set."""
     peer = any("peer" in row for row in report["samples_per_s_median"].values())
-    lines = [f"command: `{report['command']}`", ""]
+    settings = report.get("train") or {}
+    shown = ", ".join(
+        f"{key} {settings[key]}" for key in ("device", "precision", "batch_size") if key in settings
+    )
+    lines = [environment_line(report), ""] + ([f"Settings: {shown}.", ""] if shown else [])
     lines.append(
         f"| documents | stage samples/s |{' PyLate 1.6 samples/s | stage / PyLate |' if peer else ''}"
     )
@@ -190,8 +218,85 @@ def render_trainers(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _settings_text(settings: dict[str, Any] | None) -> str:
+    if not settings:
+        return "n/a"
+    if settings.get("mode") == "exact":
+        return f"exact MaxSim, batch {settings.get('batch_size')}"
+    return ", ".join(f"{key}={value}" for key, value in settings.items())
+
+
+def render_serve(report: dict[str, Any]) -> str:
+    """A serving load record (``python -m bench.serve``): latency per concurrency, RSS, the time split."""
+    champion, settings = report["champion"], report["settings"]
+    lines = [
+        environment_line(report),
+        "",
+        f"Champion: {champion['corpus']}, {champion['model']}; search settings the index stage chose: "
+        f"{_settings_text(champion.get('search_settings'))}. k={settings['k']}; each level at most "
+        f"{settings['requests_per_level']} requests and {settings['seconds_per_level']:.0f} s, "
+        "one query per request, loopback, the client on the same cores.",
+        "",
+        "| batching | concurrency | requests | errors | req/s | p50 ms | p95 ms | p99 ms | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["runs"]:
+        cells = [_cell(row.get(key), "{:.1f}") for key in ("rps", "p50_ms", "p95_ms", "p99_ms")]
+        lines.append(
+            f"| {'on' if row['batching'] else 'off'} | {row['concurrency']} | {row['requests']} | "
+            f"{row['errors']} | {' | '.join(cells)} | {row['mean_batch']:.2f} |"
+        )
+    rss = report.get("rss") or {}
+    if rss:
+        reached = "" if rss.get("reached_target") else " (the time bound came first)"
+        samples = ", ".join(f"{n}: {mib:.0f}" for n, mib in rss["samples"])
+        lines += [
+            "",
+            f"Server RSS (batching on): {rss['before_mib']:.0f} MiB before the first request, "
+            f"{rss['after_mib']:.0f} MiB after {rss['requests']} requests{reached}, {rss['errors']} errors "
+            f"(requests: MiB after them: {samples}).",
+        ]
+    split = report.get("breakdown") or {}
+    if split:
+        lines += [
+            "",
+            "Where a query's time goes in the served model (in process, no server; ms per query, the fastest "
+            f"of {split.get('repeats', 'n')} calls, its parts timed inside it; encoding in "
+            f"{split.get('precision')}):",
+            "",
+            "| queries per call | encode | search | rest of the pyfunc | whole pyfunc | JSON answer "
+            "| whole pyfunc, median call |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, name in (("single", "1"), ("batch16", "16")):
+            row = split[label]
+            keys = ("encode_ms", "search_ms", "other_ms", "pyfunc_ms", "json_ms", "median_pyfunc_ms")
+            lines.append(f"| {name} | {' | '.join(_cell(row.get(key), '{:.2f}') for key in keys)} |")
+    fit = split.get("search_fit")
+    if fit:
+        times = fit["ms_per_query"]
+        lines += [
+            "",
+            f"Search settings the server fitted at warm-up (ms per query, tuned / exact MaxSim): one query "
+            f"{times['single_tuned']:.0f} / {times['single_exact']:.0f}, so {fit['single']}; "
+            f"a batch of 16 {times.get('batch_tuned', 0):.0f} / {times.get('batch_exact', 0):.0f}, "
+            f"so {fit['batch']}.",
+        ]
+    decision = report.get("batching") or {}
+    if decision.get("lowers_p95") is not None:
+        p95 = decision["p95_ms_at_max_concurrency"]
+        verdict = "lowers" if decision["lowers_p95"] else "does not lower"
+        lines += [
+            "",
+            f"Batching {verdict} p95 at the highest concurrency: "
+            f"{p95['on']:.0f} ms on, {p95['off']:.0f} ms off.",
+        ]
+    return "\n".join(lines)
+
+
 #: How to tell a record's kind (a key only it has), and its renderer.
 RENDERERS: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]]] = [
+    (lambda r: r.get("benchmark") == "serve_load", render_serve),
     (lambda r: "samples_per_s_median" in r, render_trainers),
     (lambda r: isinstance(r.get("variants"), dict), render_build),
     (lambda r: any("variant" in row for row in r.get("rows", [])), render_precision),
@@ -199,11 +304,12 @@ RENDERERS: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]
 ]
 
 
-def render(report: dict[str, Any]) -> str:
-    """A record as Markdown, by its kind (see :data:`RENDERERS`)."""
+def render(report: dict[str, Any], **options: Any) -> str:
+    """A record as Markdown, by its kind (see :data:`RENDERERS`); ``options`` go to an index record's
+    renderer (:func:`render_index`: ``kinds``, ``rss``)."""
     for recognizes, renderer in RENDERERS:
         if recognizes(report):
-            return renderer(report)
+            return renderer(report, **options) if options else renderer(report)
     raise ValueError("not a benchmark record this module renders")
 
 
@@ -226,7 +332,7 @@ def main() -> None:
     parser.add_argument(
         "--marker",
         default=MARKER,
-        help="the markers' name (index-bench-gpu: the GPU pass; encode-bench: the encoding-only run)",
+        help="the markers' name (default: index-bench)",
     )
     args = parser.parse_args()
     if args.readme and len(args.records) != 1:

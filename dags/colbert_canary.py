@@ -7,7 +7,7 @@
 
 The logic lives in ``pipeline.ops.canary``. Settings: ``COLBERT_PIPELINE_WORKSPACE`` and
 ``MLFLOW_TRACKING_URI`` (Airflow Variable first, then environment), as for the pipeline DAG;
-``COLBERT_CANARY_QUERIES`` (default 8).
+``COLBERT_PIPELINE_CANARY_QUERIES`` (default 8).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def colbert_canary() -> None:
                 settings.workspace,
                 orchestration.resolve_tracking_uri(settings),
                 model_name=model_name,
-                n_queries=int(lookup("COLBERT_CANARY_QUERIES") or canary.DEFAULT_QUERIES),
+                n_queries=int(lookup("COLBERT_PIPELINE_CANARY_QUERIES") or canary.DEFAULT_QUERIES),
             )
         except (canary.CanaryFailed, orchestration.OrchestrationError) as error:
             raise AirflowFailException(str(error)) from None

@@ -17,11 +17,18 @@ Settings (Airflow Variable first, then environment):
     COLBERT_PIPELINE_RUNNER      dvc (default) | cli
     COLBERT_PIPELINE_HF_OFFLINE  1 (default) | 0: let stages reach the Hugging Face Hub
     COLBERT_PIPELINE_DVC_REMOTE  the DVC remote (by name) the outputs are pushed to; default: the workspace's
+    COLBERT_PIPELINE_TASK_CLONE  stateless mode: the worker's clone a task starts from (default: workspace)
     MLFLOW_TRACKING_URI          default: the workspace's params.yaml, else sqlite:///<workspace>/mlruns.db
 Parse-time settings (environment only, so parsing never touches the metadata database):
     COLBERT_PIPELINE_SCHEDULE    cron or preset (default @weekly; "none" for manual runs only)
     COLBERT_PIPELINE_RETRIES     retries per task (default 2, exponential backoff)
     COLBERT_PIPELINE_GPU_STAGES  comma-separated stages on the gpu queue and pool (default: train)
+    COLBERT_PIPELINE_STATELESS   1: each stage task runs `colbert-pipeline task STAGE --run <run id>` from the
+                                 worker's own clone (COLBERT_PIPELINE_TASK_CLONE) over the
+                                 git remote, DVC remote and MLflow; no DVC pool, several runs at once,
+                                 register in the one-slot pool `colbert_register` (docs/stateless.md).
+                                 Default 0.
+    COLBERT_PIPELINE_MAX_ACTIVE_RUNS  runs at once in stateless mode (default 4; always 1 otherwise)
     COLBERT_PIPELINE_NOTIFY_TO   comma-separated e-mail addresses told of each run's failure or success
                                  (SMTP provider's notifier; none: no e-mails)
     COLBERT_PIPELINE_NOTIFY_FROM sender (default: the SMTP connection's from_email)
@@ -41,8 +48,9 @@ import pendulum
 from airflow.sdk import Asset, Param, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline.ops import notify, orchestration
+from pipeline.ops import notify, orchestration, stateless_dag
 from pipeline.ops.dag_shared import CHAMPION, lookup
+from pipeline.ops.promotion import Decision
 from pipeline.project.config import ConfigError
 from pipeline.project.layout import STAGES
 from pipeline.project.params_file import check_tracked_inputs, load_params, read_params_file
@@ -53,6 +61,8 @@ DAG_ID = "colbert_pipeline"
 #: DVC allows one ``repro`` per workspace (its lock): every DVC task shares this one-slot pool.
 DVC_POOL = "colbert_dvc_workspace"
 GPU_POOL = "gpu"
+#: Stateless mode: the register tasks of all runs take turns (two runs never promote at once).
+REGISTER_POOL = "colbert_register"
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "default"
 
@@ -62,6 +72,10 @@ GPU_STAGES = frozenset(
     name.strip() for name in os.environ.get("COLBERT_PIPELINE_GPU_STAGES", "train").split(",") if name.strip()
 )
 NOTIFY = notify.NotifySettings.from_environ(os.environ)
+STATELESS = stateless_dag.stateless_from_env()
+MAX_ACTIVE_RUNS = stateless_dag.max_active_runs_from_env(STATELESS)
+#: The pool of the tasks that touch the shared workspace; none in stateless mode (Airflow's default pool).
+WORKSPACE_POOL = None if STATELESS else DVC_POOL
 
 #: Upper bounds per stage on the offline sample's scale up to a real GPU run; a hung stage is stopped.
 STAGE_TIMEOUTS = {
@@ -103,7 +117,7 @@ def _restore_params_and_fail_parent(context: Any) -> None:
     """on_failure_callback of a stage task: undo this run's params overrides, mark its MLflow run FAILED."""
     ti = context["ti"]
     update = ti.xcom_pull(task_ids="validate_params")
-    if update:
+    if update and not update.get("stateless"):
         orchestration.restore_params(update)
     parent = ti.xcom_pull(task_ids="start_mlflow_run")
     if parent:
@@ -121,11 +135,57 @@ def _reapply_run_params(update: dict[str, Any] | None = None) -> None:
     when a failure had put them back and the task was then cleared (or retried) by hand."""
     if update is None:
         update = get_current_context()["ti"].xcom_pull(task_ids="validate_params")
-    if update:
+    if update and not update.get("stateless"):
         try:
             orchestration.reapply_params(update)
         except ConfigError as error:  # the file was edited since: running would ignore either side
             raise AirflowFailException(str(error)) from None
+
+
+def _run_in_workspace(stage: str, parent_run_id: str) -> orchestration.StageResult:
+    """Shared-workspace mode: `dvc repro --single-item STAGE` (or the stage's CLI) in the workspace."""
+    settings = _settings()
+    _reapply_run_params()
+    return orchestration.run_stage(
+        stage,
+        settings,
+        parent_run_id=parent_run_id,
+        tracking_uri=orchestration.resolve_tracking_uri(settings),
+        emit=logging.getLogger(f"colbert_pipeline.{stage}").info,
+    )
+
+
+def _stage_pool(stage: str) -> str | None:
+    """GPU stages: the gpu pool; the rest: the DVC pool, or in stateless mode none (register: its own)."""
+    if stage in GPU_STAGES:
+        return GPU_POOL
+    if STATELESS and stage == "register":
+        return REGISTER_POOL
+    return WORKSPACE_POOL
+
+
+def _run_stateless(stage: str, parent_run_id: str) -> orchestration.StageResult:
+    """Stateless mode: `colbert-pipeline task STAGE --run <run id> --set ...` from the worker's clone."""
+    context = get_current_context()
+    settings = _settings()
+    update = context["ti"].xcom_pull(task_ids="validate_params") or {}
+    result = stateless_dag.run_stage(
+        stage,
+        context["run_id"],
+        update.get("overrides") or {},
+        stateless_dag.clone_of(settings, lookup),
+        parent_run_id,
+        orchestration.resolve_tracking_uri(settings),
+        emit=logging.getLogger(f"colbert_pipeline.{stage}").info,
+        extra_env=stateless_dag.task_environment(lookup),
+    )
+    return orchestration.StageResult(
+        stage=stage,
+        skipped=bool(result.get("skipped")),
+        outputs=dict(result.get("outputs") or {}),
+        mlflow_run_id=None,
+        seconds=float(result.get("seconds") or 0.0),
+    )
 
 
 def _stage_task(stage: str):
@@ -134,28 +194,24 @@ def _stage_task(stage: str):
 
     @task(
         task_id=stage,
-        pool=GPU_POOL if on_gpu else DVC_POOL,
+        pool=_stage_pool(stage),
         queue=GPU_QUEUE if on_gpu else DEFAULT_QUEUE,
         execution_timeout=STAGE_TIMEOUTS.get(stage, timedelta(hours=2)),
         outlets=STAGE_OUTLETS.get(stage, []),
         on_failure_callback=_restore_params_and_fail_parent,
-        doc_md=f"Runs the `{stage}` stage (`dvc repro --single-item {stage}`) in a child process.",
+        doc_md=(
+            f"Runs `colbert-pipeline task {stage} --run <run id>` from the worker's clone in a child process."
+            if STATELESS
+            else f"Runs the `{stage}` stage (`dvc repro --single-item {stage}`) in a child process."
+        ),
     )
     def run(parent_run_id: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
         # ``upstream`` is the previous stage's XCom: taking it orders the chain and records what it left.
         if upstream:
             logger.info("after %s: %s", upstream["stage"], upstream["outputs"] or "no tracked outputs")
-        settings = _settings()
-        _reapply_run_params()
-        stage_logger = logging.getLogger(f"colbert_pipeline.{stage}")
         try:
-            result = orchestration.run_stage(
-                stage,
-                settings,
-                parent_run_id=parent_run_id,
-                tracking_uri=orchestration.resolve_tracking_uri(settings),
-                emit=stage_logger.info,
-            )
+            run_one = _run_stateless if STATELESS else _run_in_workspace
+            result = run_one(stage, parent_run_id)
         except orchestration.StageFailed as failure:
             if failure.permanent:  # bad input: a retry would fail the same way
                 raise AirflowFailException(str(failure)) from None
@@ -192,17 +248,21 @@ DAG_PARAMS = {
 }
 
 
-@task(pool=DVC_POOL)
+@task(pool=WORKSPACE_POOL)
 def validate_params() -> dict[str, Any]:
-    """Validate this run's Params against params.yaml; write changed keys into it for DVC to see."""
+    """Validate this run's Params against params.yaml; write changed keys into it for DVC to see (in
+    stateless mode only validate: each task writes them into its own checkout of the run's ref)."""
     context = get_current_context()
     settings = _settings()
     try:
         current = read_params_file(settings.params_path)
         source = (current.get("prepare") or {}).get("source", "sample")
         overrides = orchestration.overrides_from_dag_params(context["params"], source)
-        if settings.runner == "dvc":  # an input DVC does not watch would never re-run anything
-            check_tracked_inputs(load_params(settings.params_path, overrides), settings.workspace)
+        if settings.runner == "dvc" or STATELESS:  # an input DVC does not watch would never re-run anything
+            params = load_params(settings.params_path, overrides, overrides_source=orchestration.RUN_OVERRIDE)
+            check_tracked_inputs(params, settings.workspace)
+        if STATELESS:
+            return stateless_dag.validated(overrides)
         update = orchestration.apply_run_overrides(settings.params_path, overrides, run_key=context["run_id"])
     except ConfigError as error:  # names the key; retrying cannot fix it
         raise AirflowFailException(str(error)) from None
@@ -221,10 +281,15 @@ def start_mlflow_run(params_update: dict[str, Any]) -> str:
     )
 
 
-@task(pool=DVC_POOL, on_failure_callback=_restore_params_and_fail_parent)
+@task(pool=WORKSPACE_POOL, on_failure_callback=_restore_params_and_fail_parent)
 def record_run(params_update: dict[str, Any], register_result: dict[str, Any]) -> dict[str, Any]:
-    """Push outputs, commit params.yaml + dvc.lock to this run's ref, tag the version; restore params."""
+    """Push outputs, commit params.yaml + dvc.lock to this run's ref, tag the version; restore params.
+    In stateless mode each task already pushed its outputs and the ref: this only says so."""
     context = get_current_context()
+    if params_update.get("stateless"):
+        ref = stateless_dag.run_ref(context["run_id"])
+        logger.info("stateless run: every task recorded itself on %s", ref)
+        return {"ref": ref, "recorded_by": "task", "params_restored": False}
     settings = _settings()
     _reapply_run_params(params_update)  # the ref must hold the params this run ran with
     version = None if register_result.get("skipped") else orchestration.read_registry(settings).version
@@ -242,10 +307,9 @@ def decide_promotion(register_result: dict[str, Any]) -> str:
         # DVC skipped register: no new version exists, and registry.json is the last run's decision.
         logger.info("promotion decision: KEEP CHAMPION: register was unchanged, no new model version")
         return "keep_champion"
-    settings = _settings()
     try:
-        decision = orchestration.read_registry(settings)
-    except (OSError, ValueError) as error:
+        decision = _decision()
+    except (OSError, ValueError, ConfigError) as error:
         raise AirflowFailException(str(error)) from None
     logger.info(
         "promotion decision: %s (version %s): %s",
@@ -256,13 +320,22 @@ def decide_promotion(register_result: dict[str, Any]) -> str:
     return "promote" if decision.promoted else "keep_champion"
 
 
+def _decision() -> Decision:
+    """The register stage's decision: from the workspace, or in stateless mode from the run's ref."""
+    settings = _settings()
+    if STATELESS:
+        clone = stateless_dag.clone_of(settings, lookup)
+        return stateless_dag.read_run_decision(clone, get_current_context()["run_id"], lookup)
+    return orchestration.read_registry(settings)
+
+
 def _finish(parent_run_id: str, register_result: dict[str, Any], outcome: str) -> dict[str, Any]:
     settings = _settings()
     if register_result.get("skipped"):
         version, reason = None, "register unchanged (DVC skipped it): no new model version"
         model_name = None
     else:
-        decision = orchestration.read_registry(settings)
+        decision = _decision()
         version, reason, model_name = decision.version, decision.reason, decision.model_name
     orchestration.finish_parent_run(
         settings,
@@ -304,7 +377,7 @@ def keep_champion(parent_run_id: str, register_result: dict[str, Any]) -> dict[s
     schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=MAX_ACTIVE_RUNS,
     default_args=DEFAULT_ARGS,
     tags=["colbert", "mlops", "dvc", "mlflow"],
     doc_md=__doc__,

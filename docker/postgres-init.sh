@@ -3,7 +3,7 @@
 # beside Airflow's metadata database (POSTGRES_DB).
 set -euo pipefail
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-    -v mlflow_password="$MLFLOW_DB_PASSWORD" <<'SQL'
+    -v mlflow_password="$COLBERT_PIPELINE_MLFLOW_DB_PASSWORD" <<'SQL'
 CREATE ROLE mlflow LOGIN PASSWORD :'mlflow_password';
 CREATE DATABASE mlflow OWNER mlflow;
 SQL

@@ -15,5 +15,6 @@ and ``layout`` names every artifact they read and write. Modules are imported on
 
 from __future__ import annotations
 
+#: The one version source: the wheel's metadata (hatch) and `colbert-pipeline --version` read it.
 __version__ = "0.1.0"
 __all__ = ["__version__"]

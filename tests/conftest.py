@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+from tests.paths import require_shared_data
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` beside the checkout; tests that need it skip with a reason when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real IR data not found at {SHARED_DATA} (clone the project beside ../shared)")
-    return SHARED_DATA
+    """``../shared/data`` beside the checkout: off CI a test that needs it skips with the reason when it is
+    absent, on CI it fails (tests/paths.py)."""
+    return require_shared_data()
 
 
 @pytest.fixture(scope="module")

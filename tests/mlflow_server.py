@@ -3,10 +3,10 @@
 Shared by the registry tests, the Airflow DAG test and the pipeline end-to-end test, so all of them talk to a
 tracking server over HTTP exactly as a deployment does (REST client, proxied artifact uploads, retries).
 
-Example:
-    >>> from tests.mlflow_server import running_mlflow_server  # doctest: +SKIP
-    >>> with running_mlflow_server(tmp_path) as uri:  # doctest: +SKIP
-    ...     MlflowClient(tracking_uri=uri).search_experiments()
+Used as (a server takes seconds to start, so this is not a doctest; the registry tests run it)::
+
+    with running_mlflow_server(tmp_path) as uri:
+        MlflowClient(tracking_uri=uri).search_experiments()
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.project.codedeps import ImportGraph, rewrite_dvc_yaml
+from tests.dvc_yaml import dvc_stages, entry_path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "pipeline"
@@ -188,14 +188,11 @@ def covered(file: str, deps: list[str]) -> bool:
     return any(file == dep or file.startswith(dep.rstrip("/") + "/") for dep in deps)
 
 
-def dvc_stages() -> dict[str, dict]:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-
-
 @pytest.mark.parametrize("stage", sorted(dvc_stages()))
 def test_dvc_yaml_lists_every_file_its_stage_imports(stage: str) -> None:
     spec = dvc_stages()[stage]
-    assert spec["cmd"].split()[:2] == ["colbert-pipeline", stage]
+    # `.venv/bin/dvc repro` must work with the venv off PATH: the project's .venv is the fallback.
+    assert spec["cmd"] == f'PATH="$PATH:$DVC_ROOT/.venv/bin" colbert-pipeline {stage}'
     deps = [d for d in spec.get("deps", []) if isinstance(d, str) and d.startswith("pipeline")]
     missing = sorted(f for f in stage_closure_files(stage) if not covered(f, deps))
     assert not missing, f"dvc.yaml stage {stage!r} does not depend on {missing}"
@@ -208,22 +205,8 @@ def test_the_closure_is_real() -> None:
     assert "pipeline/project/report.py" not in stage_closure_files("train")
 
 
-def _resolve(value: str) -> str:
-    from pipeline.project.config import Params
-
-    params = Params().model_dump(mode="json")
-
-    def lookup(match: re.Match) -> str:
-        node = params
-        for part in match[1].split("."):
-            node = node[part]
-        return str(node)
-
-    return re.sub(r"\$\{([^}]+)\}", lookup, value)
-
-
 def _paths(entries: list) -> set[str]:
-    return {_resolve(next(iter(e)) if isinstance(e, dict) else e) for e in entries or []}
+    return {entry_path(e) for e in entries or []}
 
 
 @pytest.mark.parametrize("stage", sorted(dvc_stages()))

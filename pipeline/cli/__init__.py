@@ -12,10 +12,13 @@ Example:
     $ colbert-pipeline report                      # reports/quality.md and plots from every scored result
     $ colbert-pipeline demo                        # encode a few texts with the offline model and rerank them
     $ colbert-pipeline search "who wrote Dune?"    # top hits from the registry's champion and its index
+    $ colbert-pipeline serve --port 5001           # the champion over HTTP, following promotions
     $ colbert-pipeline status                      # the champion: version, metrics, data/model/index hashes
     $ colbert-pipeline reproduce champion --into /tmp/champion   # its run's checkout, pulled and verified
     $ colbert-pipeline experiments                 # DVC experiments: differing params and nDCG@10
     $ colbert-pipeline dvc-deps --check            # are dvc.yaml's code dependencies current?
+    $ colbert-pipeline task train --run nightly-42  # one stage of a run, anywhere (the shared remotes only)
+    $ colbert-pipeline --version                   # the installed version (pipeline.__version__)
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from pipeline.cli import experiments, registry, stages, tools
+from pipeline import __version__
+from pipeline.cli import experiments, registry, serving, stages, task, tools
 from pipeline.project.errors import EXIT_CODES, classify
 
 # The CLI is offline unless the user says otherwise: the default model ships with the package.
@@ -35,12 +40,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DESCRIPTION = "Fine-tune, evaluate, index and ship ColBERT models: pipeline stages, registry, experiments."
 #: The command groups, in the order ``--help`` lists them.
-GROUPS = (tools, stages, registry, experiments)
+GROUPS = (tools, stages, task, registry, serving, experiments)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with a one-line usage error (exit 2), like every other user error of the CLI.
+
+    argparse prints the whole usage first: for a stage that is several lines before the one that matters.
+    Subcommands' parsers are of this class too (``add_subparsers`` makes its parsers of the parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="colbert-pipeline", description=DESCRIPTION)
+    parser = Parser(prog="colbert-pipeline", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.add_commands(commands)
@@ -49,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse blames the top-level parser; the command's own --help is where the options are
+        Parser(prog=f"{parser.prog} {args.command}").error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -63,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("pipeline.cli").exception("colbert-pipeline %s crashed", args.command)
         else:  # bad input or a failing service: one line that names the cause
             label = "error" if kind == "input" else "unavailable"
-            print(f"colbert-pipeline {args.command}: {label}: {error}", file=sys.stderr)
+            print(f"colbert-pipeline {args.command}: {label}: {one_line(error)}", file=sys.stderr)
         stages.write_result(
             {
                 "stage": args.command,
@@ -74,3 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
         )
         return EXIT_CODES[kind]
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line: a user (or a log grep) reads one line per failure."""
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())

@@ -10,9 +10,18 @@ from pipeline.cli.common import add_params_arguments, load, project_of
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    search_parser = commands.add_parser("search", help="answer a query from the champion model and its index")
-    search_parser.add_argument("text", help="the query")
-    search_parser.add_argument("--k", type=int, default=None, help="hits to return (default: register.k)")
+    search_parser = commands.add_parser(
+        "search", help="answer queries from the champion model and its index: ids, scores and texts"
+    )
+    search_parser.add_argument("text", nargs="+", help="the query (several: one answer each)")
+    search_parser.add_argument(
+        "-k", "--k", dest="k", type=int, default=None, help="hits to return (default: register.k)"
+    )
+    search_parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON array [{"id", "score", "text"}, ...] per query, one per line',
+    )
     search_parser.add_argument(
         "--model-uri",
         default=None,
@@ -40,17 +49,41 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def search(args: argparse.Namespace) -> int:
-    """Answer one query from a registered model (the champion by default) and print the hits."""
+    """Answer queries from a registered model (the champion by default) and print the hits.
+
+    Text: per query a header, then per hit its rank, id and score, and under it its text cut to one line.
+    ``--json``: per query one line, a JSON array of ``{"id", "score", "text"}`` (``text`` whole, as served;
+    ``null`` for a version packed without texts), for scripts.
+    """
     from pipeline.ops import serving
 
+    if args.k is not None and args.k < 1:
+        raise ValueError(f"-k: must be at least 1, got {args.k}")
     params = load(args)
     project = project_of(args)
     uri = args.model_uri or serving.default_model_uri(params)
-    answer = serving.search(params, project, [args.text], k=args.k, model_uri=uri)
-    print(f"{uri}: {args.text}")
-    for place, (doc_id, score) in enumerate(zip(answer["ids"][0], answer["scores"][0], strict=True), start=1):
-        print(f"  {place:>3}. {doc_id}  score={score:.3f}")
+    answer = serving.search(params, project, args.text, k=args.k, model_uri=uri)
+    for row, query in zip(serving.hits(answer), args.text, strict=True):
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False))
+            continue
+        print(f"{uri}: {query}")
+        for place, hit in enumerate(row, start=1):
+            print(f"  {place:>3}. {hit['id']}  score={hit['score']:.3f}")
+            if hit["text"] is not None:
+                print(f"       {one_line(hit['text'])}")
     return 0
+
+
+def one_line(text: str, width: int = 100) -> str:
+    """``text`` on one line: whitespace runs collapsed, cut to ``width`` characters with an ellipsis.
+
+    Example:
+        >>> one_line("a  long   text", width=8)
+        'a long …'
+    """
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1].rstrip() + " …"
 
 
 def status(args: argparse.Namespace) -> int:

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import json
 import os
+import re
 from pathlib import Path
 
-from pipeline.cli.common import add_params_arguments, load, project_of
+from pipeline.cli.common import DEFAULT_PARAMS, add_params_arguments, load, params_path, project_of
 from pipeline.project.layout import RESULT_FILE_ENV
+
+STAGES_DIR = Path(__file__).resolve().parents[1] / "stages"
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     from pipeline.project.layout import REPORT_STAGES, STAGES
 
     for stage in (*STAGES, *REPORT_STAGES):
-        stage_parser = commands.add_parser(stage, help=f"run the {stage} stage")
+        purpose, files = stage_help(stage)
+        stage_parser = commands.add_parser(
+            stage,
+            help=purpose,
+            description=f"The {stage} stage: {purpose}",
+            epilog=files,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_params_arguments(stage_parser)
         stage_parser.set_defaults(handler=run_stage)
     validate_parser = commands.add_parser(
@@ -31,16 +42,46 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     summary_parser.set_defaults(handler=summary)
 
 
+def stage_help(stage: str) -> tuple[str, str]:
+    """A stage's purpose and the files and params it reads and writes, for its ``--help``.
+
+    Both come from where they are defined, so the help cannot drift: the purpose is the first line of the
+    stage module's docstring (read, not imported: a stage imports torch), the files are
+    :meth:`~pipeline.project.layout.Layout.stage_files` and the params
+    :data:`~pipeline.project.layout.STAGE_PARAMS` (a test checks both against dvc.yaml).
+    """
+    from pipeline.project.config import Params
+    from pipeline.project.layout import STAGE_PARAMS, Layout
+
+    docstring = ast.get_docstring(ast.parse((STAGES_DIR / f"{stage}.py").read_text(encoding="utf-8"))) or ""
+    first = docstring.split("\n", 1)[0].replace("``", "")
+    purpose = re.sub(rf"^{stage}: ", "", first).rstrip(".")
+    layout = Layout(Params(), Path.cwd())
+    reads, writes = (", ".join(map(layout.relative, paths)) for paths in layout.stage_files(stage))
+    params = ", ".join(STAGE_PARAMS[stage])
+    files = [
+        f"reads:   {reads or '-'}",
+        f"params:  {params} (a change re-runs the stage under dvc repro)" if params else "params:  -",
+        f"writes:  {writes or '-'} and an MLflow run",
+        f"Paths as the default {DEFAULT_PARAMS} sets them: {layout.relative(layout.inputs)} is prepare.data "
+        "(the local inputs); the others follow prepare.output, train.output, index.folder, quality.output.",
+    ]
+    return purpose, "\n".join(files)
+
+
 def run_stage(args: argparse.Namespace) -> int:
     """Validate params, then run one stage in this process; print its outputs and write its result file."""
+    from pipeline.project.io import mark_stage_started
     from pipeline.project.layout import STAGE_IO, Layout
+
+    mark_stage_started(args.command)  # tests/faults: a kill after this landed inside the stage
 
     params = load(args)
     project = project_of(args)
     if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: DVC must watch every input this stage reads
         from pipeline.project.params_file import check_tracked_inputs
 
-        check_tracked_inputs(params, project, args.params)
+        check_tracked_inputs(params, project, params_path(args))
     module = importlib.import_module(f"pipeline.stages.{args.command}")
     summary = module.run(params, project)
     print(json.dumps({"stage": args.command, **summary}, indent=2, default=str))
@@ -126,14 +167,35 @@ def summary(args: argparse.Namespace) -> int:
 
         remote = find_remote(project)
         lines.append(
-            f"outputs:  .venv/bin/dvc push  (to DVC remote {remote.name!r}: {remote.url})"
+            f"outputs:  dvc push  (to DVC remote {remote.name!r}: {remote.url})"
             if remote
             else "outputs:  not pushed: no DVC remote (dvc remote add -d storage <url>, then dvc push)"
         )
     from pipeline.ops.tracking import tracking_uri
 
-    lines.append(
-        f"MLflow:   .venv/bin/mlflow ui --backend-store-uri {tracking_uri(params, project)} --host 127.0.0.1"
-    )
+    lines.append(f"MLflow:   mlflow ui --backend-store-uri {tracking_uri(params, project)} --host 127.0.0.1")
+    if hint := activation_hint(project):
+        lines.append(f"          ({hint})")
     print("\n".join(lines))
     return 0
+
+
+def activation_hint(project: Path) -> str | None:
+    """How to get the commands above on PATH, when this environment's are not (None when they are).
+
+    The commands are printed as a user types them, not as ``.venv/bin/...`` paths; where this interpreter's
+    scripts are not what the shell finds (``.venv/bin/colbert-pipeline summary`` without the venv active),
+    the line says how to activate it.
+    """
+    import shutil
+    import sys
+
+    scripts = Path(os.path.abspath(sys.executable)).parent  # not resolved: .venv may be a link, say so
+    found = shutil.which("mlflow")
+    if not (scripts / "activate").is_file() or (found and Path(found).parent.resolve() == scripts.resolve()):
+        return None  # not a venv (nothing to activate), or its scripts are already what PATH finds
+    try:
+        shown = scripts.relative_to(project.resolve())
+    except ValueError:
+        shown = scripts
+    return f"run them in this environment: source {shown / 'activate'}"

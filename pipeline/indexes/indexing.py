@@ -53,7 +53,7 @@ def index_corpus(
         ids: One id (str or int) per document, in the same order.
         index: A :mod:`pipeline.indexes` index; documents are added to what it already holds.
         chunk_size: Documents encoded and added per step: one chunk's embeddings are held at a time (the
-            README's index benchmark measures peak RSS for 10x the documents; it still grows a little).
+            index benchmark, docs/benchmarks.md, measures peak RSS for 10x the documents: it grows a little).
         batch_size: Encoder batch size.
         show_progress: Show a progress bar over documents.
         on_chunk: Called with each chunk's ids and embeddings once they are added (the index stage keeps

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 #: Points per k-means distance block on CPU. fast-plaid's FastKMeans computes distances in blocks of
 #: 51,200 points x every centroid in float32: 800 MiB at the 4,096 centroids of a 500-document build, 1.6 GiB
-#: at 8,192, the peak of the whole build. 8,192 points bound it to a sixth (measured in the README); each
+#: at 8,192, the peak of the whole build. 8,192 points bound it to a sixth (measured: docs/history.md); each
 #: point's nearest centroid and the centroid sums are the same, only computed in more, smaller blocks.
 CPU_KMEANS_CHUNK = 8192
 
@@ -67,8 +67,8 @@ def fast_plaid_kmeans(points: int | None, centroids: int | None) -> Iterator[Non
 #: 16 * sqrt(120 * documents) documents, which on corpora of a few thousand documents is all of them (~100
 #: points per centroid): k-means was 40% of a SciFact build. 25 points per centroid built in 0.70x the time
 #: at the same recall at PLAID's defaults, 12.5 cost a quarter of the tuned QPS; 32 keeps a margin (FAISS
-#: warns below 39) and cost the tuned search about a fifth of its QPS in one run (README, "Where PLAID's
-#: build time goes").
+#: warns below 39) and cost the tuned search about a fifth of its QPS in one run (docs/benchmarks.md,
+#: "Where PLAID's build time goes").
 DEFAULT_POINTS_PER_CENTROID = 32
 
 

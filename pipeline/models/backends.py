@@ -45,7 +45,7 @@ def check_backend(backend: str, key: str = "index.backend") -> None:
         if missing:
             raise ValueError(
                 f"{key}: {backend!r} needs {', '.join(missing)}, which is not installed "
-                f"(install {extra!r}; with this project's lock it is not installable: see README)"
+                f"(install {extra!r}; with this project's lock it is not installable: see docs/indexes.md)"
             )
 
 

@@ -7,3 +7,8 @@
 - ``services``: the deployment's service commands (the compose stack and tests/deploy run the same);
 - ``run_params``, ``orchestration``, ``runner``: what the Airflow DAG does; its supervised stage processes.
 """
+
+from pipeline.project.errors import require
+
+# mlflow and dvc (and DVC's hashing library) come with the `mlops` extra, not with the core library.
+require(__name__, "mlops", "mlflow", "dvc", "dvc_data")

@@ -12,12 +12,16 @@ champions on, so the same queries are asked of every champion.
 
 Nothing heavy is imported at module level: the DAG file that imports this stays cheap to parse.
 
-Example:
-    The example needs a running MLflow server and a workspace (tests/deploy runs it for real):
-
-    >>> from pipeline.ops import canary  # doctest: +SKIP
-    >>> canary.run_canary(Path("/workspace"), "http://mlflow:5000")  # doctest: +SKIP
-    {'model': 'colbert-pipeline', 'version': '3', 'new': {'answered': 8, 'p50_ms': 41.2, ...}, ...}
+Example (the doctests provide ``workspace``, a project whose prepared benchmark asks about the three documents
+of a registered champion, ``canary-example`` v1, in a throwaway SQLite store; tests/deploy runs the canary
+DAG against the platform's MLflow server):
+    >>> import mlflow
+    >>> result = run_canary(workspace, mlflow.get_tracking_uri(), "canary-example", n_queries=2)
+    >>> result["version"], result["previous"], result["new"]["answered"], result["new"]["recall_at_10"]
+    ('1', None, 2, 1.0)
+    >>> run = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list")[0]
+    >>> run.data.tags["canary.passed"], run.data.metrics["new_answered"]
+    ('true', 2.0)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the two DAG files in ``dags/`` share: the champion asset and how a task reads its settings.
+"""What the DAG files in ``dags/`` share: the champion asset and how a task reads its settings.
 
 It lives in the package, not in ``dags/``, so it imports the same way in a scheduler, a worker, a test's
 ``DagBag`` and the docker image, whatever the dags folder is. Only the DAG files import it (it needs Airflow).
@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 
-from airflow.sdk import Asset, Variable
+from pipeline.project.errors import require
+
+require(__name__, "airflow", "airflow")
+
+from airflow.sdk import Asset, Variable  # noqa: E402
 
 #: Emitted by the pipeline DAG's ``promote`` task; the canary DAG is scheduled on it.
 CHAMPION = Asset(name="colbert_champion", uri="x-colbert-pipeline://registry/champion")

@@ -35,9 +35,10 @@ from pipeline.project.errors import PipelineError
 from pipeline.project.params_file import flatten
 
 PARAMS_FILE = "params.yaml"
-#: The README block that ``colbert-pipeline experiments --readme`` regenerates.
+#: The block of a Markdown file that ``colbert-pipeline experiments --readme FILE`` regenerates.
 README_BEGIN, README_END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
-#: The README block that ``colbert-pipeline experiments --quality --readme`` regenerates.
+#: The block that ``colbert-pipeline experiments --quality --readme FILE`` regenerates (the docs site
+#: renders the same table from the snapshot while it builds: docs/hooks.py).
 QUALITY_BEGIN, QUALITY_END = "<!-- quality-experiments:begin -->", "<!-- quality-experiments:end -->"
 #: Metrics shown when none are asked for: the benchmark's, then each quality row's (see default_metrics).
 QUALITY_PREFIX = "quality."

@@ -85,10 +85,13 @@ def compute_md5(path: Path, project: Path | None = None) -> str:
         >>> _ = (folder / "b.txt").write_text("ignored\\n"); compute_md5(folder, project) == before
         True
     """
+    # DVC's public Python API (dvc.api: open/read/params_show/DVCFileSystem ...) reads what a repo tracks;
+    # it has no call that hashes a path, tracked or not, without recording it (`dvc add`/`commit` would
+    # write .dvc files or the cache). So the hash comes from dvc_data, the library DVC itself hashes with
+    # (declared in the `mlops` extra, bounded by dvc's own pin); the file systems are dvc.fs's.
+    from dvc.fs import LocalFileSystem, MemoryFileSystem
     from dvc_data.hashfile.build import build
     from dvc_data.hashfile.db import HashFileDB
-    from dvc_objects.fs.local import LocalFileSystem
-    from dvc_objects.fs.memory import MemoryFileSystem
 
     ignore = _ignore_filter(project) if project is not None else None
     odb = HashFileDB(MemoryFileSystem(), "/lineage-odb")
@@ -100,6 +103,7 @@ def _ignore_filter(project: Path) -> Any | None:
     """DVC's own filter for ``<project>/.dvcignore`` (None without one): what DVC leaves out of a hash."""
     if not (Path(project) / ".dvcignore").is_file():
         return None
+    # DVC's own .dvcignore rules (dvc.ignore): dvc.api has no call that applies them to a path.
     from dvc.fs import LocalFileSystem as DvcLocalFileSystem
     from dvc.ignore import DvcIgnoreFilter
 

@@ -43,6 +43,7 @@ from typing import Any
 from pipeline.ops import lineage
 from pipeline.ops.promotion import Decision
 from pipeline.ops.run_params import (  # noqa: F401  (the DAG's entry points, re-exported)
+    RUN_OVERRIDE,
     ParamsUpdate,
     apply_run_overrides,
     overrides_from_dag_params,
@@ -50,6 +51,7 @@ from pipeline.ops.run_params import (  # noqa: F401  (the DAG's entry points, re
     restore_params,
 )
 from pipeline.ops.runner import ancestors, run_process
+from pipeline.ops.versioning import RECORDER_ENV
 from pipeline.project.config import DEFAULT_PARAMS_FILE
 from pipeline.project.errors import RETRYABLE, InputError, PipelineError, kind_of_exit_code
 from pipeline.project.layout import RESULT_FILE_ENV, STAGES, Layout
@@ -238,10 +240,18 @@ def stage_command(stage: str, settings: Settings) -> list[str]:
 
 
 def stage_environment(
-    settings: Settings, parent_run_id: str | None, tracking_uri: str | None
+    settings: Settings,
+    parent_run_id: str | None,
+    tracking_uri: str | None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The child's environment: this one, plus MLflow, the parent run, offline Hub and unbuffered output."""
+    """The child's environment: this one, plus MLflow, the parent run, offline Hub and unbuffered output.
+
+    ``extra_env`` comes last (a stateless task names its run's ref there). Unless it says otherwise, the
+    register stage leaves recording the run to the DAG's own ``record_run`` task.
+    """
     env = dict(os.environ)
+    env.setdefault(RECORDER_ENV, "dag")
     bin_dir = str(Path(sys.executable).parent)
     # dvc.yaml's ``cmd: colbert-pipeline <stage>`` must find the project's console script.
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
@@ -263,6 +273,7 @@ def stage_environment(
             env[name] = "1"
         else:
             env.pop(name, None)
+    env.update(extra_env or {})
     return env
 
 
@@ -303,6 +314,7 @@ def run_stage(
     tracking_uri: str | None = None,
     emit: Callable[[str], None] | None = None,
     tail_lines: int = 200,
+    extra_env: Mapping[str, str] | None = None,
 ) -> StageResult:
     """Run one stage in a supervised child process in the workspace, streaming its output to ``emit``.
 
@@ -324,7 +336,7 @@ def run_stage(
             seconds=0.0,
         )
     command = stage_command(stage, settings)
-    env = stage_environment(settings, parent_run_id, tracking_uri)
+    env = stage_environment(settings, parent_run_id, tracking_uri, extra_env)
     with tempfile.TemporaryDirectory(prefix=f"colbert-{stage}-") as scratch:
         result_file = Path(scratch) / "result.json"
         env[RESULT_FILE_ENV] = str(result_file)

@@ -27,7 +27,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from pipeline.ops.promotion import (
     describe_version,
     reeval_tag,
     registration_key,
+    tag_float,
 )
 from pipeline.project.config import Params
 from pipeline.project.errors import InfrastructureError
@@ -227,7 +228,7 @@ def register_and_promote(
         logger.info("registry: created %s v%s from %s", name, version.version, info.model_uri)
 
     # 3. Aliases. A failure here removes the version this call created: no half-registered version.
-    _set_aliases(client, plan, str(version.version))
+    plan = _set_aliases(client, plan, str(version.version))
     _link_index_run(client, params.tracking.experiment, lineage, name, str(version.version))
     return Decision(
         model_name=name,
@@ -368,12 +369,14 @@ def _version_tags(
     return tags
 
 
-def _set_aliases(client: Any, plan: _Plan, version: str) -> None:
-    """Challenger always, champion when promoted; on failure a version this call created is removed."""
+def _set_aliases(client: Any, plan: _Plan, version: str) -> _Plan:
+    """Challenger always, champion when promoted (and still better: :func:`settle_champion`); on failure a
+    version this call created is removed. Returns the plan as it ended."""
     try:
         client.set_registered_model_alias(plan.name, CHALLENGER, version)
         if plan.promote:
-            client.set_registered_model_alias(plan.name, CHAMPION, version)
+            plan = settle_champion(client, plan, version)
+        return plan
     except Exception as error:
         reused = plan.existing is not None
         if not reused:
@@ -383,6 +386,38 @@ def _set_aliases(client: Any, plan: _Plan, version: str) -> None:
             f"registering {plan.name}: setting aliases on v{version} failed ({error}); "
             + ("the version was removed again" if not reused else "the existing version was left as it was")
         ) from error
+
+
+def settle_champion(client: Any, plan: _Plan, version: str, rounds: int = 3) -> _Plan:
+    """Move ``champion`` to ``version``, then re-check it: two runs that finish together must not race.
+
+    Another registration that moved the alias since this one planned (or right after this one moved it)
+    keeps it when its metric on the same benchmark is at least this version's; otherwise the alias is
+    moved (back) here and read again. So the better version ends as champion whichever wrote last, and a
+    superseded decision says so (on the version's tags and in the returned plan).
+    """
+    for _ in range(rounds):
+        current = _alias(client, plan.name, CHAMPION)
+        moved = current is not None and str(current.version) not in {version, plan.champion_before or ""}
+        if moved:
+            tags = current.tags or {}
+            other = tag_float(tags, METRIC_VALUE_TAG)
+            comparable = tags.get(BENCHMARK_TAG) == (plan.benchmark or "unknown") and (
+                tags.get(METRIC_NAME_TAG) == plan.metric
+            )
+            if other is None or not comparable or other >= plan.value:
+                reason = (
+                    f"superseded: v{current.version} became champion meanwhile ({plan.metric}={other} on "
+                    f"{'the same' if comparable else 'another'} benchmark; this version: {plan.value})"
+                )
+                logger.warning("registry: %s v%s %s", plan.name, version, reason)
+                client.set_model_version_tag(plan.name, version, "promotion.decision", "not promoted")
+                client.set_model_version_tag(plan.name, version, "promotion.reason", reason[:5000])
+                return replace(plan, promote=False, reason=reason, champion_before=str(current.version))
+        elif current is not None and str(current.version) == version:
+            return plan
+        client.set_registered_model_alias(plan.name, CHAMPION, version)
+    return plan
 
 
 def _log_default(params: Params, model_dir: Path, index_dir: Path) -> Any:

@@ -13,6 +13,7 @@ Example (how a version is named on the command line):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.ops import versioning
+from pipeline.ops import dvc_remote, versioning
 from pipeline.ops.lineage import LINEAGE_PREFIX, compute_md5, read_dvc_lock
 from pipeline.ops.runner import run_process
 from pipeline.project.errors import InputError, PipelineError
@@ -32,7 +33,7 @@ from pipeline.project.params_file import load_params
 logger = logging.getLogger(__name__)
 
 #: The stages whose outputs a version's lineage names (data, model, index): pulled, and re-run by ``rerun``.
-LINEAGE_STAGES = ("prepare", "train", "index")
+LINEAGE_STAGES = versioning.LINEAGE_STAGES
 REPRODUCE_REMOTE = "colbert-reproduce"
 
 
@@ -100,17 +101,34 @@ def version_tags(
 
 
 def checkout(repo: Path, ref: str, commit: str, dest: Path) -> None:
-    """A clean clone of ``repo`` at ``commit`` (fetched through ``ref``) in ``dest`` (new or empty)."""
+    """A clean clone of ``repo`` at ``commit`` (fetched through ``ref``) in ``dest`` (new or empty).
+
+    A ref that ``repo`` lacks (a run recorded by a task, or in another clone) is fetched from its git remote:
+    ``COLBERT_PIPELINE_GIT_REMOTE`` (a remote name or URL), else ``origin``.
+    """
+    from pipeline.ops import git_remote
+
     if dest.exists() and any(dest.iterdir()):
         raise InputError(f"{dest}: the folder to reproduce into must be new or empty")
     dest.parent.mkdir(parents=True, exist_ok=True)
     _run(["git", "clone", "--quiet", "--no-checkout", str(repo), str(dest)], cwd=dest.parent)
-    try:
-        _run(["git", "fetch", "--quiet", "origin", f"+{ref}:{ref}"], cwd=dest)
-    except PipelineError as error:
+    tried = [str(repo)]
+    with contextlib.suppress(InputError):
+        tried.append(git_remote.resolve_url(repo, os.environ.get(git_remote.GIT_REMOTE_ENV)))
+    for source in dict.fromkeys(tried):
+        with contextlib.suppress(PipelineError):
+            _run(
+                ["git", "fetch", "--quiet", source, f"+{ref}:{ref}"],
+                cwd=dest,
+                env=git_remote.noninteractive_env(),
+            )
+            break
+    else:
         raise InputError(
-            f"{repo} has no ref {ref} (was the version made in another checkout?): {error}"
-        ) from None
+            f"no git repository of {', '.join(dict.fromkeys(tried))} has {ref}: push it from the clone that "
+            f"ran it (`git push origin {ref}`), or name the git remote that has it in "
+            f"{git_remote.GIT_REMOTE_ENV} (or as this clone's origin)"
+        )
     _run(["git", "checkout", "--quiet", "--detach", commit], cwd=dest)
 
 
@@ -175,7 +193,7 @@ def reproduce(
     if missing:
         raise InputError(
             f"{name} v{version} has no {' or '.join(missing)} tag: it was not registered by a recorded run "
-            "(the DAG's record_run task tags it)"
+            "(the DAG's record_run task, a stateless task or the register stage tags it)"
         )
     url = remote_url or tags.get(versioning.DVC_REMOTE_TAG)
     if not url or (remote_url is None and tags.get(versioning.DVC_PUSHED_TAG) != "true"):
@@ -186,7 +204,11 @@ def reproduce(
     dest = Path(dest).resolve()
     checkout(Path(repo).resolve(), tags[versioning.RUN_REF_TAG], tags[versioning.RUN_COMMIT_TAG], dest)
     dvc = versioning.dvc_executable()
-    _run([dvc, "remote", "add", "--local", "--force", "--default", REPRODUCE_REMOTE, url], cwd=dest)
+    # This clone's remote of that URL brings its options (an S3 endpoint, a profile) along; else the URL.
+    known = dvc_remote.find_by_url(Path(repo), url)
+    dvc_remote.configure(
+        dest, REPRODUCE_REMOTE, known or dvc_remote.DataRemote(REPRODUCE_REMOTE, {"url": url})
+    )
     _run([dvc, "pull", "--remote", REPRODUCE_REMOTE, *LINEAGE_STAGES], cwd=dest)
     checks = verify(dest, tags)
     report: dict[str, Any] = {

@@ -30,10 +30,12 @@ from typing import Any
 from pipeline.project.config import ConfigError
 from pipeline.project.io import atomic_write_text
 from pipeline.project.layout import STATE_DIR
-from pipeline.project.params_file import load_params, read_params_file, write_overrides
+from pipeline.project.params_file import get_dotted, load_params, read_params_file, write_overrides
 
 logger = logging.getLogger(__name__)
 
+#: How an error names a value this run set (``DAG run override train.epochs: ...``).
+RUN_OVERRIDE = "DAG run override"
 #: DAG ``Param`` name -> the params.yaml key it overrides (``data_path`` depends on the source).
 DAG_PARAM_KEYS = {
     "base_model": "train.base_model",
@@ -98,15 +100,6 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
 
 
-def _get_dotted(raw: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
 def apply_run_overrides(params_path: Path, overrides: Mapping[str, Any], run_key: str) -> ParamsUpdate:
     """Validate ``overrides`` against ``params_path``; write the changed ones into it atomically.
 
@@ -115,9 +108,10 @@ def apply_run_overrides(params_path: Path, overrides: Mapping[str, Any], run_key
     ``run_key``) so ``restore_params`` can put it back when the run fails. Raises ``ConfigError`` naming the
     key for a bad override, before anything is written.
     """
-    load_params(params_path, dict(overrides))  # raises ConfigError naming the key (and missing paths)
+    # Raises ConfigError naming the key (and missing paths), a bad value as the run's, not params.yaml's.
+    load_params(params_path, dict(overrides), overrides_source=RUN_OVERRIDE)
     raw = read_params_file(params_path)
-    changed = sorted(key for key, value in overrides.items() if _get_dotted(raw, key) != (True, value))
+    changed = sorted(key for key, value in overrides.items() if get_dotted(raw, key) != (True, value))
     backup: Path | None = None
     state = params_path.parent / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)

@@ -305,3 +305,23 @@ def search(
                 "(colbert-pipeline status lists the champion)"
             ) from None
         return model.predict(pd.DataFrame({QUERY_COLUMN: queries}), params={"k": k} if k else None)
+
+
+def hits(answer: pd.DataFrame) -> list[list[dict[str, Any]]]:
+    """Per query of a :class:`ColBERTSearchModel` answer, its hits ``{"id", "score", "text"}``, best first.
+
+    ``text`` is ``None`` for a version packed without texts. What ``search --json`` prints and the
+    batch-inference DAG writes.
+
+    Example:
+        >>> hits(pd.DataFrame({"query": ["q"], "ids": [["d1"]], "scores": [[1.5]], "texts": [["one"]]}))
+        [[{'id': 'd1', 'score': 1.5, 'text': 'one'}]]
+    """
+    texts = answer["texts"] if "texts" in answer.columns else [None] * len(answer)
+    return [
+        [
+            {"id": str(doc_id), "score": float(score), "text": None if words is None else words[place]}
+            for place, (doc_id, score) in enumerate(zip(ids, scores, strict=True))
+        ]
+        for ids, scores, words in zip(answer["ids"], answer["scores"], texts, strict=True)
+    ]

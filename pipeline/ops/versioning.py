@@ -17,6 +17,7 @@ Example (a ref name from an Airflow run id):
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.project.errors import InfrastructureError, InputError
+from pipeline.project.errors import InfrastructureError, InputError, PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,16 @@ DVC_REMOTE_TAG = "colbert.dvc_remote"
 DVC_PUSHED_TAG = "colbert.dvc_pushed"
 #: Who commits a run's ref when the workspace's git has no identity configured.
 FALLBACK_IDENTITY = {"name": "colbert-pipeline", "email": "colbert-pipeline@localhost"}
+#: The stages whose outputs a version's lineage names (data, model, index): what a recorded run must push.
+LINEAGE_STAGES = ("prepare", "train", "index")
+#: Who records the run a register stage belongs to: ``dag`` (the DAG's ``record_run`` task), ``task`` (a
+#: stateless task, whose ref and data remote come in the two settings below), unset: the stage itself
+#: (``dvc repro``, ``make run``, ``colbert-pipeline register``).
+RECORDER_ENV = "COLBERT_PIPELINE_RUN_RECORDER"
+RUN_REF_ENV = "COLBERT_PIPELINE_RUN_REF"
+RUN_REMOTE_URL_ENV = "COLBERT_PIPELINE_RUN_DVC_REMOTE_URL"
+#: A DVC remote named in the workspace's config to push to (unset: its default remote); the DAG's too.
+DVC_REMOTE_ENV = "COLBERT_PIPELINE_DVC_REMOTE"
 
 # Airflow run ids hold ':' (invalid in git refs); everything else must already be a valid ref component.
 _REF_UNSAFE = re.compile(r"[:]")
@@ -183,7 +194,8 @@ def is_git_checkout(workspace: Path) -> bool:
     return completed.returncode == 0
 
 
-def _identity_env(workspace: Path, env: dict[str, str]) -> dict[str, str]:
+def identity_env(workspace: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with a fallback committer for a workspace whose git names none (a bare worker)."""
     # Use the workspace's configured identity; a bare worker may have none, and commit-tree needs one.
     for role in ("AUTHOR", "COMMITTER"):
         for field in ("name", "email"):
@@ -208,7 +220,7 @@ def commit_run(workspace: Path, run_id: str, message: str) -> RunRef:
         index = Path(scratch) / "index"
         if (git_dir / "index").exists():
             shutil.copyfile(git_dir / "index", index)  # keeps git's stat cache: add -A rehashes only changes
-        env = _identity_env(workspace, {**os.environ, "GIT_INDEX_FILE": str(index)})
+        env = identity_env(workspace, {**os.environ, "GIT_INDEX_FILE": str(index)})
         if not (git_dir / "index").exists():
             _git(workspace, "read-tree", "HEAD", env=env)
         _git(workspace, "add", "-A", ".", env=env)
@@ -284,3 +296,95 @@ def record_run(
         "version": version,
         "tags": tags,
     }
+
+
+def local_run_id(now: datetime.datetime | None = None) -> str:
+    """The id of a run no orchestrator named (``dvc repro``): ``local__<UTC time>``, like ``manual__<time>``.
+
+    Example:
+        >>> local_run_id(datetime.datetime(2026, 12, 7, 9, 30, tzinfo=datetime.UTC))
+        'local__2026-12-07T09-30-00.000000Z'
+    """
+    moment = now or datetime.datetime.now(datetime.UTC)
+    return "local__" + moment.strftime("%Y-%m-%dT%H-%M-%S.%fZ")
+
+
+def record_registered_version(
+    project: Path, model_name: str, version: str, tracking_uri: str | None
+) -> dict[str, Any] | None:
+    """Make the version a register stage just made reproducible: tag it with its run's ref and data remote.
+
+    Who records depends on who ran the stage (:data:`RECORDER_ENV`): the DAG's ``record_run`` task (nothing
+    to do here); a stateless task (its run's ref, the commit the stage ran at, the remote its inputs came
+    from); else this stage, run by ``dvc repro`` or by hand: push the lineage stages' outputs, commit the
+    workspace to a new ``local__<time>`` ref, and push that ref only to a git remote a setting names.
+    Recording never fails the stage (the version exists): a failure is one warning that says what to do.
+    A version that already names its run (registered again unchanged) keeps its tags.
+    """
+    from mlflow import MlflowClient
+
+    recorder = os.environ.get(RECORDER_ENV, "").strip()
+    if recorder == "dag":
+        return None
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_model_version(model_name, version)
+    if (found.tags or {}).get(RUN_REF_TAG):
+        return None
+    if recorder == "task":
+        tags = {
+            RUN_REF_TAG: os.environ[RUN_REF_ENV],
+            RUN_COMMIT_TAG: _git(project, "rev-parse", "HEAD"),
+            DVC_REMOTE_TAG: os.environ[RUN_REMOTE_URL_ENV],
+            DVC_PUSHED_TAG: "true",  # the task pulled every lineage output of this commit from that remote
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version, key, value)
+        return {"ref": tags[RUN_REF_TAG], "commit": tags[RUN_COMMIT_TAG], "tags": tags}
+    if not is_git_checkout(project):
+        logger.warning(
+            "%s v%s: %s is not a git checkout, so no run ref can record it", model_name, version, project
+        )
+        return None
+    try:
+        record = record_run(
+            project,
+            local_run_id(),
+            LINEAGE_STAGES,
+            model_name=model_name,
+            version=version,
+            remote_name=os.environ.get(DVC_REMOTE_ENV, "").strip() or None,
+            tracking_uri=tracking_uri,
+        )
+    except PipelineError as error:
+        logger.warning("%s v%s is registered but not reproducible: %s", model_name, version, error)
+        return None
+    if record["ref"]:
+        _push_local_ref(project, record["ref"], record["commit"], f"{model_name} v{version}")
+    return record
+
+
+def _push_local_ref(project: Path, ref: str, commit: str, label: str) -> None:
+    # Only to a remote a setting names: a `dvc repro` must never stop at a credential prompt, nor push
+    # somewhere its user did not choose.
+    from pipeline.ops import git_remote
+
+    setting = os.environ.get(git_remote.GIT_REMOTE_ENV, "").strip()
+    if not setting:
+        logger.warning(
+            "%s: its run ref %s is kept in this repository (no git remote named in %s); a clone of this "
+            "one can fetch it, and `git push origin %s` makes it reproducible from any clone",
+            label,
+            ref,
+            git_remote.GIT_REMOTE_ENV,
+            ref,
+        )
+        return
+    try:
+        url = git_remote.resolve_url(project, setting)
+        if git_remote.push(project, url, commit, ref, git_remote.Retry()):
+            logger.info("%s: pushed its run ref %s to %s", label, ref, url)
+            return
+        problem = f"{url} already has {ref} at another commit (not overwritten)"
+    except PipelineError as error:
+        problem = str(error)
+    logger.warning("%s: its run ref %s stays in this repository: %s", label, ref, problem)

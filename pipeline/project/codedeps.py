@@ -27,7 +27,16 @@ from pathlib import Path
 
 #: The CLI functions a stage process runs (its other commands import what they need inside themselves).
 CLI_STAGE_PATH = frozenset(
-    {"main", "build_parser", "add_commands", "run_stage", "write_result", "load", "add_params_arguments"}
+    {
+        "main",
+        "build_parser",
+        "add_commands",
+        "stage_help",  # add_commands builds every stage's --help, so a stage process runs it too
+        "run_stage",
+        "write_result",
+        "load",
+        "add_params_arguments",
+    }
 )
 CODE_NOTE = "# code: what `colbert-pipeline {stage}` imports (colbert-pipeline dvc-deps writes it)"
 

@@ -15,12 +15,17 @@ Example:
     >>> Params.model_validate({"train": {"epochs": "two"}})  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
     pipeline.project.config.ConfigError: params.yaml: train.epochs: Input should be a valid integer
+    >>> Params.model_validate({"train": {"epoch": 2}})
+    Traceback (most recent call last):
+    pipeline.project.config.ConfigError: params.yaml: train.epoch: unknown key; did you mean train.epochs?
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.project.errors import InputError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
+#: Where the value at a dotted key came from, for error messages: ``params.yaml``, ``configs/scifact.yaml`` or
+#: ``--set train.epochs`` (:func:`pipeline.project.params_file.load_params` tracks it per key).
+Origin = Callable[[str], str]
 
 
 class ConfigError(InputError):
@@ -54,7 +62,7 @@ class TripletsSource(Section):
     """Local JSONL / Parquet / CSV, or a Hub dataset id, with ``query, positive, negative[_i]`` columns."""
 
     path: str | None = Field(None, description="local file, or a Hugging Face dataset id (needs internet)")
-    split: str = "train"
+    split: str = Field("train", description="the split read from a Hub dataset (a local file is one split)")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="queries held out for the triplet evaluator")
 
 
@@ -64,17 +72,19 @@ class KDSource(Section):
     scores: str | None = Field(None, description="JSONL/Parquet of query_id, document_ids, scores")
     queries: str | None = Field(None, description="JSONL/Parquet of query_id, text")
     documents: str | None = Field(None, description="JSONL[.gz]/Parquet of document_id, text")
-    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="queries held out as the benchmark")
 
 
 class BeirSource(Section):
     """A local BEIR folder: training triplets with mined hard negatives, and a held-out Nano benchmark."""
 
     folder: str | None = Field(None, description="corpus.jsonl[.gz], queries.jsonl[.gz], qrels/<split>.tsv")
-    train_split: str = "train"
-    eval_split: str = "test"
+    train_split: str = Field("train", description="qrels split the training triplets come from")
+    eval_split: str = Field("test", description="qrels split the held-out benchmark is sampled from")
     negatives_per_query: int = Field(1, ge=1, description="hard negatives mined by the base model")
-    max_train_queries: int | None = Field(None, ge=1)
+    max_train_queries: int | None = Field(
+        None, ge=1, description="use only the first N training queries; None: all"
+    )
     max_positives_per_query: int | None = Field(
         None,
         ge=1,
@@ -90,8 +100,10 @@ class BeirSource(Section):
 class PrepareParams(Section):
     """``prepare``: where training data comes from and how the held-out benchmark is built."""
 
-    source: Literal["sample", "triplets", "kd", "beir"] = "sample"
-    seed: int = 42
+    source: Literal["sample", "triplets", "kd", "beir"] = Field(
+        "sample", description="where training data comes from: the offline sample or your files"
+    )
+    seed: int = Field(42, description="seeds the sample, the held-out split and the benchmark's sampling")
     on_bad_rows: Literal["error", "drop"] = Field("error", description="drop: skip and count in stats.json")
     eval_queries: int = Field(50, ge=1, description="queries in the held-out Nano benchmark")
     eval_documents: int = Field(2000, ge=10, description="documents in the held-out Nano benchmark corpus")
@@ -105,7 +117,7 @@ class PrepareParams(Section):
         description="file or folder holding every local input (sources, index.corpus, quality.dataset): "
         "a DVC dependency of prepare, index and quality, so a changed byte re-runs them",
     )
-    output: str = "data/prepared"
+    output: str = Field("data/prepared", description="folder of the prepared train/ and eval/ data")
 
     @model_validator(mode="after")
     def _source_has_its_inputs(self) -> PrepareParams:
@@ -128,22 +140,26 @@ class TrainParams(Section):
     """``train``: the fine-tuning run."""
 
     base_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", description="local folder or Hub id")
-    loss: Literal["contrastive", "cached_contrastive", "distillation"] = "contrastive"
+    loss: Literal["contrastive", "cached_contrastive", "distillation"] = Field(
+        "contrastive",
+        description="contrastive: in-batch and hard negatives; cached_contrastive: the same with GradCache "
+        "(memory bounded by mini_batch_size); distillation: KD rows (prepare.source kd)",
+    )
     temperature: float = Field(
         1.0, gt=0, description="contrastive softmax temperature (PyLate suggests trying 0.02)"
     )
     mini_batch_size: int = Field(8, ge=1, description="GradCache chunk for cached_contrastive")
     n_ways: int = Field(32, ge=2, description="distillation: documents per query (first kept, rest sampled)")
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(3e-5, gt=0)
-    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1, description="training rows per step")
+    learning_rate: float = Field(3e-5, gt=0, description="AdamW's peak learning rate")
+    epochs: int = Field(1, ge=1, description="passes over the training rows (unless max_steps stops first)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    seed: int = 42
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the steps the learning rate warms up")
+    seed: int = Field(42, description="seeds shuffling, dropout and the projection's initialisation")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: bf16/fp16 on GPU")
     save_steps: int = Field(100, ge=1, description="checkpoint every N steps (resume after a crash)")
     device: str | None = Field(None, description="cpu, cuda, ... (None: auto)")
-    output: str = "models/colbert"
+    output: str = Field("models/colbert", description="folder the trained model is saved to")
     query_length: int | None = Field(
         None, ge=1, description="query tokens in training (long queries: ArguAna); None: the model's (32)"
     )
@@ -168,8 +184,8 @@ class TrainParams(Section):
 class EvaluateParams(Section):
     """``evaluate`` and ``baseline``: NanoBEIR-style evaluation on the held-out benchmark."""
 
-    batch_size: int = Field(32, ge=1)
-    device: str | None = None
+    batch_size: int = Field(32, ge=1, description="texts encoded per batch")
+    device: str | None = Field(None, description="cpu, cuda, ... (None: auto)")
 
 
 class IndexParams(Section):
@@ -180,15 +196,15 @@ class IndexParams(Section):
         None, description="BEIR folder or corpus JSONL; None: the prepared eval corpus"
     )
     chunk_size: int = Field(2000, ge=1, description="documents encoded and added per chunk (bounds memory)")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="texts encoded per batch")
     nbits: Literal[1, 2, 4, 8] = Field(4, description="bits per residual dimension (what PLAID accepts)")
-    kmeans_niters: int = Field(4, ge=1)
+    kmeans_niters: int = Field(4, ge=1, description="k-means iterations that train PLAID's centroids")
     n_centroids: int | None = Field(
         None, ge=1, description="PLAID centroids; None: fast-plaid's rule (2^floor(log2(16 sqrt(tokens))))"
     )
-    seed: int = 42
-    device: str | None = None
-    folder: str = "indexes"
+    seed: int = Field(42, description="seeds PLAID's k-means sample")
+    device: str | None = Field(None, description="cpu, cuda, ... (None: CUDA when there is one)")
+    folder: str = Field("indexes", description="folder the index folders live in")
     recall_target: float = Field(
         0.95, gt=0, le=1, description="recall@10 vs exact MaxSim that the stored search settings must reach"
     )
@@ -221,8 +237,14 @@ class IndexParams(Section):
 class RegisterParams(Section):
     """``register``: the MLflow registry model and the promotion rule."""
 
-    model_name: str = Field("colbert-pipeline", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    metric: str = "NanoBEIR_mean_MaxSim_ndcg@10"
+    model_name: str = Field(
+        "colbert-pipeline",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="the registered model each run adds a version to",
+    )
+    metric: str = Field(
+        "NanoBEIR_mean_MaxSim_ndcg@10", description="the key of metrics/eval.json that decides promotion"
+    )
     margin: float = Field(
         0.0, ge=0, description="promote only when the metric beats the champion by this much"
     )
@@ -258,8 +280,8 @@ class QualityParams(Section):
         None, ge=1, description="ColBERT query length (tokens) when scoring; None: each model's own"
     )
     ignore_identical_ids: bool = Field(True, description="drop a hit whose id is the query's (BEIR's rule)")
-    batch_size: int = Field(32, ge=1)
-    device: str | None = None
+    batch_size: int = Field(32, ge=1, description="texts encoded per batch")
+    device: str | None = Field(None, description="cpu, cuda, ... (None: auto)")
     output: str = Field("reports", description="runs go to <output>/runs/<name>/, the report to <output>/")
 
 
@@ -267,7 +289,7 @@ class TrackingParams(Section):
     """MLflow tracking; ``MLFLOW_TRACKING_URI`` in the environment wins over ``tracking_uri``."""
 
     tracking_uri: str | None = Field(None, description="default: sqlite:///<project>/mlruns.db")
-    experiment: str = "colbert-pipeline"
+    experiment: str = Field("colbert-pipeline", description="the MLflow experiment the stages log to")
     retries: int = Field(3, ge=0, description="attempts against a tracking server that is down")
     request_timeout: float = Field(30.0, gt=0, description="seconds one MLflow HTTP request may take")
     system_metrics: bool = Field(
@@ -298,20 +320,66 @@ class Params(Section):
         return {} if value is None else value
 
     @classmethod
-    def model_validate(cls, obj: Any, *args: Any, source: str = DEFAULT_PARAMS_FILE, **kwargs: Any) -> Params:  # type: ignore[override]
+    def model_validate(  # type: ignore[override]
+        cls, obj: Any, *args: Any, source: str | Origin = DEFAULT_PARAMS_FILE, **kwargs: Any
+    ) -> Params:
+        """Validate ``obj``; a :class:`ConfigError` names each bad key and where its value came from."""
         try:
             return super().model_validate(obj, *args, **kwargs)
         except ValidationError as error:
-            raise ConfigError(_describe(error, source)) from None
+            raise ConfigError(_describe(error, source, cls)) from None
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    lines = []
+def _describe(error: ValidationError, source: str | Origin, schema: type[BaseModel]) -> str:
+    """One line (the CLI prints it as is): ``<where the value came from>: <key>: <what is wrong>``, joined."""
+    problems = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"{source}: {key}: {message}")
-    return "\n".join(lines)
+        problems.append(f"{origin_label(source, key)}: {_problem(item, schema)}")
+    return "; ".join(problems)
+
+
+def origin_label(source: str | Origin, key: str) -> str:
+    """``params.yaml: train.epochs`` or ``--set train.epochs``: where ``key``'s value came from, and the key.
+
+    Example:
+        >>> origin_label("configs/a.yaml", "train.seed"), origin_label(lambda k: f"--set {k}", "train.seed")
+        ('configs/a.yaml: train.seed', '--set train.seed')
+    """
+    where = source(key) if callable(source) else source
+    # ``--set prepare.source`` names the key already, or the one inside it that a section's rule is about.
+    named = where.rpartition(" ")[2] if " " in where else ""
+    return where if named == key or named.startswith(f"{key}.") else f"{where}: {key}"
+
+
+def _problem(item: Any, schema: type[BaseModel]) -> str:
+    if item["type"] == "extra_forbidden":
+        return _unknown_key([str(part) for part in item["loc"]], schema)
+    # A validator's ValueError comes back as "Value error, <its message>": the prefix says nothing to a user.
+    message = str(item["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    value = item.get("input")
+    if value is None or isinstance(value, str | int | float | bool):  # a scalar: show what was given
+        message += f" (got {value!r})"
+    return message
+
+
+def _unknown_key(loc: list[str], schema: type[BaseModel]) -> str:
+    """``unknown key; did you mean train.epochs?``: the closest keys of the same section, else all of them."""
+    section: type[BaseModel] = schema
+    for part in loc[:-1]:
+        field = section.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return "unknown key"
+        section = annotation
+    prefix = "".join(f"{part}." for part in loc[:-1])
+    names = list(section.model_fields)
+    close = difflib.get_close_matches(loc[-1], names, n=3)
+    if close:
+        return f"unknown key; did you mean {' or '.join(prefix + name for name in close)}?"
+    return f"unknown key; {prefix.rstrip('.') or 'the top level'} takes {', '.join(names)}"
 
 
 def resolve_path(value: str | os.PathLike[str], base: Path) -> Path:

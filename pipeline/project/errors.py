@@ -18,11 +18,15 @@ Example:
     (2, False, 3, True)
     >>> kind_of_exit_code(3)
     'infrastructure'
+
+A part of the package whose dependencies come with an extra refuses to import without them, naming the
+extra (:func:`require`): a missing extra is the user's to fix, so it is an ``input`` error.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib.util
 import socket
 from typing import Literal
 
@@ -71,6 +75,40 @@ class InfrastructureError(PipelineError, RuntimeError):
     """A service or the machine failed (tracking server down, disk full): transient, worth a retry."""
 
     kind: Kind = "infrastructure"
+
+
+class MissingExtraError(InputError, ModuleNotFoundError):
+    """A part of the package was imported without the extra that installs what it needs."""
+
+
+#: The distribution's name, as ``pip install`` spells it.
+DISTRIBUTION = "colbert-pipeline"
+
+
+def require(part: str, extra: str, *modules: str) -> None:
+    """Refuse ``part`` (a module, a class) unless ``modules`` are installed, naming the extra that has them.
+
+    The one check for optional dependencies: :mod:`pipeline.ops` and :mod:`pipeline.stages` call it when
+    imported. It looks the top-level modules up without importing them.
+
+    Example:
+        >>> require("pipeline.ops", "mlops", "json")  # installed: nothing happens
+        >>> try:
+        ...     require("pipeline.ops", "mlops", "json", "nope")
+        ... except ImportError as error:
+        ...     print(error)
+        pipeline.ops needs the 'mlops' extra (nope is not installed): pip install 'colbert-pipeline[mlops]'
+    """
+    missing = [name for name in modules if importlib.util.find_spec(name.partition(".")[0]) is None]
+    if not missing:
+        return
+    verb = "is" if len(missing) == 1 else "are"
+    error = MissingExtraError(
+        f"{part} needs the {extra!r} extra ({', '.join(missing)} {verb} not installed): "
+        f"pip install '{DISTRIBUTION}[{extra}]'"
+    )
+    error.name = missing[0]
+    raise error
 
 
 def classify(error: BaseException) -> Kind:

@@ -24,7 +24,17 @@ from typing import Any
 
 #: Fault injection (tests/faults): ``write`` or ``rename``, optionally ``:<n>`` for the n-th time (default 1).
 FAULT_ENV = "COLBERT_PIPELINE_FAULT"
+#: Fault injection: a file the stage runner creates once the stage's own code runs, so a kill from outside
+#: can be told to have landed inside the stage rather than while ``dvc repro`` was still starting.
+STARTED_ENV = "COLBERT_PIPELINE_STAGE_STARTED"
 _fault_hits: dict[str, int] = {}
+
+
+def mark_stage_started(stage: str) -> None:
+    """Write ``stage`` to the file ``STARTED_ENV`` names; a no-op unless the fault-injection suite sets it."""
+    marker = os.environ.get(STARTED_ENV)
+    if marker:
+        Path(marker).write_text(stage)
 
 
 def fault_point(where: str) -> None:

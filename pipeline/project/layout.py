@@ -41,6 +41,39 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "report": ((), ()),
 }
 
+#: What else each stage reads and writes (Layout's property names): its metrics, plots and the local inputs.
+#: With :data:`STAGE_IO` it is the whole of a stage's files, what ``colbert-pipeline <stage> --help`` lists; a
+#: test checks the union against dvc.yaml's deps, outs, metrics and plots.
+STAGE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "prepare": (("inputs",), ("prepare_stats",)),
+    "baseline": ((), ("baseline_metrics",)),
+    "train": ((), ()),
+    "evaluate": (("baseline_metrics",), ("eval_metrics", "comparison_json", "comparison_png")),
+    "index": (("benchmark", "inputs"), ("index_metrics",)),
+    "register": (("eval_metrics",), ("registry_decision",)),
+    "quality": (("inputs",), ("quality_runs", "quality_metrics")),
+    "report": (("quality_runs",), ("quality_report", "quality_plots")),
+}
+#: The params each stage depends on (dvc.yaml's ``params:``): a change to one of them re-runs the stage.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "prepare": ("prepare",),
+    "baseline": ("train.base_model", "train.seed", "evaluate"),
+    "train": ("train",),
+    "evaluate": ("evaluate",),
+    "index": ("index",),
+    "register": ("register", "tracking", "index.precision"),
+    "quality": (
+        "quality",
+        "train.base_model",
+        "train.seed",
+        "index.nbits",
+        "index.kmeans_niters",
+        "index.n_centroids",
+        "index.seed",
+    ),
+    "report": (),
+}
+
 METRICS_DIR = "metrics"
 #: Written into the model folder by the train stage: the per-step loss, which the quality report plots.
 TRAINING_LOSS_FILE = "training_loss.json"
@@ -79,6 +112,11 @@ class Layout:
     @property
     def prepare_stats(self) -> Path:
         return self.prepared / "stats.json"
+
+    @property
+    def inputs(self) -> Path:
+        """``prepare.data``: the file or folder holding every local input (what DVC watches for them)."""
+        return resolve_path(self.params.prepare.data, self.project)
 
     # -- train ----------------------------------------------------------------------------------------
     @property
@@ -145,6 +183,14 @@ class Layout:
         return self.quality_output / "runs"
 
     @property
+    def quality_report(self) -> Path:
+        return self.quality_output / "quality.md"
+
+    @property
+    def quality_plots(self) -> Path:
+        return self.quality_output / "plots"
+
+    @property
     def quality_model(self) -> Path:
         """The fine-tuned model the quality stage scores: ``quality.model``, else the train stage's output."""
         return resolve_path(self.params.quality.model or self.params.train.output, self.project)
@@ -163,6 +209,15 @@ class Layout:
             "model": self.model,
             "index": self.index,
         }
+
+    def stage_files(self, stage: str) -> tuple[list[Path], list[Path]]:
+        """What ``stage`` reads and writes: its lineage artifacts (:data:`STAGE_IO`), then the rest."""
+        artifacts = self.artifacts()
+        (lineage_reads, lineage_writes), (reads, writes) = STAGE_IO[stage], STAGE_FILES[stage]
+        return (
+            [*(artifacts[name] for name in lineage_reads), *(getattr(self, name) for name in reads)],
+            [*(artifacts[name] for name in lineage_writes), *(getattr(self, name) for name in writes)],
+        )
 
     def relative(self, path: Path) -> str:
         """``path`` relative to the project (as dvc.yaml and dvc.lock spell it), else absolute."""

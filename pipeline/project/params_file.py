@@ -20,7 +20,14 @@ from typing import Any
 
 import yaml
 
-from pipeline.project.config import DEFAULT_PARAMS_FILE, ConfigError, Params, resolve_path
+from pipeline.project.config import (
+    DEFAULT_PARAMS_FILE,
+    ConfigError,
+    Origin,
+    Params,
+    origin_label,
+    resolve_path,
+)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -112,8 +119,12 @@ def load_params(
     *,
     overlays: list[str | os.PathLike[str]] | None = None,
     check_paths: bool = True,
+    overrides_source: str = "--set",
 ) -> Params:
     """Read, lay overlays over, override, validate; relative paths are checked against the params' folder.
+
+    An error names the key and where its value came from: the params file, the overlay that set it last, or
+    ``--set <key>`` (``overrides_source`` names what the overrides were for another caller).
 
     Args:
         path: The params file (a missing file means all defaults).
@@ -121,27 +132,69 @@ def load_params(
         overlays: YAML files with the same sections (``configs/scifact.yaml``), merged in order; a missing
             overlay is an error, unlike a missing params file.
         check_paths: Check that the configured local inputs exist.
+        overrides_source: How errors name an override's origin (``--set train.epochs: ...``).
 
     Example:
         >>> load_params("no-such-file.yaml", {"train.epochs": 3}).train.epochs
         3
+        >>> load_params("no-such-file.yaml", {"train.epochs": "two"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        pipeline.project.config.ConfigError: --set train.epochs: Input should be a valid int... (got 'two')
     """
     raw = read_params_file(path)
-    sources = [str(path)]
+    origins = Origins(str(path))
+    origins.record(raw, str(path))
     for overlay in overlays or []:
         if not Path(overlay).is_file():
             raise ConfigError(f"{overlay}: overlay file not found")
-        raw = merge_overlay(raw, read_params_file(overlay))
-        sources.append(str(overlay))
+        layer = read_params_file(overlay)
+        raw = merge_overlay(raw, layer)
+        origins.record(layer, str(overlay))
     raw = apply_overrides(raw, overrides)
-    source = " + ".join(sources)
-    params = Params.model_validate(raw, source=source)
+    for dotted in overrides or {}:
+        origins.set(dotted, f"{overrides_source} {dotted}")
+    params = Params.model_validate(raw, source=origins)
     if check_paths:
-        check_input_paths(params, base=Path(path).resolve().parent, source=source)
+        check_input_paths(params, base=Path(path).resolve().parent, source=origins)
     return params
 
 
-def check_input_paths(params: Params, base: Path, source: str = DEFAULT_PARAMS_FILE) -> None:
+class Origins:
+    """Which source set each dotted key last (the params file, an overlay, an override), for error messages.
+
+    Example:
+        >>> origins = Origins("params.yaml")
+        >>> origins.record({"train": {"epochs": 2}}, "configs/a.yaml")
+        >>> origins.set("train.seed", "--set train.seed")
+        >>> origins("train.epochs"), origins("train.seed"), origins("train"), origins("index.nbits")
+        ('configs/a.yaml', '--set train.seed', '--set train.seed', 'params.yaml')
+    """
+
+    def __init__(self, default: str) -> None:
+        self.default = default
+        self._sources: dict[str, str] = {}
+
+    def set(self, dotted: str, source: str) -> None:
+        self._sources.pop(dotted, None)  # re-inserted: the dict's order is the order sources were applied
+        self._sources[dotted] = source
+
+    def record(self, layer: Mapping[str, Any], source: str) -> None:
+        """Each key ``layer`` sets (its leaves, or a section set to a non-mapping) came from ``source``."""
+        for dotted in flatten(layer):
+            self.set(dotted, source)
+
+    def __call__(self, key: str) -> str:
+        # The key itself or a section above it (``--set train={...}``), else the last source that set a key
+        # inside it (a section-level rule such as "source is 'kd' but prepare.kd.scores is not set").
+        parts = key.split(".")
+        for end in range(len(parts), 0, -1):
+            if (found := self._sources.get(".".join(parts[:end]))) is not None:
+                return found
+        inside = [source for dotted, source in self._sources.items() if dotted.startswith(f"{key}.")]
+        return inside[-1] if inside else self.default
+
+
+def check_input_paths(params: Params, base: Path, source: str | Origin = DEFAULT_PARAMS_FILE) -> None:
     """Every local input the configured source needs must exist; Hub ids are left to the loaders."""
     for key, value, must_be_local in _input_paths(params):
         if value is None:
@@ -150,7 +203,8 @@ def check_input_paths(params: Params, base: Path, source: str = DEFAULT_PARAMS_F
         if resolved.exists():
             continue
         if must_be_local or _looks_local(value):
-            raise ConfigError(f"{source}: {key}: path {value!r} does not exist (looked at {resolved})")
+            where = origin_label(source, key)
+            raise ConfigError(f"{where}: path {value!r} does not exist (looked at {resolved})")
 
 
 def _input_paths(params: Params) -> list[tuple[str, str | None, bool]]:
@@ -222,6 +276,21 @@ def write_params(params: Params | dict[str, Any], path: str | os.PathLike[str] =
 
     data = params.model_dump(mode="json") if isinstance(params, Params) else params
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def get_dotted(raw: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    """``(True, value)`` at a dotted key of a raw params mapping, ``(False, None)`` where it is not set.
+
+    Example:
+        >>> get_dotted({"train": {"epochs": 2}}, "train.epochs"), get_dotted({}, "train.epochs")
+        ((True, 2), (False, None))
+    """
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
 
 
 def _round_trip_yaml() -> Any:

@@ -8,3 +8,8 @@ data and ops modules; nothing but the CLI's dispatch imports a stage. Their name
 :data:`pipeline.project.layout.STAGES` (the pipeline) and :data:`pipeline.project.layout.REPORT_STAGES`
 (quality, report).
 """
+
+from pipeline.project.errors import require
+
+# A stage tracks with MLflow, is versioned by DVC, scores with trec_eval and plots: the `mlops` extra.
+require(__name__, "mlops", "mlflow", "dvc", "pytrec_eval", "matplotlib")

@@ -13,6 +13,10 @@ The evaluation metrics (``eval_*``, measured on the benchmark) and the index met
 against exact MaxSim, QPS, single-query latency, measured on the corpus) are logged against the version's
 MLflow LoggedModel, each with its dataset, so MLflow's model page shows them.
 
+Run by ``dvc repro`` or by hand, it also records the run
+(:func:`pipeline.ops.versioning.record_registered_version`: outputs pushed, a
+``refs/colbert-runs/local__<time>`` ref) so that every registered version can be reproduced.
+
 Example:
     $ colbert-pipeline register && cat metrics/registry.json
 """
@@ -23,7 +27,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.ops import gate, lineage, promotion, registry, run_inputs, tracking
+from pipeline.ops import gate, lineage, promotion, registry, run_inputs, tracking, versioning
 from pipeline.project.config import Params
 from pipeline.project.io import atomic_write_json
 from pipeline.project.layout import Layout
@@ -55,12 +59,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             ),
             None,
         )
-        version_tags = {
-            key: value
-            for key, value in mlflow_run.data.tags.items()
-            if key in ("git_commit", "git_dirty", "params_hash", "register_params_hash")
-            or key.startswith(lineage.LINEAGE_PREFIX)
-        }
+        version_tags = _version_tags(mlflow_run.data.tags)
         # The score must be this model's, on this benchmark: refuse a metrics/eval.json left by another model.
         promotion.check_scored_artifacts(layout.eval_metrics, version_tags)
         decision = registry.register_and_promote(
@@ -89,6 +88,11 @@ def run(params: Params, project: Path) -> dict[str, Any]:
                 "promoted": str(decision.promoted).lower(),
             }
         )
+    if decision.version:
+        # The run's ref and data remote on the version: `colbert-pipeline reproduce` can check it out.
+        versioning.record_registered_version(
+            project, decision.model_name, decision.version, tracking.tracking_uri(params, project)
+        )
     summary = decision.as_dict()
     atomic_write_json(layout.registry_decision, summary)
     logger.info(
@@ -106,6 +110,16 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         "reason": decision.reason,
         "champion": decision.champion_after,
         "mlflow_run_id": mlflow_run.info.run_id,
+    }
+
+
+def _version_tags(run_tags: dict[str, str]) -> dict[str, str]:
+    """The register run's tags a model version carries: its commit, params hashes and lineage."""
+    return {
+        key: value
+        for key, value in run_tags.items()
+        if key in ("git_commit", "git_dirty", "params_hash", "register_params_hash")
+        or key.startswith(lineage.LINEAGE_PREFIX)
     }
 
 

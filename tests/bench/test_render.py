@@ -1,5 +1,5 @@
-"""Benchmark records render as Markdown (``python -m bench.render``); the README's index-benchmark tables
-are the committed records', between their markers."""
+"""Benchmark records render as Markdown (``python -m bench.render``), each with its environment; the docs
+site renders its tables from the committed records with the same function (``tests/docs/test_docs.py``)."""
 
 from __future__ import annotations
 
@@ -81,14 +81,21 @@ def test_readme_tables_are_replaced_between_the_markers(tmp_path):
         module.replace_in_readme(readme, "x")
 
 
-@pytest.mark.parametrize("name", ["index_bench.json", "index_bench_cuda.json", "encode_bench.json"])
-def test_the_committed_report_is_what_the_readme_shows(name):
-    module = _renderer()
-    record = REPO / "bench" / "records" / name
-    begin, end = module.markers(module.README_TABLES[name])
-    rendered = module.render(json.loads(record.read_text(encoding="utf-8")))
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert f"{begin}\n{rendered}\n{end}" in readme
+def test_kinds_keep_those_rows_and_the_ratio_to_peer_defaults() -> None:
+    text = _renderer().render(REPORT, kinds=["plaid at target"])
+    assert "| plaid (defaults) |" not in text
+    ratio = "| scifact (500, 50) | plaid at target | QPS vs PyLate at its defaults | 20.00 | 4.00 | 5.00 |"
+    assert ratio in text
+    assert text.startswith("**under load**") and "Environment: 2026-11-28" in text
+
+
+def test_every_record_kind_names_its_environment() -> None:
+    for path in sorted(RECORDS.glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        text = render.render(record)
+        assert "Environment: " in text and record["environment"]["python"] in text, path.name
+        if record["environment"].get("gpu"):
+            assert f"CUDA yes ({record['environment']['gpu']})" in text, path.name
 
 
 def test_the_gpu_name_is_in_the_environment_line():
@@ -149,3 +156,54 @@ def test_the_command_renders_every_record_or_one(tmp_path: Path) -> None:
     bad.write_text("{}")
     failed = subprocess.run([*command, str(bad)], capture_output=True, text=True, cwd=REPO, check=False)
     assert failed.returncode != 0 and "not a benchmark record" in failed.stderr
+
+
+SERVE = {
+    "benchmark": "serve_load",
+    "environment": REPORT["environment"],
+    "command": "python -m bench.serve",
+    "champion": {
+        "corpus": "1000 SciFact documents",
+        "model": "offline MiniLM ColBERT",
+        "search_settings": {"mode": "exact", "batch_size": 64},
+    },
+    "settings": {"requests_per_level": 600, "seconds_per_level": 60.0, "k": 10},
+    "runs": [
+        {
+            "batching": b,
+            "concurrency": c,
+            "requests": 600,
+            "errors": 0,
+            "rps": 10.0 * c,
+            "p50_ms": 50.0,
+            "p95_ms": p95,
+            "p99_ms": p95 + 5,
+            "mean_batch": 1.0 if not b else c / 2,
+        }
+        for b, c, p95 in ((False, 1, 60.0), (False, 16, 900.0), (True, 1, 61.0), (True, 16, 400.0))
+    ],
+    "rss": {
+        "requests": 10000,
+        "errors": 0,
+        "before_mib": 700.0,
+        "after_mib": 712.0,
+        "reached_target": True,
+        "samples": [[0, 700.0], [5000, 711.0], [10000, 712.0]],
+    },
+    "breakdown": {
+        "precision": "bf16",
+        "single": {"encode_ms": 10.0, "search_ms": 5.0, "other_ms": 3.0, "pyfunc_ms": 18.0, "json_ms": 0.1},
+        "batch16": {"encode_ms": 2.0, "search_ms": 1.0, "other_ms": 0.5, "pyfunc_ms": 3.5, "json_ms": 0.1},
+    },
+    "batching": {"p95_ms_at_max_concurrency": {"off": 900.0, "on": 400.0}, "lowers_p95": True},
+}
+
+
+def test_the_serving_record_shows_latency_rss_the_split_and_the_batching_verdict() -> None:
+    text = render.render(SERVE)
+    assert text.startswith("Environment: 2026-11-28") and "exact MaxSim, batch 64" in text
+    assert "| on | 16 | 600 | 0 | 160.0 | 50.0 | 400.0 | 405.0 | 8.00 |" in text
+    assert "| off | 1 | 600 | 0 | 10.0 | 50.0 | 60.0 | 65.0 | 1.00 |" in text
+    assert "700 MiB before the first request, 712 MiB after 10000 requests, 0 errors" in text
+    assert "| 1 | 10.00 | 5.00 | 3.00 | 18.00 | 0.10 | n/a |" in text
+    assert "Batching lowers p95 at the highest concurrency: 400 ms on, 900 ms off." in text

@@ -252,23 +252,23 @@ class Platform:
     def env(self, **extra: str) -> dict[str, str]:
         env = {
             **os.environ,
-            "COLBERT_BIND_HOST": HOST,
-            "COLBERT_POSTGRES_HOST": HOST,
-            "COLBERT_POSTGRES_PORT": str(self.ports["postgres"]),
-            "POSTGRES_PASSWORD": self.postgres_password,
-            "MLFLOW_DB_PASSWORD": self.postgres_password + "-m",
-            "COLBERT_REDIS_URL": f"redis://{HOST}:{self.ports['redis']}/0",
-            "COLBERT_AIRFLOW_API_URL": self.api_url,
-            "COLBERT_AIRFLOW_API_PORT": str(self.ports["api"]),
-            "COLBERT_MLFLOW_PORT": str(self.ports["mlflow"]),
+            "COLBERT_PIPELINE_BIND_HOST": HOST,
+            "COLBERT_PIPELINE_POSTGRES_HOST": HOST,
+            "COLBERT_PIPELINE_POSTGRES_PORT": str(self.ports["postgres"]),
+            "COLBERT_PIPELINE_POSTGRES_PASSWORD": self.postgres_password,
+            "COLBERT_PIPELINE_MLFLOW_DB_PASSWORD": self.postgres_password + "-m",
+            "COLBERT_PIPELINE_REDIS_URL": f"redis://{HOST}:{self.ports['redis']}/0",
+            "COLBERT_PIPELINE_AIRFLOW_API_URL": self.api_url,
+            "AIRFLOW__API__PORT": str(self.ports["api"]),
+            "COLBERT_PIPELINE_MLFLOW_PORT": str(self.ports["mlflow"]),
             "MLFLOW_TRACKING_URI": self.mlflow_url,
-            "COLBERT_MLFLOW_ARTIFACTS": str(self.root / "mlflow-artifacts"),
-            "COLBERT_SERVE_PORT": str(self.ports["serve"]),
-            "AIRFLOW_ADMIN_PASSWORD": self.admin_password,
-            "AIRFLOW_JWT_SECRET": self.jwt_secret,
-            "AIRFLOW_API_SECRET_KEY": self.api_secret,
+            "COLBERT_PIPELINE_MLFLOW_ARTIFACTS": str(self.root / "mlflow-artifacts"),
+            "COLBERT_PIPELINE_SERVE_PORT": str(self.ports["serve"]),
+            "COLBERT_PIPELINE_ADMIN_PASSWORD": self.admin_password,
+            "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
+            "AIRFLOW__API__SECRET_KEY": self.api_secret,
             "AIRFLOW_HOME": str(self.root / "airflow-home"),
-            "COLBERT_DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
             "COLBERT_PIPELINE_WORKSPACE": str(self.workspace),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
@@ -277,7 +277,7 @@ class Platform:
             **self.extra_env,
             **extra,
         }
-        for name in ("COLBERT_HOSTNAME", "PYTEST_CURRENT_TEST"):
+        for name in ("COLBERT_PIPELINE_HOSTNAME", "PYTEST_CURRENT_TEST"):
             if name not in extra:
                 env.pop(name, None)
         return env
@@ -442,7 +442,7 @@ class Platform:
 
     def start_worker(self, queue: str) -> Process:
         name = f"worker-{queue}"
-        return self._service(name, ["worker", "--queue", queue], COLBERT_HOSTNAME=name)
+        return self._service(name, ["worker", "--queue", queue], COLBERT_PIPELINE_HOSTNAME=name)
 
     def check_alive(self, names: list[str] | None = None) -> None:
         for name in names or list(self.services):
@@ -545,7 +545,7 @@ def main() -> int:
             f"Airflow   {platform.api_url}  (admin / {platform.admin_password})\n"
             f"MLflow    {platform.mlflow_url}\n"
             f"serve     MLFLOW_TRACKING_URI={platform.mlflow_url} "
-            f"COLBERT_SERVE_PORT={platform.ports['serve']} "
+            f"COLBERT_PIPELINE_SERVE_PORT={platform.ports['serve']} "
             "python -m pipeline.ops.services serve\n"
             f"workspace {platform.workspace}\nlogs      {platform.logs}\nCtrl-C stops everything.",
             flush=True,

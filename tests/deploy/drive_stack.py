@@ -1,7 +1,7 @@
 """Drive a running stack as an operator does: a DAG run through Airflow's REST API, the served champion.
 
 Used by ``make test-docker`` (docker/test-docker.sh) against the compose stack, and by hand against the local
-platform (README "Orchestration")::
+platform (docs/deployment.md)::
 
     python tests/deploy/drive_stack.py run --api http://127.0.0.1:8080 --password ... \
         --mlflow http://127.0.0.1:5000 --model colbert-pipeline
@@ -112,7 +112,7 @@ def serve(args: argparse.Namespace) -> int:
     request = {"dataframe_split": {"columns": ["query"], "data": [[QUERY]]}, "params": {"k": 3}}
     status, body = http_json("POST", f"{args.serve}/invocations", request, timeout=120)
     ok = status == 200 and len(body["predictions"][0]["ids"]) == 3
-    if shutil.which("curl"):  # the same question as an operator asks it (README "Orchestration")
+    if shutil.which("curl"):  # the same question as an operator asks it (docs/deployment.md)
         command = [
             "curl",
             "-s",

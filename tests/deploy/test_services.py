@@ -13,11 +13,11 @@ import pytest
 from pipeline.ops import canary, services, serving
 
 INPUTS = {
-    "COLBERT_POSTGRES_HOST": "db.local",
-    "COLBERT_POSTGRES_PORT": "6543",
-    "POSTGRES_PASSWORD": "p@ss/word",
-    "COLBERT_REDIS_URL": "redis://broker:6379/0",
-    "COLBERT_AIRFLOW_API_URL": "http://api:9090/",
+    "COLBERT_PIPELINE_POSTGRES_HOST": "db.local",
+    "COLBERT_PIPELINE_POSTGRES_PORT": "6543",
+    "COLBERT_PIPELINE_POSTGRES_PASSWORD": "p@ss/word",
+    "COLBERT_PIPELINE_REDIS_URL": "redis://broker:6379/0",
+    "COLBERT_PIPELINE_AIRFLOW_API_URL": "http://api:9090/",
     "AIRFLOW_HOME": "/srv/airflow",
 }
 
@@ -47,7 +47,7 @@ def test_the_callers_airflow_settings_win() -> None:
 
 
 def test_commands() -> None:
-    worker = services.command("worker", {"COLBERT_HOSTNAME": "w1"}, queue="gpu", concurrency=2)
+    worker = services.command("worker", {"COLBERT_PIPELINE_HOSTNAME": "w1"}, queue="gpu", concurrency=2)
     assert worker[1:] == [
         "celery",
         "worker",
@@ -61,25 +61,29 @@ def test_commands() -> None:
     ]
     with pytest.raises(services.ServiceError, match="'cpu' is not one of default, gpu"):
         services.command("worker", {}, queue="cpu")
-    api = services.command("api-server", {"COLBERT_AIRFLOW_API_PORT": "8123"})
+    api = services.command("api-server", {"AIRFLOW__API__PORT": "8123"})
     assert api[1:] == ["api-server", "--host", "127.0.0.1", "--port", "8123"]
     mlflow = services.command(
-        "mlflow", {"MLFLOW_TRACKING_URI": "http://tracking:5000", "COLBERT_MLFLOW_PORT": "5000"}
+        "mlflow", {"MLFLOW_TRACKING_URI": "http://tracking:5000", "COLBERT_PIPELINE_MLFLOW_PORT": "5000"}
     )
     assert (
         mlflow[mlflow.index("--backend-store-uri") + 1]
         == "postgresql+psycopg2://mlflow:mlflow@postgres:5432/mlflow"
     )
     assert "tracking:5000" in mlflow[mlflow.index("--allowed-hosts") + 1].split(",")
-    serve = services.command("serve", {"COLBERT_MODEL_NAME": "m", "COLBERT_SERVE_PORT": "5009"})
-    assert serve[1:6] == ["models", "serve", "-m", "models:/m@champion", "--env-manager"]
-    assert serve[serve.index("--port") + 1] == "5009"
+    serve = services.command(
+        "serve", {"COLBERT_PIPELINE_MODEL_NAME": "m", "COLBERT_PIPELINE_SERVE_PORT": "5009"}
+    )
+    assert Path(serve[0]).name == "colbert-pipeline" and serve[1] == "serve"  # follows the champion alias
+    assert serve[serve.index("--port") + 1] == "5009" and serve[serve.index("--model") + 1] == "m"
+    assert serve[serve.index("--alias") + 1] == "champion"
+    assert serve[serve.index("--host") + 1] == "127.0.0.1"
     with pytest.raises(services.ServiceError, match="unknown service 'web'"):
         services.command("web", {})
 
 
 def test_hostname_is_the_configured_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLBERT_HOSTNAME", "worker-gpu")
+    monkeypatch.setenv("COLBERT_PIPELINE_HOSTNAME", "worker-gpu")
     assert services.hostname() == "worker-gpu"
 
 
@@ -95,6 +99,38 @@ def test_env_entry_point_masks_secrets() -> None:
     assert lines["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == "***"
     assert "p%40ss" not in result.stdout and "p@ss" not in result.stdout
     assert lines["AIRFLOW__CELERY__BROKER_URL"] == "redis://broker:6379/0"
+
+
+def test_urls_follow_the_ports_unless_set() -> None:
+    env = services.environment(
+        "worker", {"AIRFLOW__API__PORT": "9090", "COLBERT_PIPELINE_MLFLOW_PORT": "5050"}
+    )
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:9090/execution/"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5050"
+    # Compose hands an unset URL over as empty: the derived default applies.
+    assert (
+        services.environment("serve", {"MLFLOW_TRACKING_URI": ""})["MLFLOW_TRACKING_URI"]
+        == "http://mlflow:5000"
+    )
+    assert services.environment("serve", INPUTS | {"MLFLOW_TRACKING_URI": "http://t:1"})[
+        "MLFLOW_TRACKING_URI"
+    ] == ("http://t:1")
+
+
+def test_an_old_variable_name_is_refused_naming_the_new_one() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.ops.services", "env", "worker"],
+        env={**INPUTS, "PATH": "/usr/bin", "AIRFLOW_FERNET_KEY": "k", "COLBERT_BIND_HOST": "0.0.0.0"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "pipeline.ops.services env: error: renamed settings (docker/.env or the environment): "
+        "AIRFLOW_FERNET_KEY is now AIRFLOW__CORE__FERNET_KEY, "
+        "COLBERT_BIND_HOST is now COLBERT_PIPELINE_BIND_HOST"
+    )
 
 
 def test_passwords_file_is_private_and_atomic(tmp_path: Path) -> None:

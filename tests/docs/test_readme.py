@@ -1,4 +1,5 @@
-"""The README's opening Python example runs as written and does what its comments say."""
+"""The README's first screen, and its Python API example (also on the docs' Getting started page) runs as
+written and does what its comments say."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+#: Where the example lives: (file, the section that holds it).
+EXAMPLES = [(README, "## Python API"), (REPO / "docs" / "getting-started.md", "## From Python")]
+
+
+def python_block(path: Path, heading: str) -> str:
+    """The first python block of the section under ``heading`` in ``path``."""
+    section = path.read_text(encoding="utf-8").split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert blocks, f"{path.name}'s {heading!r} section has no python block"
+    return blocks[0]
 
 
 def api_block() -> str:
-    section = README.read_text(encoding="utf-8").split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert blocks, "the README's Python API section has no python block"
-    return blocks[0]
+    """The README's Python API example."""
+    return python_block(*EXAMPLES[0])
 
 
 def test_readme_starts_with_the_two_setup_commands():
@@ -24,6 +34,11 @@ def test_readme_starts_with_the_two_setup_commands():
     commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines() if line.strip()]
     assert commands == ["make run", "make test"]
     assert text.index("```bash") < text.index("## ")
+
+
+def test_the_readme_and_getting_started_show_the_same_example():
+    """So running the README's block (below) runs the docs' too."""
+    assert python_block(*EXAMPLES[0]) == python_block(*EXAMPLES[1])
 
 
 def test_readme_python_example_runs_ranks_and_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):

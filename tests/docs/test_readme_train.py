@@ -1,4 +1,5 @@
-"""The README's "Train" example runs as written (in a temporary folder) and trains the model."""
+"""The docs' training example (docs/training.md, once the README's "Train" section) runs as written, in a
+temporary folder, and trains the model."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "training.md"
 
 
 def train_block() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text.split("\n## Train\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert blocks, "the README's Train section has no python block"
+    """The first python block of the page, before its first section."""
+    text = PAGE.read_text(encoding="utf-8").split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert blocks, "docs/training.md has no python block before its first section"
     return blocks[0]
 
 
@@ -25,7 +26,7 @@ def test_readme_train_block_runs_and_saves_a_trained_model(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the block writes relative folders
     namespace: dict = {}
-    exec(compile(train_block(), str(README), "exec"), namespace)
+    exec(compile(train_block(), str(PAGE), "exec"), namespace)
 
     trainer, model = namespace["trainer"], namespace["model"]
     assert trainer.state.global_step == 1

@@ -129,3 +129,20 @@ def test_dvc_push_and_pull_into_a_fresh_clone_gives_identical_outputs(workspace,
         assert tree_md5(clone / name) == tree_md5(workspace / name), name
     status = run(["dvc", "status"], clone, env)
     assert "up to date" in status.stdout.lower()
+
+
+def test_reproduce_the_champion_from_a_fresh_clone_after_dvc_repro(workspace, env, first_repro, tmp_path):
+    # The main job records its run (issue 31): a clone of this workspace, on the same tracking server, checks
+    # the champion's run out (the ref fetched from its origin) and pulls identical hashes.
+    said = first_repro.stdout + first_repro.stderr
+    assert said.count("is kept in this repository") == 1, said[-3000:]
+    clone = tmp_path / "fresh-clone"
+    run(["git", "clone", "-q", str(workspace), str(clone)], tmp_path, env)
+    into = tmp_path / "champion"
+    result = run(["colbert-pipeline", "reproduce", "champion", "--into", str(into)], clone, env)
+    report = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert report["ref"].startswith("refs/colbert-runs/local__")
+    assert {check["artifact"] for check in report["checks"]} == {"data_train", "data_eval", "model", "index"}
+    assert all(check["identical"] for check in report["checks"])
+    for name in OUTPUTS:
+        assert tree_md5(into / name) == tree_md5(workspace / name), name

@@ -1,35 +1,40 @@
 """Fault injection: every stage SIGKILLed under ``dvc repro`` at a seeded point, then recovered.
 
-One reference ``dvc repro register`` (the DAG's six stages, tiny params) gives the DVC hashes of every output.
-Then each stage is re-run with ``dvc repro --force --single-item <stage>`` in its own process group, and the
-whole group (DVC and the stage) is SIGKILLed at one of three points, drawn per stage from a seeded shuffle so
-that each point is hit twice:
+One reference ``dvc repro register`` (the DAG's six stages, tiny params) records every output (DVC hashes,
+and the metrics' values: tests/faults/outputs.py). Then each stage is re-run with ``dvc repro --force
+--single-item <stage>`` in its own process group, and the whole group (DVC and the stage) is SIGKILLed at one
+of three points, drawn per stage from a seeded shuffle so that each point is hit twice:
 
-- ``early``: after a seeded delay of 0.3-2 s, while DVC and Python are still starting;
+- ``early``: a seeded 0.3-2 s after the stage's own code started (its imports, loading its inputs);
 - ``write``: inside the stage's first atomic write (half a file, or a whole temporary folder, on disk);
 - ``rename``: just before that write's rename (for a folder: the old one already moved aside).
 
 ``write`` and ``rename`` are exact: the stage kills its own group there (``COLBERT_PIPELINE_FAULT``, see
-:func:`pipeline.project.io.fault_point`). Each time, no process of the group survives, and the next
-``dvc repro register`` completes without a lock error and leaves outputs whose DVC hashes equal the
-reference's (every output here is deterministic on CPU) and metrics with the same keys. It prints the counts.
+:func:`pipeline.project.io.fault_point`). Every kill is checked to have landed inside the stage: the stage
+runner writes a marker file once the stage's code runs (``COLBERT_PIPELINE_STAGE_STARTED``), and a kill
+without it would be ``dvc repro`` still starting, which tests DVC's recovery, not the stage's (the table
+would say so, and the test fails). Each time, no process of the group survives, and the next ``dvc repro
+register`` completes without a lock error and leaves outputs equal to the reference's: the same DVC hashes
+(every output here is deterministic on CPU) and the same metric values, timings left out by name. The table
+and its counts are what the test observed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
-from pipeline.project.io import FAULT_ENV
+from pipeline.project.io import FAULT_ENV, STARTED_ENV
 from pipeline.project.layout import STAGES
+from tests.faults.outputs import differences, record
 from tests.workspace import make_workspace, run, workspace_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -38,20 +43,7 @@ SEED = 20261128
 POINTS = ("early", "write", "rename")
 EARLY_WINDOW = (0.3, 2.0)
 TARGET = "register"  # the last stage of the DAG: `dvc repro register` runs the six, not quality/report
-
-
-def lock_outputs(workspace: Path) -> dict[str, str]:
-    stages = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
-    return {out["path"]: out["md5"] for stage in stages.values() for out in stage.get("outs") or []}
-
-
-def metric_keys(workspace: Path) -> dict[str, list[str]]:
-    """Each metrics file's keys (of a list of rows, e.g. comparison.json: every row's keys)."""
-
-    def keys(data: dict | list) -> list[str]:
-        return sorted(data) if isinstance(data, dict) else sorted({key for row in data for key in row})
-
-    return {p.name: keys(json.loads(p.read_text())) for p in sorted((workspace / "metrics").glob("*.json"))}
+STARTUP = "DVC start-up (no marker)"  # what a kill before the stage's code ran is labelled
 
 
 def group_alive(pgid: int) -> bool:
@@ -74,13 +66,14 @@ def schedule(seed: int = SEED) -> list[tuple[str, str, float]]:
 
 
 @pytest.fixture(scope="module")
-def reference(module_tmp_path: Path) -> tuple[Path, dict[str, str], dict[str, list[str]], dict[str, str]]:
+def reference(module_tmp_path: Path) -> tuple[Path, dict[str, Any], dict[str, str]]:
     root = module_tmp_path
     workspace = make_workspace(root / "project")
     env = workspace_env(f"sqlite:///{root / 'mlruns.db'}", workspace)
     env.pop(FAULT_ENV, None)
+    env.pop(STARTED_ENV, None)
     run(["dvc", "repro", TARGET], workspace, env, timeout=1200)
-    return workspace, lock_outputs(workspace), metric_keys(workspace), env
+    return workspace, record(workspace), env
 
 
 def test_schedule_hits_every_point_in_every_stage_order():
@@ -89,43 +82,90 @@ def test_schedule_hits_every_point_in_every_stage_order():
     assert sorted(point for _, point, _ in drawn) == sorted(POINTS * (len(STAGES) // len(POINTS)))
 
 
+@dataclass
+class Fault:
+    """One seeded kill and what the test saw of it and of the recovery after it."""
+
+    stage: str
+    point: str
+    killed: bool = False  # the process group ended by SIGKILL
+    outcome: str = ""  # "killed", or how it ended instead
+    in_stage: bool = False  # the stage's marker was there when the group died
+    recovery_code: int | None = None  # the next `dvc repro register`'s exit status
+    recovery_error: str = ""
+    differences: list[str] = field(default_factory=list)  # outputs unlike the reference's
+
+    @property
+    def recovered(self) -> bool:
+        return self.recovery_code == 0 and not self.differences
+
+
+def _kill_after_start(process: subprocess.Popen, marker: Path, delay: float) -> None:
+    """SIGKILL the group ``delay`` seconds after the stage's marker appears (the machine or worker dies)."""
+    deadline = time.monotonic() + 600  # bounded: a DVC that never starts the stage is killed all the same
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        process.wait(delay)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _inject(workspace: Path, env: dict[str, str], fault: Fault, delay: float, marker: Path) -> None:
+    marker.unlink(missing_ok=True)
+    fault_env = {**env, STARTED_ENV: str(marker)}
+    if fault.point != "early":
+        fault_env[FAULT_ENV] = fault.point
+    process = subprocess.Popen(
+        ["dvc", "repro", "--force", "--single-item", fault.stage],
+        cwd=workspace,
+        env=fault_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    if fault.point == "early":
+        _kill_after_start(process, marker, delay)
+    returncode = process.wait(900)
+    fault.killed = returncode == -signal.SIGKILL
+    fault.outcome = "killed" if fault.killed else f"exit {returncode}"
+    fault.in_stage = marker.is_file() and marker.read_text() == fault.stage  # written before any kill point
+    deadline = time.monotonic() + 10
+    while group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not group_alive(process.pid), f"{fault.stage}: processes survived the kill"
+
+
 def test_a_stage_killed_anywhere_recovers_to_the_same_outputs(reference) -> None:
-    workspace, expected_outputs, expected_metrics, env = reference
-    rows = []
+    workspace, expected, env = reference
+    marker = workspace.parent / "stage-started"  # outside the workspace: neither git's nor DVC's
+    faults = []
     for stage, point, delay in schedule():
-        fault_env = dict(env) if point == "early" else {**env, FAULT_ENV: point}
-        process = subprocess.Popen(
-            ["dvc", "repro", "--force", "--single-item", stage],
-            cwd=workspace,
-            env=fault_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        if point == "early":
-            try:
-                process.wait(delay)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)  # the machine or the worker dies: everything at once
-        returncode = process.wait(900)
-        killed = returncode == -signal.SIGKILL
-        deadline = time.monotonic() + 10
-        while group_alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not group_alive(process.pid), f"{stage}: processes survived the kill"
+        fault = Fault(stage, point)
+        faults.append(fault)
+        _inject(workspace, env, fault, delay, marker)
         recovered = subprocess.run(
             ["dvc", "repro", TARGET], cwd=workspace, env=env, capture_output=True, text=True, timeout=1200
         )
-        same = recovered.returncode == 0 and lock_outputs(workspace) == expected_outputs
-        same = same and metric_keys(workspace) == expected_metrics
-        rows.append((stage, point, "killed" if killed else f"exit {returncode}", same))
-        assert recovered.returncode == 0, f"{stage} @ {point}: {recovered.stderr[-2000:]}"
-        assert lock_outputs(workspace) == expected_outputs, f"{stage} @ {point}: outputs differ"
-        assert metric_keys(workspace) == expected_metrics, f"{stage} @ {point}: metrics differ"
-    killed = [row for row in rows if row[2] == "killed"]
-    print("\nstage      point    what happened   recovered identical")
-    for stage, point, what, same in rows:
-        print(f"{stage:<10} {point:<8} {what:<15} {same}")
-    lost = sum(not row[3] for row in rows)
-    print(f"faults injected {len(killed)}, recovered {sum(row[3] for row in killed)}, lost {lost}")
-    assert len(killed) == len(rows), f"every kill must land while its stage runs: {rows}"
+        fault.recovery_code = recovered.returncode
+        fault.recovery_error = recovered.stderr[-2000:]
+        fault.differences = differences(expected, record(workspace)) if recovered.returncode == 0 else []
+        if not (fault.killed and fault.in_stage and fault.recovered):
+            break  # the workspace is not the reference's any more: later rows would not mean anything
+
+    print("\nstage      point    what happened   where the kill landed      recovered identical")
+    for fault in faults:
+        where = "inside the stage (marker)" if fault.in_stage else STARTUP
+        print(f"{fault.stage:<10} {fault.point:<8} {fault.outcome:<15} {where:<26} {fault.recovered}")
+    killed = [fault for fault in faults if fault.killed]
+    print(
+        f"faults injected {len(killed)} ({sum(f.in_stage for f in killed)} inside their stage), "
+        f"recovered {sum(f.recovered for f in killed)}, lost {sum(not f.recovered for f in faults)}"
+    )
+    for fault in faults:
+        label = f"{fault.stage} @ {fault.point}"
+        assert fault.killed, f"{label}: {fault.outcome}: every kill must land while its stage runs"
+        assert fault.in_stage, f"{label}: killed before the stage's code ran ({STARTUP})"
+        assert fault.recovery_code == 0, f"{label}: {fault.recovery_error}"
+        assert not fault.differences, f"{label}: outputs differ from the reference's: {fault.differences}"
+    assert len(faults) == len(STAGES)

@@ -35,7 +35,8 @@ def test_other_backends_encode_in_their_own_precision():
     with pytest.raises(ValueError, match=r"index.backend: 'onnx' runs its own graph; precision bf16 needs"):
         encoding.load_model("unused", backend="onnx", precision="bf16")
     # in params.yaml it is refused when the params are read, naming the key
-    with pytest.raises(ConfigError, match=r"index: .*precision: bf16 needs backend 'torch'"):
+    # (the error names where the value came from: here the --set override)
+    with pytest.raises(ConfigError, match=r"--set index\.precision: .*bf16 needs backend 'torch'"):
         load_params("no-such-file.yaml", {"index.backend": "openvino", "index.precision": "bf16"})
 
 
@@ -58,6 +59,6 @@ def test_bf16_encodes_close_to_fp32_in_float32_whatever_the_batch(colbert_model)
         difference = float(np.abs(bf16 - fp32).max())
         assert 0 < difference < 0.02  # bfloat16 products: near, not equal (unit-length token vectors)
     # Alone or batched with longer texts, a text's embedding moves by bfloat16 rounding only (oneDNN blocks
-    # the products by batch shape): far below dynamic int8's 0.13 (the README's encoding section).
+    # the products by batch shape): far below dynamic int8's 0.13 (docs/benchmarks.md, encoding precision).
     drift = max(float(np.abs(s - b).max()) for s, b in zip(alone, documents, strict=True))
     assert drift < 0.01

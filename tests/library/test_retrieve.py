@@ -76,7 +76,7 @@ def test_bad_arguments(retriever):
 
 
 def test_seed_example(colbert_model, tmp_path):
-    """The README's example, with the offline model: one ranked list per query, ids from the index."""
+    """docs/indexes.md's example, with the offline model: one ranked list per query, ids from the index."""
     index = indexes.PLAID(index_folder=str(tmp_path / "pipeline-index"), index_name="index", override=True)
     documents_ids = ["1", "2", "3"]
     documents = [

@@ -6,7 +6,6 @@ The helper tests run real child processes (and a real ``dvc repro`` on a toy pro
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -24,9 +23,9 @@ import yaml
 from pipeline.ops import lineage, orchestration, promotion, run_params
 from pipeline.project.config import ConfigError
 from pipeline.project.layout import STAGES
+from tests.dag_module import load_dag_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DAG_FILE = REPO_ROOT / "dags" / "colbert_pipeline.py"
 DAG_ID = "colbert_pipeline"
 
 
@@ -53,16 +52,6 @@ def dagbag(airflow_home: Path):
 @pytest.fixture(scope="module")
 def dag(dagbag):
     return dagbag.dags[DAG_ID]
-
-
-def _load_dag_module(monkeypatch: pytest.MonkeyPatch, name: str, **env: str):
-    """Import the DAG file under another module name with parse-time settings from ``env``."""
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    spec = importlib.util.spec_from_file_location(name, DAG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_dag_folder_imports_without_errors(dagbag) -> None:
@@ -152,7 +141,7 @@ def test_assets_declared(dag) -> None:
 
 
 def test_parse_time_settings(monkeypatch: pytest.MonkeyPatch, airflow_home: Path) -> None:
-    module = _load_dag_module(
+    module = load_dag_module(
         monkeypatch,
         "colbert_pipeline_env_variant",
         COLBERT_PIPELINE_SCHEDULE="none",

@@ -3,12 +3,15 @@
 
 ``docker/compose.yaml`` is parsed and its services, profiles, healthchecks, volumes, environment, ports and
 GPU reservation asserted; the Dockerfile's build inputs must exist and match the DAG's pools and queues; the
-shell scripts must parse. ``docker compose config`` validates the file when a Compose CLI is installed.
+shell scripts must parse; ``docker/.env.example`` documents every variable, under one naming convention.
+``docker compose config`` (or Debian's ``docker-compose`` 1.29) validates the file when a Compose CLI is
+installed (``make services`` installs it as root), and shows a setting of ``docker/.env`` in every service.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +25,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER = REPO_ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"
+ENV_EXAMPLE = DOCKER / ".env.example"
+#: The Airflow containers' DAG folder (the image's AIRFLOW__CORE__DAGS_FOLDER).
+DAGS_FOLDER = "/opt/colbert-pipeline/dags"
+#: One convention: Airflow's AIRFLOW__SECTION__KEY, MLflow's own, the project's COLBERT_PIPELINE_*.
+CONVENTION = re.compile(
+    r"^(AIRFLOW__[A-Z0-9_]+__[A-Z0-9_]+|MLFLOW_TRACKING_URI|COLBERT_PIPELINE_[A-Z0-9_]+)$"
+)
 
 BASE_SERVICES = {
     "postgres",
@@ -71,6 +81,15 @@ def test_services_and_profiles(services: dict[str, Any]) -> None:
     for name in CELERY_SERVICES:
         assert services[name]["profiles"] == ["celery"], name
     assert services["serve"]["profiles"] == ["serve"]  # it needs a champion: started after the first run
+    # The champion followed as it is promoted (services.command: `colbert-pipeline serve`, tested in
+    # tests/deploy/test_services.py); host, port, model and alias from the service's environment.
+    assert _command(services["serve"]) == "python -m pipeline.ops.services serve"
+    assert {
+        "COLBERT_PIPELINE_BIND_HOST",
+        "COLBERT_PIPELINE_SERVE_PORT",
+        "COLBERT_PIPELINE_MODEL_NAME",
+        "COLBERT_PIPELINE_MODEL_ALIAS",
+    } <= set(services["serve"]["environment"])
 
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
@@ -101,12 +120,17 @@ def test_ports_are_published_on_loopback_only(services: dict[str, Any]) -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
 
 
+def _with_defaults(text: str) -> str:
+    """Compose's ``${NAME:-default}`` replaced by its default."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", text)
+
+
 def test_volumes(compose: dict[str, Any], services: dict[str, Any]) -> None:
     declared = set(compose["volumes"])
     assert {"postgres-data", "workspace", "mlflow-artifacts", "airflow-logs"} <= declared
     for name, service in services.items():
         for volume in service.get("volumes", []):
-            source = volume.split(":")[0]
+            source = _with_defaults(volume).split(":")[0]
             if not source.startswith((".", "/")):
                 assert source in declared, f"{name}: undeclared volume {source}"
             else:
@@ -117,12 +141,19 @@ def test_volumes(compose: dict[str, Any], services: dict[str, Any]) -> None:
         assert "workspace:/workspace" in services[name]["volumes"], name
 
 
+def test_the_dags_folder_is_this_checkouts_read_only(services: dict[str, Any]) -> None:
+    """A DAG edit is live without a rebuild: every Airflow container mounts dags/ over the image's copy."""
+    assert f"AIRFLOW__CORE__DAGS_FOLDER={DAGS_FOLDER}" in DOCKERFILE.read_text()
+    for name in AIRFLOW_SERVICES | {"airflow-init"}:
+        mounts = [_with_defaults(v) for v in services[name]["volumes"] if f":{DAGS_FOLDER}" in v]
+        assert mounts == [f"../dags:{DAGS_FOLDER}:ro"], name
+    for name in ("postgres", "mlflow", "serve", "redis"):
+        assert not any(DAGS_FOLDER in volume for volume in services[name].get("volumes", [])), name
+
+
 def _compose_env(service: dict[str, Any]) -> dict[str, str]:
     """A service's environment with compose's ``${NAME:-default}`` defaults filled in."""
-    return {
-        key: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
-        for key, value in service.get("environment", {}).items()
-    }
+    return {key: _with_defaults(str(value)) for key, value in service.get("environment", {}).items()}
 
 
 def test_environment(services: dict[str, Any]) -> None:
@@ -148,7 +179,94 @@ def test_environment(services: dict[str, Any]) -> None:
     # MLflow 3 checks the Host header: the name other containers use must be allowed.
     assert re.search(r"--allowed-hosts \S*\bmlflow:5000\b", mlflow)
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "airflow"
-    assert services["airflow-init"]["environment"]["AIRFLOW_ADMIN_PASSWORD"]
+    assert services["airflow-init"]["environment"]["COLBERT_PIPELINE_ADMIN_PASSWORD"]
+    # A changed port moves the URL the other services use with it (no second setting to forget).
+    moved = platform.environment(
+        "worker", {**_compose_env(services["airflow-worker"]), "AIRFLOW__API__PORT": "9090"}
+    )
+    assert moved["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:9090/execution/"
+
+
+def test_every_service_reads_docker_env(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        assert service.get("env_file") == ".env", (
+            f"{name}: AIRFLOW__* settings in docker/.env would not reach it"
+        )
+
+
+def _compose_variables(*paths: Path) -> set[str]:
+    """Every variable compose files interpolate or hand a container (``${NAME}``, ``environment:``)."""
+    names = set()
+    for path in paths:
+        text = path.read_text()
+        names |= set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", text))
+        for service in yaml.safe_load(text)["services"].values():
+            names |= set(service.get("environment") or {})
+    return names
+
+
+def test_variables_follow_one_naming_convention() -> None:
+    from pipeline.ops import services as platform
+
+    # The postgres image's own variables and the GPU runtime's keep their names; they are not settings.
+    theirs = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "NVIDIA_VISIBLE_DEVICES"}
+    for name in sorted(_compose_variables(COMPOSE, DOCKER / "compose.test.yaml") - theirs):
+        assert CONVENTION.match(name), f"{name}: neither AIRFLOW__SECTION__KEY nor COLBERT_PIPELINE_*"
+    # No reader is left on an old name: the deployment files, the DAGs, the package, the deploy tests.
+    readers = [
+        *(path for path in DOCKER.glob("*") if path.name != ".env"),
+        *(REPO_ROOT / "dags").glob("*.py"),
+        REPO_ROOT / "Makefile",
+    ]
+    readers += [*(REPO_ROOT / "pipeline").rglob("*.py"), *(REPO_ROOT / "tests" / "deploy").glob("*.py")]
+    readers.remove(REPO_ROOT / "tests" / "deploy" / "test_services.py")  # sets old names, to see them refused
+    for path in readers:
+        text = path.read_text() if path.is_file() else ""
+        if path.name == "services.py":  # its docstring and RENAMED table name them, to refuse them
+            text = text.split('"""', 2)[2].split("RENAMED = {")[0]
+        for old in platform.RENAMED:
+            assert not re.search(rf"(?<![A-Z_]){old}(?![A-Z_])", text), (
+                f"{path}: {old} (now {platform.RENAMED[old]})"
+            )
+
+
+def test_env_example_documents_every_variable() -> None:
+    from pipeline.ops import services as platform
+
+    documented = set(re.findall(r"^# ([A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert all(CONVENTION.match(name) for name in documented), documented
+    # Every variable of every line is commented out: a copied example changes nothing (all defaults).
+    assert not re.findall(r"^[A-Z]", ENV_EXAMPLE.read_text(), re.MULTILINE)
+    dags = REPO_ROOT / "dags"
+    # The DAGs' settings, as their docstrings list them (a name, two spaces, what it does; or ``NAME``).
+    dag_settings = set(
+        re.findall(r"\b(COLBERT_PIPELINE_[A-Z_]+)  ", (dags / "colbert_pipeline.py").read_text())
+    )
+    dag_settings |= set(
+        re.findall(r"``(COLBERT_PIPELINE_[A-Z_]+)``", (dags / "colbert_canary.py").read_text())
+    )
+    # Compose sets these itself (where its volumes are mounted, each worker's queue): not for users to change.
+    fixed = {
+        "COLBERT_PIPELINE_WORKSPACE",
+        "COLBERT_PIPELINE_MLFLOW_ARTIFACTS",
+        "COLBERT_PIPELINE_QUEUE",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK",
+    }
+    wanted = _compose_variables(COMPOSE) | set(platform._DEFAULTS) | set(platform._DERIVED) | dag_settings
+    wanted = {name for name in wanted - fixed if CONVENTION.match(name)}
+    assert sorted(wanted - documented) == []
+
+
+def test_env_is_git_ignored_and_kept_out_of_the_image() -> None:
+    ignored = subprocess.run(["git", "check-ignore", "-q", "docker/.env"], cwd=REPO_ROOT, check=False)
+    assert ignored.returncode == 0, "docker/.env holds secrets: .gitignore must ignore it"
+    example = subprocess.run(["git", "check-ignore", "-q", "docker/.env.example"], cwd=REPO_ROOT, check=False)
+    assert example.returncode == 1, "docker/.env.example must be committed"
+    assert "**/.env" in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+    # Compose refuses a missing env_file: the Makefile makes docker/.env from the example.
+    assert re.search(
+        r"^docker/\.env:\n\tcp docker/\.env\.example \$@$", (REPO_ROOT / "Makefile").read_text(), re.MULTILINE
+    )
 
 
 def test_gpu_worker_takes_the_dags_gpu_queue_with_a_reserved_gpu(services: dict[str, Any]) -> None:
@@ -169,6 +287,7 @@ def test_init_creates_the_dags_pools() -> None:
     script = (DOCKER / "airflow-init.sh").read_text()
     assert "python -m pipeline.ops.services init" in script  # migrate, login, pools: tests/deploy runs it too
     assert (constants["DVC_POOL"], constants["GPU_POOL"]) == (platform.DVC_POOL, platform.GPU_POOL)
+    assert constants["REGISTER_POOL"] == platform.REGISTER_POOL  # the stateless mode's register pool
 
 
 def test_shell_scripts_parse() -> None:
@@ -178,6 +297,34 @@ def test_shell_scripts_parse() -> None:
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, f"{script.name}: {result.stderr}"
         assert script.stat().st_mode & 0o111, f"{script.name} must be executable"
+
+
+def _docker_tier(tmp_path: Path, ci: str, **env: str) -> subprocess.CompletedProcess:
+    """docker/test-docker.sh as ``make test`` runs it, up to the reason it cannot run (it stops there)."""
+    command = ["bash", str(DOCKER / "test-docker.sh")]
+    if env.pop("as_user", "") == "nobody" and os.geteuid() == 0:  # the not-root reason, from root too
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    full_env = {**os.environ, "CI": ci, "COLBERT_TEST_DOCKER_OPTIONAL": "1", **env}
+    full_env["COLBERT_TEST_DOCKER_STATE"] = str(tmp_path / "state")  # never the machine's kept state
+    return subprocess.run(command, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def test_on_ci_the_docker_tier_skips_only_for_lack_of_disk(tmp_path: Path) -> None:
+    no_room = {"COLBERT_TEST_DOCKER_ROOM_GB": "100000000"}  # more than any disk: the disk reason
+    for ci in ("true", ""):
+        result = _docker_tier(tmp_path, ci, **no_room)
+        if "needs root" in result.stderr:  # not root here: the disk check comes after the root check
+            break
+        assert result.returncode == 0, result.stderr
+        assert re.search(
+            r"SKIPPED \(not run, not passed\): \d+ GB free under .*needs about 100000000 GB", result.stderr
+        )
+    assert os.geteuid() != 0 or shutil.which("setpriv"), "setpriv (util-linux) drops root for the check below"
+    on_ci = _docker_tier(tmp_path, "true", as_user="nobody")
+    assert on_ci.returncode == 1, on_ci.stderr
+    assert "needs root" in on_ci.stderr and "only too little disk may skip this tier on CI" in on_ci.stderr
+    off_ci = _docker_tier(tmp_path, "", as_user="nobody")
+    assert off_ci.returncode == 0 and "SKIPPED (not run, not passed): needs root" in off_ci.stderr
 
 
 def test_dockerfile_builds_from_the_lock_as_a_non_root_user() -> None:
@@ -268,22 +415,90 @@ def _compose_cli() -> list[str] | None:
     return None
 
 
-def test_compose_config_validates(tmp_path: Path) -> None:
-    cli = _compose_cli()
-    if cli is None:
-        pytest.skip("no Compose CLI here (neither `docker compose` nor `docker-compose`)")
-    compose_file = COMPOSE
+def _compose_project(tmp_path: Path, cli: list[str], env_text: str) -> Path:
+    """A copy of docker/ (what compose reads) beside a link to dags/, with ``env_text`` as its ``.env``.
+
+    A copy, so the test never writes (or reads) the user's own docker/.env.
+    """
+    project = tmp_path / "docker"
+    project.mkdir()
+    text = COMPOSE.read_text()
     if cli == ["docker-compose"]:
         # Compose v1 (Debian's docker-compose 1.29) predates the top-level `name`; validate the rest.
-        data = yaml.safe_load(COMPOSE.read_text())
-        assert data.pop("name") == "colbert-pipeline"
-        compose_file = tmp_path / "compose.yaml"
-        compose_file.write_text(COMPOSE.read_text().replace("name: colbert-pipeline\n", "", 1))
-    for profile in ([], ["--profile", "celery"]):
-        result = subprocess.run(
-            [*cli, "-f", str(compose_file), "--project-directory", str(DOCKER), *profile, "config", "-q"],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        assert yaml.safe_load(text)["name"] == "colbert-pipeline"
+        text = text.replace("name: colbert-pipeline\n", "", 1)
+    (project / "compose.yaml").write_text(text)
+    for script in ("postgres-init.sh",):
+        shutil.copy2(DOCKER / script, project / script)
+    (tmp_path / "dags").symlink_to(REPO_ROOT / "dags")
+    (project / ".env").write_text(env_text)
+    return project
+
+
+def _config(cli: list[str], project: Path, *profiles: str) -> subprocess.CompletedProcess:
+    arguments = [arg for profile in profiles for arg in ("--profile", profile)]
+    return subprocess.run(
+        [
+            *cli,
+            "-f",
+            str(project / "compose.yaml"),
+            "--project-directory",
+            str(project),
+            *arguments,
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        # Only what docker/.env says: no COLBERT_PIPELINE_* or AIRFLOW__* of this shell may interpolate.
+        env={key: value for key, value in os.environ.items() if not CONVENTION.match(key)},
+    )
+
+
+@pytest.fixture
+def compose_cli() -> list[str]:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip(
+            "no Compose CLI here (neither `docker compose` nor `docker-compose`; `make services` installs it)"
         )
+    return cli
+
+
+def test_compose_config_validates(tmp_path: Path, compose_cli: list[str]) -> None:
+    project = _compose_project(tmp_path, compose_cli, ENV_EXAMPLE.read_text())  # `make docker/.env`'s copy
+    for profiles in ((), ("celery",), ("celery", "serve")):
+        result = _config(compose_cli, project, *profiles)
         assert result.returncode == 0, result.stderr
+
+
+def test_docker_env_settings_reach_every_service(tmp_path: Path, compose_cli: list[str]) -> None:
+    """An Airflow setting in docker/.env is in every service's environment; a project setting interpolates."""
+    env_text = "AIRFLOW__CORE__PARALLELISM=7\nCOLBERT_PIPELINE_SCHEDULE=none\nAIRFLOW__API__PORT=8181\n"
+    project = _compose_project(tmp_path, compose_cli, env_text)
+    result = _config(compose_cli, project, "celery", "serve")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert set(services) == BASE_SERVICES | CELERY_SERVICES | SERVE_SERVICES
+    for name, service in services.items():
+        assert service["environment"]["AIRFLOW__CORE__PARALLELISM"] == "7", name
+    for name in AIRFLOW_SERVICES:
+        environment = services[name]["environment"]
+        assert environment["COLBERT_PIPELINE_SCHEDULE"] == "none", name
+        assert environment["AIRFLOW__API__PORT"] == "8181", name
+        dags = [
+            v
+            for v in services[name]["volumes"]
+            if (v if isinstance(v, str) else v["target"]).count(DAGS_FOLDER)
+        ]
+        assert len(dags) == 1 and str(dags[0]).count(str(tmp_path / "dags")), dags
+    published = services["airflow-apiserver"]["ports"]
+    assert any("8181" in str(port) for port in published), published
+
+
+def test_a_missing_docker_env_is_refused_by_compose(tmp_path: Path, compose_cli: list[str]) -> None:
+    """Why `make docker/.env` exists: Compose will not start a stack whose env_file is missing."""
+    project = _compose_project(tmp_path, compose_cli, "")
+    (project / ".env").unlink()
+    result = _config(compose_cli, project)
+    assert result.returncode != 0 and ".env" in result.stderr

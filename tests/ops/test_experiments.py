@@ -148,20 +148,31 @@ def test_set_arguments_lay_a_later_config_over_an_earlier_one(capsys) -> None:
     assert not any(a.startswith("quality.dataset=") and "scifact" in a for a in arguments)
 
 
-def test_the_readme_experiments_table_is_the_committed_snapshot(tmp_path: Path, capsys) -> None:
-    """README "Runs you can compare": rendered again from ``reports/experiments.json``, nothing changes."""
-    readme = tmp_path / "README.md"
-    readme.write_text((REPO / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
+def test_the_docs_experiments_table_is_what_the_cli_prints_from_the_snapshot(capsys) -> None:
+    """docs/versions.md renders ``reports/experiments.json`` while the site builds (docs/hooks.py): exactly
+    what ``colbert-pipeline experiments --snapshot`` prints, every run with its full-test-set score."""
     snapshot = REPO / "reports" / "experiments.json"
     arguments = ["experiments", "--params", str(REPO / "params.yaml"), "--snapshot", str(snapshot)]
-    assert cli.main([*arguments, "--readme", str(readme)]) == 0
-    assert readme.read_text(encoding="utf-8") == (REPO / "README.md").read_text(encoding="utf-8")
-    printed = capsys.readouterr().out.splitlines()
+    assert cli.main(arguments) == 0
+    printed = capsys.readouterr().out.strip()
+    assert _docs_hooks().render_experiments() == printed
+    assert "<!-- render: experiments -->" in (REPO / "docs" / "versions.md").read_text(encoding="utf-8")
     rows = exps.load_snapshot(snapshot)
-    assert rows and len(printed) == 2 + len(rows)
-    for row, line in zip(rows, printed[2:], strict=True):  # each real-data run shows its full-test-set score
+    lines = printed.splitlines()
+    assert rows and len(lines) == 2 + len(rows)
+    for row, line in zip(rows, lines[2:], strict=True):  # each real-data run shows its full-test-set score
         score = row.metrics["quality.colbert-tuned.plaid.ndcg@10"]
         assert line.startswith(f"| {row.name} |") and line.endswith(f"| {score:.4f} |")
+
+
+def _docs_hooks():
+    """docs/hooks.py (the docs site's MkDocs hooks), loaded by path as MkDocs loads it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "docs" / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _quality_arguments(snapshot: Path) -> list[str]:
@@ -227,18 +238,17 @@ def test_the_quality_table_comes_from_the_experiments_plus_rows_scored_outside_d
     assert "none of these experiments ran the quality stage" in capsys.readouterr().err
 
 
-def test_the_readme_quality_table_is_the_committed_experiments_and_peer_rows(tmp_path: Path, capsys) -> None:
-    """README "Quality on real data": rendered again from ``reports/quality-experiments.json`` (saved from
-    ``dvc exp show``) and PyLate's records (``bench/records/peer/runs``), nothing changes; every experiment's
-    tuned nDCG@10 is in it."""
-    readme = tmp_path / "README.md"
-    readme.write_text((REPO / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
+def test_the_docs_quality_table_is_the_committed_experiments_and_peer_rows(capsys) -> None:
+    """docs/benchmarks.md renders the quality table while the site builds: exactly what ``colbert-pipeline
+    experiments --quality`` prints from ``reports/quality-experiments.json`` (saved from ``dvc exp show``) and
+    PyLate's records (``bench/records/peer/runs``); every experiment's tuned nDCG@10 is in it."""
     snapshot = REPO / "reports" / "quality-experiments.json"
     arguments = _quality_arguments(snapshot)
-    arguments += ["--results", str(REPO / "bench" / "records" / "peer" / "runs"), "--readme", str(readme)]
+    arguments += ["--results", str(REPO / "bench" / "records" / "peer" / "runs")]
     assert cli.main(arguments) == 0
-    assert readme.read_text(encoding="utf-8") == (REPO / "README.md").read_text(encoding="utf-8")
     printed = capsys.readouterr().out
+    assert _docs_hooks().render_quality() == printed.strip()
+    assert "<!-- render: quality -->" in (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8")
     for row in exps.load_snapshot(snapshot):
         dataset = row.metrics["quality.dataset"]
         score = row.metrics["quality.colbert-tuned.plaid.ndcg@10"]

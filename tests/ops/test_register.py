@@ -16,36 +16,15 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline.indexes.storage import TEXTS_FILE
-from pipeline.ops import lineage, promotion, registry, serving, tracking
+from pipeline.ops import lineage, promotion, registry, tracking
 from pipeline.project.config import Params
 from pipeline.project.io import atomic_write_json, read_json
 from pipeline.project.layout import Layout
 from pipeline.stages import register
 from tests.mlflow_server import MlflowServer, free_port
+from tests.search_project import TOPICS, build_search_project
 
 PRIMARY = "NanoBEIR_mean_MaxSim_ndcg@10"
-TOPICS = [
-    ("otter", "river", "shellfish"),
-    ("camel", "desert", "thorny shrubs"),
-    ("penguin", "antarctic ice", "krill"),
-    ("koala", "eucalyptus forest", "gum leaves"),
-    ("panda", "bamboo mountains", "bamboo shoots"),
-    ("falcon", "cliffs", "pigeons"),
-    ("salmon", "cold ocean", "small fish"),
-    ("beaver", "wooded streams", "tree bark"),
-    ("gecko", "tropical walls", "moths"),
-    ("walrus", "arctic shores", "clams"),
-]
-
-
-def _corpus() -> dict[str, str]:
-    corpus = {}
-    for i, (animal, place, food) in enumerate(TOPICS):
-        corpus[f"d{i}a"] = f"The {animal} lives in the {place}."
-        corpus[f"d{i}b"] = f"The {animal} mostly eats {food}."
-        corpus[f"d{i}c"] = f"Young {animal}s stay with their mother for a season."
-    return corpus
 
 
 @pytest.fixture(scope="module")
@@ -64,31 +43,7 @@ def server(booting_server, template) -> str:
 @pytest.fixture(scope="module")
 def template(booting_server, module_tmp_path: Path, saved_colbert) -> Path:
     """A project folder with a model, a benchmark and the index built with that model (no metrics)."""
-    from pipeline import indexes, models
-    from pipeline.data.beir import BeirData
-    from pipeline.data.nano import build_nano_benchmark
-
-    project = module_tmp_path / "project"
-    project.mkdir()
-    shutil.copytree(saved_colbert, project / "models" / "colbert")
-    corpus = _corpus()
-    queries = {f"q{i}": f"What does the {animal} eat?" for i, (animal, _, _) in enumerate(TOPICS)}
-    qrels = {f"q{i}": {f"d{i}b": 1} for i in range(len(TOPICS))}
-    build_nano_benchmark(
-        BeirData(corpus=corpus, queries=queries, qrels=qrels, name="animals"),
-        project / "data" / "prepared" / "eval",
-        n_queries=len(queries),
-        n_documents=len(corpus),
-        seed=0,
-    )
-    model = models.ColBERT(model_name_or_path=str(project / "models" / "colbert"), device="cpu")
-    index = indexes.PLAID(index_folder=project / "indexes", index_name="sample", override=True, device="cpu")
-    ids = list(corpus)
-    index.add_documents(
-        documents_ids=ids, documents_embeddings=model.encode(list(corpus.values()), is_query=False)
-    )
-    # as the index stage does: the texts beside the index, for the served model to answer with
-    serving.write_documents(corpus, index.path / TEXTS_FILE)
+    project = build_search_project(module_tmp_path / "project", saved_colbert)
     _measure_index(project, recall=1.0)
     return project
 
@@ -407,8 +362,32 @@ def test_cli_search_and_status_answer_from_the_champion(project, server, capsys,
     assert list(scratch.iterdir()) == []  # the downloaded model and index are gone after the answer
     out = capsys.readouterr().out
     lines = out[out.index("models:/cli@champion") :].splitlines()  # mlflow may log "View run" lines first
-    assert len(lines) == 4
-    assert lines[1].split()[1] == "d5a"
+    assert len(lines) == 1 + 2 * 3  # the header, then each hit's rank, id and score, and its text under it
+    assert lines[1].split()[1] == "d5a" and lines[2].strip() == "The falcon lives in the cliffs."
+    # --json: one array of {id, score, text} per query, the same hits
+    assert (
+        cli.main(
+            [
+                "search",
+                "The falcon lives in the cliffs.",
+                "walrus",
+                "-k",
+                "2",
+                "--json",
+                "--params",
+                str(params_file),
+            ]
+        )
+        == 0
+    )
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert [len(hits) for hits in answers] == [2, 2]
+    assert answers[0][0] == {
+        "id": "d5a",
+        "score": answers[0][0]["score"],
+        "text": "The falcon lives in the cliffs.",
+    }
+    assert answers[0][0]["score"] >= answers[0][1]["score"] and answers[1][0]["id"].startswith("d9")
     assert cli.main(["status", "--params", str(params_file)]) == 0
     out = capsys.readouterr().out
     status = json.loads(out[out.index("{") :])
@@ -455,24 +434,25 @@ def test_the_gate_refuses_a_challenger_whose_index_misses_the_recall_target(proj
 def test_the_gate_refuses_a_challenger_slower_than_the_latency_bound(project, server):
     _evaluate(project, 0.5)
     register.run(_params("gate-latency"), project)
-    # Better on quality; but the bound asks for four times the champion's speed, and the challenger is the
-    # same model and index (the same speed: one round of the same model against itself measured 0.58-1.25).
+    # Better on quality; but the bound asks for 100 times the champion's speed, and the challenger is the
+    # same model and index (the same speed: the same model against itself measured 0.58-1.25 per round, and
+    # a pass's p95 from 34 to 632 ms under load, so a bound of 0.25 was still met in one pass of three once).
     _evaluate(project, 0.6)
     slow = register.run(
-        _params("gate-latency", max_latency_ratio=0.25, latency_queries=6, latency_repeats=3), project
+        _params("gate-latency", max_latency_ratio=0.01, latency_queries=6, latency_repeats=3), project
     )
     assert slow["promoted"] is False and _alias(server, "gate-latency", "champion") == "1"
     decision = read_json(project / "metrics" / "registry.json")
     latency = _criteria(decision)["latency"]
-    assert latency["passed"] is False and latency["threshold"] == 0.25
-    assert latency["value"] > 0.25 and len(latency["extra"]["challenger_pass_p95_ms"]) == 6  # measured twice
+    assert latency["passed"] is False and latency["threshold"] == 0.01
+    assert latency["value"] > 0.01 and len(latency["extra"]["challenger_pass_p95_ms"]) == 6  # measured twice
     assert latency["extra"]["champion_p95_ms"] > 0 and latency["extra"]["challenger_p95_ms"] > 0
     assert _criteria(decision)["quality"]["passed"] is True
     assert _criteria(decision)["index_recall"]["passed"] is True
     assert decision["reason"].startswith("refused by latency: single-query p95")
-    assert "register.max_latency_ratio 0.250" in decision["reason"]
+    assert "register.max_latency_ratio 0.010" in decision["reason"]
     tags = MlflowClient(server).get_model_version("gate-latency", slow["version"]).tags
-    assert tags["gate.latency.passed"] == "false" and float(tags["gate.latency.value"]) > 0.25
+    assert tags["gate.latency.passed"] == "false" and float(tags["gate.latency.value"]) > 0.01
 
 
 def test_the_logged_model_shows_evaluation_and_index_metrics_and_the_runs_name_their_datasets(

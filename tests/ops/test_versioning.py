@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.ops import versioning
 from pipeline.project.config import ConfigError, Params
@@ -178,3 +179,83 @@ def test_a_stage_run_by_dvc_refuses_an_input_dvc_does_not_watch(tmp_path: Path) 
     assert completed.returncode == 2, completed.stderr[-2000:]
     assert f"prepare.triplets.path ({data}) outside prepare.data (inputs)" in completed.stderr
     assert not (tmp_path / "data").exists()  # refused before any work
+
+
+@pytest.fixture
+def lineage_project(tmp_path: Path) -> Path:
+    """A git + DVC project whose stages have the lineage stages' names, run, with a local default remote."""
+    root = tmp_path / "lineage"
+    root.mkdir()
+    stages = {name: {"cmd": f"echo {name} > {name}.txt", "outs": [f"{name}.txt"]} for name in LINEAGE}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    sh(root, "git", "init", "-q")
+    sh(root, DVC, "init", "-q")
+    sh(root, DVC, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "project")
+    sh(root, DVC, "repro", "-q")
+    return root
+
+
+LINEAGE = versioning.LINEAGE_STAGES
+
+
+def _version(tmp_path: Path) -> tuple[str, str]:
+    from mlflow import MlflowClient
+
+    client, name = MlflowClient(), f"recorded-{tmp_path.name}"
+    client.create_registered_model(name)
+    return name, str(client.create_model_version(name, source=str(tmp_path)).version)
+
+
+def test_register_records_a_run_nobody_else_records(
+    lineage_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv(versioning.RECORDER_ENV, raising=False)
+    monkeypatch.delenv("COLBERT_PIPELINE_GIT_REMOTE", raising=False)
+    caplog.set_level(logging.WARNING, logger="pipeline.ops.versioning")
+    name, version = _version(tmp_path)
+    record = versioning.record_registered_version(lineage_project, name, version, None)
+
+    assert record is not None and record["pushed"] and record["ref"].startswith("refs/colbert-runs/local__")
+    tags = MlflowClient().get_model_version(name, version).tags
+    assert tags[versioning.RUN_REF_TAG] == record["ref"]
+    assert tags[versioning.RUN_COMMIT_TAG] == record["commit"]
+    assert tags[versioning.DVC_REMOTE_TAG] == str(tmp_path / "remote")
+    assert tags[versioning.DVC_PUSHED_TAG] == "true"
+    assert "prepare" in sh(lineage_project, "git", "show", f"{record['ref']}:dvc.lock")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"git push origin {record['ref']}" in warnings[0]  # said once, how to push
+    # Registered again unchanged (the same version): its run stays the one recorded first.
+    assert versioning.record_registered_version(lineage_project, name, version, None) is None
+
+    # With a git remote named by the setting, the ref goes there too (a path here; never a prompt).
+    bare = tmp_path / "shared.git"
+    sh(tmp_path, "git", "init", "-q", "--bare", str(bare))
+    monkeypatch.setenv("COLBERT_PIPELINE_GIT_REMOTE", str(bare))
+    name, version = _version(tmp_path / "second")
+    pushed = versioning.record_registered_version(lineage_project, name, version, None)
+    assert pushed is not None and sh(bare, "git", "rev-parse", pushed["ref"]) == pushed["commit"]
+
+
+def test_register_under_the_dag_or_a_task_records_no_ref_of_its_own(
+    lineage_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    refs = sh(lineage_project, "git", "for-each-ref")
+    name, version = _version(tmp_path)
+    monkeypatch.setenv(versioning.RECORDER_ENV, "dag")  # the DAG's record_run task tags it later
+    assert versioning.record_registered_version(lineage_project, name, version, None) is None
+    assert versioning.RUN_REF_TAG not in MlflowClient().get_model_version(name, version).tags
+    monkeypatch.setenv(versioning.RECORDER_ENV, "task")  # a stateless task: its run's ref and remote
+    monkeypatch.setenv(versioning.RUN_REF_ENV, "refs/colbert-runs/nightly-1")
+    monkeypatch.setenv(versioning.RUN_REMOTE_URL_ENV, "s3://runs/project")
+    versioning.record_registered_version(lineage_project, name, version, None)
+    tags = MlflowClient().get_model_version(name, version).tags
+    assert tags[versioning.RUN_REF_TAG] == "refs/colbert-runs/nightly-1"
+    assert tags[versioning.RUN_COMMIT_TAG] == sh(lineage_project, "git", "rev-parse", "HEAD")
+    assert (tags[versioning.DVC_REMOTE_TAG], tags[versioning.DVC_PUSHED_TAG]) == ("s3://runs/project", "true")
+    assert sh(lineage_project, "git", "for-each-ref") == refs  # no ref of its own either way

@@ -3,7 +3,7 @@
 On the tiny sample (``tests.workspace.TINY``) the stages run in order, as ``dvc repro`` runs them, and the
 real register stage decides against the real MLflow registry: the first trained model becomes champion, a
 model trained with a worse setting stays challenger, one trained with a better setting is promoted. The
-settings were chosen from a measurement (README, "What `make run` prints"), not tuned to pass: with
+settings were chosen from a measurement (docs/history.md, "Running it"), not tuned to pass: with
 ``train.seed`` 42, 43 and 44 the base model scores 0.68, 0.60 and 0.64 here, eight steps at the default
 learning rate 0.73, 0.73 and 0.80, eight at 1e-4 0.88, 0.94 and 0.85. Three steps at the default rate (the
 tiny workspace's) are a coin flip against the base model: 0.67, 0.72, 0.71, and with torch's own dropout

@@ -1,0 +1,224 @@
+"""The DAG's stateless mode (``COLBERT_PIPELINE_STATELESS=1``): its shape, the task command it runs, and two
+stages of one run through the real ``colbert-pipeline task`` from two clones that share only the servers.
+
+The DAG is imported under another module name with the parse-time settings set (as ``test_dag.py`` does);
+the end-to-end test calls the stage tasks' own helper (``stateless_dag.run_stage``), not ``dag.test()``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.ops import orchestration, stateless_dag
+from pipeline.project.config import ConfigError
+from pipeline.project.layout import STAGES
+from pipeline.project.params_file import parse_override
+from tests.dag_module import load_dag_module
+
+
+@pytest.fixture(scope="module")
+def airflow_home(module_tmp_path: Path) -> Path:
+    """A throwaway AIRFLOW_HOME, set before Airflow is first imported in this process."""
+    home = module_tmp_path / "airflow-home"
+    home.mkdir()
+    os.environ.setdefault("AIRFLOW_HOME", str(home))
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    return home
+
+
+@pytest.fixture()
+def stateless_dag_module(monkeypatch: pytest.MonkeyPatch, airflow_home: Path) -> Any:
+    return load_dag_module(
+        monkeypatch,
+        "colbert_pipeline_stateless_variant",
+        COLBERT_PIPELINE_STATELESS="1",
+        COLBERT_PIPELINE_MAX_ACTIVE_RUNS="3",
+    )
+
+
+def test_stateless_dag_has_no_dvc_pool_several_runs_and_one_register_at_a_time(
+    stateless_dag_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dag = stateless_dag_module.pipeline_dag
+    monkeypatch.delenv("COLBERT_PIPELINE_STATELESS")
+    monkeypatch.delenv("COLBERT_PIPELINE_MAX_ACTIVE_RUNS")
+    default = load_dag_module(monkeypatch, "colbert_pipeline_default_variant").pipeline_dag
+    assert set(dag.task_dict) == set(default.task_dict)  # same task ids: only how they run changes
+    for task_id, task in dag.task_dict.items():
+        assert task.upstream_task_ids == default.task_dict[task_id].upstream_task_ids, task_id
+    assert dag.max_active_runs == 3 and default.max_active_runs == 1
+    assert all(task.pool != "colbert_dvc_workspace" for task in dag.tasks)
+    assert dag.task_dict["register"].pool == "colbert_register"
+    assert (dag.task_dict["train"].pool, dag.task_dict["train"].queue) == ("gpu", "gpu")
+    for stage in set(STAGES) - {"train", "register"}:
+        assert dag.task_dict[stage].pool == "default_pool", stage
+    assert dag.task_dict["validate_params"].pool == "default_pool"
+    assert default.task_dict["register"].pool == "colbert_dvc_workspace"  # the default mode is unchanged
+    assert "colbert-pipeline task prepare" in dag.task_dict["prepare"].doc_md
+
+
+def test_register_pool_is_created_with_one_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.ops import services
+
+    created: dict[str, int] = {}
+
+    class FakePool:
+        @staticmethod
+        def create_or_update_pool(name: str, slots: int, description: str, include_deferred: bool) -> None:
+            created[name] = slots
+
+    import airflow.models.pool
+
+    monkeypatch.setattr(airflow.models.pool, "Pool", FakePool)
+    services.create_pools(2)
+    assert created == {"colbert_dvc_workspace": 1, "gpu": 2, stateless_dag.REGISTER_POOL: 1}
+
+
+def test_parse_time_settings_name_the_bad_one() -> None:
+    assert stateless_dag.stateless_from_env({}) is False
+    assert stateless_dag.stateless_from_env({"COLBERT_PIPELINE_STATELESS": "true"}) is True
+    assert stateless_dag.max_active_runs_from_env(False, {"COLBERT_PIPELINE_MAX_ACTIVE_RUNS": "8"}) == 1
+    assert stateless_dag.max_active_runs_from_env(True, {}) == stateless_dag.DEFAULT_MAX_ACTIVE_RUNS > 1
+    with pytest.raises(orchestration.OrchestrationError, match="COLBERT_PIPELINE_STATELESS"):
+        stateless_dag.stateless_from_env({"COLBERT_PIPELINE_STATELESS": "maybe"})
+    with pytest.raises(orchestration.OrchestrationError, match="COLBERT_PIPELINE_MAX_ACTIVE_RUNS"):
+        stateless_dag.max_active_runs_from_env(True, {"COLBERT_PIPELINE_MAX_ACTIVE_RUNS": "0"})
+
+
+def test_task_command_names_the_sanitised_run_and_its_params() -> None:
+    overrides = {"train.max_steps": 20, "prepare.source": "beir", "train.base_model": None, "x.list": [1, 2]}
+    command = stateless_dag.task_command("train", "manual__2025-01-01T00:00:00+00:00", overrides)
+    assert Path(command[0]).name == "colbert-pipeline"
+    assert command[1:5] == ["task", "train", "--run", "manual__2025-01-01T00-00-00+00-00"]
+    assert command[4] == stateless_dag.run_ref("manual__2025-01-01T00:00:00+00:00").rsplit("/", 1)[1]
+    sets = command[5:]
+    assert sets[::2] == ["--set"] * 4
+    assert dict(parse_override(text) for text in sets[1::2]) == overrides  # round-trips through --set
+    reordered = dict(reversed(list(overrides.items())))
+    assert stateless_dag.task_command("train", "r", reordered)[5:] == sets  # every task: the same args
+    assert stateless_dag.task_command("prepare", "r", {})[1:] == ["task", "prepare", "--run", "r"]
+
+
+def test_validate_only_keeps_the_params_for_the_tasks() -> None:
+    first = stateless_dag.validated({"b": 1, "a": "x"})
+    assert first == {**first, "stateless": True, "overrides": {"b": 1, "a": "x"}, "changed": ["a", "b"]}
+    assert first["sha256"] == stateless_dag.validated({"a": "x", "b": 1})["sha256"]
+
+
+def test_a_task_that_cannot_start_fails_permanently_with_its_message(tmp_path: Path) -> None:
+    # Not a clone: the task command's own input error comes back through the result file.
+    with pytest.raises(orchestration.StageFailed) as failure:
+        stateless_dag.run_stage("prepare", "r1", {}, tmp_path, None, f"sqlite:///{tmp_path}/mlruns.db")
+    assert failure.value.permanent and failure.value.kind == "input"
+    assert "not in a git clone" in failure.value.message
+
+
+@pytest.mark.slow
+def test_two_stages_of_a_dag_run_through_the_task_command(
+    monkeypatch: pytest.MonkeyPatch, module_tmp_path: Path
+) -> None:
+    from tests import remotes
+    from tests.ops import test_stateless as base
+
+    served = module_tmp_path / "served"
+    with remotes.git_daemon(served) as git_url, remotes.s3_server(module_tmp_path / "s3") as endpoint:
+        remotes.make_bucket(endpoint, base.BUCKET)
+        toy = base.make_toy(module_tmp_path, {"git": git_url, "s3": endpoint, "served": str(served)})
+        (a, env_a), (b, env_b) = toy["a"], toy["b"]
+        run_id = "scheduled__2026-01-04T00:00:00+00:00"
+        uri = f"sqlite:///{module_tmp_path}/mlruns.db"
+        for clone, env, stage in ((a, env_a, "prepare"), (b, env_b, "baseline")):
+            monkeypatch.setattr(os, "environ", {**env})
+            result = stateless_dag.run_stage(stage, run_id, {"prepare.seed": 5}, clone, None, uri)
+            assert result["ok"] and result["ref"] == stateless_dag.run_ref(run_id), result
+        lock = base.remote_lock(a, stateless_dag.run_ref(run_id))
+        assert list(lock["stages"]) == ["prepare", "baseline"]
+        with pytest.raises(ConfigError, match=r"registry\.json"):  # the toy has no register stage
+            stateless_dag.read_run_decision(a, run_id, lambda name: None)
+
+
+# -- two runs that finish together: the register pool serialises them, the re-check settles the rest -------
+
+
+class _Registry:
+    """A fake MLflow client holding one model's aliases and version tags; ``on_set`` runs after each write
+    (another run's register moving the alias in between)."""
+
+    def __init__(self, values: dict[str, float], champion: str) -> None:
+        from pipeline.ops import promotion
+
+        self.tags = {
+            version: {promotion.METRIC_VALUE_TAG: repr(value), promotion.BENCHMARK_TAG: "b1"}
+            | {promotion.METRIC_NAME_TAG: "ndcg"}
+            for version, value in values.items()
+        }
+        self.aliases = {"champion": champion}
+        self.on_set: list[Any] = []
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> Any:
+        from types import SimpleNamespace
+
+        version = self.aliases[alias]
+        return SimpleNamespace(version=version, tags=dict(self.tags[version]))
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+        self.aliases[alias] = version
+        while self.on_set:
+            self.on_set.pop(0)()
+
+    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.tags[version][key] = value
+
+
+def _plan(value: float, champion_before: str = "1") -> Any:
+    from pipeline.ops import registry
+
+    return registry._Plan(
+        name="m",
+        metric="ndcg",
+        value=value,
+        benchmark="b1",
+        key="k",
+        existing=None,
+        promote=True,
+        comparison="same_benchmark",
+        reason="better",
+        champion_value=0.5,
+        champion_before=champion_before,
+        challenger_before=None,
+        champion_benchmark="b1",
+    )
+
+
+@pytest.mark.parametrize("better_first", [True, False])
+def test_two_runs_promoting_together_leave_the_better_version_champion(better_first: bool) -> None:
+    from pipeline.ops.registry import settle_champion
+
+    client = _Registry({"1": 0.5, "2": 0.6, "3": 0.7}, champion="1")
+    order = [("3", 0.7), ("2", 0.6)] if better_first else [("2", 0.6), ("3", 0.7)]
+    # Both planned against v1, then registered one after the other (the register pool's order).
+    plans = {version: settle_champion(client, _plan(value), version) for version, value in order}
+    assert client.aliases["champion"] == "3"
+    assert plans["3"].promote is True
+    if better_first:  # v2 found v3 there and kept it: both decisions are recorded, v2's as superseded
+        assert plans["2"].promote is False and "superseded: v3" in plans["2"].reason
+        assert client.tags["2"]["promotion.decision"] == "not promoted"
+
+
+def test_the_re_check_sees_an_alias_moved_right_after_its_own_write() -> None:
+    from pipeline.ops.registry import settle_champion
+
+    client = _Registry({"1": 0.5, "2": 0.6, "3": 0.7}, champion="1")
+    # v3's register moves the alias; before it re-reads, a worse v2 (planned against v1) writes over it.
+    client.on_set.append(lambda: client.aliases.update(champion="2"))
+    assert settle_champion(client, _plan(0.7), "3").promote is True
+    assert client.aliases["champion"] == "3"  # moved back: the better version ends as champion
+    # And the worse one (planned against v1), re-checking after a better one overwrote it, gives way.
+    client.aliases["champion"] = "1"
+    client.on_set.append(lambda: client.aliases.update(champion="3"))
+    late = settle_champion(client, _plan(0.6), "2")
+    assert client.aliases["champion"] == "3" and late.promote is False
