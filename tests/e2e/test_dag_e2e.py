@@ -79,6 +79,10 @@ def e2e(module_tmp_path: Path) -> Iterator[dict[str, Any]]:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "COLBERT_PIPELINE_WORKSPACE": str(workspace),
             "COLBERT_PIPELINE_RETRIES": "0",  # dag.test() would otherwise wait out the retry delays
+            # Airflow 3.3.2's dag.test() fails a successful run of a DAG with a deadline alert as it ends:
+            # its loop hands DeadlineAlertModel.get_by_id the alert's definition (a dict) where the scheduler
+            # hands its id ("'dict' object has no attribute 'hex'"). test_dag_alerts.py tests the deadline.
+            "COLBERT_PIPELINE_DEADLINE": "none",
             "MLFLOW_TRACKING_URI": uri,
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
