@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install services run docs docs-serve docs-assets test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-serve bench-render
+.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-serve bench-render
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -29,15 +29,17 @@ $(VENV)/.installed: pyproject.toml uv.lock pipeline/__init__.py | $(UV)
 install: $(VENV)/.installed
 
 # The deploy tier (tests/deploy) runs PostgreSQL (initdb, postgres, psql) and redis-server from the machine;
-# tests/ops/test_docker.py validates docker/compose.yaml with docker-compose (no daemon needed).
+# tests/ops/test_docker.py validates docker/compose.yaml with docker-compose (no daemon needed); the deploy
+# tier's UI test opens MLflow's and Airflow's pages in headless Chromium (with a font to render them).
 # As root (CI), install what is missing with apt-get; otherwise say what to install.
-DEPLOY_BINARIES := initdb postgres psql redis-server docker-compose
+DEPLOY_BINARIES := initdb postgres psql redis-server docker-compose chromium
 services:
 	@missing=""; for b in $(DEPLOY_BINARIES); do command -v $$b >/dev/null || ls /usr/lib/postgresql/*/bin/$$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  packages=""; case "$$missing" in *redis-server*) packages="redis-server";; esac; \
 	  case "$$missing" in *initdb*|*postgres*|*psql*) packages="$$packages postgresql";; esac; \
 	  case "$$missing" in *docker-compose*) packages="$$packages docker-compose";; esac; \
+	  case "$$missing" in *chromium*) packages="$$packages chromium fonts-dejavu-core";; esac; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "make services: installing$$packages for the tests (missing:$$missing)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$packages >/dev/null; \
@@ -132,6 +134,12 @@ docs-serve: install
 
 docs-assets: install
 	$(PY) docs/hooks.py readme
+
+# docs/assets' two UI screenshots (MLflow's model page, Airflow's grid): the deploy tier's platform, its first
+# DAG run, then headless Chromium on both servers (tests/deploy/test_deploy.py; ~8 minutes on 2 cores).
+docs-screenshots: install services
+	COLBERT_DEPLOY_REQUIRED=1 COLBERT_DEPLOY_SCREENSHOTS=docs/assets $(VENV)/bin/pytest -p no:cacheprovider \
+	  tests/deploy/test_deploy.py -k "a_run_trains_on_the_gpu_worker or the_uis_show"
 
 lint: install
 	$(VENV)/bin/ruff check .

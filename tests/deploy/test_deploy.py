@@ -20,7 +20,11 @@ order, on one platform:
 6. the gpu worker SIGKILLed during ``train``: the task fails (retries are 0 here), no stage survives, and the
    next run completes, keeping the champion where it was.
 
-Set ``COLBERT_DEPLOY_REPORT=<file>`` to keep a JSON record of the first run's tasks (docs/history.md's table).
+7. headless Chromium shows MLflow's page of the champion's model (its metrics and datasets) and Airflow's grid
+   of the first run, logged in with a token from ``/auth/token``.
+
+Set ``COLBERT_DEPLOY_REPORT=<file>`` to keep a JSON record of the first run's tasks (docs/history.md's table),
+``COLBERT_DEPLOY_SCREENSHOTS=<folder>`` to keep the two screenshots (``make docs-screenshots``: docs/assets/).
 """
 
 from __future__ import annotations
@@ -37,7 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_platform import (
+
+from pipeline.ops import services
+from pipeline.project.layout import STAGES
+from tests.deploy import ui_pages
+from tests.deploy.browser import BINARIES as BROWSERS
+from tests.deploy.browser import check_png, chromium, running_browser, small_png
+from tests.deploy.deploy_platform import (
     REPO_ROOT,
     AirflowApi,
     Platform,
@@ -48,9 +58,6 @@ from deploy_platform import (
     tail,
     wait_until,
 )
-
-from pipeline.ops import services
-from pipeline.project.layout import STAGES
 from tests.workspace import DAG_TINY
 
 pytestmark = pytest.mark.deploy
@@ -59,6 +66,9 @@ DAG_ID = "colbert_pipeline"
 CANARY_DAG_ID = "colbert_canary"
 MODEL_NAME = "colbert-deploy"
 TINY = {**DAG_TINY, "register.model_name": MODEL_NAME}
+#: The docs' screenshots (docs/assets/), kept where COLBERT_DEPLOY_SCREENSHOTS says (make docs-screenshots).
+MODEL_PAGE_PNG = "mlflow-model-page.png"
+GRID_PNG = "airflow-grid.png"
 RUN_TIMEOUT = 1500.0  # bounded, with room for a loaded 2-core machine
 ENV = {
     "COLBERT_PIPELINE_SCHEDULE": "none",  # runs come from the API only (a weekly run would start at unpause)
@@ -78,9 +88,13 @@ ENV = {
 
 def _require_binaries() -> None:
     missing = [name for name in ("initdb", "postgres", "psql", "redis-server") if binary(name) is None]
-    if not missing:
-        return
-    message = f"the deploy tier needs {', '.join(missing)} on PATH (`make services` installs redis-server)"
+    if missing:
+        _missing(
+            f"the deploy tier needs {', '.join(missing)} on PATH (`make services` installs redis-server)"
+        )
+
+
+def _missing(message: str) -> None:
     if os.environ.get("COLBERT_DEPLOY_REQUIRED") == "1":
         pytest.fail(message)
     pytest.skip(message)
@@ -452,6 +466,34 @@ def test_a_worker_killed_during_train_fails_the_task_and_the_next_run_completes(
         f"stage processes outlived the SIGKILLed worker (worker group {sorted(members)}, stages before the "
         f"kill {stages}): {survivors}"
     )
+
+
+def test_the_uis_show_the_champion_and_the_runs(deployed: dict[str, Any], tmp_path: Path) -> None:
+    """MLflow's model page and Airflow's grid in headless Chromium; PNGs to ``COLBERT_DEPLOY_SCREENSHOTS``."""
+    if chromium() is None:
+        _missing(f"the UI screenshots need Chromium ({', '.join(BROWSERS)}) on PATH (`make services`)")
+    api, platform = deployed["api"], deployed["platform"]
+    assert "champion" in deployed, "needs the first run's champion"
+    run_id = deployed["runs"]["first"]
+    tasks = sorted(task["task_id"] for task in api.get(f"/dags/{DAG_ID}/tasks")["tasks"])
+    with running_browser(tmp_path) as browser:
+        shots = {
+            MODEL_PAGE_PNG: ui_pages.mlflow_model_page(browser, platform.mlflow_url, MODEL_NAME),
+            GRID_PNG: ui_pages.airflow_grid(browser, platform.api_url, api.token, DAG_ID, run_id, tasks),
+        }
+    folder = os.environ.get("COLBERT_DEPLOY_SCREENSHOTS")
+    for name, png in shots.items():
+        check_png(png)
+        if folder:
+            _write_png(Path(folder) / name, small_png(png))
+
+
+def _write_png(path: Path, png: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(png)
+    partial.replace(path)  # a reader never sees half a file
+    print(f"wrote {path} ({len(png) // 1024} KiB)")
 
 
 def test_every_service_is_still_up(deployed: dict[str, Any]) -> None:
