@@ -136,7 +136,7 @@ docs-assets: install
 	$(PY) docs/hooks.py readme
 
 # docs/assets' two UI screenshots (MLflow's model page, Airflow's grid): the deploy tier's platform, its first
-# DAG run, then headless Chromium on both servers (tests/deploy/test_deploy.py; ~8 minutes on 2 cores).
+# DAG run, then headless Chromium on both servers (tests/deploy/test_deploy.py; 7 min of pytest on 2 busy cores).
 docs-screenshots: install services
 	COLBERT_DEPLOY_REQUIRED=1 COLBERT_DEPLOY_SCREENSHOTS=docs/assets $(VENV)/bin/pytest -p no:cacheprovider \
 	  tests/deploy/test_deploy.py -k "a_run_trains_on_the_gpu_worker or the_uis_show"
