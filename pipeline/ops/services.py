@@ -6,6 +6,7 @@ so the tests run exactly what compose runs::
     python -m pipeline.ops.services init              # airflow db migrate, the admin login, the DAG's pools
     python -m pipeline.ops.services api-server        # also: scheduler, dag-processor, triggerer
     python -m pipeline.ops.services worker --queue gpu --concurrency 1
+    python -m pipeline.ops.services worker --queue gpu,default   # a GPU host that takes CPU stages too
     python -m pipeline.ops.services mlflow            # tracking server on the Postgres backend store
     python -m pipeline.ops.services serve             # colbert-pipeline serve: <name>@champion, followed
     python -m pipeline.ops.services env worker        # print the environment a service gets (secrets masked)
@@ -213,6 +214,23 @@ def _bin(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
+def worker_queues(text: str) -> list[str]:
+    """A worker's ``--queue``: one of :data:`QUEUES`, or several comma-separated (a GPU host that also
+    takes CPU stages serves ``gpu,default``, so a task of a lost worker can be retried on it).
+
+    Example:
+        >>> worker_queues("gpu, default")
+        ['gpu', 'default']
+    """
+    queues = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in queues if name not in QUEUES]
+    if not queues or unknown or len(set(queues)) != len(queues):
+        raise ServiceError(
+            f"worker --queue: {text!r} is not one or more of {', '.join(QUEUES)}, comma-separated"
+        )
+    return queues
+
+
 def command(service: str, env: Mapping[str, str], queue: str = "default", concurrency: int = 1) -> list[str]:
     """The command line of one service."""
     host = setting(env, "COLBERT_PIPELINE_BIND_HOST")
@@ -231,18 +249,17 @@ def command(service: str, env: Mapping[str, str], queue: str = "default", concur
         # Task logs live on the shared logs folder; the log server would listen on every interface.
         return [_bin("airflow"), "triggerer", "--skip-serve-logs"]
     if service == "worker":
-        if queue not in QUEUES:
-            raise ServiceError(f"worker --queue: {queue!r} is not one of {', '.join(QUEUES)}")
+        queues = worker_queues(queue)
         return [
             _bin("airflow"),
             "celery",
             "worker",
             "--queues",
-            queue,
+            ",".join(queues),
             "--concurrency",
             str(concurrency),
             "--celery-hostname",
-            f"{queue}@{env.get('COLBERT_PIPELINE_HOSTNAME') or socket.gethostname()}",
+            f"{queues[0]}@{env.get('COLBERT_PIPELINE_HOSTNAME') or socket.gethostname()}",
             "--skip-serve-logs",
         ]
     if service == "mlflow":
@@ -371,7 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("service", choices=[*SERVICES, "env", "command"])
     parser.add_argument("target", nargs="?", help="for env/command: the service to describe")
     parser.add_argument(
-        "--queue", default="default", choices=QUEUES, help="worker: the Celery queue it takes"
+        "--queue",
+        default="default",
+        help=f"worker: the Celery queue it takes, or several comma-separated (of {', '.join(QUEUES)})",
     )
     parser.add_argument("--concurrency", type=int, default=1, help="worker: tasks at once")
     args = parser.parse_args(argv)

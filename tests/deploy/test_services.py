@@ -59,8 +59,13 @@ def test_commands() -> None:
         "gpu@w1",
         "--skip-serve-logs",
     ]
-    with pytest.raises(services.ServiceError, match="'cpu' is not one of default, gpu"):
-        services.command("worker", {}, queue="cpu")
+    # A GPU host that takes CPU stages too: both queues, named after the first.
+    both = services.command("worker", {"COLBERT_PIPELINE_HOSTNAME": "w2"}, queue="gpu,default")
+    assert both[both.index("--queues") + 1] == "gpu,default"
+    assert both[both.index("--celery-hostname") + 1] == "gpu@w2"
+    for bad in ("cpu", "gpu,cpu", "gpu,gpu", ","):
+        with pytest.raises(services.ServiceError, match="is not one or more of default, gpu"):
+            services.command("worker", {}, queue=bad)
     api = services.command("api-server", {"AIRFLOW__API__PORT": "8123"})
     assert api[1:] == ["api-server", "--host", "127.0.0.1", "--port", "8123"]
     mlflow = services.command(
