@@ -22,6 +22,8 @@ Settings (Airflow Variable first, then environment):
 Parse-time settings (environment only, so parsing never touches the metadata database):
     COLBERT_PIPELINE_SCHEDULE    cron or preset (default @weekly; "none" for manual runs only)
     COLBERT_PIPELINE_RETRIES     retries per task (default 2, exponential backoff)
+    COLBERT_PIPELINE_RETRY_DELAY_S  seconds before a task's first retry (default 60; each later one waits
+                                 twice as long, and Airflow adds up to as much again at random)
     COLBERT_PIPELINE_GPU_STAGES  comma-separated stages on the gpu queue and pool (default: train)
     COLBERT_PIPELINE_STATELESS   1: each stage task runs `colbert-pipeline task STAGE --run <run id>` from the
                                  worker's own clone (COLBERT_PIPELINE_TASK_CLONE) over the
@@ -68,6 +70,7 @@ DEFAULT_QUEUE = "default"
 
 SCHEDULE = os.environ.get("COLBERT_PIPELINE_SCHEDULE", "@weekly")
 RETRIES = int(os.environ.get("COLBERT_PIPELINE_RETRIES", "2"))
+RETRY_DELAY = timedelta(seconds=orchestration.seconds_from_env("COLBERT_PIPELINE_RETRY_DELAY_S", 60.0))
 GPU_STAGES = frozenset(
     name.strip() for name in os.environ.get("COLBERT_PIPELINE_GPU_STAGES", "train").split(",") if name.strip()
 )
@@ -97,7 +100,7 @@ STAGE_OUTLETS = {"prepare": [PREPARED_DATA], "train": [MODEL], "index": [INDEX]}
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "colbert-pipeline",
     "retries": RETRIES,
-    "retry_delay": timedelta(minutes=1),
+    "retry_delay": RETRY_DELAY,
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=30),
     "execution_timeout": timedelta(minutes=30),

@@ -78,6 +78,26 @@ class OrchestrationError(InputError):
     """Bad orchestration settings (workspace, runner, ...), naming the setting."""
 
 
+def seconds_from_env(name: str, default: float, environ: Mapping[str, str] = os.environ) -> float:
+    """A parse-time duration in seconds (``environ[name]``, else ``default``); not a non-negative number:
+    an error naming the setting.
+
+    Example:
+        >>> seconds_from_env("COLBERT_PIPELINE_RETRY_DELAY_S", 60.0, {"COLBERT_PIPELINE_RETRY_DELAY_S": "5"})
+        5.0
+    """
+    text = (environ.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise OrchestrationError(f"{name}: {text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 class StageFailed(PipelineError):
     """A stage process failed; ``kind`` (from its result file) says if a retry can help (``permanent``)."""
 

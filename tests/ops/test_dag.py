@@ -98,6 +98,7 @@ def test_pools_queues_retries_timeouts(dag) -> None:
         assert task.retries >= 1, task.task_id
         assert task.retry_exponential_backoff > 1, task.task_id
         assert task.max_retry_delay is not None, task.task_id
+        assert task.retry_delay == timedelta(minutes=1), task.task_id  # COLBERT_PIPELINE_RETRY_DELAY_S unset
         assert task.execution_timeout is not None and task.execution_timeout > timedelta(0), task.task_id
     assert dag.task_dict["train"].execution_timeout > dag.task_dict["register"].execution_timeout
     stage_callbacks = [dag.task_dict[stage].on_failure_callback for stage in STAGES]
@@ -146,13 +147,24 @@ def test_parse_time_settings(monkeypatch: pytest.MonkeyPatch, airflow_home: Path
         "colbert_pipeline_env_variant",
         COLBERT_PIPELINE_SCHEDULE="none",
         COLBERT_PIPELINE_RETRIES="0",
+        COLBERT_PIPELINE_RETRY_DELAY_S="5",
         COLBERT_PIPELINE_GPU_STAGES="train,index",
     )
     variant = module.pipeline_dag
     assert type(variant.timetable).__name__ == "NullTimetable"  # manual runs only
     assert {task.retries for task in variant.tasks} == {0}
+    assert {task.retry_delay for task in variant.tasks} == {timedelta(seconds=5)}
     assert (variant.task_dict["index"].pool, variant.task_dict["index"].queue) == ("gpu", "gpu")
     assert variant.task_dict["evaluate"].pool == "colbert_dvc_workspace"
+
+
+def test_a_bad_retry_delay_is_refused_naming_the_setting() -> None:
+    name = "COLBERT_PIPELINE_RETRY_DELAY_S"
+    assert orchestration.seconds_from_env(name, 60.0, {}) == 60.0
+    assert orchestration.seconds_from_env(name, 60.0, {name: "0"}) == 0.0
+    for bad in ("soon", "-1", "nan", "inf"):
+        with pytest.raises(orchestration.OrchestrationError, match=rf"{name}: '{bad}' is not a number"):
+            orchestration.seconds_from_env(name, 60.0, {name: bad})
 
 
 # -- orchestration helpers: settings and params ---------------------------------------------------------
