@@ -8,6 +8,7 @@ the end-to-end test calls the stage tasks' own helper (``stateless_dag.run_stage
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,34 @@ def test_a_task_that_cannot_start_fails_permanently_with_its_message(tmp_path: P
         stateless_dag.run_stage("prepare", "r1", {}, tmp_path, None, f"sqlite:///{tmp_path}/mlruns.db")
     assert failure.value.permanent and failure.value.kind == "input"
     assert "not in a git clone" in failure.value.message
+
+
+def test_an_unreachable_git_remote_fails_the_stage_task_for_a_retry(tmp_path: Path) -> None:
+    """The task command's bounded retries end in exit 3 (infrastructure): the stage task raises a failure
+    that Airflow retries, not the permanent kind."""
+    from tests.mlflow_server import free_port
+    from tests.workspace import GIT_IDENTITY
+
+    clone = tmp_path / "clone"
+    (clone / ".dvc").mkdir(parents=True)
+    (clone / ".dvc" / "config").write_text(
+        f"[core]\n    remote = r\n['remote \"r\"']\n    url = {tmp_path}/r\n"
+    )
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
+        subprocess.run(command, cwd=clone, check=True, env={**os.environ, **GIT_IDENTITY})
+    closed = f"git://127.0.0.1:{free_port()}/project.git"  # nothing listens there
+    settings = {"COLBERT_PIPELINE_GIT_REMOTE": closed, "COLBERT_PIPELINE_REMOTE_ATTEMPTS": "2"}
+    settings["COLBERT_PIPELINE_REMOTE_BACKOFF_S"] = "0.1"
+    with pytest.raises(orchestration.StageFailed) as failure:
+        stateless_dag.run_stage(
+            "prepare", "r1", {}, clone, None, f"sqlite:///{tmp_path}/mlruns.db", extra_env=settings
+        )
+    assert (failure.value.returncode, failure.value.kind, failure.value.permanent) == (
+        3,
+        "infrastructure",
+        False,
+    )
+    assert closed in failure.value.message and "failed 2 times" in failure.value.message
 
 
 @pytest.mark.slow
