@@ -60,12 +60,9 @@ def _serving(command: list[str], port: int, log: Path, cwd: Path) -> Iterator[No
         _stop(process)
 
 
-@contextlib.contextmanager
-def git_daemon(base: Path) -> Iterator[str]:
-    """Serve every repository under ``base`` over ``git://`` (fetch and push); yield ``git://host:port``."""
-    base.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    command = [
+def git_daemon_command(base: Path, port: int) -> list[str]:
+    """``git daemon`` serving every repository under ``base`` on ``port`` of 127.0.0.1, fetch and push."""
+    return [
         "git",
         "daemon",
         f"--base-path={base}",
@@ -76,7 +73,34 @@ def git_daemon(base: Path) -> Iterator[str]:
         "--reuseaddr",
         str(base),
     ]
-    with _serving(command, port, base.parent / f"git-daemon-{port}.log", base):
+
+
+def s3_server_command(port: int) -> list[str]:
+    """moto's standalone S3 API (in memory) on ``port`` of 127.0.0.1."""
+    return [str(BIN / "moto_server"), "-H", HOST, "-p", str(port)]
+
+
+def wait_s3_answers(endpoint: str, timeout: float = 30.0) -> None:
+    """Block until the S3 API at ``endpoint`` answers HTTP (its port opens a moment before it does)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=2).close()
+            return
+        except urllib.error.HTTPError:  # an answer, if not a 200
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def git_daemon(base: Path) -> Iterator[str]:
+    """Serve every repository under ``base`` over ``git://`` (fetch and push); yield ``git://host:port``."""
+    base.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with _serving(git_daemon_command(base, port), port, base.parent / f"git-daemon-{port}.log", base):
         yield f"git://{HOST}:{port}"
 
 
@@ -85,20 +109,9 @@ def s3_server(workdir: Path) -> Iterator[str]:
     """moto's S3 API (in memory); yield its endpoint URL."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    command = [str(BIN / "moto_server"), "-H", HOST, "-p", str(port)]
-    with _serving(command, port, workdir / f"moto-{port}.log", workdir):
+    with _serving(s3_server_command(port), port, workdir / f"moto-{port}.log", workdir):
         endpoint = f"http://{HOST}:{port}"
-        deadline = time.monotonic() + 30
-        while True:  # the port opens a moment before requests are answered
-            try:
-                urllib.request.urlopen(endpoint, timeout=2).close()
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_s3_answers(endpoint)
         yield endpoint
 
 

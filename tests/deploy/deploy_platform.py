@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psutil
 
@@ -282,16 +282,37 @@ class Platform:
                 env.pop(name, None)
         return env
 
-    def _service(self, name: str, args: list[str], **env: str) -> Process:
+    def _service(self, name: str, args: list[str], cwd: Path | None = None, **env: str) -> Process:
         process = Process(
             name,
             [sys.executable, "-m", "pipeline.ops.services", *args],
             self.env(**env),
             self.logs / f"{name}.log",
-            self.root,
+            cwd or self.root,
         ).start()
         self.services[name] = process
         return process
+
+    # -- what a variant of the platform changes (tests/deploy/stateless_platform.py) -----------------------
+    #: Each worker's queue (its name: ``worker-<queue>``) and the queues it serves; and its tasks at once
+    #: (``--concurrency``; 1 where not named).
+    WORKERS: ClassVar[dict[str, str]] = {"default": "default", "gpu": "gpu"}
+    CONCURRENCY: ClassVar[dict[str, int]] = {}
+
+    def prepare_code(self) -> None:
+        """The code the stages run: here one workspace, shared by every worker."""
+        make_workspace(self.workspace, overrides={})  # a fresh git + DVC checkout of this change
+
+    def service_env(self, name: str) -> dict[str, str]:
+        """What service ``name`` gets on top of :meth:`env` (a worker: its host name)."""
+        return {"COLBERT_PIPELINE_HOSTNAME": name} if name.startswith("worker-") else {}
+
+    def service_cwd(self, name: str) -> Path:
+        return self.root
+
+    def stage_roots(self) -> list[Path]:
+        """The folders stage processes run in (what :meth:`stage_processes` looks for)."""
+        return [self.workspace]
 
     # -- PostgreSQL and Redis: compose takes them from public images; here, the machine's binaries --------
     def _start_postgres(self) -> None:
@@ -408,10 +429,10 @@ class Platform:
     # -- the platform -------------------------------------------------------------------------------------
     def start(self) -> Platform:
         self.root.mkdir(parents=True, exist_ok=True)
-        make_workspace(self.workspace, overrides={})  # a fresh git + DVC checkout of this change
+        self.prepare_code()
         self._start_postgres()
         self._start_redis()
-        mlflow = self._service("mlflow", ["mlflow"])
+        mlflow = self._service("mlflow", ["mlflow"], **self.service_env("mlflow"))
         init = subprocess.run(
             [sys.executable, "-m", "pipeline.ops.services", "init"],
             env=self.env(),
@@ -425,8 +446,8 @@ class Platform:
             raise ServiceFailed(f"init exited with status {init.returncode}:\n{tail(self.logs / 'init.log')}")
         for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
             self._service(name, [name])
-        self.start_worker("default")
-        self.start_worker("gpu")
+        for queue in self.WORKERS:
+            self.start_worker(queue)
         mlflow.wait_ready(lambda: _answers(f"{self.mlflow_url}/health"))
         self.services["api-server"].wait_ready(lambda: _answers(f"{self.api_url}/api/v2/monitor/health"))
         return self
@@ -440,21 +461,31 @@ class Platform:
         time.sleep(down_for)
         self._start_redis()
 
-    def start_worker(self, queue: str) -> Process:
+    def start_worker(self, queue: str, serves: str | None = None) -> Process:
+        """Worker ``worker-<queue>``, serving ``serves`` (comma-separated; default :data:`WORKERS`')."""
         name = f"worker-{queue}"
-        return self._service(name, ["worker", "--queue", queue], COLBERT_PIPELINE_HOSTNAME=name)
+        serves = serves or self.WORKERS[queue]
+        concurrency = str(self.CONCURRENCY.get(queue, 1))
+        return self._service(
+            name,
+            ["worker", "--queue", serves, "--concurrency", concurrency],
+            self.service_cwd(name),
+            **self.service_env(name),
+        )
 
     def check_alive(self, names: list[str] | None = None) -> None:
         for name in names or list(self.services):
             self.services[name].check_alive()
 
-    def stage_processes(self) -> list[psutil.Process]:
-        """Processes running in the workspace (stages: ``dvc repro`` and what it started)."""
+    def stage_processes(self, roots: list[Path] | None = None) -> list[psutil.Process]:
+        """Processes running in ``roots`` (default :meth:`stage_roots`: stages, ``dvc repro`` and what it
+        started)."""
         found = []
+        folders = [str(root) for root in (roots or self.stage_roots())]
         for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
             with contextlib.suppress(psutil.Error):
                 cwd = proc.info.get("cwd") or ""
-                if cwd == str(self.workspace) or cwd.startswith(str(self.workspace) + os.sep):
+                if any(cwd == root or cwd.startswith(root + os.sep) for root in folders):
                     found.append(proc)
         return found
 
@@ -474,8 +505,11 @@ class Platform:
 
 
 @contextlib.contextmanager
-def running_platform(root: Path | None = None, extra_env: dict[str, str] | None = None) -> Iterator[Platform]:
-    platform = Platform(root, extra_env)
+def running_platform(
+    root: Path | None = None, extra_env: dict[str, str] | None = None, kind: type[Platform] | None = None
+) -> Iterator[Platform]:
+    """A started platform (``kind``: :class:`Platform` or a variant), stopped when the block ends."""
+    platform = (kind or Platform)(root, extra_env)
     try:
         yield platform.start()
     finally:
@@ -526,6 +560,40 @@ class AirflowApi:
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         body = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
         return {ti["task_id"]: ti for ti in body["task_instances"]}
+
+    def tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+        """Every try of one task instance (state, hostname, try_number), the first first."""
+        body = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries")
+        return sorted(body["task_instances"], key=lambda ti: ti["try_number"])
+
+    def wait_parsed(self, dag_ids: list[str], platform: Platform, timeout: float = 240) -> None:
+        """Until the dag-processor has parsed every DAG of ``dag_ids``; an import error fails at once."""
+
+        def parsed() -> bool:
+            platform.check_alive()
+            errors = self.get("/importErrors")["import_errors"]
+            if errors:
+                raise AssertionError(f"DAG import errors: {errors}")
+            found = {dag_id: self.get(f"/dags/{dag_id}", expect=(200, 404)) for dag_id in dag_ids}
+            return all(body.get("dag_id") == dag_id for dag_id, body in found.items())
+
+        wait_until(f"{', '.join(dag_ids)} parsed by the dag-processor", parsed, timeout, interval=2.0)
+
+
+def missing(message: str) -> None:
+    """Skip the test for what the machine lacks; fail it with ``COLBERT_DEPLOY_REQUIRED=1`` (make test)."""
+    import pytest
+
+    if os.environ.get("COLBERT_DEPLOY_REQUIRED") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_binaries() -> None:
+    """:func:`missing` when the machine lacks a server binary of the platform."""
+    absent = [name for name in ("initdb", "postgres", "psql", "redis-server") if binary(name) is None]
+    if absent:
+        missing(f"the deploy tier needs {', '.join(absent)} on PATH (`make services` installs redis-server)")
 
 
 def main() -> int:

@@ -52,8 +52,9 @@ from tests.deploy.deploy_platform import (
     AirflowApi,
     Platform,
     Process,
-    binary,
     http_json,
+    missing,
+    require_binaries,
     running_platform,
     tail,
     wait_until,
@@ -86,36 +87,12 @@ ENV = {
 }
 
 
-def _require_binaries() -> None:
-    missing = [name for name in ("initdb", "postgres", "psql", "redis-server") if binary(name) is None]
-    if missing:
-        _missing(
-            f"the deploy tier needs {', '.join(missing)} on PATH (`make services` installs redis-server)"
-        )
-
-
-def _missing(message: str) -> None:
-    if os.environ.get("COLBERT_DEPLOY_REQUIRED") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def deployed() -> Iterator[dict[str, Any]]:
-    _require_binaries()
+    require_binaries()
     with running_platform(extra_env=ENV) as platform:
         api = AirflowApi(platform.api_url, services.ADMIN_USER, platform.admin_password)
-
-        def dags_parsed() -> bool:
-            platform.check_alive()
-            errors = api.get("/importErrors")["import_errors"]
-            assert not errors, errors
-            found = {
-                dag_id: api.get(f"/dags/{dag_id}", expect=(200, 404)) for dag_id in (DAG_ID, CANARY_DAG_ID)
-            }
-            return all(body.get("dag_id") == dag_id for dag_id, body in found.items())
-
-        wait_until("both DAGs parsed by the dag-processor", dags_parsed, 240, interval=2.0)
+        api.wait_parsed([DAG_ID, CANARY_DAG_ID], platform)
         for dag_id in (DAG_ID, CANARY_DAG_ID):
             api.request("PATCH", f"/dags/{dag_id}", {"is_paused": False})
         yield {"platform": platform, "api": api, "runs": {}}
@@ -474,7 +451,7 @@ def test_a_worker_killed_during_train_fails_the_task_and_the_next_run_completes(
 def test_the_uis_show_the_champion_and_the_runs(deployed: dict[str, Any], tmp_path: Path) -> None:
     """MLflow's model page and Airflow's grid in headless Chromium; PNGs to ``COLBERT_DEPLOY_SCREENSHOTS``."""
     if chromium() is None:
-        _missing(f"the UI screenshots need Chromium ({', '.join(BROWSERS)}) on PATH (`make services`)")
+        missing(f"the UI screenshots need Chromium ({', '.join(BROWSERS)}) on PATH (`make services`)")
     api, platform = deployed["api"], deployed["platform"]
     assert "champion" in deployed, "needs the first run's champion"
     run_id = deployed["runs"]["first"]
