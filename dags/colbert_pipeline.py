@@ -31,6 +31,8 @@ Parse-time settings (environment only, so parsing never touches the metadata dat
                                  register in the one-slot pool `colbert_register` (docs/stateless.md).
                                  Default 0.
     COLBERT_PIPELINE_MAX_ACTIVE_RUNS  runs at once in stateless mode (default 4; always 1 otherwise)
+                                 Stateless mode also maps the index's encoding over index.shards
+                                 (encode_shard, after train, before index) when a run sets it above 1.
     COLBERT_PIPELINE_NOTIFY_TO   comma-separated e-mail addresses told of each run's failure or success
                                  (SMTP provider's notifier; none: no e-mails)
     COLBERT_PIPELINE_NOTIFY_FROM sender (default: the SMTP connection's from_email)
@@ -47,7 +49,7 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param, chain, dag, get_current_context, task
+from airflow.sdk import Asset, Param, TriggerRule, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pipeline.ops import notify, orchestration, stateless_dag
@@ -167,8 +169,9 @@ def _stage_pool(stage: str) -> str | None:
     return WORKSPACE_POOL
 
 
-def _run_stateless(stage: str, parent_run_id: str) -> orchestration.StageResult:
-    """Stateless mode: `colbert-pipeline task STAGE --run <run id> --set ...` from the worker's clone."""
+def _run_stateless(stage: str, parent_run_id: str, shard: str | None = None) -> orchestration.StageResult:
+    """Stateless mode: `colbert-pipeline task STAGE [--shard I/N] --run <run id> --set ...` from the worker's
+    clone."""
     context = get_current_context()
     settings = _settings()
     update = context["ti"].xcom_pull(task_ids="validate_params") or {}
@@ -181,6 +184,7 @@ def _run_stateless(stage: str, parent_run_id: str) -> orchestration.StageResult:
         orchestration.resolve_tracking_uri(settings),
         emit=logging.getLogger(f"colbert_pipeline.{stage}").info,
         extra_env=stateless_dag.task_environment(lookup),
+        shard=shard,
     )
     return orchestration.StageResult(
         stage=stage,
@@ -202,6 +206,10 @@ def _stage_task(stage: str):
         execution_timeout=STAGE_TIMEOUTS.get(stage, timedelta(hours=2)),
         outlets=STAGE_OUTLETS.get(stage, []),
         on_failure_callback=_restore_params_and_fail_parent,
+        # stateless: index also waits for its shard tasks, of which an unsharded run maps none (skipped)
+        trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
+        if STATELESS and stage == "index"
+        else TriggerRule.ALL_SUCCESS,
         doc_md=(
             f"Runs `colbert-pipeline task {stage} --run <run id>` from the worker's clone in a child process."
             if STATELESS
@@ -225,6 +233,32 @@ def _stage_task(stage: str):
         return result.as_xcom()
 
     return run
+
+
+@task
+def index_shards(params_update: dict[str, Any]) -> list[str]:
+    """Stateless mode: the shards of this run's index encoding (``index.shards`` above 1), one shard task
+    each; none for an unsharded run, whose index task encodes the corpus itself."""
+    return stateless_dag.shard_labels(int(params_update.get("index_shards") or 1))
+
+
+@task(
+    task_id="encode_shard",
+    pool=_stage_pool("index"),
+    queue=GPU_QUEUE if "index" in GPU_STAGES else DEFAULT_QUEUE,
+    execution_timeout=STAGE_TIMEOUTS["index"],
+    on_failure_callback=_restore_params_and_fail_parent,
+    doc_md="Runs `colbert-pipeline task index --shard I/N --run <run id>`: one shard of the corpus encoded.",
+)
+def encode_shard(parent_run_id: str, shard: str) -> dict[str, Any]:
+    """Stateless mode, mapped over :func:`index_shards`: encode one shard and push it for the index task."""
+    try:
+        result = _run_stateless("index", parent_run_id, shard=shard)
+    except orchestration.StageFailed as failure:
+        if failure.permanent:  # bad input: a retry would fail the same way
+            raise AirflowFailException(str(failure)) from None
+        raise
+    return {**result.as_xcom(), "shard": shard}
 
 
 #: The Params a run can be triggered with (``airflow dags trigger --conf``); each maps to a params.yaml key.
@@ -265,7 +299,7 @@ def validate_params() -> dict[str, Any]:
             params = load_params(settings.params_path, overrides, overrides_source=orchestration.RUN_OVERRIDE)
             check_tracked_inputs(params, settings.workspace)
         if STATELESS:
-            return stateless_dag.validated(overrides)
+            return stateless_dag.validated(overrides, params.index.shards)
         update = orchestration.apply_run_overrides(settings.params_path, overrides, run_key=context["run_id"])
     except ConfigError as error:  # names the key; retrying cannot fix it
         raise AirflowFailException(str(error)) from None
@@ -402,6 +436,9 @@ def colbert_pipeline() -> None:
         stage_tasks.append(current)
         previous = current
     chain(*stage_tasks)
+    if STATELESS:  # the index's encoding fans out over shards (Airflow's dynamic task mapping)
+        shards = encode_shard.partial(parent_run_id=parent_run_id).expand(shard=index_shards(params_update))
+        stage_tasks[STAGES.index("train")] >> shards >> stage_tasks[STAGES.index("index")]
     register_result = stage_tasks[-1]
     decision = decide_promotion(register_result)
     record_run(params_update, register_result) >> decision

@@ -32,6 +32,8 @@ def test_committed_params_yaml_is_valid_and_equals_the_schema_defaults():
         ({"index": {"name": "../escape"}}, r"index.name: String should match pattern"),
         # PLAID packs residuals in 1, 2, 4 or 8 bits: 3 must fail here, before any MLflow run opens
         ({"index": {"nbits": 3}}, r"index.nbits: Input should be 1, 2, 4 or 8"),
+        # shards of the index's encoding: at least one (the corpus whole)
+        ({"index": {"shards": 0}}, r"index.shards: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_params_name_the_key(raw, message):

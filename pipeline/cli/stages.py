@@ -9,6 +9,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from pipeline.cli.common import DEFAULT_PARAMS, add_params_arguments, load, params_path, project_of
 from pipeline.project.layout import RESULT_FILE_ENV
@@ -29,6 +30,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add_params_arguments(stage_parser)
+        if stage == "index":
+            stage_parser.add_argument(
+                "--shard",
+                metavar="I/N",
+                help="only encode shard I (from 0) of N = index.shards into index-shards/<index.name>/ "
+                "(what a stateless shard task runs); the index stage then builds from the shards",
+            )
         stage_parser.set_defaults(handler=run_stage)
     validate_parser = commands.add_parser(
         "validate", help="check params.yaml and print the resolved settings"
@@ -83,6 +91,8 @@ def run_stage(args: argparse.Namespace) -> int:
 
         check_tracked_inputs(params, project, params_path(args))
     module = importlib.import_module(f"pipeline.stages.{args.command}")
+    if getattr(args, "shard", None):
+        return encode_shard(module, params, project, args.shard)
     summary = module.run(params, project)
     print(json.dumps({"stage": args.command, **summary}, indent=2, default=str))
     layout = Layout(params, project)
@@ -96,6 +106,22 @@ def run_stage(args: argparse.Namespace) -> int:
             "summary": summary,
         }
     )
+    return 0
+
+
+def encode_shard(module: Any, params: Any, project: Path, text: str) -> int:
+    """``index --shard I/N``: encode that shard only; print and report the shard's folder."""
+    from pipeline.project.config import ConfigError
+    from pipeline.project.layout import Layout, parse_shard
+
+    try:
+        shard, shards = parse_shard(text)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    summary = module.encode_shard(params, project, shard, shards)
+    print(json.dumps({"stage": "index", **summary}, indent=2, default=str))
+    folder = Layout(params, project).relative(Path(summary["folder"]))
+    write_result({"stage": "index", "ok": True, "outputs": {folder: ""}, "summary": summary})
     return 0
 
 

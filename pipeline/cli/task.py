@@ -7,6 +7,7 @@ prints. Started in a clone whose git remote, DVC remote and ``MLFLOW_TRACKING_UR
 Example:
     $ colbert-pipeline task prepare --run nightly-42 --set train.max_steps=200
     $ colbert-pipeline task train --run nightly-42 --set train.max_steps=200
+    $ colbert-pipeline task index --shard 0/2 --run nightly-43 --set index.shards=2  # a shard of the corpus
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="the run's Params, e.g. train.max_steps=200 (repeatable; the same for every task of a run)",
     )
     task_parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="index only: encode shard I (from 0) of N = index.shards and record it on the run's ref; the "
+        "index task then builds from all N",
+    )
+    task_parser.add_argument(
         "--clone", default=".", help="the clone whose remotes the run uses (default: the current folder)"
     )
     task_parser.set_defaults(handler=task)
@@ -42,8 +49,23 @@ def task(args: argparse.Namespace) -> int:
     from pipeline.project.params_file import parse_override
 
     overrides = dict(parse_override(text) for text in args.set or [])
+    shard = None
+    if args.shard:
+        from pipeline.project.layout import parse_shard
+
+        if args.stage != "index":
+            raise stateless.TaskRefused(f"--shard {args.shard}: only the index stage's encoding has shards")
+        try:
+            shard = parse_shard(args.shard)
+        except ValueError as error:
+            raise stateless.TaskRefused(str(error)) from None
     settings = stateless.TaskSettings.resolve(Path(args.clone))
-    result = stateless.run_task(args.stage, args.run_id, overrides, settings)
+    if shard is not None:
+        from pipeline.ops import shard_task
+
+        result = shard_task.run_shard_task(*shard, args.run_id, overrides, settings)
+    else:
+        result = stateless.run_task(args.stage, args.run_id, overrides, settings)
     from pipeline.cli.stages import write_result
 
     # An orchestrator that started this task reads COLBERT_PIPELINE_RESULT_FILE, not stdout.

@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.ops import dvc_remote, git_remote, orchestration, versioning
+from pipeline.ops import dvc_remote, git_remote, orchestration, run_shards, versioning
 from pipeline.ops.git_remote import Retry, git, git_out
 from pipeline.project.errors import InfrastructureError, InputError
 from pipeline.project.params_file import (
@@ -138,6 +138,7 @@ class TaskResult:
     pulled: list[str]
     reapplied: int  # how often the ref had moved and the stage's record was re-applied on the new tip
     outputs: dict[str, str]
+    shard: str | None = None  # "I/N" for a shard of the index's encoding (pipeline.ops.shard_task)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,11 +287,14 @@ def _locked_outputs(lock: Mapping[str, Any], stage: str) -> dict[str, Any]:
     return {str(out["path"]): out.get("md5") for out in entry.get("outs") or [] if isinstance(out, dict)}
 
 
-def fetch_inputs(workspace: Path, stage: str, run_id: str, graph: StageGraph, retry: Retry) -> list[str]:
+def fetch_inputs(
+    workspace: Path, stage: str, run_id: str, graph: StageGraph, retry: Retry, own: bool = True
+) -> list[str]:
     """Check that the run's ``dvc.lock`` records every input, then ``dvc pull`` the cached ones.
 
     Also pulls the stage's own outputs when the ref already records them (an earlier try of this task got
-    that far), so that DVC finds the stage up to date instead of running it again.
+    that far), so that DVC finds the stage up to date instead of running it again; not with ``own`` false
+    (a shard task reads the index stage's inputs but makes none of its outputs).
     """
     lock = read_lock((workspace / "dvc.lock").read_bytes() if (workspace / "dvc.lock").exists() else None)
     for item in graph.inputs:
@@ -310,8 +314,8 @@ def fetch_inputs(workspace: Path, stage: str, run_id: str, graph: StageGraph, re
             f"stage {stage!r} of run {run_id!r}: the DVC remote lacks an output that dvc.lock records "
             f"(made by {', '.join(producers)}; its task did not push it, or pushed it elsewhere): {error}"
         ) from None
-    own = [path for path, cached in graph.outputs if cached and path in _locked_outputs(lock, stage)]
-    dvc_remote.pull(workspace, own, TASK_REMOTE, retry, allow_missing=True)
+    mine = [path for path, cached in graph.outputs if own and cached and path in _locked_outputs(lock, stage)]
+    dvc_remote.pull(workspace, mine, TASK_REMOTE, retry, allow_missing=True)
     return pulled
 
 
@@ -352,6 +356,13 @@ def commit_files(
     return git_out(workspace, "commit-tree", tree, "-p", base, "-m", message, env=env)
 
 
+def check_same_params(workspace: Path, tip: str, files: Mapping[str, bytes]) -> None:
+    """Refuse to re-apply a record on a tip that holds other Params than the record's ``params.yaml``."""
+    shown = git(workspace, "show", f"{tip}:params.yaml")
+    if yaml.safe_load(shown.stdout) != yaml.safe_load(files["params.yaml"]):
+        raise TaskRefused(f"another task moved the run's ref to {tip[:12]} with other Params")
+
+
 def reapply(
     workspace: Path, tip: str, stage: str, files: Mapping[str, bytes], order: list[str]
 ) -> dict[str, bytes]:
@@ -360,9 +371,7 @@ def reapply(
     The tip must hold the same Params, and the inputs this stage used must still be the tip's (a stage of
     the run re-made with other results meanwhile: :class:`RefMoved`, the task's retry runs on the new tip).
     """
-    shown = git(workspace, "show", f"{tip}:params.yaml")
-    if yaml.safe_load(shown.stdout) != yaml.safe_load(files["params.yaml"]):
-        raise TaskRefused(f"another task moved the run's ref to {tip[:12]} with other Params")
+    check_same_params(workspace, tip, files)
     theirs = read_lock(git(workspace, "show", f"{tip}:dvc.lock").stdout)
     ours = read_lock(files["dvc.lock"])["stages"][stage]
     for dep in ours.get("deps") or []:
@@ -377,14 +386,23 @@ def reapply(
 
 
 def record(
-    checkout: RunCheckout, settings: TaskSettings, stage: str, graph: StageGraph, message: str
+    checkout: RunCheckout,
+    settings: TaskSettings,
+    stage: str,
+    graph: StageGraph,
+    message: str,
+    files: Mapping[str, bytes] | None = None,
+    again: Callable[[str, dict[str, bytes]], dict[str, bytes]] | None = None,
 ) -> tuple[str, int]:
     """Commit the stage's record on the ref and push it, re-applying it when another task moved the ref.
 
+    ``files`` (default :func:`record_files`) are what is committed, and ``again(tip, files)`` what is
+    committed on a tip another task moved the ref to (default :func:`reapply`, the ``dvc.lock`` merge).
     Returns the ref's new commit and how many times the record was re-applied.
     """
     workspace, ref, base, new = checkout.workspace, checkout.ref, checkout.base, checkout.new
-    files = record_files(workspace, graph)
+    files = dict(files) if files is not None else record_files(workspace, graph)
+    again = again or (lambda tip, held: reapply(workspace, tip, stage, held, graph.order))
     for attempt in range(REAPPLY_LIMIT + 1):
         commit = commit_files(workspace, base, files, message, checkout.scratch, new)
         if commit == base and not new:
@@ -395,7 +413,7 @@ def record(
         git_remote.fetch(workspace, settings.git_url, f"+{ref}:{ref}", settings.retry)
         base, new = git_out(workspace, "rev-parse", ref), False
         check_run(workspace, base, ref, checkout.run_id, {})
-        files = reapply(workspace, base, stage, files, graph.order)
+        files = again(base, files)
     raise RefMoved(f"{ref} moved {REAPPLY_LIMIT + 1} times while this task pushed; not forcing it")
 
 
@@ -416,6 +434,7 @@ def run_task(
         workspace = checkout.workspace
         graph = stage_graph(workspace, stage)
         pulled = fetch_inputs(workspace, stage, run_id, graph, settings.retry)
+        shard_env = run_shards.fetch_shards(workspace, stage, run_id, TASK_REMOTE, settings.retry)
         stage_settings = orchestration.Settings(
             workspace=workspace,
             tracking_uri=settings.tracking_uri,
@@ -427,6 +446,7 @@ def run_task(
             versioning.RECORDER_ENV: "task",
             versioning.RUN_REF_ENV: ref,
             versioning.RUN_REMOTE_URL_ENV: settings.data_remote.url,
+            **shard_env,
         }
         parent = os.environ.get(orchestration.PARENT_RUN_ENV) or None
         result = orchestration.run_stage(

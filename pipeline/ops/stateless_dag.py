@@ -83,22 +83,38 @@ def run_ref(run_id: str) -> str:
     return versioning.run_ref_name(run_id)
 
 
-def validated(overrides: Mapping[str, Any]) -> dict[str, Any]:
+def validated(overrides: Mapping[str, Any], index_shards: int = 1) -> dict[str, Any]:
     """validate_params' XCom in stateless mode: the run's Params, for every task's ``--set`` (nothing is
-    written: the shared ``params.yaml`` stays as it is), with the keys and hash the MLflow parent run tags."""
+    written: the shared ``params.yaml`` stays as it is), with the keys and hash the MLflow parent run tags,
+    and the run's ``index.shards`` (how many shard tasks the DAG maps)."""
     text = json.dumps(dict(overrides), sort_keys=True, default=str)
     return {
         "stateless": True,
         "overrides": dict(overrides),
         "changed": sorted(overrides),
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "index_shards": index_shards,
     }
 
 
-def task_command(stage: str, run_id: str, overrides: Mapping[str, Any]) -> list[str]:
-    """``colbert-pipeline task STAGE --run RUN --set key=value ...``; values as JSON (a YAML subset),
-    sorted so every task of a run passes the very same Params."""
-    command = [orchestration._executable("colbert-pipeline"), "task", stage, "--run", task_run_id(run_id)]
+def shard_labels(index_shards: int) -> list[str]:
+    """The ``--shard`` of each mapped shard task: none for an unsharded run (the index task encodes).
+
+    Example:
+        >>> shard_labels(3), shard_labels(1)
+        (['0/3', '1/3', '2/3'], [])
+    """
+    return [f"{shard}/{index_shards}" for shard in range(index_shards)] if index_shards > 1 else []
+
+
+def task_command(
+    stage: str, run_id: str, overrides: Mapping[str, Any], shard: str | None = None
+) -> list[str]:
+    """``colbert-pipeline task STAGE [--shard I/N] --run RUN --set key=value ...``; values as JSON (a YAML
+    subset), sorted so every task of a run passes the very same Params."""
+    command = [orchestration._executable("colbert-pipeline"), "task", stage]
+    command += ["--shard", shard] if shard else []
+    command += ["--run", task_run_id(run_id)]
     for key in sorted(overrides):
         command += ["--set", f"{key}={json.dumps(overrides[key])}"]
     return command
@@ -130,12 +146,14 @@ def run_stage(
     tracking_uri: str | None,
     emit: Callable[[str], None] | None = None,
     extra_env: Mapping[str, str] | None = None,
+    shard: str | None = None,
 ) -> dict[str, Any]:
     """Run the task command in a supervised child process in ``clone``; its result (or error) comes back
-    through ``COLBERT_PIPELINE_RESULT_FILE``. Raises :class:`orchestration.StageFailed` on failure."""
+    through ``COLBERT_PIPELINE_RESULT_FILE``. Raises :class:`orchestration.StageFailed` on failure.
+    ``shard`` ("I/N"): the index stage's shard task for that shard of its encoding."""
     emit = emit or (lambda line: logger.info("[%s] %s", stage, line))
     owners = ancestors(os.getpid())
-    command = task_command(stage, run_id, overrides)
+    command = task_command(stage, run_id, overrides, shard)
     settings = orchestration.Settings(workspace=clone, runner="cli")
     env = orchestration.stage_environment(settings, parent_run_id, tracking_uri, extra_env)
     env.pop(RESULT_FILE_ENV, None)

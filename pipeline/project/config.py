@@ -196,6 +196,12 @@ class IndexParams(Section):
         None, description="BEIR folder or corpus JSONL; None: the prepared eval corpus"
     )
     chunk_size: int = Field(2000, ge=1, description="documents encoded and added per chunk (bounds memory)")
+    shards: int = Field(
+        1,
+        ge=1,
+        description="encode the corpus in this many contiguous shards, then build the index from them: one "
+        "task each in the DAG's stateless mode (`colbert-pipeline task index --shard I/N`); 1: no shards",
+    )
     batch_size: int = Field(32, ge=1, description="texts encoded per batch")
     nbits: Literal[1, 2, 4, 8] = Field(4, description="bits per residual dimension (what PLAID accepts)")
     kmeans_niters: int = Field(4, ge=1, description="k-means iterations that train PLAID's centroids")

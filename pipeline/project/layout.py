@@ -75,6 +75,13 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 METRICS_DIR = "metrics"
+#: Shards of the index's encoding (``index.shards`` > 1): ``index-shards/<index.name>/shard-<i>-of-<n>/``.
+#: The folders are git-ignored; in the DAG's stateless mode each one's ``.dvc`` pointer beside it is
+#: committed to the run's ref by the task that encoded it.
+INDEX_SHARDS_DIR = "index-shards"
+#: Set by a stateless index task to the run's id: the index stage then builds from the shards the run's
+#: shard tasks pushed, and refuses a stale one instead of encoding it itself.
+SHARD_RUN_ENV = "COLBERT_PIPELINE_SHARD_RUN"
 #: Written into the model folder by the train stage: the per-step loss, which the quality report plots.
 TRAINING_LOSS_FILE = "training_loss.json"
 #: Written into the model folder when training used a dev split: the dev loss per evaluation.
@@ -173,6 +180,15 @@ class Layout:
     def index(self) -> Path:
         return self.index_folder / self.params.index.name
 
+    @property
+    def index_shards(self) -> Path:
+        """The folder of the index's encoding shards (``index.shards`` > 1)."""
+        return self.project / INDEX_SHARDS_DIR / self.params.index.name
+
+    def index_shard(self, shard: int, shards: int) -> Path:
+        """Shard ``shard`` (from 0) of ``shards``: ``index-shards/<index.name>/shard-<shard>-of-<shards>``."""
+        return self.index_shards / f"shard-{shard}-of-{shards}"
+
     # -- quality and report ---------------------------------------------------------------------------
     @property
     def quality_output(self) -> Path:
@@ -225,3 +241,24 @@ class Layout:
             return Path(path).resolve().relative_to(self.project).as_posix()
         except ValueError:
             return str(path)
+
+
+def parse_shard(text: str, key: str = "--shard") -> tuple[int, int]:
+    """``"I/N"`` as ``(I, N)``: shard ``I`` (from 0) of ``N`` (at least 2); anything else names ``key``.
+
+    Example:
+        >>> parse_shard("1/4")
+        (1, 4)
+        >>> parse_shard("4/4")
+        Traceback (most recent call last):
+        ...
+        ValueError: --shard 4/4: I/N needs 0 <= I < N and N >= 2 (shards are numbered from 0)
+    """
+    head, _, tail = str(text).strip().partition("/")
+    try:
+        shard, shards = int(head), int(tail)
+    except ValueError:
+        raise ValueError(f"{key} {text}: expected I/N, e.g. 0/2 (shard I, from 0, of N)") from None
+    if not (0 <= shard < shards and shards >= 2):
+        raise ValueError(f"{key} {text}: I/N needs 0 <= I < N and N >= 2 (shards are numbered from 0)")
+    return shard, shards

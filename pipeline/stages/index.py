@@ -19,7 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,9 @@ from typing import Any
 from pipeline.data.corpus import corpus_for
 from pipeline.ops import run_inputs, serving, tracking
 from pipeline.project.config import Params, resolve_path
+from pipeline.project.errors import InputError
 from pipeline.project.io import atomic_write_json
-from pipeline.project.layout import Layout
+from pipeline.project.layout import SHARD_RUN_ENV, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +70,6 @@ def run(params: Params, project: Path) -> dict[str, Any]:
     """Encode the corpus with ``train.output`` and build ``<index.folder>/<index.name>``."""
     from pipeline import indexes
     from pipeline.indexes import tuning
-    from pipeline.indexes.indexing import index_corpus
     from pipeline.indexes.storage import TEXTS_FILE
     from pipeline.models.backends import check_backend, load_model
 
@@ -95,15 +98,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         # The float16 copy is written outside the index folder until it is complete (the build's first
         # commit clears the folder), then moved beside the version it was encoded for.
         with tuning.EmbeddingStoreWriter(index.path / tuning.STORE_FOLDER, scratch=folder) as writer:
-            stats = index_corpus(
-                model,
-                texts,
-                ids,
-                index,
-                chunk_size=config.chunk_size,
-                batch_size=config.batch_size,
-                on_chunk=lambda _, embeddings: writer.add(embeddings),
-            )
+            stats = add_corpus(params, project, model, ids, texts, index, writer)
             seconds = time.perf_counter() - started
             version = index.stats()["version"]
             # scored where the index searches (a GPU's exact MaxSim can beat PLAID, so it is timed there)
@@ -125,6 +120,7 @@ def run(params: Params, project: Path) -> dict[str, Any]:
             "search": search,
             # the register stage checks that these numbers were measured on the index it registers
             "index_version": version,
+            **({"shards": stats["shards"]} if "shards" in stats else {}),
         }
         atomic_write_json(layout.index_metrics, summary)
         import mlflow
@@ -136,6 +132,171 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         "indexed %d documents (%d tokens) in %.1f s", summary["documents"], summary["tokens"], seconds
     )
     return {"index": str(layout.index), **summary, "mlflow_run_id": mlflow_run.info.run_id}
+
+
+def add_corpus(
+    params: Params, project: Path, model: Any, ids: list[str], texts: list[str], index: Any, writer: Any
+) -> dict[str, Any]:
+    """Encode the corpus into ``index`` (and the float16 copy ``writer``), chunk by chunk; with
+    ``index.shards`` above 1, add it from its shards instead (:func:`ready_shards`)."""
+    from pipeline.indexes.indexing import index_corpus
+    from pipeline.indexes.shards import index_shards
+
+    config = params.index
+    if config.shards == 1:
+        return index_corpus(
+            model,
+            texts,
+            ids,
+            index,
+            chunk_size=config.chunk_size,
+            batch_size=config.batch_size,
+            on_chunk=lambda _, embeddings: writer.add(embeddings),
+        )
+    folders, encoded = ready_shards(params, project, model, ids, texts)
+    stats: dict[str, Any] = index_shards(
+        folders, index, chunk_size=config.chunk_size, on_chunk=lambda _, embeddings: writer.add(embeddings)
+    )
+    stats["shards"] = {"count": config.shards, "encoded_here": encoded}
+    return stats
+
+
+class ShardMissing(InputError):
+    """A stateless index task found a shard of its run missing, unfinished or made for other inputs."""
+
+
+def shard_identity(
+    params: Params, model: Any, model_md5: str, ids: list[str], texts: list[str], shard: int
+) -> dict[str, Any]:
+    """What shard ``shard`` of ``index.shards`` must have been encoded from: its slice of the corpus (ids and
+    texts, hashed), the model (its DVC md5), the backend and the precision the model encodes in."""
+    from pipeline.indexes.shards import shard_bounds
+
+    start, stop = shard_bounds(len(ids), shard, params.index.shards)
+    digest = hashlib.sha256(json.dumps([ids[start:stop], texts[start:stop]]).encode()).hexdigest()
+    return {
+        "shard": shard,
+        "shards": params.index.shards,
+        "start": start,
+        "stop": stop,
+        "corpus_documents": len(ids),
+        "corpus_sha256": digest,
+        "model_md5": model_md5,
+        "backend": params.index.backend,
+        "precision": model.encode_precision,
+    }
+
+
+def write_encoded_shard(
+    params: Params, model: Any, ids: list[str], texts: list[str], folder: Path, identity: dict[str, Any]
+) -> dict[str, Any]:
+    """Encode the shard's slice of the corpus ``index.chunk_size`` documents at a time into ``folder``."""
+    from tqdm.auto import tqdm
+
+    from pipeline.indexes.shards import write_shard
+    from pipeline.models import as_numpy
+
+    config = params.index
+    start, stop = identity["start"], identity["stop"]
+    steps = range(start, stop, config.chunk_size)
+
+    def chunks() -> Any:
+        for first in tqdm(steps, desc=f"Encoding {folder.name}", unit="chunk"):
+            last = min(first + config.chunk_size, stop)
+            encoded = model.encode(
+                texts[first:last], is_query=False, batch_size=config.batch_size, show_progress_bar=False
+            )
+            yield ids[first:last], as_numpy(encoded)
+
+    return write_shard(folder, chunks(), identity)
+
+
+def ready_shards(
+    params: Params, project: Path, model: Any, ids: list[str], texts: list[str]
+) -> tuple[list[Path], int]:
+    """Every shard folder of the corpus, in order, and how many of them were encoded here.
+
+    A shard that is there and was encoded from this model, this slice of the corpus and this precision is
+    used as it is. One missing or stale is encoded here, unless this is a stateless index task
+    (``COLBERT_PIPELINE_SHARD_RUN`` names its run): then its shard tasks were to make them, and the task that
+    should have made it is named in an input error.
+    """
+    from pipeline.indexes.shards import read_meta
+    from pipeline.ops import lineage
+
+    config = params.index
+    layout = Layout(params, project)
+    run_id = os.environ.get(SHARD_RUN_ENV)
+    model_md5 = lineage.compute_md5(layout.model, project)
+    folders, encoded = [], 0
+    for shard in range(config.shards):
+        folder = layout.index_shard(shard, config.shards)
+        identity = shard_identity(params, model, model_md5, ids, texts, shard)
+        meta = read_meta(folder) or {}
+        same = (
+            meta.get("identity") == identity and meta.get("ids") == ids[identity["start"] : identity["stop"]]
+        )
+        if not same and run_id:
+            raise ShardMissing(
+                f"shard {shard} of {config.shards} ({layout.relative(folder)}) "
+                f"{_mismatch(meta.get('identity'), identity)}: run `colbert-pipeline task index --shard "
+                f"{shard}/{config.shards} --run {run_id}` again (it makes that shard for this run)"
+            )
+        if not same:
+            logger.info("shard %d of %d: none there for these inputs, encoding it here", shard, config.shards)
+            write_encoded_shard(params, model, ids, texts, folder, identity)
+            encoded += 1
+        folders.append(folder)
+    return folders, encoded
+
+
+def _mismatch(found: Any, wanted: dict[str, Any]) -> str:
+    """Why a shard cannot be used, for the error: missing, or which of its inputs differ."""
+    if not isinstance(found, dict):
+        return "is missing or unfinished"
+    differ = [
+        f"{key} {found.get(key)!r}, not {value!r}" for key, value in wanted.items() if found.get(key) != value
+    ]
+    hint = " (set index.precision where workers differ)" if "precision" in "".join(differ) else ""
+    return f"was encoded from other inputs: {'; '.join(differ) or 'its documents differ'}{hint}"
+
+
+def encode_shard(params: Params, project: Path, shard: int, shards: int) -> dict[str, Any]:
+    """``colbert-pipeline index --shard I/N``: encode shard I (from 0) of N of the corpus, nothing more.
+
+    Writes ``index-shards/<index.name>/shard-I-of-N/``, which the index stage builds from. A shard already
+    there from the same inputs is kept (a retried task does not encode again). N must be ``index.shards``.
+    """
+    from pipeline.indexes.shards import matches
+    from pipeline.models.backends import check_backend, load_model
+    from pipeline.ops import lineage
+
+    config = params.index
+    if shards != config.shards:
+        raise InputError(f"--shard {shard}/{shards}: index.shards is {config.shards}, not {shards}")
+    check_backend(config.backend)
+    layout = Layout(params, project)
+    ids, texts, source = corpus_for(params, project)
+    model = load_model(str(layout.model), config.backend, device=config.device, precision=config.precision)
+    identity = shard_identity(params, model, lineage.compute_md5(layout.model, project), ids, texts, shard)
+    folder = layout.index_shard(shard, shards)
+    started = time.perf_counter()
+    skipped = matches(folder, identity)
+    if skipped:
+        logger.info("%s already holds this shard (same model, corpus slice and precision)", folder)
+        meta: dict[str, Any] = {"tokens": None}
+    else:
+        meta = write_encoded_shard(params, model, ids, texts, folder, identity)
+    return {
+        "shard": f"{shard}/{shards}",
+        "folder": str(folder),
+        "documents": identity["stop"] - identity["start"],
+        "tokens": meta["tokens"],
+        "corpus": source,
+        "precision": identity["precision"],
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def tune_search(

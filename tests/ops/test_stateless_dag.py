@@ -48,9 +48,11 @@ def test_stateless_dag_has_no_dvc_pool_several_runs_and_one_register_at_a_time(
     monkeypatch.delenv("COLBERT_PIPELINE_STATELESS")
     monkeypatch.delenv("COLBERT_PIPELINE_MAX_ACTIVE_RUNS")
     default = load_dag_module(monkeypatch, "colbert_pipeline_default_variant").pipeline_dag
-    assert set(dag.task_dict) == set(default.task_dict)  # same task ids: only how they run changes
-    for task_id, task in dag.task_dict.items():
-        assert task.upstream_task_ids == default.task_dict[task_id].upstream_task_ids, task_id
+    # The same task ids and edges (only how they run changes), plus the index's encoding mapped over shards.
+    assert set(dag.task_dict) == set(default.task_dict) | {"index_shards", "encode_shard"}
+    for task_id, task in default.task_dict.items():
+        added = {"encode_shard"} if task_id == "index" else set()
+        assert dag.task_dict[task_id].upstream_task_ids == task.upstream_task_ids | added, task_id
     assert dag.max_active_runs == 3 and default.max_active_runs == 1
     assert all(task.pool != "colbert_dvc_workspace" for task in dag.tasks)
     assert dag.task_dict["register"].pool == "colbert_register"
@@ -60,6 +62,21 @@ def test_stateless_dag_has_no_dvc_pool_several_runs_and_one_register_at_a_time(
     assert dag.task_dict["validate_params"].pool == "default_pool"
     assert default.task_dict["register"].pool == "colbert_dvc_workspace"  # the default mode is unchanged
     assert "colbert-pipeline task prepare" in dag.task_dict["prepare"].doc_md
+
+
+def test_the_index_encoding_is_mapped_over_the_run_s_shards(stateless_dag_module: Any) -> None:
+    dag = stateless_dag_module.pipeline_dag
+    shards, index = dag.task_dict["encode_shard"], dag.task_dict["index"]
+    assert shards.is_mapped  # Airflow's dynamic task mapping: one instance per shard, known at run time
+    assert {"train", "index_shards"} <= shards.upstream_task_ids
+    assert shards.queue == index.queue and (shards.pool or "default_pool") == index.pool
+    assert "colbert-pipeline task index --shard I/N" in shards.doc_md
+    # With no shards the mapped task is skipped: index must still run (and not after a failure).
+    assert index.trigger_rule == "none_failed_min_one_success"
+    assert stateless_dag.shard_labels(2) == ["0/2", "1/2"] and stateless_dag.shard_labels(1) == []
+    assert stateless_dag.validated({}, 3)["index_shards"] == 3
+    command = stateless_dag.task_command("index", "r", {"index.shards": 2}, shard="1/2")[1:]
+    assert command == ["task", "index", "--shard", "1/2", "--run", "r", "--set", "index.shards=2"]
 
 
 def test_register_pool_is_created_with_one_slot(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,3 +268,104 @@ def test_the_re_check_sees_an_alias_moved_right_after_its_own_write() -> None:
     client.on_set.append(lambda: client.aliases.update(champion="3"))
     late = settle_champion(client, _plan(0.6), "2")
     assert client.aliases["champion"] == "3" and late.promote is False
+
+
+# -- the mapped shard tasks under Airflow: dag.test() of the stateless DAG, the task command stood in ----
+
+DAG_DRIVER = r"""
+import json, os, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.utils.session import create_session
+from pipeline.ops import stateless_dag
+from pipeline.ops.promotion import Decision
+
+calls = []
+
+def run_stage(stage, run_id, overrides, clone, parent, uri, emit=None, extra_env=None, shard=None):
+    # what the worker would start: the real task command line, recorded instead of run
+    command = stateless_dag.task_command(stage, run_id, overrides, shard)[1:]
+    calls.append({"run": stateless_dag.task_run_id(run_id), "command": command})
+    return {"stage": stage, "ok": True, "skipped": False, "outputs": {}, "seconds": 0.0}
+
+stateless_dag.run_stage = run_stage
+stateless_dag.read_run_decision = lambda clone, run_id, lookup: Decision(False, "1", "kept (stand-in)")
+bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+assert not bag.import_errors, bag.import_errors
+dag = bag.dags["colbert_pipeline"]
+run = dag.test(run_conf=json.loads(sys.argv[1]))  # one run per process, as Airflow reads settings once
+value = lambda state: getattr(state, "value", state)
+with create_session() as session:
+    instances = run.get_task_instances(session=session)
+    tasks = sorted((ti.task_id, ti.map_index, value(ti.state)) for ti in instances)
+result = {"run_id": run.run_id, "state": value(run.state), "tasks": tasks, "calls": calls}
+print("DAG-RESULT " + json.dumps(result), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_sharded_run_maps_one_shard_task_per_shard_before_the_index(module_tmp_path: Path) -> None:
+    """``dag.test()`` of the stateless DAG: with ``index.shards`` 2, two mapped ``encode_shard`` instances run
+    ``task index --shard 0/2`` and ``1/2`` after train and before index; unsharded, none runs and index still
+    does. The task command is recorded instead of run (the stateless tests run it for real)."""
+    import json
+    import subprocess
+    import sys
+
+    home, workspace = module_tmp_path / "dag-home", module_tmp_path / "dag-workspace"
+    home.mkdir()
+    workspace.mkdir()
+    repo = Path(__file__).resolve().parents[2]
+    (workspace / "params.yaml").write_text((repo / "params.yaml").read_text())
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "COLBERT_PIPELINE_STATELESS": "1",
+        "COLBERT_PIPELINE_WORKSPACE": str(workspace),
+        "COLBERT_PIPELINE_RETRIES": "0",
+        "COLBERT_PIPELINE_RUNNER": "cli",  # the workspace holds only params.yaml (no stage runs in it)
+        # Airflow 3.3.2's dag.test() fails a finished run's update_state on a DAG deadline (it looks the
+        # alert up by a dict, not its id); the deadline has its own test (test_dag_alerts.py)
+        "COLBERT_PIPELINE_DEADLINE": "none",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{module_tmp_path / 'dag-mlflow.db'}",
+    }
+    bin_dir = Path(sys.executable).parent
+    migrate = subprocess.run(
+        [str(bin_dir / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+
+    def dag_test(conf: dict[str, Any]) -> dict[str, Any]:
+        process = subprocess.run(
+            [sys.executable, "-c", DAG_DRIVER, json.dumps(conf)],
+            env=env,
+            cwd=module_tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        marker = [line for line in process.stdout.splitlines() if line.startswith("DAG-RESULT ")]
+        assert process.returncode == 0 and marker, (process.stdout + process.stderr)[-6000:]
+        return json.loads(marker[-1].removeprefix("DAG-RESULT "))
+
+    sharded, unsharded = dag_test({"overrides": {"index.shards": 2}}), dag_test({})
+    assert sharded["state"] == unsharded["state"] == "success", (sharded, unsharded)
+    states = {(task, index): state for task, index, state in sharded["tasks"]}
+    assert states[("encode_shard", 0)] == states[("encode_shard", 1)] == "success"
+    assert ("encode_shard", 2) not in states and states[("index", -1)] == "success"
+
+    def commands(run: dict[str, Any]) -> list[list[str]]:
+        run_id = stateless_dag.task_run_id(run["run_id"])
+        return [call["command"] for call in run["calls"] if call["run"] == run_id]
+
+    # in the order they ran (dag.test runs one task at a time): "index 0/2" is `task index --shard 0/2`
+    ran = [f"index {c[3]}" if c[2] == "--shard" else c[1] for c in commands(sharded)]
+    assert sorted(ran) == sorted([*STAGES, "index 0/2", "index 1/2"]), ran
+    assert ran.index("train") < min(ran.index("index 0/2"), ran.index("index 1/2"))
+    assert max(ran.index("index 0/2"), ran.index("index 1/2")) < ran.index("index")
+    assert all("index.shards=2" in command for command in commands(sharded))  # every task: the run's Params
+    # Unsharded: the mapped task has no instance to run (skipped), and index runs all the same.
+    states = {(task, index): state for task, index, state in unsharded["tasks"]}
+    assert states[("encode_shard", -1)] == "skipped" and states[("index", -1)] == "success"
+    assert [c[1] for c in commands(unsharded)] == list(STAGES)
