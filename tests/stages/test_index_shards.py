@@ -194,6 +194,7 @@ def test_an_index_built_from_two_shards_matches_the_unsharded_build(
             # the unsharded build adds 200 + 100 documents; from the two shards of 150, the first chunk
             # of 200 is cut across their boundary
             "chunk_size": 200,
+            "n_centroids": 512,  # fewer than fast-plaid's rule (4,096 here): k-means in a test's time
             "probe_queries": 20,
             "shards": shards,
         }
