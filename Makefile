@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-serve bench-render
+.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-serve bench-shards bench-render
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -87,6 +87,8 @@ quality-arguana: install
 # bench-pylate-tests: PyLate's own tests against pipeline, from an unpacked PyLate sdist: PYLATE=DIR.
 # bench-serve: `colbert-pipeline serve` under load on loopback (a tiny SciFact champion, cached in
 # bench/.cache/serve/): latency at concurrency 1, 4 and 16 with and without batching, RSS over up to 10,000 requests (a time bound may come first).
+# bench-shards: an index built from 2 shards of SciFact's encoding (1,000 documents) against the unsharded build:
+# the same documents, recall@10 against exact MaxSim at three PLAID settings (index.shards).
 # bench-render: every record as Markdown tables.
 DATASET ?= scifact
 bench-index: install
@@ -104,6 +106,9 @@ bench-pylate-tests: install
 
 bench-serve: install
 	$(PY) -m bench.serve $(or $(BENCH_ARGS),--record bench/records/serve_load.json)
+
+bench-shards: install
+	$(PY) -m bench.shards $(or $(BENCH_ARGS),--record bench/records/index_shards.json)
 
 bench-render: install
 	$(PY) -m bench.render $(BENCH_ARGS)

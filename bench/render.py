@@ -294,9 +294,37 @@ def render_serve(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_shards(report: dict[str, Any]) -> str:
+    """A sharded-build record (``python -m bench.shards``): the documents, and recall@10 against exact MaxSim
+    of the unsharded build and of the build from shards, per PLAID search setting."""
+    result = report["shards"]
+    same = (
+        "the same document ids in the same order" if result["same_documents_in_order"] else "OTHER documents"
+    )
+    lines = [
+        environment_line(report),
+        "",
+        f"{result['dataset']}: {result['documents']} documents, {result['queries']} test queries, "
+        f"{result['shards']} shards, chunks of {result['chunk_size']}, encoded in {result['precision']}. "
+        f"Both indexes hold {same}. (The record keeps each step's seconds; on a shared machine they are not "
+        "a comparison.)",
+        "",
+        "| PLAID search (n_ivf_probe, n_full_scores) | recall@10 unsharded | recall@10 from shards "
+        "| difference |",
+        "|---|---|---|---|",
+    ]
+    for row in result["recall"]:
+        lines.append(
+            f"| {row['n_ivf_probe']}, {row['n_full_scores']} | {row['recall_unsharded']:.4f} "
+            f"| {row['recall_sharded']:.4f} | {row['recall_difference']:+.4f} |"
+        )
+    return "\n".join(lines)
+
+
 #: How to tell a record's kind (a key only it has), and its renderer.
 RENDERERS: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]]] = [
     (lambda r: r.get("benchmark") == "serve_load", render_serve),
+    (lambda r: isinstance(r.get("shards"), dict), render_shards),
     (lambda r: "samples_per_s_median" in r, render_trainers),
     (lambda r: isinstance(r.get("variants"), dict), render_build),
     (lambda r: any("variant" in row for row in r.get("rows", [])), render_precision),

@@ -1,16 +1,14 @@
 """``index.shards``: the corpus encoded in shards (each on its own worker), the index built from them.
 
-The fast tests use a stand-in encoder (deterministic vectors per text) for the bookkeeping: which shard holds
-which documents, when a shard is reused, encoded here, or refused. The slow one builds the index of 300 real
-SciFact documents with the offline MiniLM ColBERT twice, unsharded and from two shards encoded in two other
-project folders, and compares their documents and recall@10 against exact MaxSim.
+A stand-in encoder (deterministic vectors per text) checks the bookkeeping: which shard holds which
+documents, when a shard is reused, encoded here, or refused. The real model and index: the stateless test
+(``tests/ops/test_stateless_shards.py``: two clones encode the shards, a third builds the index) and the
+benchmark (``python -m bench.shards``, ``tests/bench/test_shards.py``), which compare the index with an
+unsharded build's documents and recall.
 """
 
 from __future__ import annotations
 
-import gzip
-import itertools
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -152,93 +150,3 @@ def test_a_shard_must_be_of_the_run_s_shard_count(
     ):
         assert main(["index", "--shard", argument]) == 2
         assert message in capsys.readouterr().err
-
-
-# -- the real thing: 300 SciFact documents, unsharded against two shards from two other project folders ---
-
-DOCUMENTS = 300
-QUERIES = 200
-
-
-@pytest.fixture(scope="module")
-def scifact(shared_data: Path, module_tmp_path: Path) -> dict[str, Any]:
-    """The first 300 SciFact documents (a BEIR folder of their own) and 200 of its queries."""
-    folder = module_tmp_path / "scifact-300"
-    folder.mkdir()
-    with gzip.open(shared_data / "scifact" / "corpus.jsonl.gz", "rt", encoding="utf-8") as corpus:
-        rows = list(itertools.islice(corpus, DOCUMENTS))
-    (folder / "corpus.jsonl").write_text("".join(rows), encoding="utf-8")
-    with open(shared_data / "scifact" / "queries.jsonl", encoding="utf-8") as queries:
-        texts = [json.loads(line)["text"] for line in itertools.islice(queries, QUERIES)]
-    return {"corpus": folder, "queries": texts}
-
-
-def _project(root: Path, model: Path, corpus: Path) -> Path:
-    shutil.copytree(model, root / "models" / "colbert")
-    shutil.copytree(corpus, root / "corpus")
-    return root
-
-
-@pytest.mark.slow
-def test_an_index_built_from_two_shards_matches_the_unsharded_build(
-    scifact: dict[str, Any], saved_colbert: Path, module_tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from pipeline import indexes, models
-    from pipeline.data.corpus import read_corpus
-    from pipeline.indexes.indexing import exact_search, recall_at_k
-
-    def params(shards: int) -> Params:
-        index = {
-            "name": "scifact",
-            "corpus": "corpus",
-            # the unsharded build adds 200 + 100 documents; from the two shards of 150, the first chunk
-            # of 200 is cut across their boundary
-            "chunk_size": 200,
-            "n_centroids": 512,  # fewer than fast-plaid's rule (4,096 here): k-means in a test's time
-            "probe_queries": 20,
-            "shards": shards,
-        }
-        return Params.model_validate({"index": index, "tracking": {"retries": 1}})
-
-    monkeypatch.delenv(SHARD_RUN_ENV, raising=False)
-    root = module_tmp_path / "sharding"
-    unsharded = _project(root / "unsharded", saved_colbert, scifact["corpus"])
-    index_stage.run(params(1), unsharded)
-
-    # Two workers, each with its own copy of the project, encode one shard each ...
-    sharded = _project(root / "sharded", saved_colbert, scifact["corpus"])
-    for shard in range(2):
-        worker = _project(root / f"worker-{shard}", saved_colbert, scifact["corpus"])
-        made = index_stage.encode_shard(params(2), worker, shard, 2)
-        assert made["documents"] == DOCUMENTS // 2 and not made["skipped"]
-        target = Layout(params(2), sharded).index_shard(shard, 2)
-        shutil.copytree(made["folder"], target)
-    # ... and the index task builds from them: as in a stateless task, encoding a shard here is refused.
-    monkeypatch.setenv(SHARD_RUN_ENV, "two-workers")
-    index_stage.run(params(2), sharded)
-    metrics = json.loads((sharded / "metrics" / "index.json").read_text())
-    assert metrics["shards"] == {"count": 2, "encoded_here": 0}
-    assert metrics["documents"] == DOCUMENTS
-
-    model = models.ColBERT(model_name_or_path=str(saved_colbert), device="cpu")
-    ids, texts = map(list, zip(*read_corpus(scifact["corpus"]), strict=True))
-    queries = model.encode(scifact["queries"], is_query=True)
-    reference = exact_search(queries, model.encode(texts, is_query=False), ids, k=10)
-    projects = {"unsharded": unsharded, "sharded": sharded}
-    recalls = {}
-    for probe, full in ((8, 8192), (1, 32)):  # PLAID's defaults, and a setting far from exact
-        for name, project in projects.items():
-            # explicit settings: plain PLAID search, not the tuned settings stored beside the index
-            index = indexes.PLAID(
-                index_folder=str(project / "indexes"),
-                index_name="scifact",
-                device="cpu",
-                n_ivf_probe=probe,
-                n_full_scores=full,
-                show_progress=False,
-            )
-            assert index.documents_ids == ids  # the same documents, in the corpus's order
-            recalls[(probe, full, name)] = recall_at_k(index.search(queries, k=10), reference, k=10)
-        difference = abs(recalls[(probe, full, "sharded")] - recalls[(probe, full, "unsharded")])
-        assert difference <= 0.005, recalls
-    print("recall@10 against exact MaxSim:", recalls)
