@@ -13,6 +13,12 @@ settings, their recall, QPS and single-query latency, and the index version they
 register stage's gate reads. The MLflow run records the corpus as its dataset input (its DVC md5 the digest)
 and, with ``tracking.system_metrics``, CPU, memory and GPU use.
 
+With ``index.shards`` N above 1 the documents are added from N shards of the encoding instead
+(:func:`ready_shards`, ``index-shards/<index.name>/``), each a contiguous slice of the corpus that
+``colbert-pipeline index --shard I/N`` (:func:`encode_shard`) encodes on its own, on any worker; the index is
+built from them in corpus order. A shard missing or made from other inputs is encoded here, except in a
+stateless index task, which refuses it (docs/stateless.md).
+
 Example:
     $ colbert-pipeline index --set index.corpus=../shared/data/scifact --set index.name=scifact
 """
