@@ -50,7 +50,7 @@ STAGE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "train": ((), ()),
     "evaluate": (("baseline_metrics",), ("eval_metrics", "comparison_json", "comparison_png")),
     "index": (("benchmark", "inputs"), ("index_metrics",)),
-    "register": (("eval_metrics",), ("registry_decision",)),
+    "register": (("eval_metrics", "index_metrics"), ("registry_decision",)),
     "quality": (("inputs",), ("quality_runs", "quality_metrics")),
     "report": (("quality_runs",), ("quality_report", "quality_plots")),
 }
@@ -61,7 +61,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "train": ("train",),
     "evaluate": ("evaluate",),
     "index": ("index",),
-    "register": ("register", "tracking", "index.precision"),
+    "register": ("register", "tracking", "index.precision", "index.recall_target", "index.corpus"),
     "quality": (
         "quality",
         "train.base_model",
