@@ -65,7 +65,8 @@ PARAMS = {
     },
 }
 RUN_TIMEOUT = 1500.0  # bounded, with room for a loaded 2-core machine
-#: The stage a worker is killed in: after train, so either worker can take it (both serve ``default``).
+#: The stage a worker is killed in: a CPU stage after train, so whichever worker dies, the other one (both
+#: serve ``default`` by then) can run it and every stage after it.
 KILLED_STAGE = "evaluate"
 ENV = {
     "COLBERT_PIPELINE_SCHEDULE": "none",
@@ -146,6 +147,12 @@ def _ref_files(platform: StatelessPlatform, scratch: Path, run_id: str) -> dict[
         "lock": yaml.safe_load(show["dvc.lock"])["stages"],
         "metrics": metrics,
     }
+
+
+def _mlflow(platform: StatelessPlatform) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=platform.mlflow_url)
 
 
 def _outputs(lock: dict[str, Any]) -> dict[str, str]:
@@ -249,10 +256,13 @@ def test_two_runs_with_other_params_run_at_once_each_on_its_own_ref(
         assert f"dvc/files/md5/{model[:2]}/{model[2:]}" in keys, model
     assert any(key.startswith("mlartifacts/") and key.endswith("/MLmodel") for key in keys), keys[:20]
 
-    # Both registered (one at a time: the register pool), both decisions recorded; a champion from them.
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=platform.mlflow_url)
+    # Both registered, one at a time (the one-slot register pool), both decisions recorded; a champion.
+    (a0, a1), (b0, b1) = (
+        (found["register"]["start_date"], found["register"]["end_date"]) for found in tis.values()
+    )
+    assert {found["register"]["pool"] for found in tis.values()} == {stateless_dag.REGISTER_POOL}
+    assert a1 <= b0 or b1 <= a0, "the two register tasks overlapped"
+    client = _mlflow(platform)
     versions = client.search_model_versions(f"name = '{MODEL_NAME}'")
     assert len(versions) == 2 and all(v.tags.get("promotion.decision") for v in versions)
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
@@ -335,6 +345,9 @@ def test_a_worker_killed_mid_stage_its_task_retried_on_the_other_worker_same_out
     assert outputs == expected
     assert _deterministic(killed["metrics"]) == _deterministic(whole["metrics"])
     assert killed["metrics"][BY_FIELD]["documents"] == whole["metrics"][BY_FIELD]["documents"] > 0
+    # The first run's model again: not better than the champion, which stays where it was.
+    champion = _mlflow(platform).get_model_version_by_alias(MODEL_NAME, "champion")
+    assert str(champion.version) == stack["champion"]
 
 
 def test_the_clones_are_as_they_were_and_the_services_up(stack: dict[str, Any]) -> None:
