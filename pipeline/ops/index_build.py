@@ -113,6 +113,7 @@ def build_or_update(
     from pipeline.indexes.storage import TEXTS_FILE
     from pipeline.models.backends import load_model
     from pipeline.ops import serving
+    from pipeline.project.io import fault_point
 
     config = params.index
     model = load_model(str(layout.model), config.backend, device=config.device, precision=config.precision)
@@ -153,6 +154,7 @@ def build_or_update(
         serving.write_documents({i: texts[i] for i in index.documents_ids}, version / TEXTS_FILE)
         slots = index.documents_ids
         updates.CorpusManifest(tuple(slots), tuple(digest_of[i] for i in slots), encoder).write(version)
+        fault_point("publish")  # the fault suite's kill: the whole version written, not yet live
     seconds = time.perf_counter() - started
     # An older layout kept the store and texts beside the versions: stale now, so they go.
     shutil.rmtree(index.path / tuning.STORE_FOLDER, ignore_errors=True)
