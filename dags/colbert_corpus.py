@@ -14,7 +14,8 @@ champion's model with the updated index, a corpus update promoted without retrai
 ``check_champion_model`` refuses to start when the workspace's model is not the champion's
 (:mod:`pipeline.ops.corpus_update`). Stage tasks share the pipeline DAG's one-slot DVC pool: the two DAGs
 never run DVC in the workspace at once. Settings as for the pipeline DAG (``COLBERT_PIPELINE_WORKSPACE``,
-``COLBERT_PIPELINE_RUNNER``, ``MLFLOW_TRACKING_URI``, ...; Airflow Variable first, then environment).
+``COLBERT_PIPELINE_RUNNER``, ``MLFLOW_TRACKING_URI``, ...; Airflow Variable first, then environment; at
+parse time ``COLBERT_PIPELINE_RETRIES`` and ``COLBERT_PIPELINE_RETRY_DELAY_S``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ DAG_ID = "colbert_corpus"
 #: The pipeline DAG's pool: one DVC command at a time in the shared workspace.
 DVC_POOL = "colbert_dvc_workspace"
 SCHEDULE = os.environ.get("COLBERT_PIPELINE_CORPUS_SCHEDULE", "@daily")
+RETRIES = int(os.environ.get("COLBERT_PIPELINE_RETRIES", "2"))
+RETRY_DELAY = timedelta(seconds=orchestration.seconds_from_env("COLBERT_PIPELINE_RETRY_DELAY_S", 60.0))
 STAGE_TIMEOUTS = {"index": timedelta(hours=8), "register": timedelta(minutes=30)}
 
 
@@ -153,8 +156,8 @@ def keep_champion(parent_run_id: str, register_result: dict[str, Any]) -> dict[s
     max_active_runs=1,
     default_args={
         "owner": "colbert-pipeline",
-        "retries": int(os.environ.get("COLBERT_PIPELINE_RETRIES", "2")),
-        "retry_delay": timedelta(minutes=1),
+        "retries": RETRIES,
+        "retry_delay": RETRY_DELAY,
         "queue": "default",
     },
     tags=["colbert", "mlops", "corpus"],
