@@ -605,17 +605,28 @@ def main() -> int:
         "--root", type=Path, help="folder for logs, databases and the workspace (default: temp)"
     )
     args = parser.parse_args()
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    extra = {"COLBERT_PIPELINE_SCHEDULE": "none", "AIRFLOW__API__WORKERS": "1"}
-    with running_platform(args.root, extra) as platform:
-        print(
-            f"Airflow   {platform.api_url}  (admin / {platform.admin_password})\n"
+    return serve_until_stopped(
+        args.root,
+        Platform,
+        lambda platform: (
             f"MLflow    {platform.mlflow_url}\n"
             f"serve     MLFLOW_TRACKING_URI={platform.mlflow_url} "
             f"COLBERT_PIPELINE_SERVE_PORT={platform.ports['serve']} "
             "python -m pipeline.ops.services serve\n"
-            f"workspace {platform.workspace}\nlogs      {platform.logs}\nCtrl-C stops everything.",
+            f"workspace {platform.workspace}\nlogs      {platform.logs}"
+        ),
+    )
+
+
+def serve_until_stopped(root: Path | None, kind: type[Platform], describe: Callable[[Any], str]) -> int:
+    """Start a platform of ``kind`` for a person: print its addresses, watch it until SIGTERM or Ctrl-C."""
+    stop: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    extra = {"COLBERT_PIPELINE_SCHEDULE": "none", "AIRFLOW__API__WORKERS": "1"}
+    with running_platform(root, extra, kind=kind) as platform:
+        print(
+            f"Airflow   {platform.api_url}  (admin / {platform.admin_password})\n"
+            f"{describe(platform)}\nCtrl-C stops everything.",
             flush=True,
         )
         try:

@@ -25,11 +25,9 @@ By hand: ``python tests/deploy/stateless_platform.py`` starts it and prints its 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -40,7 +38,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: the repository's tests pa
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests import remotes  # noqa: E402
-from tests.deploy.deploy_platform import HOST, Platform, Process, free_port, running_platform  # noqa: E402
+from tests.deploy.deploy_platform import HOST, Platform, Process, free_port, serve_until_stopped  # noqa: E402
 from tests.workspace import GIT_IDENTITY  # noqa: E402
 
 BUCKET = "colbert"
@@ -182,25 +180,15 @@ def git_ref(clone: Path, url: str, ref: str) -> str:
 
 def main() -> int:
     """``python tests/deploy/stateless_platform.py``: start it, print addresses; Ctrl-C stops it."""
-    stop: list[bool] = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    extra = {"COLBERT_PIPELINE_SCHEDULE": "none", "AIRFLOW__API__WORKERS": "1"}
-    with running_platform(None, extra, kind=StatelessPlatform) as platform:
-        assert isinstance(platform, StatelessPlatform)
-        print(
-            f"Airflow   {platform.api_url}  (admin / {platform.admin_password})\n"
+    return serve_until_stopped(
+        None,
+        StatelessPlatform,
+        lambda platform: (
             f"MLflow    {platform.mlflow_url}  (artifacts: {MLFLOW_ARTIFACTS})\n"
             f"S3        {platform.s3_url}  (keys: test / test)\ngit       {platform.git_url}\n"
-            f"workers   {platform.root / 'workers'}\nlogs      {platform.logs}\nCtrl-C stops everything.",
-            flush=True,
-        )
-        try:
-            while not stop:
-                platform.check_alive()
-                time.sleep(2)
-        except KeyboardInterrupt:
-            pass
-    return 0
+            f"workers   {platform.root / 'workers'}\nlogs      {platform.logs}"
+        ),
+    )
 
 
 if __name__ == "__main__":
