@@ -12,13 +12,16 @@ tests drive it only through Airflow's REST API, MLflow's client and the git remo
    succeed, ``train`` on the gpu worker and every other stage on the default worker, each run on its own
    ``refs/colbert-runs/<run id>`` holding its own Params, its data in the S3 bucket, a champion registered
    (its artifacts in the bucket too), each stage task started from its own worker's clone;
-3. a worker SIGKILLed (with everything it started, as a host that dies) while it runs a stage: with retries
+3. ``colbert-pipeline reproduce`` of the champion in a fresh clone of the git remote, with the tracking
+   server and the S3 DVC remote set as a team member sets them (and, first, without the tracking URI: the
+   error names it), pulls the data, model and index with the hashes its run ref's ``dvc.lock`` records;
+4. a worker SIGKILLed (with everything it started, as a host that dies) while it runs a stage: with retries
    at 1 the task's second try runs on the other worker and completes, and the run's outputs (DVC hashes and
    the metrics' deterministic values) equal those of the uninterrupted run with the same Params. For this the
    gpu worker is restarted serving ``gpu,default`` first (a GPU host that also takes CPU stages, as
    docs/stateless.md's recipe runs it): while the default worker alone serves ``default``, tests 1-2 know
    where each stage runs; a retry can only move to a worker that serves its queue;
-4. afterwards the workers' clones are as they were, and every service that was not killed is up.
+5. afterwards the workers' clones are as they were, and every service that was not killed is up.
 """
 
 from __future__ import annotations
