@@ -178,6 +178,7 @@ def one_process() -> tuple[float, torch.Tensor]:
     return one_step(model, loss, batch_features(model, ROWS))
 
 
+@pytest.mark.slow  # two spawned processes: minutes on a busy 2-core machine
 def test_gathered_loss_and_gradients_equal_one_process_on_the_global_batch(
     two_processes, one_process
 ) -> None:
@@ -188,6 +189,7 @@ def test_gathered_loss_and_gradients_equal_one_process_on_the_global_batch(
         torch.testing.assert_close(grads[rank]["gathered"], gradient, **TOLERANCE)
 
 
+@pytest.mark.slow  # two spawned processes: minutes on a busy 2-core machine
 def test_cached_contrastive_gathers_the_same_way(two_processes, one_process) -> None:
     results, grads = two_processes
     loss, gradient = one_process
@@ -196,6 +198,7 @@ def test_cached_contrastive_gathers_the_same_way(two_processes, one_process) -> 
         torch.testing.assert_close(grads[rank]["cached"], gradient, **TOLERANCE)
 
 
+@pytest.mark.slow  # two spawned processes: minutes on a busy 2-core machine
 def test_without_gathering_the_loss_differs(two_processes, one_process) -> None:
     """Each process alone sees half the negatives: the loss drops visibly, so a gather that silently stopped
     happening would fail the test above."""
@@ -205,6 +208,7 @@ def test_without_gathering_the_loss_differs(two_processes, one_process) -> None:
     assert not torch.allclose(grads[0]["local"], gradient, **TOLERANCE)
 
 
+@pytest.mark.slow  # two spawned processes: minutes on a busy 2-core machine
 def test_uneven_batches_fail_clearly_on_every_process(two_processes) -> None:
     results, _ = two_processes
     for rank in range(WORLD_SIZE):

@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.ops.runner import run_process
 from pipeline.project.layout import RESULT_FILE_ENV
 from tests.stages.test_train_dev import _write_prepared
+
+pytestmark = pytest.mark.slow  # two processes loading MiniLM: about two minutes on a busy 2-core machine
 
 #: Two processes loading MiniLM and training two steps; far longer means a hang in a collective.
 TIMEOUT_SECONDS = 480
