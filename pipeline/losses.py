@@ -46,6 +46,7 @@ from sentence_transformers.util import stack_padded_token_embeddings
 from torch import Tensor
 
 from pipeline.training.checkpointing import document_groups, embed_documents_checkpointed
+from pipeline.training.distributed import check_equal_batches
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
@@ -78,14 +79,19 @@ def _check_contrastive_columns(loss: Any, sentence_features: list[dict[str, Tens
 
 
 class _ContrastiveColumns:
-    """What both contrastive losses add to sentence-transformers': a column check before the loss and the
-    temperature in the saved config (the mixin goes first so ``super()`` reaches the library's loss)."""
+    """What both contrastive losses add to sentence-transformers': a column check before the loss, the
+    equal-batch check before documents are gathered across processes, and the temperature in the saved
+    config (the mixin goes first so ``super()`` reaches the library's loss)."""
 
     temperature: float
+    gather_across_devices: bool
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         features = list(sentence_features)
         _check_contrastive_columns(self, features)
+        if self.gather_across_devices:
+            # Uneven batches would misplace the positives' columns (or hang the gather): fail clearly first.
+            check_equal_batches(len(features[0]["input_ids"]), features[0]["input_ids"].device)
         return super().forward(features, labels)  # type: ignore[misc]
 
     def get_config_dict(self) -> dict[str, Any]:
@@ -104,7 +110,9 @@ class Contrastive(_ContrastiveColumns, MultiVectorMultipleNegativesRankingLoss):
         score_metric: Scoring function ``(queries, documents, queries_mask, documents_mask) -> scores``;
             MaxSim (``colbert_scores``) by default. ``similarity_fct`` is accepted as an alias.
         temperature: Softmax temperature (default ``1.0``; ``0.02`` is the usual choice, see module docs).
-        gather_across_devices: Share documents across DDP ranks so each query sees the global batch.
+        gather_across_devices: Share documents across DDP ranks so each query sees the global batch: the mean
+            of the ranks' losses and the DDP-averaged gradients are one process's on the concatenated batch
+            (:mod:`pipeline.training.distributed`; PyLate's loss is that times the world size).
         mini_batch_size: Rows per forward when embedding the document columns (bounds padding waste).
 
     Example:
@@ -145,7 +153,7 @@ class CachedContrastive(_ContrastiveColumns, CachedMultiVectorMultipleNegativesR
         mini_batch_size: Rows per embedding chunk (default 32).
         score_metric: Scoring function (MaxSim by default); ``similarity_fct`` is accepted as an alias.
         temperature: Softmax temperature (default ``1.0``; ``0.02`` is the usual choice).
-        gather_across_devices: Share documents across DDP ranks.
+        gather_across_devices: Share documents across DDP ranks (as :class:`Contrastive`).
         show_progress_bar: Show tqdm bars over the chunks.
 
     Example:

@@ -94,6 +94,8 @@ def run_stage(args: argparse.Namespace) -> int:
     if getattr(args, "shard", None):
         return encode_shard(module, params, project, args.shard)
     summary = module.run(params, project)
+    if not _writes_results():
+        return 0  # torchrun's other ranks: rank 0 prints and reports the stage's result
     print(json.dumps({"stage": args.command, **summary}, indent=2, default=str))
     layout = Layout(params, project)
     produced = STAGE_IO.get(args.command, ((), ()))[1]
@@ -107,6 +109,13 @@ def run_stage(args: argparse.Namespace) -> int:
         }
     )
     return 0
+
+
+def _writes_results() -> bool:
+    """Rank 0 under torchrun (``RANK``), every process otherwise."""
+    from pipeline.training.distributed import is_main_process
+
+    return is_main_process()
 
 
 def encode_shard(module: Any, params: Any, project: Path, text: str) -> int:

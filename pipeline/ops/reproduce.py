@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 #: The stages whose outputs a version's lineage names (data, model, index): pulled, and re-run by ``rerun``.
 LINEAGE_STAGES = versioning.LINEAGE_STAGES
 REPRODUCE_REMOTE = "colbert-reproduce"
+#: How a clone names the tracking server a version is registered on (the run's, as its team shares it).
+TRACKING_HOW = (
+    "set MLFLOW_TRACKING_URI (or tracking.tracking_uri in params.yaml) to the tracking server the run used, "
+    "e.g. `export MLFLOW_TRACKING_URI=http://mlflow.example:5000`"
+)
 
 
 class ReproduceError(PipelineError):
@@ -88,6 +93,14 @@ def version_tags(
     from mlflow.exceptions import MlflowException
 
     name, kind, value = parse_reference(reference, default_name)
+    store = (tracking_uri or "").removeprefix("sqlite:///")
+    if store != (tracking_uri or "") and store and not Path(store).is_file():
+        # Opening it would create an empty store (a stray mlruns.db in a fresh clone) and then report the
+        # version as missing: say instead which setting points at the store that has it.
+        raise InputError(
+            f"no tracking store at {store} (the tracking URI {tracking_uri}): the version was registered "
+            f"elsewhere; {TRACKING_HOW}"
+        )
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         found = (
@@ -96,7 +109,10 @@ def version_tags(
             else client.get_model_version_by_alias(name, value)
         )
     except MlflowException as error:
-        raise InputError(f"model {name!r} {kind} {value!r} is not in the registry: {error.message}") from None
+        raise InputError(
+            f"model {name!r} {kind} {value!r} is not in the registry at {tracking_uri}: {error.message}; "
+            f"if it was registered on another tracking server or store, {TRACKING_HOW}"
+        ) from None
     return name, str(found.version), dict(found.tags or {})
 
 
@@ -130,6 +146,27 @@ def checkout(repo: Path, ref: str, commit: str, dest: Path) -> None:
             f"{git_remote.GIT_REMOTE_ENV} (or as this clone's origin)"
         )
     _run(["git", "checkout", "--quiet", "--detach", commit], cwd=dest)
+
+
+def pull_lineage(dest: Path, url: str, known: dvc_remote.DataRemote | None) -> None:
+    """``dvc pull`` the lineage stages' outputs in ``dest`` from the DVC remote at ``url``.
+
+    ``known`` is the clone's own remote of that URL: its options (an S3 endpoint, keys, a profile) come
+    along. Without one, only the bare URL is tried, and a failed pull is an input error that says how to
+    configure the remote in the clone (what an S3 server other than AWS, or keys in no environment, need).
+    """
+    remote = known or dvc_remote.DataRemote(REPRODUCE_REMOTE, {"url": url})
+    dvc_remote.configure(dest, REPRODUCE_REMOTE, remote)
+    try:
+        _run([versioning.dvc_executable(), "pull", "--remote", REPRODUCE_REMOTE, *LINEAGE_STAGES], cwd=dest)
+    except PipelineError as error:
+        if known is not None:
+            raise
+        raise InputError(
+            f"{error}; this clone has no DVC remote with the URL {url}: add it with `dvc remote add --local "
+            f"<name> {url}` and its options (`dvc remote modify --local <name> endpointurl <url>` for an S3 "
+            "server other than AWS, keys or a profile), or name another copy of it with --remote"
+        ) from None
 
 
 def verify(dest: Path, tags: dict[str, str]) -> list[Check]:
@@ -203,13 +240,7 @@ def reproduce(
         )
     dest = Path(dest).resolve()
     checkout(Path(repo).resolve(), tags[versioning.RUN_REF_TAG], tags[versioning.RUN_COMMIT_TAG], dest)
-    dvc = versioning.dvc_executable()
-    # This clone's remote of that URL brings its options (an S3 endpoint, a profile) along; else the URL.
-    known = dvc_remote.find_by_url(Path(repo), url)
-    dvc_remote.configure(
-        dest, REPRODUCE_REMOTE, known or dvc_remote.DataRemote(REPRODUCE_REMOTE, {"url": url})
-    )
-    _run([dvc, "pull", "--remote", REPRODUCE_REMOTE, *LINEAGE_STAGES], cwd=dest)
+    pull_lineage(dest, url, dvc_remote.find_by_url(Path(repo), url))
     checks = verify(dest, tags)
     report: dict[str, Any] = {
         "model": name,

@@ -173,6 +173,11 @@ class TrainParams(Section):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="with a dev split: stop after N evaluations without a better dev loss"
     )
+    gather_across_devices: Literal["auto"] | bool = Field(
+        "auto",
+        description="under torchrun: score each query against every process's documents (contrastive "
+        "losses); auto: on with several processes. batch_size is per process",
+    )
 
     @model_validator(mode="after")
     def _early_stopping_needs_dev(self) -> TrainParams:

@@ -68,8 +68,10 @@ def document_forward_rows(model: Any, config: TrainParams) -> int | None:
 
 
 def build_loss(model: Any, config: TrainParams, kind: str) -> Any:
-    """The loss for ``train.loss``, checked against the prepared data's kind."""
+    """The loss for ``train.loss``, checked against the prepared data's kind. Under ``torchrun`` the
+    contrastive losses share their documents across processes (``train.gather_across_devices``)."""
     from pipeline import losses
+    from pipeline.training.distributed import launch_world_size, resolve_gather
 
     if config.loss == "distillation" and kind != "kd":
         raise ValueError("train.loss is 'distillation' but prepare produced triplets: use prepare.source=kd")
@@ -77,13 +79,23 @@ def build_loss(model: Any, config: TrainParams, kind: str) -> Any:
         raise ValueError(
             f"train.loss is {config.loss!r} but prepare produced KD rows: use train.loss=distillation"
         )
+    world_size = launch_world_size()
+    gather = resolve_gather(config.gather_across_devices, world_size) and config.loss != "distillation"
+    if gather:
+        logger.info("%s loss: documents gathered across %d processes", config.loss, world_size)
     if config.loss == "contrastive":
         return losses.Contrastive(
-            model=model, temperature=config.temperature, mini_batch_size=document_forward_rows(model, config)
+            model=model,
+            temperature=config.temperature,
+            mini_batch_size=document_forward_rows(model, config),
+            gather_across_devices=gather,
         )
     if config.loss == "cached_contrastive":
         return losses.CachedContrastive(
-            model=model, mini_batch_size=config.mini_batch_size, temperature=config.temperature
+            model=model,
+            mini_batch_size=config.mini_batch_size,
+            temperature=config.temperature,
+            gather_across_devices=gather,
         )
     return losses.Distillation(model=model)
 
@@ -114,6 +126,8 @@ def training_arguments(
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
 
+    from pipeline.training.distributed import launch_world_size
+
     evaluation: dict[str, Any] = {}
     if with_dev:
         evaluation = {
@@ -141,6 +155,9 @@ def training_arguments(
         report_to=report_to,
         use_cpu=config.device == "cpu" or not torch.cuda.is_available(),
         batch_sampler=batch_sampler,
+        # Several processes: every step's batches must be full and equal for the gathered loss
+        # (losses.Contrastive's gather_across_devices places a process's positives at rank x rows).
+        dataloader_drop_last=launch_world_size() > 1,
         **evaluation,
         **precision_flags(config.precision, config.device),
     )

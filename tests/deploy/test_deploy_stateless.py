@@ -12,21 +12,26 @@ tests drive it only through Airflow's REST API, MLflow's client and the git remo
    succeed, ``train`` on the gpu worker and every other stage on the default worker, each run on its own
    ``refs/colbert-runs/<run id>`` holding its own Params, its data in the S3 bucket, a champion registered
    (its artifacts in the bucket too), each stage task started from its own worker's clone;
-3. a worker SIGKILLed (with everything it started, as a host that dies) while it runs a stage: with retries
+3. ``colbert-pipeline reproduce`` of the champion in a fresh clone of the git remote, with the tracking
+   server and the S3 DVC remote set as a team member sets them (and, first, without the tracking URI: the
+   error names it), pulls the data, model and index with the hashes its run ref's ``dvc.lock`` records;
+4. a worker SIGKILLed (with everything it started, as a host that dies) while it runs a stage: with retries
    at 1 the task's second try runs on the other worker and completes, and the run's outputs (DVC hashes and
    the metrics' deterministic values) equal those of the uninterrupted run with the same Params. For this the
    gpu worker is restarted serving ``gpu,default`` first (a GPU host that also takes CPU stages, as
    docs/stateless.md's recipe runs it): while the default worker alone serves ``default``, tests 1-2 know
    where each stage runs; a retry can only move to a worker that serves its queue;
-4. afterwards the workers' clones are as they were, and every service that was not killed is up.
+5. afterwards the workers' clones are as they were, and every service that was not killed is up.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +41,7 @@ import psutil
 import pytest
 import yaml
 
-from pipeline.ops import dvc_remote, services, stateless_dag
+from pipeline.ops import dvc_remote, git_remote, lineage, services, stateless_dag, versioning
 from pipeline.project.layout import STAGES
 from tests import remotes
 from tests.deploy.deploy_platform import AirflowApi, require_binaries, running_platform, wait_until
@@ -49,9 +54,11 @@ from tests.deploy.stateless_platform import (
     StatelessPlatform,
     git_ref,
 )
-from tests.workspace import DAG_TINY
+from tests.workspace import DAG_TINY, GIT_IDENTITY
 
 pytestmark = pytest.mark.deploy
+
+BIN = Path(sys.executable).parent
 
 DAG_ID = "colbert_pipeline"
 MODEL_NAME = "colbert-stateless"
@@ -86,6 +93,8 @@ NOT_REPRODUCIBLE = re.compile(
 #: Outputs that record a run's circumstances rather than its results: compared field by field instead
 #: (index.json), or not at all (registry.json: the promotion decision depends on the registry it met).
 BY_FIELD, NOT_COMPARED = "metrics/index.json", "metrics/registry.json"
+#: The DVC-tracked outputs a version's lineage names (prepared data, model weights, index).
+LINEAGE_OUTPUTS = ("data/prepared/train", "data/prepared/eval", "models/colbert", "indexes/sample")
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +278,70 @@ def test_two_runs_with_other_params_run_at_once_each_on_its_own_ref(
     assert champion.tags["colbert.run_ref"] in {ref["ref"] for ref in refs.values()}
     assert champion.tags["lineage.model.md5"] in {one["models/colbert"], other["models/colbert"]}
     stack["champion"] = str(champion.version)
+
+
+def _colbert(clone: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(BIN / "colbert-pipeline"), *args]
+    return subprocess.run(
+        command, cwd=clone, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_reproduce_the_champion_in_a_fresh_clone_of_the_git_remote(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    """A team member's clone of the git remote, on the run's tracking server and DVC remote through the usual
+    settings, pulls the champion's data, model and index with the hashes its run ref's dvc.lock records."""
+    platform: StatelessPlatform = stack["platform"]
+    assert "champion" in stack, "needs the uninterrupted runs"
+    (tmp_path / "home").mkdir()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in (git_remote.GIT_REMOTE_ENV, dvc_remote.DVC_REMOTE_ENV, "MLFLOW_TRACKING_URI")
+    }
+    env |= {"HOME": str(tmp_path / "home"), **GIT_IDENTITY}
+    env |= {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    clone = remotes.clone_from(platform.git_url, tmp_path / "clone", env)
+    assert not _git(clone, "for-each-ref", "refs/colbert-runs")  # a plain clone: no run ref in it yet
+    into, reference = tmp_path / "champion", f"{MODEL_NAME}@champion"
+
+    # No tracking URI set: the clone's default store does not exist; the command names the setting.
+    missing = _colbert(clone, env, "reproduce", reference, "--into", str(into))
+    assert missing.returncode == 2, missing.stdout[-2000:] + missing.stderr[-2000:]
+    assert "set MLFLOW_TRACKING_URI" in missing.stderr, missing.stderr[-2000:]
+    assert not into.exists() and not _git(clone, "status", "--porcelain", "--ignored")
+
+    # The settings a team member sets (docs/stateless.md): the tracking server, the S3 DVC remote.
+    env["MLFLOW_TRACKING_URI"] = platform.mlflow_url
+    dvc = versioning.dvc_executable()
+    subprocess.run(
+        [dvc, "remote", "add", "--local", "-d", "runs", DVC_REMOTE_URL], cwd=clone, env=env, check=True
+    )
+    endpoint = ["remote", "modify", "--local", "runs", "endpointurl", platform.s3_url]
+    subprocess.run([dvc, *endpoint], cwd=clone, env=env, check=True)
+    done = _colbert(clone, env, "reproduce", reference, "--into", str(into))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(done.stdout[: done.stdout.rindex("}") + 1])
+    tags = _mlflow(platform).get_model_version_by_alias(MODEL_NAME, "champion").tags
+    assert (report["model"], report["version"]) == (MODEL_NAME, stack["champion"])
+    assert (report["ref"], report["commit"], report["remote"]) == (
+        tags["colbert.run_ref"],
+        tags["colbert.run_commit"],
+        DVC_REMOTE_URL,
+    )
+    assert f"{MODEL_NAME} v{stack['champion']} from {report['ref']}" in done.stdout
+    assert _git(into, "rev-parse", "HEAD") == report["commit"]  # the ref was fetched from the git remote
+
+    # What was pulled has the hashes the run ref's dvc.lock (read from the git remote) records.
+    (recorded,) = [ref for ref in stack["refs"].values() if ref["ref"] == report["ref"]]
+    expected = _outputs(recorded["lock"])
+    assert {c["artifact"] for c in report["checks"]} == {"data_train", "data_eval", "model", "index"}
+    assert {c["path"] for c in report["checks"]} == set(LINEAGE_OUTPUTS)
+    for path in LINEAGE_OUTPUTS:
+        assert lineage.compute_md5(into / path, into) == expected[path], path
+    assert (into / "models" / "colbert" / "model.safetensors").is_file()
+    assert not _git(clone, "status", "--porcelain")  # the clone itself is left as it was
 
 
 def _stage_running(platform: StatelessPlatform, stage: str, seconds: float) -> psutil.Process | None:
