@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-serve bench-shards bench-render
+.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-serve bench-shards bench-updates bench-render
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -89,6 +89,9 @@ quality-arguana: install
 # bench/.cache/serve/): latency at concurrency 1, 4 and 16 with and without batching, RSS over up to 10,000 requests (a time bound may come first).
 # bench-shards: an index built from 2 shards of SciFact's encoding (1,000 documents) against the unsharded build:
 # the same documents, recall@10 against exact MaxSim at three PLAID settings (index.shards).
+# bench-updates: an index updated in place against a rebuild, through the index stage (1,050 SciFact documents:
+# 20 added, 10 removed, 5 changed), and recall@10 over five updates replacing half the corpus against fresh
+# builds (docs/indexes.md, "Updating an index in place"); each about 8-20 min on 2 busy cores.
 # bench-render: every record as Markdown tables.
 DATASET ?= scifact
 bench-index: install
@@ -109,6 +112,10 @@ bench-serve: install
 
 bench-shards: install
 	$(PY) -m bench.shards $(or $(BENCH_ARGS),--record bench/records/index_shards.json)
+
+bench-updates: install
+	$(PY) -m bench.index.updates --time --record bench/records/index_update_time.json $(BENCH_ARGS)
+	$(PY) -m bench.index.updates --recall --record bench/records/index_update_recall.json $(BENCH_ARGS)
 
 bench-render: install
 	$(PY) -m bench.render $(BENCH_ARGS)

@@ -2,9 +2,10 @@
 
 Each record's kind is told by its shape: an index benchmark (``python -m bench.index``), an encoding
 precision comparison (``python -m bench.index.precision``), k-means build variants
-(``python -m bench.index.build``), trainer throughput (``python -m bench.train --peer``) or the served
-champion under load (``python -m bench.serve``). Every table
-comes with the environment the record names (date, cores, Python, torch, the GPU where there was one).
+(``python -m bench.index.build``), trainer throughput (``python -m bench.train --peer``), the served
+champion under load (``python -m bench.serve``) or index updates (``python -m bench.index.updates``).
+Every table comes with the environment the record names (date, cores, Python, torch, the GPU where there
+was one).
 
 The docs site renders its benchmark tables with :func:`render` at build time (``docs/hooks.py``, a
 ``<!-- render: record NAME -->`` placeholder per table), so a page's numbers are always the committed
@@ -200,6 +201,61 @@ def render_build(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_update_time(report: dict[str, Any]) -> str:
+    """An in-place update against a rebuild of the same corpus, through the index stage
+    (``python -m bench.index.updates --time``)."""
+    change = report["change"]
+    lines = [
+        f"{report['dataset']}: {report['documents']} documents (the first {report['words']} words of each), "
+        f"then {change['added']} added, {change['removed']} removed and {change['changed']} changed",
+        "",
+        environment_line(report),
+        "",
+        "| run | mode | documents | encoded | encode + index write s | stage wall s |",
+        "|---|---|---|---|---|---|",
+    ]
+    labels = {"build": "first build", "update": "the change, in place", "rebuild": "the change, rebuilt"}
+    for name, run in report["runs"].items():
+        lines.append(
+            f"| {labels.get(name, name)} | {run['mode']} | {run['documents']} | {run['encoded']} "
+            f"| {run['build_seconds']:.1f} | {run['wall_seconds']:.1f} |"
+        )
+    lines += [
+        "",
+        f"The update took {report['update_over_rebuild_build']:.2f} of the rebuild's encode + index write "
+        f"time, and {report['update_over_rebuild_wall']:.2f} of its stage wall time (process start, model "
+        "load, search tuning or re-check, and the latency probe included).",
+    ]
+    return "\n".join(lines)
+
+
+def render_update_recall(report: dict[str, Any]) -> str:
+    """Recall@10 of an index updated step by step against a fresh build's
+    (``python -m bench.index.updates --recall``)."""
+    settings = list(report["steps"][0]["updated"])
+    lines = [
+        f"{report['dataset']}: {report['documents']} documents (the first {report['words']} words of each), "
+        f"{report['queries']} test queries; recall@10 against exact MaxSim over the current corpus",
+        "",
+        environment_line(report),
+        "",
+        "| step | corpus replaced | update s | "
+        + " | ".join(f"{name}: updated | {name}: fresh build" for name in settings)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(settings),
+    ]
+    for row in report["steps"]:
+        cells = [f"{row['updated'][n]:.3f} | {row['fresh'][n]:.3f}" for n in settings]
+        lines.append(
+            f"| {row['step']} | {row['replaced']:.0%} | {_cell(row['update_seconds'], '{:.1f}')} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    worst = report["worst_updated_minus_fresh"] + 0.0  # + 0.0: no "-0.000"
+    lines += ["", f"Worst step and setting, updated minus fresh build: {worst:+.3f}."]
+    return "\n".join(lines)
+
+
 def render_trainers(report: dict[str, Any]) -> str:
     """A trainer-throughput record: the median samples/s of the train stage (and PyLate) per data set."""
     peer = any("peer" in row for row in report["samples_per_s_median"].values())
@@ -325,6 +381,8 @@ def render_shards(report: dict[str, Any]) -> str:
 RENDERERS: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]]] = [
     (lambda r: r.get("benchmark") == "serve_load", render_serve),
     (lambda r: isinstance(r.get("shards"), dict), render_shards),
+    (lambda r: r.get("benchmark") == "index_update_time", render_update_time),
+    (lambda r: r.get("benchmark") == "index_update_recall", render_update_recall),
     (lambda r: "samples_per_s_median" in r, render_trainers),
     (lambda r: isinstance(r.get("variants"), dict), render_build),
     (lambda r: any("variant" in row for row in r.get("rows", [])), render_precision),

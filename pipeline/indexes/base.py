@@ -441,6 +441,16 @@ class MultiVectorIndex(abc.ABC):
             return 0
         return folder_bytes(self.path / self._version)
 
+    def version_folder(self) -> Path | None:
+        """The version folder searches see now: inside a :meth:`transaction`, after its first write, the
+        private working version (files written into it are published with it, atomically); otherwise the
+        live version (``None`` while nothing is committed)."""
+        if self._working is not None:
+            return self._working
+        if self._version is None or self._pending_override:
+            return None
+        return self.path / self._version
+
     def stats(self) -> dict[str, Any]:
         """Facts for tracking: ``kind``, ``documents``, ``tokens``, ``dim``, ``bytes_on_disk``, ``path``."""
         return {

@@ -281,8 +281,19 @@ class EmbeddingStoreWriter:
             self._handle.write(np.ascontiguousarray(array, dtype=np.float16).tobytes())
             self._lengths.append(int(array.shape[0]))
 
-    def commit(self, index_version: str | None, device: str | torch.device | None = None) -> EmbeddingStore:
-        """Finish the files, replace ``folder`` with them, and open the result (scoring on ``device``)."""
+    def commit(
+        self,
+        index_version: str | None,
+        device: str | torch.device | None = None,
+        folder: str | os.PathLike[str] | None = None,
+    ) -> EmbeddingStore:
+        """Finish the files, replace ``folder`` with them, and open the result (scoring on ``device``).
+
+        ``folder`` (default: the one given when the writer was made) lets the index stage put the store into
+        an index version that did not exist yet when the writer started: the transaction's working version.
+        """
+        if folder is not None:
+            self.folder = Path(folder)
         if self._handle.closed:
             raise RuntimeError(f"{self.folder}: this writer was already committed or discarded")
         if self.dim is None:
@@ -323,8 +334,14 @@ def open_store(
     device: str | torch.device | None = None,
 ) -> EmbeddingStore | None:
     """The index's embedding store (scoring on ``device``) if it exists and belongs to ``index_version``;
-    else ``None``."""
+    else ``None``.
+
+    The index stage writes the store inside the version folder it belongs to (published with it in one
+    commit); indexes written before that keep it beside the versions, which is read when the version has none.
+    """
     folder = Path(index_path) / STORE_FOLDER
+    if index_version is not None and (Path(index_path) / index_version / STORE_FOLDER).is_dir():
+        folder = Path(index_path) / index_version / STORE_FOLDER
     if not folder.is_dir():
         return None
     try:

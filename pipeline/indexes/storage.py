@@ -47,8 +47,11 @@ CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".lock"
 MANIFEST_FILE = "manifest.json"
 DOCUMENTS_FILE = "documents.json"
-#: The indexed documents' texts, which the index stage writes beside the versions for the served model.
+#: The indexed documents' texts, which the index stage writes into the version for the served model (indexes
+#: written before that keep them beside the versions).
 TEXTS_FILE = "texts.jsonl"
+#: What the index stage built a version from (ids, text hashes, encoder): :mod:`pipeline.indexes.updates`.
+CORPUS_FILE = "corpus.json"
 #: ``v000001``; folders written before names became deterministic also carry a random ``-3fa2c1d0`` suffix.
 _VERSION_RE = re.compile(r"^v(\d{6})(?:-[0-9a-f]{8})?$")
 
@@ -215,6 +218,12 @@ def read_version_files(folder: Path, kind: str) -> VersionFiles:
     if not isinstance(ids, list) or not isinstance(tokens, list) or len(ids) != len(tokens):
         raise IndexFormatError(f"{folder / DOCUMENTS_FILE}: 'ids' and 'tokens' must be lists of one length")
     return VersionFiles(dim=manifest.get("dim"), ids=ids, tokens=[int(t) for t in tokens])
+
+
+def read_build_settings(folder: Path) -> dict[str, Any]:
+    """The settings a version was built with (its ``manifest.json``'s ``settings``)."""
+    settings = _read_json_object(folder / MANIFEST_FILE).get("settings")
+    return settings if isinstance(settings, dict) else {}
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:

@@ -310,6 +310,44 @@ def tune(
     )
 
 
+def recheck(
+    store: EmbeddingStore,
+    queries: Sequence[np.ndarray],
+    candidates: CandidateSearch | None,
+    settings: SearchSettings,
+    *,
+    target: float = 0.95,
+    k: int = 10,
+    standard_errors: float = 1.645,
+    timer: Callable[[], float] = time.perf_counter,
+) -> TuningResult:
+    """Measure stored ``settings`` again on the index as it is now (after an in-place update): recall@``k``
+    against exact MaxSim over ``store`` and their speed, as one trial. ``reached`` says whether they still
+    reach ``target`` (held against :func:`recall_bound`, as :func:`tune` holds its choice); when they do not,
+    the caller tunes afresh.
+    """
+    if not queries:
+        raise ValueError("recheck needs at least one probe query")
+    if settings.mode == "plaid" and candidates is None:
+        raise ValueError("PLAID settings need the PLAID search to be re-checked")
+    queries = list(queries)
+    reference, exact_seconds = _timed(lambda: store.exact_topk(queries, k), timer)
+    bench = _Bench(store, queries, candidates, reference, k, standard_errors, timer)
+    trial = bench.trial(settings, *bench.run(settings, settings.batch_size))
+    return TuningResult(
+        settings=settings,
+        recall=trial.recall,
+        qps=len(queries) / trial.seconds,
+        target=target,
+        reached=trial.recall_bound >= target,
+        recall_bound=trial.recall_bound,
+        exact_qps=len(queries) / exact_seconds,
+        queries=len(queries),
+        k=k,
+        trials=[trial],
+    )
+
+
 def _plaid_trials(
     bench: _Bench,
     probes: Sequence[int],

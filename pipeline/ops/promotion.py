@@ -64,7 +64,7 @@ class Decision:
     value: float | None = None
     margin: float = 0.0
     benchmark: str | None = None
-    comparison: str = ""  # first_version | same_benchmark | re_evaluated | not_comparable
+    comparison: str = ""  # first_version | same_benchmark | re_evaluated | not_comparable | corpus_update
     champion_before: str | None = None
     champion_value: float | None = None
     champion_benchmark: str | None = None
@@ -219,6 +219,39 @@ def decide(
     promote, why = compare(value, champion_value, margin)
     reason = f"{metric} {value:.4f} vs champion v{champion.version} {champion_value:.4f}: {why}"
     return promote, comparison, reason + (f" ({note})" if note else ""), champion_value
+
+
+#: ``registration.kind`` of a version whose model is the champion's, with another index (a corpus update).
+CORPUS_UPDATE = "corpus_update"
+KIND_TAG = "registration.kind"
+
+
+def corpus_update_of(champion: Any | None, lineage: Mapping[str, str], benchmark: str | None) -> str | None:
+    """The champion's version when registering ``lineage`` is a corpus update of it, else ``None``.
+
+    A corpus update holds the champion's model (the same ``lineage.model.md5``), evaluated on the same
+    benchmark, with another index: the model and its evaluation are the champion's, so there is no quality to
+    compare; only the index changed.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> champion = SimpleNamespace(version="3", tags={
+        ...     "lineage.model.md5": "m.dir", "lineage.index.md5": "i1.dir", BENCHMARK_TAG: "b.dir"})
+        >>> new = {"lineage.model.md5": "m.dir", "lineage.index.md5": "i2.dir"}
+        >>> corpus_update_of(champion, new, "b.dir"), corpus_update_of(champion, new, "other.dir")
+        ('3', None)
+        >>> corpus_update_of(champion, {**new, "lineage.model.md5": "retrained.dir"}, "b.dir") is None
+        True
+    """
+    if champion is None or benchmark is None:
+        return None
+    tags = dict(champion.tags or {})
+    model = lineage.get("lineage.model.md5")
+    same_model = model is not None and tags.get("lineage.model.md5") == model
+    new_index = tags.get("lineage.index.md5") != lineage.get("lineage.index.md5")
+    if same_model and new_index and tags.get(BENCHMARK_TAG) == benchmark:
+        return str(champion.version)
+    return None
 
 
 def read_eval_metrics(path: Path, metric: str) -> dict[str, float]:

@@ -27,21 +27,25 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.ops import gate, tracking
+from pipeline.ops.index_lineage import check_index_matches_model, link_index_run
 from pipeline.ops.promotion import (
     BENCHMARK_TAG,
     CHALLENGER,
     CHAMPION,
+    CORPUS_UPDATE,
     EVAL_METRICS_TAG,
     IDENTITY_TAG,
+    KIND_TAG,
     METRIC_NAME_TAG,
     METRIC_VALUE_TAG,
     Decision,
     Reevaluate,
+    corpus_update_of,
     decide,
     describe_version,
     reeval_tag,
@@ -126,57 +130,6 @@ def _remove_unfinished(client: Any, name: str, challenger: str | None, keep: Any
             logger.warning("registry: removed %s v%s, left by a failed registration", name, version.version)
 
 
-def _link_index_run(
-    client: Any, experiment: str, lineage: Mapping[str, str], name: str, version: str
-) -> None:
-    """Tag the index stage run that built this index with the model version that serves it (best effort)."""
-    index_md5 = lineage.get("lineage.index.md5")
-    if not index_md5:
-        return
-    try:
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return
-        runs = client.search_runs(
-            [exp.experiment_id],
-            filter_string=f"tags.stage = 'index' and tags.`lineage.index.md5` = '{index_md5}'",
-            max_results=5,
-        )
-        for run in runs:
-            client.set_tag(run.info.run_id, "registered_model_version", f"{name}/{version}")
-    except Exception as error:  # lineage links are a convenience: never fail a registration on them
-        logger.warning("registry: could not tag the index run with %s/%s: %s", name, version, error)
-
-
-def check_index_matches_model(client: Any, experiment: str, lineage: Mapping[str, str]) -> str | None:
-    """Refuse an index built with another model: the index run's input model md5 must be this model's.
-
-    Returns the md5 of the model that encoded the index when the index run is on record, else None.
-    """
-    index_md5, model_md5 = lineage.get("lineage.index.md5"), lineage.get("lineage.model.md5")
-    if not index_md5 or not model_md5:
-        return None
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.stage = 'index' and tags.`lineage.index.md5` = '{index_md5}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        logger.warning("registry: no index run on record for index md5 %s; cannot check its model", index_md5)
-        return None
-    encoded_with = runs[0].data.tags.get("lineage.model.md5")
-    if encoded_with and encoded_with != model_md5:
-        raise ValueError(
-            f"the index (md5 {index_md5}) was built with model md5 {encoded_with}, but the model to register "
-            f"has md5 {model_md5}: re-run the index stage so the served index matches the model"
-        )
-    return encoded_with
-
-
 #: Numbers logged against the LoggedModel, each group with the dataset it was measured on (or None).
 ModelMetrics = list[tuple[Mapping[str, float], Any]]
 
@@ -229,7 +182,7 @@ def register_and_promote(
 
     # 3. Aliases. A failure here removes the version this call created: no half-registered version.
     plan = _set_aliases(client, plan, str(version.version))
-    _link_index_run(client, params.tracking.experiment, lineage, name, str(version.version))
+    link_index_run(client, params.tracking.experiment, lineage, name, str(version.version))
     return Decision(
         model_name=name,
         version=str(version.version),
@@ -285,6 +238,7 @@ class _Plan:
     challenger_before: str | None
     champion_benchmark: str | None
     criteria: tuple[gate.Criterion, ...] = ()
+    index_update: dict[str, Any] = field(default_factory=dict)  #: ``metrics/index.json``'s ``update``
 
 
 def _plan(
@@ -304,9 +258,18 @@ def _plan(
     key = registration_key(lineage, metrics, metric)
     existing = _find_registered(client, name, key)
     _remove_unfinished(client, name, challenger_before, keep=existing)
-    promote, comparison, reason, champion_value = decide(
-        value, metric, config.margin, benchmark, champion, existing, reevaluate
-    )
+    base = corpus_update_of(champion, lineage, benchmark) if existing is None else None
+    if base is not None:  # the champion's model and evaluation, a new index: nothing to re-evaluate
+        champion_value = tag_float(champion.tags or {}, METRIC_VALUE_TAG)
+        promote, comparison = True, CORPUS_UPDATE
+        reason = (
+            f"corpus update of champion v{base}: the same model (md5 {lineage.get('lineage.model.md5')}) and "
+            "benchmark with a new index; no retraining or re-evaluation, its evaluation carries over"
+        )
+    else:
+        promote, comparison, reason, champion_value = decide(
+            value, metric, config.margin, benchmark, champion, existing, reevaluate
+        )
     criteria = gate.criteria(
         config,
         inputs,
@@ -333,6 +296,7 @@ def _plan(
         challenger_before=challenger_before,
         champion_benchmark=(champion.tags or {}).get(BENCHMARK_TAG) if champion else None,
         criteria=criteria,
+        index_update=dict((inputs.index_metrics or {}).get("update") or {}),
     )
 
 
@@ -356,16 +320,35 @@ def _version_tags(
         "promotion.criteria": json.dumps([c.as_dict() for c in plan.criteria], default=str)[:5000],
         "gate.ndcg": f"gate: {gate.NDCG_GATE}; report: {gate.NDCG_REPORT}"[:5000],
     }
+    tags.update(_kind_tags(plan))
     for criterion in plan.criteria:
         passed = "not checked" if criterion.passed is None else str(criterion.passed).lower()
         tags[f"gate.{criterion.name}.passed"] = passed
-        for field in ("value", "threshold"):
-            if getattr(criterion, field) is not None:
-                tags[f"gate.{criterion.name}.{field}"] = repr(getattr(criterion, field))
+        for attribute in ("value", "threshold"):
+            if getattr(criterion, attribute) is not None:
+                tags[f"gate.{criterion.name}.{attribute}"] = repr(getattr(criterion, attribute))
     if encoded_with:
         tags["lineage.index.encoded_with_model.md5"] = encoded_with
     if run_id:
         tags["mlflow_run_id"] = run_id
+    return tags
+
+
+def _kind_tags(plan: _Plan) -> dict[str, str]:
+    """What kind of registration this is (``model``, or ``corpus_update`` of the champion: no retraining,
+    no re-evaluation) and how its index was made (``index.update.*``: incremental or rebuilt, the counts)."""
+    tags = {KIND_TAG: plan.comparison if plan.comparison == CORPUS_UPDATE else "model"}
+    if plan.comparison == CORPUS_UPDATE:
+        tags.update(
+            {
+                "corpus_update.base_version": plan.champion_before or "none",
+                "corpus_update.retrained": "false",
+                "corpus_update.reevaluated": "false",
+            }
+        )
+    for key, value in plan.index_update.items():
+        if value is not None:
+            tags[f"index.update.{key}"] = str(value)[:5000]
     return tags
 
 

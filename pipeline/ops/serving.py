@@ -13,8 +13,9 @@ works). **Params**: ``k`` (hits per query; default ``register.k`` at registratio
 - ``ids``: the ``k`` best document ids (strings), best first;
 - ``scores``: their MaxSim scores (floats), same order;
 - ``texts``: the hits' document texts, same order, each cut to :data:`MAX_TEXT_CHARS` characters (only when
-  the version packs the texts the index was built from: the index folder's ``texts.jsonl``, which
-  the index stage writes, or, in versions logged before that, the artifact ``documents``).
+  the version packs the texts the index was built from: the live index version's ``texts.jsonl``
+  (beside the versions in indexes written before it moved there), which the index stage writes, or, in
+  versions logged before that, the artifact ``documents``).
 
 The logged model carries an input example (``serving_input_example.json``), the request body
 ``mlflow models serve`` accepts::
@@ -92,8 +93,11 @@ class ColBERTSearchModel(mlflow.pyfunc.PythonModel):
         self.retriever = retrieve.ColBERT(index=index)
         self.texts: dict[str, str] | None = None
         documents = (getattr(context, "artifacts", None) or {}).get(DOCUMENTS_ARTIFACT)
-        if not documents and (index_path / TEXTS_FILE).is_file():
-            documents = str(index_path / TEXTS_FILE)
+        # The index stage writes the texts into the version they belong to; older indexes keep them beside.
+        version = index.stats()["version"]
+        for candidate in ([index_path / version / TEXTS_FILE] if version else []) + [index_path / TEXTS_FILE]:
+            if not documents and candidate.is_file():
+                documents = str(candidate)
         if documents:
             self.texts = read_documents(Path(documents))
         logger.info("serving %d documents from %s", index.num_documents, index_path)

@@ -198,7 +198,26 @@ class IndexParams(Section):
 
     name: str = Field("sample", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="folder under indexes/")
     corpus: str | None = Field(
-        None, description="BEIR folder or corpus JSONL; None: the prepared eval corpus"
+        None,
+        description="BEIR folder or corpus JSONL (inside index.data, or prepare.data); None: the prepared "
+        "eval corpus",
+    )
+    data: str = Field(
+        "corpus",
+        description="the folder dvc.yaml watches for the index stage alone: a corpus kept here re-runs only "
+        "index and register when it changes (one in prepare.data re-runs prepare too)",
+    )
+    update: Literal["auto", "rebuild"] = Field(
+        "auto",
+        description="auto: when only the corpus changed (same model, same index settings), update the "
+        "previous index in place; rebuild: always build from nothing",
+    )
+    update_max_churn: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="an update touching more than this share of the previous corpus (added + removed + "
+        "changed) rebuilds instead",
     )
     chunk_size: int = Field(2000, ge=1, description="documents encoded and added per chunk (bounds memory)")
     shards: int = Field(

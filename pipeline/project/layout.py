@@ -49,7 +49,7 @@ STAGE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "baseline": ((), ("baseline_metrics",)),
     "train": ((), ()),
     "evaluate": (("baseline_metrics",), ("eval_metrics", "comparison_json", "comparison_png")),
-    "index": (("benchmark", "inputs"), ("index_metrics",)),
+    "index": (("benchmark", "inputs", "index_data"), ("index_metrics",)),
     "register": (("eval_metrics", "index_metrics"), ("registry_decision",)),
     "quality": (("inputs",), ("quality_runs", "quality_metrics")),
     "report": (("quality_runs",), ("quality_report", "quality_plots")),
@@ -179,6 +179,11 @@ class Layout:
     @property
     def index(self) -> Path:
         return self.index_folder / self.params.index.name
+
+    @property
+    def index_data(self) -> Path:
+        """``index.data``: the folder holding the index's corpus, which only the index stage depends on."""
+        return resolve_path(self.params.index.data, self.project)
 
     @property
     def index_shards(self) -> Path:

@@ -229,34 +229,44 @@ def _input_paths(params: Params) -> list[tuple[str, str | None, bool]]:
 
 
 def untracked_inputs(params: Params, base: Path) -> list[tuple[str, Path]]:
-    """The configured local inputs outside ``prepare.data``: ``(key, path)`` pairs DVC would not watch.
+    """The configured local inputs outside the paths dvc.yaml watches: ``(key, path)`` pairs it would not.
 
-    dvc.yaml can only name fixed keys as dependencies, so every input must sit in the one path it names.
+    dvc.yaml can only name fixed keys as dependencies, so every input must sit in ``prepare.data``; the
+    index's corpus may also sit in ``index.data``, which only the index stage depends on.
 
     Example:
         >>> params = Params.model_validate({"index": {"corpus": "/elsewhere/corpus.jsonl"}})
         >>> untracked_inputs(params, Path("/project"))
         [('index.corpus', PosixPath('/elsewhere/corpus.jsonl'))]
+        >>> untracked_inputs(Params.model_validate({"index": {"corpus": "corpus/c.jsonl"}}), Path("/project"))
+        []
     """
-    root = resolve_path(params.prepare.data, base).resolve()
+    data_root = resolve_path(params.prepare.data, base).resolve()
+    corpus_roots = [data_root, resolve_path(params.index.data, base).resolve()]
     outside = []
     for key, value, must_be_local in _input_paths(params):
         if value is None or not (must_be_local or _looks_local(value) or resolve_path(value, base).exists()):
             continue  # a Hub dataset id: DVC cannot watch it
         path = resolve_path(value, base).resolve()
-        if path != root and root not in path.parents:
+        watched = corpus_roots if key == "index.corpus" else [data_root]
+        if not any(path == root or root in path.parents for root in watched):
             outside.append((key, path))
     return outside
 
 
 def check_tracked_inputs(params: Params, base: Path, source: str = DEFAULT_PARAMS_FILE) -> None:
-    """Under DVC: refuse inputs outside ``prepare.data`` (a change there would silently re-run nothing)."""
+    """Under DVC: refuse inputs outside the watched paths (a change there would silently re-run nothing)."""
     outside = untracked_inputs(params, base)
     if outside:
         listed = ", ".join(f"{key} ({path})" for key, path in outside)
         raise ConfigError(
             f"{source}: {listed} outside prepare.data ({params.prepare.data}), the path dvc.yaml watches: "
             "set prepare.data to a folder that holds every input"
+            + (
+                f" (index.corpus may also sit in index.data, {params.index.data})"
+                if any(key == "index.corpus" for key, _ in outside)
+                else ""
+            )
         )
 
 

@@ -1,19 +1,32 @@
-"""``index``: encode a corpus with the fine-tuned model and build its PLAID index.
+"""``index``: encode a corpus with the fine-tuned model and build its PLAID index, or update it in place.
 
 The corpus is the prepared benchmark's (default) or ``index.corpus`` (a BEIR folder or a corpus JSONL with
-``_id``/``title``/``text``). Documents are encoded and added in chunks of ``index.chunk_size``, so peak
-memory does not grow with the corpus. The index is built beside ``indexes/<name>`` and swapped in at the
-end: a crash leaves the previous index in place. A float16 copy of the embeddings is written beside it, then
-:func:`pipeline.indexes.tuning.tune` picks the fastest search settings reaching ``index.recall_target``
-recall@10 against exact MaxSim on probe queries (the benchmark's queries, else queries drawn from the corpus)
-and stores them in ``indexes/<name>/search.json``, where every search finds them. The copy is kept only when
-those settings read it. Then one probe query at a time is searched with those settings, as a served request
-is (``p50_ms``/``p95_ms``: search only, queries already encoded). Writes ``metrics/index.json`` (the chosen
-settings, their recall, QPS and single-query latency, and the index version they were measured on), which the
-register stage's gate reads. The MLflow run records the corpus as its dataset input (its DVC md5 the digest)
-and, with ``tracking.system_metrics``, CPU, memory and GPU use.
+``_id``/``title``/``text``), checked row by row before anything is encoded (:mod:`pipeline.data.corpus`).
+Documents are encoded and added in chunks of ``index.chunk_size``, so peak memory does not grow with the
+corpus. Each build writes a new index version inside ``indexes/<name>``, holding the PLAID files, a float16
+copy of the embeddings, the texts and the corpus manifest (ids and a sha256 of each text, and the encoder),
+and publishes it in one commit at the end: a crash leaves the previous version live and complete.
 
-With ``index.shards`` N above 1 the documents are added from N shards of the encoding instead
+**Updating in place.** When the previous build (the index folder, or under ``dvc repro``, which deletes the
+folder first, the build ``dvc.lock`` records, restored from DVC's cache: :mod:`pipeline.ops.previous_index`)
+was made by the same encoder (model md5, backend, precision) with the same index settings, and the corpus
+changed by at most ``index.update_max_churn``, only the added and changed documents are encoded; removed and
+changed ones leave the index (:mod:`pipeline.indexes.updates`). Otherwise, or with ``index.update: rebuild``,
+the index is rebuilt. ``metrics/index.json``'s ``update`` records the mode, the counts and the reason.
+
+Then search settings: after an update, the previous ones are re-checked on the updated index and kept when
+they still reach ``index.recall_target``; otherwise (and after a rebuild)
+:func:`pipeline.indexes.tuning.tune` picks the fastest settings reaching ``index.recall_target`` recall@10
+against exact MaxSim on probe queries (the benchmark's queries, else queries drawn from the corpus) and
+stores them in ``indexes/<name>/search.json``, where every search finds them. Then one probe query at a time
+is searched with those settings, as a served request is (``p50_ms``/``p95_ms``: search only, queries already
+encoded). Writes ``metrics/index.json`` (the update, the chosen settings, their recall, QPS and single-query
+latency, and the index version they were measured on), which the register stage's gate reads. The MLflow
+run records the corpus as its dataset input (its DVC md5 the digest) and, with ``tracking.system_metrics``,
+CPU, memory and GPU use.
+
+With ``index.shards`` N above 1 a rebuild adds the documents from N shards of the encoding instead (an
+in-place update encodes its few documents here)
 (:func:`ready_shards`, ``index-shards/<index.name>/``), each a contiguous slice of the corpus that
 ``colbert-pipeline index --shard I/N`` (:func:`encode_shard`) encodes on its own, on any worker; the index is
 built from them in corpus order. A shard missing or made from other inputs is encoded here, except in a
@@ -34,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.corpus import corpus_for
-from pipeline.ops import run_inputs, serving, tracking
+from pipeline.ops import index_build, previous_index, run_inputs, tracking
 from pipeline.project.config import Params, resolve_path
 from pipeline.project.errors import InputError
 from pipeline.project.io import atomic_write_json
@@ -73,57 +86,55 @@ def probe_texts(params: Params, project: Path, texts: list[str]) -> tuple[list[s
 
 
 def run(params: Params, project: Path) -> dict[str, Any]:
-    """Encode the corpus with ``train.output`` and build ``<index.folder>/<index.name>``."""
-    from pipeline import indexes
-    from pipeline.indexes import tuning
-    from pipeline.indexes.storage import TEXTS_FILE
-    from pipeline.models.backends import check_backend, load_model
+    """Encode the corpus with ``train.output`` and build ``<index.folder>/<index.name>``, or update it in
+    place when only the corpus changed (see the module docs and :mod:`pipeline.indexes.updates`)."""
+    from pipeline.indexes import updates
+    from pipeline.models.backends import check_backend
 
     config = params.index
     check_backend(config.backend)
     layout = Layout(params, project)
-    model_path = layout.model
-    ids, texts, source = corpus_for(params, project)
-    probes, probe_source = probe_texts(params, project, texts)
-    folder = layout.index_folder
+    # Bad rows and a wrong corpus first, before any model is loaded or anything encoded.
+    corpus, source = corpus_for(params, project)
+    digests = [updates.text_digest(text) for text in corpus.texts]
+    probes, probe_source = probe_texts(params, project, corpus.texts)
+    encoder = index_build.encoder_identity(params, project)
+    origin = None if config.update == "rebuild" else previous_index.restore_previous(project, layout.index)
+    plan = index_build.plan_for(params, layout, origin, corpus.ids, digests, encoder)
+    logger.info("index: %s (%s)", plan.mode, plan.reason)
     with tracking.stage_run(
-        "index", params, project, tags={"corpus": source}, system_metrics=True
+        "index", params, project, tags={"corpus": source, "index_update": plan.mode}, system_metrics=True
     ) as mlflow_run:
-        corpus = run_inputs.corpus_dataset(params, project)
-        run_inputs.log_datasets([(corpus, "indexing")] if corpus is not None else [])
-        # documents and probe queries alike: the settings are tuned on queries encoded as search will
-        model = load_model(str(model_path), config.backend, device=config.device, precision=config.precision)
-        index = indexes.PLAID(
-            index_folder=str(folder),
-            index_name=config.name,
-            override=True,
-            device=config.device,
-            **config.plaid_options(),
+        dataset = run_inputs.corpus_dataset(params, project)
+        run_inputs.log_datasets([(dataset, "indexing")] if dataset is not None else [])
+        built = index_build.build_or_update(
+            params,
+            layout,
+            plan,
+            corpus,
+            digests,
+            encoder,
+            lambda model, index, writer: add_corpus(
+                params, project, model, corpus.ids, corpus.texts, index, writer
+            ),
         )
-        started = time.perf_counter()
-        # The float16 copy is written outside the index folder until it is complete (the build's first
-        # commit clears the folder), then moved beside the version it was encoded for.
-        with tuning.EmbeddingStoreWriter(index.path / tuning.STORE_FOLDER, scratch=folder) as writer:
-            stats = add_corpus(params, project, model, ids, texts, index, writer)
-            seconds = time.perf_counter() - started
-            version = index.stats()["version"]
-            # scored where the index searches (a GPU's exact MaxSim can beat PLAID, so it is timed there)
-            store = writer.commit(index_version=version, device=index.device)
-        # The texts go beside the index, so the registry packs them without reading the corpus again.
-        serving.write_documents(dict(zip(ids, texts, strict=True)), index.path / TEXTS_FILE)
-        search, encoded = tune_search(model, index, store, probes, config, version)
-        search.update(single_query_latency(folder, config, encoded))
+        index, store, stats, seconds, model = built
+        version = index.stats()["version"]
+        search, encoded = index_build.settle_search(model, index, store, probes, config, plan, layout)
+        search.update(single_query_latency(layout.index_folder, config, encoded))
         search["probe_source"] = probe_source
         summary = {
-            "documents": int(stats["documents"]),
-            "tokens": int(stats["tokens"]),
+            "documents": index.num_documents,
+            "tokens": index.num_tokens,
             "build_seconds": round(seconds, 2),
             "bytes": int(index.disk_bytes),
             "corpus": source,
-            "model": str(model_path),
+            "model": str(layout.model),
             "backend": config.backend,
             "precision": model.encode_precision,
             "search": search,
+            "update": {**plan.record(index.num_documents), "encoded": int(stats["documents"])},
+            "corpus_dropped": corpus.dropped,
             # the register stage checks that these numbers were measured on the index it registers
             "index_version": version,
             **({"shards": stats["shards"]} if "shards" in stats else {}),
@@ -132,10 +143,16 @@ def run(params: Params, project: Path) -> dict[str, Any]:
         import mlflow
 
         tracking.log_numbers(summary)
+        tracking.log_numbers(summary["update"], prefix="update_")
         tracking.log_numbers(search, prefix="search_")
         mlflow.log_params({f"search.{k}": v for k, v in search["settings"].items()})
     logger.info(
-        "indexed %d documents (%d tokens) in %.1f s", summary["documents"], summary["tokens"], seconds
+        "indexed %d documents (%d tokens; %s, %d encoded) in %.1f s",
+        summary["documents"],
+        summary["tokens"],
+        plan.mode,
+        stats["documents"],
+        seconds,
     )
     return {"index": str(layout.index), **summary, "mlflow_run_id": mlflow_run.info.run_id}
 
@@ -282,7 +299,8 @@ def encode_shard(params: Params, project: Path, shard: int, shards: int) -> dict
         raise InputError(f"--shard {shard}/{shards}: index.shards is {config.shards}, not {shards}")
     check_backend(config.backend)
     layout = Layout(params, project)
-    ids, texts, source = corpus_for(params, project)
+    corpus, source = corpus_for(params, project)
+    ids, texts = corpus.ids, corpus.texts
     model = load_model(str(layout.model), config.backend, device=config.device, precision=config.precision)
     identity = shard_identity(params, model, lineage.compute_md5(layout.model, project), ids, texts, shard)
     folder = layout.index_shard(shard, shards)
@@ -303,29 +321,6 @@ def encode_shard(params: Params, project: Path, shard: int, shards: int) -> dict
         "skipped": skipped,
         "seconds": round(time.perf_counter() - started, 2),
     }
-
-
-def tune_search(
-    model: Any, index: Any, store: Any, probes: list[str], config: Any, version: str
-) -> tuple[dict[str, Any], Any]:
-    """Tune search on ``probes`` and store the settings beside the index.
-
-    The embeddings store stays whatever is chosen: which setting wins depends on measured time, and an output
-    whose files depended on timing would not hash the same twice. ``search.json`` itself is timing-dependent,
-    so ``.dvcignore`` keeps it out of the index's DVC hash (it lives beside the data, outside the hash).
-    Returns the summary and the encoded probe queries.
-    """
-    from pipeline.indexes import tuning
-    from pipeline.models import as_numpy
-
-    queries = as_numpy(
-        model.encode(probes, is_query=True, batch_size=config.batch_size, show_progress_bar=False)
-    )
-    result = tuning.tune(store, queries, index.candidate_slots, target=config.recall_target)
-    tuning.write_settings(index.path, version, result)
-    logger.info("search settings: %s", tuning.describe_qps(result))
-    summary = {k: v for k, v in result.summary().items() if k != "trials"}  # every trial: search.json
-    return summary, queries
 
 
 #: Probe queries timed one at a time for the single-query latency in ``metrics/index.json``.

@@ -60,8 +60,11 @@ def test_repro_runs_every_stage_and_registers_a_champion(workspace, first_repro)
         index["documents"]
         == json.loads((workspace / "data/prepared/stats.json").read_text())["eval_documents"]
     )
-    # the texts the served model answers with sit beside the index, one line per indexed document
-    texts = (workspace / "indexes" / "sample" / "texts.jsonl").read_text(encoding="utf-8").splitlines()
+    # the texts the served model answers with sit in the index version, one line per indexed document
+    version = index["index_version"]
+    texts = (
+        (workspace / "indexes" / "sample" / version / "texts.jsonl").read_text(encoding="utf-8").splitlines()
+    )
     assert len(texts) == index["documents"] and all(json.loads(line)["text"] for line in texts)
     registry = json.loads((workspace / "metrics" / "registry.json").read_text())
     assert registry["promoted"] is True  # the first version always becomes champion

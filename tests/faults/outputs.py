@@ -19,9 +19,11 @@ import yaml
 
 #: Entries of a metrics file that measure the run rather than its result, by key name: times and rates
 #: (``build_seconds``, ``qps``, ``samples_per_second``, ``p50_ms``), the machine (``threads``, ``host``,
-#: ``hostname``, ``pid``) and index.json's ``search``, the settings the index stage picked as the fastest on
-#: this machine (timing-dependent by design: its ``search.json`` is kept out of the index's hash too).
-MEASURED = re.compile(r"(.*seconds?|.*qps|.*_ms|threads|host|hostname|pid|search)")
+#: ``hostname``, ``pid``), index.json's ``search``, the settings the index stage picked as the fastest on
+#: this machine (timing-dependent by design: its ``search.json`` is kept out of the index's hash too), and
+#: index.json's ``update``, how the index was made: rebuilt, or (a re-run that found the previous build in
+#: DVC's cache) kept or updated in place; the index itself is compared by its hash.
+MEASURED = re.compile(r"(.*seconds?|.*qps|.*_ms|threads|host|hostname|pid|search|update)")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

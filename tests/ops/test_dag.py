@@ -132,6 +132,34 @@ def test_params_and_their_validation(dag) -> None:
     assert params.get_param("data_source").resolve("beir") == "beir"
 
 
+def test_the_corpus_dag_runs_index_and_register_and_never_trains(dagbag) -> None:
+    corpus = dagbag.dags["colbert_corpus"]
+    assert set(corpus.task_dict) == {
+        "check_champion_model",
+        "start_mlflow_run",
+        "index",
+        "register",
+        "record_run",
+        "decide_promotion",
+        "promote",
+        "keep_champion",
+    }
+    assert not {"prepare", "baseline", "train", "evaluate"} & set(corpus.task_dict)
+    assert corpus.task_dict["index"].upstream_task_ids == {"start_mlflow_run"}
+    assert corpus.task_dict["start_mlflow_run"].upstream_task_ids == {"check_champion_model"}
+    assert corpus.task_dict["register"].upstream_task_ids == {"start_mlflow_run", "index"}
+    assert corpus.task_dict["decide_promotion"].downstream_task_ids == {"promote", "keep_champion"}
+    # the same one-slot pool as the pipeline DAG's DVC tasks: never two DVC commands in one workspace
+    for task_id in ("check_champion_model", "index", "register", "record_run"):
+        assert corpus.task_dict[task_id].pool == "colbert_dvc_workspace", task_id
+    assert {asset.name for asset in corpus.task_dict["promote"].outlets} == {"colbert_champion"}
+    # scheduled on the corpus asset, and daily
+    assert type(corpus.timetable).__name__ == "AssetOrTimeSchedule"
+    assert corpus.timetable.timetable.expression == "0 0 * * *"
+    assert [asset.name for asset in corpus.timetable.asset_condition.objects] == ["colbert_corpus"]
+    assert corpus.max_active_runs == 1 and corpus.catchup is False
+
+
 def test_assets_declared(dag) -> None:
     names = {task_id: {asset.name for asset in dag.task_dict[task_id].outlets} for task_id in dag.task_dict}
     assert names["prepare"] == {"colbert_prepared_data"}

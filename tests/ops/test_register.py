@@ -477,3 +477,63 @@ def test_the_logged_model_shows_evaluation_and_index_metrics_and_the_runs_name_t
     assert inputs["benchmark"].digest == benchmark_md5 == run.data.tags["lineage.data_eval.md5"]
     assert inputs["corpus"].digest == benchmark_md5  # the default corpus is the benchmark's
     assert run.data.metrics["index_recall_at_10"] == 1.0
+
+
+def test_a_corpus_update_of_the_champion_is_promoted_without_retraining_or_re_evaluating(
+    project, server, monkeypatch
+):
+    import mlflow
+
+    from pipeline import indexes, models
+
+    params = _params("corpus-update", max_latency_ratio=None)
+    _evaluate(project, 0.5)
+    assert register.run(params, project)["promoted"] is True
+    # The corpus changed and the index stage updated the champion's index in place: the model, its
+    # evaluation and the benchmark are the champion's; only the index differs.
+    model = models.ColBERT(model_name_or_path=str(project / "models" / "colbert"), device="cpu")
+    index = indexes.PLAID(index_folder=project / "indexes", index_name="sample", device="cpu")
+    index.add_documents(["d-new"], model.encode(["The axolotl lives in Mexican lakes."], is_query=False))
+    index.remove_documents(["d3b"])
+    update = {
+        "mode": "incremental",
+        "added": 1,
+        "removed": 1,
+        "changed": 0,
+        "reason": "only the corpus changed",
+    }
+    _measure_index(project, recall=1.0, update=update)
+    # nothing may re-evaluate the champion (nor could anything retrain: register never trains)
+    monkeypatch.setattr(
+        registry, "reevaluate_with", lambda *_: lambda uri: pytest.fail(f"re-evaluated {uri}")
+    )
+    second = register.run(params, project)
+    assert (second["version"], second["promoted"]) == ("2", True), second["reason"]
+    decision = read_json(project / "metrics" / "registry.json")
+    assert decision["comparison"] == "corpus_update" and decision["champion_before"] == "1"
+    assert decision["reason"].startswith("passed quality: corpus update of champion v1")
+    assert _criteria(decision)["index_recall"]["passed"] is True  # the index is still checked
+    client = MlflowClient(server)
+    tags, before = (client.get_model_version("corpus-update", v).tags for v in ("2", "1"))
+    assert tags["registration.kind"] == "corpus_update" and before["registration.kind"] == "model"
+    assert tags["corpus_update.base_version"] == "1"
+    assert tags["corpus_update.retrained"] == tags["corpus_update.reevaluated"] == "false"
+    assert (tags["index.update.mode"], tags["index.update.added"], tags["index.update.removed"]) == (
+        "incremental",
+        "1",
+        "1",
+    )
+    assert tags["lineage.model.md5"] == before["lineage.model.md5"]
+    assert tags["lineage.index.md5"] != before["lineage.index.md5"]
+    # The champion answers from the updated corpus: the added document is found, the removed one never.
+    served = mlflow.pyfunc.load_model("models:/corpus-update@champion")
+    queries = ["The axolotl lives in Mexican lakes.", "The koala mostly eats gum leaves."]
+    answer = served.predict(pd.DataFrame({"query": queries}), params={"k": 10})
+    assert answer["ids"][0][0] == "d-new" and all("d3b" not in ids for ids in answer["ids"])
+
+    # A corpus update whose index misses the recall target is refused like any challenger.
+    index.add_documents(["d-new2"], model.encode(["The okapi lives in rainforests."], is_query=False))
+    _measure_index(project, recall=0.9, update=update)
+    third = register.run(params, project)
+    assert third["promoted"] is False and _alias(server, "corpus-update", "champion") == "2"
+    assert "refused by index_recall" in third["reason"]

@@ -83,7 +83,8 @@ def test_index_stage_stores_settings_that_reach_the_target_and_search_uses_them(
     assert stored["settings"] == search["settings"] and stored["trials"]
     # The full-precision copy stays whatever won (which one wins is a matter of timing, and the index's files
     # must not depend on timing); the timing-dependent search.json is outside the DVC hash (.dvcignore).
-    assert (path / STORE_FOLDER).is_dir()
+    # ... inside the version it belongs to, published with it in one commit
+    assert (path / metrics["index_version"] / STORE_FOLDER).is_dir() and not (path / STORE_FOLDER).exists()
     assert SEARCH_SETTINGS_FILE in (REPO / ".dvcignore").read_text().split()
 
     # A fresh PLAID (as `search` and the served model open it) searches with the stored settings and
