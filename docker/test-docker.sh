@@ -73,6 +73,12 @@ cleanup() {
         done
     fi
     [[ -f "$run/compose.yaml" ]] && "${compose[@]}" --profile serve down -v --remove-orphans -t 20 >/dev/null 2>&1
+    # The stateless stage's two servers (started below), by their pids. Each dies of the signal, so its
+    # `wait` returns non-zero: under `set -e` that would end this cleanup before dockerd is stopped.
+    for pid in ${git_daemon_pid:-} ${moto_pid:-}; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
     umount "$run/exec/netns/default" 2>/dev/null || true
     rm -rf "$run"
@@ -107,11 +113,13 @@ if ! docker image inspect colbert-test-uv:local >/dev/null 2>&1; then
     printf 'FROM scratch\nCOPY uv /uv\n' | docker build -q -t colbert-test-uv:local -f - "$run/uv" >/dev/null
 fi
 
-# -- the image: base images as build arguments, the host's CA bundle as a build secret (test build only) ----
+# -- the image: base images as build arguments, the commit it is built from (an image holds no .git, so a
+# stateless task in it matches its code with a run's by this commit; a dirty tree's changes are not in it), the host's CA bundle as a build secret (test build only) ----
 log "building colbert-pipeline:test"
 build_started=$(date +%s)
 DOCKER_BUILDKIT=1 docker build --progress plain --network host -f docker/Dockerfile -t colbert-pipeline:test \
     --build-arg PYTHON_IMAGE=colbert-test-python:bookworm --build-arg UV_IMAGE=colbert-test-uv:local \
+    --build-arg COLBERT_PIPELINE_COMMIT="$(git rev-parse HEAD)" \
     --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt . >"$logs/build.log" 2>&1 \
     || { tail -40 "$logs/build.log"; exit 1; }
 steps=$(grep -oE '^#[0-9]+ \[' "$logs/build.log" | sort -u | wc -l)
@@ -155,4 +163,46 @@ wait_s=${COLBERT_TEST_DOCKER_WAIT:-1200}
 log "serving the champion"
 "${compose[@]}" --profile serve up -d serve >>"$logs/up.log" 2>&1 || { cat "$logs/up.log"; exit 1; }
 .venv/bin/python tests/deploy/drive_stack.py serve --serve "http://127.0.0.1:$COLBERT_PIPELINE_SERVE_PORT" --timeout "$wait_s"
+
+# -- one stage of a stateless run as a container (what a DockerOperator / KubernetesPodOperator task runs) --
+# It shares nothing with the host but three services on 127.0.0.1: a git daemon serving a bare copy of this
+# checkout's HEAD as `main`, moto's S3 server (the DVC remote) and the stack's MLflow server. No clone and no
+# mount in it: settings name the services (pipeline/ops/task_origin.py). Then the run's next stage runs on the
+# host, in a clone of the served repository: it must pull what the container pushed.
+log "a stateless stage as a container"
+served=$run/served
+git init -q --bare "$served/project.git"
+git -C "$served/project.git" symbolic-ref HEAD refs/heads/main
+git push -q "$served/project.git" HEAD:refs/heads/main
+git_port=$(free_port)
+s3_port=$(free_port)
+git daemon --base-path="$served" --export-all --enable=receive-pack --listen=127.0.0.1 --port="$git_port" \
+    --reuseaddr "$served" >"$logs/git-daemon.log" 2>&1 &
+git_daemon_pid=$!
+.venv/bin/moto_server -H 127.0.0.1 -p "$s3_port" >"$logs/moto.log" 2>&1 &
+moto_pid=$!
+endpoint="http://127.0.0.1:$s3_port"
+git_url="git://127.0.0.1:$git_port/project.git"
+.venv/bin/python tests/deploy/container_task.py bucket --endpoint "$endpoint"
+for _ in $(seq 50); do git ls-remote "$git_url" >/dev/null 2>&1 && break; sleep 0.2; done
+stateless_run=container-$(date +%s)
+mapfile -t sets < <(.venv/bin/python tests/deploy/container_task.py sets)
+task_env=(COLBERT_PIPELINE_GIT_REMOTE="$git_url" COLBERT_PIPELINE_DVC_REMOTE_URL=s3://runs/dvc
+    COLBERT_PIPELINE_DVC_REMOTE_OPTIONS="endpointurl=$endpoint region=us-east-1"
+    AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test MLFLOW_TRACKING_URI="$MLFLOW_TRACKING_URI")
+task_started=$(date +%s)
+docker run --rm --network host "${task_env[@]/#/--env=}" colbert-pipeline:test \
+    colbert-pipeline task prepare --run "$stateless_run" "${sets[@]}" >"$logs/task-container.log" 2>&1 \
+    || { tail -40 "$logs/task-container.log"; exit 1; }
+log "task prepare of $stateless_run ran in a container in $(($(date +%s) - task_started)) s"
+.venv/bin/python tests/deploy/container_task.py check --git "$git_url" --run "$stateless_run" \
+    --start "$(git rev-parse HEAD)" --endpoint "$endpoint" --stages prepare
+git clone -q "$git_url" "$run/host-clone"
+repo=$PWD
+task_started=$(date +%s)
+(cd "$run/host-clone" && env "${task_env[@]}" "$repo/.venv/bin/colbert-pipeline" task baseline \
+    --run "$stateless_run" "${sets[@]}") >"$logs/task-host.log" 2>&1 || { tail -40 "$logs/task-host.log"; exit 1; }
+log "task baseline of $stateless_run ran on the host in $(($(date +%s) - task_started)) s, from the container's push"
+.venv/bin/python tests/deploy/container_task.py check --git "$git_url" --run "$stateless_run" \
+    --start "$(git rev-parse HEAD)" --endpoint "$endpoint" --stages prepare baseline
 log "passed"

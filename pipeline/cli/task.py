@@ -2,7 +2,8 @@
 
 The command an orchestrator's task runs where workers share no folder (Celery workers on several hosts,
 Kubernetes pods, a ``DockerOperator``): :mod:`pipeline.ops.stateless` does the work; this module parses and
-prints. Started in a clone whose git remote, DVC remote and ``MLFLOW_TRACKING_URI`` are the run's.
+prints. Started in a clone whose git remote, DVC remote and ``MLFLOW_TRACKING_URI`` are the run's, or with no
+clone (a container of the project's image), where settings name all three (:mod:`pipeline.ops.task_origin`).
 
 Example:
     $ colbert-pipeline task prepare --run nightly-42 --set train.max_steps=200
@@ -38,7 +39,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "index task then builds from all N",
     )
     task_parser.add_argument(
-        "--clone", default=".", help="the clone whose remotes the run uses (default: the current folder)"
+        "--clone",
+        default=".",
+        help="the clone whose remotes the run uses (default: the current folder; no clone there: "
+        "settings name the remotes)",
     )
     task_parser.set_defaults(handler=task)
 

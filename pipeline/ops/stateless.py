@@ -7,8 +7,9 @@ run goes at a time. A stateless task needs only what every worker can reach: the
 
 1. makes a workspace of its own in a temporary folder (removed after; the clone is only read);
 2. fetches ``refs/colbert-runs/<run id>`` from the git remote. No such ref: this is the run's first task,
-   which starts from the clone's HEAD (or ``COLBERT_PIPELINE_START_COMMIT``) with the run's ``--set``
-   Params written into ``params.yaml``. An existing ref must hold the same Params and this run's id;
+   which starts from the clone's HEAD (without a clone: the git remote's ``main``; either way, or
+   ``COLBERT_PIPELINE_START_COMMIT``) with the run's ``--set`` Params written into ``params.yaml``. An
+   existing ref must hold the same Params and this run's id, and, in the project's image, the image's code;
 3. ``dvc pull``s only the outputs of other stages that this stage reads, after checking that the run's
    ``dvc.lock`` records them (else an input error names the output and the stage that should make it);
 4. runs the stage (``dvc repro --single-item STAGE``, the ref's code on ``PYTHONPATH``), ``dvc push``es its
@@ -29,7 +30,10 @@ Settings (environment variables; a stateless worker has no other configuration):
   with all its options (an S3 ``endpointurl`` included; credentials from the environment or ``--local``).
 - ``MLFLOW_TRACKING_URI``: required; a tracking server over HTTP (one that proxies artifacts, so workers
   never read the artifact store's files). An absolute ``sqlite:///`` path works on a single machine.
-- ``COLBERT_PIPELINE_START_COMMIT``: the commit a run's first task starts from (default: the clone's HEAD).
+- ``COLBERT_PIPELINE_DVC_REMOTE_URL`` / ``COLBERT_PIPELINE_DVC_REMOTE_OPTIONS``: the DVC remote by URL and
+  options (``endpointurl=... region=...``) instead of the clone's; required without a clone.
+- ``COLBERT_PIPELINE_START_COMMIT``: the commit a run's first task starts from (default: the clone's HEAD;
+  without a clone, the git remote's ``main``).
 - ``COLBERT_PIPELINE_REMOTE_ATTEMPTS`` / ``COLBERT_PIPELINE_REMOTE_BACKOFF_S``: tries per remote operation
   (default 3) and the first pause between them (default 2 s, doubled each time).
 
@@ -51,8 +55,9 @@ from typing import Any
 
 import yaml
 
-from pipeline.ops import dvc_remote, git_remote, orchestration, run_shards, versioning
+from pipeline.ops import dvc_remote, git_remote, orchestration, run_shards, task_origin, versioning
 from pipeline.ops.git_remote import Retry, git, git_out
+from pipeline.ops.task_origin import TaskSettings
 from pipeline.project.errors import InfrastructureError, InputError
 from pipeline.project.params_file import (
     get_dotted,
@@ -63,9 +68,6 @@ from pipeline.project.params_file import (
 
 logger = logging.getLogger(__name__)
 
-START_ENV = "COLBERT_PIPELINE_START_COMMIT"
-ATTEMPTS_ENV = "COLBERT_PIPELINE_REMOTE_ATTEMPTS"
-BACKOFF_ENV = "COLBERT_PIPELINE_REMOTE_BACKOFF_S"
 #: The trailer naming the run in every commit a task adds to a run's ref.
 RUN_TRAILER = "Colbert-Run-Id"
 #: The DVC remote's name inside a task's workspace (the clone's remote, copied with its options).
@@ -84,45 +86,6 @@ class MissingInput(InputError):
 
 class RefMoved(InfrastructureError):
     """The run's ref kept moving (or an input of this stage changed on it) while this task ran: retry it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSettings:
-    """Where a task's run lives: the clone it starts from, the three shared services, the retry policy."""
-
-    clone: Path
-    git_url: str
-    data_remote: dvc_remote.DataRemote
-    tracking_uri: str
-    start: str | None = None
-    retry: Retry = dataclasses.field(default_factory=Retry)
-    hf_offline: bool = True
-
-    @classmethod
-    def resolve(cls, folder: Path, lookup: Callable[[str], str | None] = os.environ.get) -> TaskSettings:
-        """Read the settings (module docstring) through ``lookup``; each missing one is named."""
-        clone = _toplevel(Path(folder).resolve())
-        uri = (lookup(orchestration.TRACKING_URI_ENV) or "").strip()
-        if not uri:
-            raise InputError(
-                f"{orchestration.TRACKING_URI_ENV} is not set: a task's workspace is thrown away, so its "
-                "runs must go to a tracking server (http://host:5000), or to an absolute sqlite:/// path"
-            )
-        if uri.startswith("sqlite:///") and not uri[len("sqlite:///") :].startswith("/"):
-            raise InputError(
-                f"{orchestration.TRACKING_URI_ENV}={uri}: a relative path would land in the "
-                "throwaway workspace; give an absolute one or a server's URL"
-            )
-        offline = (lookup(orchestration.HF_OFFLINE_ENV) or "1").strip().lower()
-        return cls(
-            clone=clone,
-            git_url=git_remote.resolve_url(clone, lookup(git_remote.GIT_REMOTE_ENV)),
-            data_remote=dvc_remote.read_remote(clone, lookup(dvc_remote.DVC_REMOTE_ENV)),
-            tracking_uri=uri,
-            start=(lookup(START_ENV) or "").strip() or None,
-            retry=Retry(int(lookup(ATTEMPTS_ENV) or 3), float(lookup(BACKOFF_ENV) or 2.0)),
-            hf_offline=offline not in {"0", "false", "no", "off"},
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,13 +138,6 @@ class RunCheckout:
     new: bool
 
 
-def _toplevel(folder: Path) -> Path:
-    completed = git(folder, "rev-parse", "--show-toplevel")
-    if completed.returncode != 0:
-        raise InputError(f"{folder} is not in a git clone of the project: start a task from one")
-    return Path(completed.stdout.strip())
-
-
 # -- the run's checkout ----------------------------------------------------------------------------------
 
 
@@ -191,24 +147,21 @@ def open_run(
     """A checkout of the run's ref tip (or, for its first task, the start commit with the run's Params).
 
     The start commit comes from the clone by ``git fetch`` (git's upload-pack only reads it; borrowing its
-    object store instead would let git touch its pack files), then the ref's tip from the git remote: only
-    what the clone lacks travels over the network.
+    object store instead would let git touch its pack files), or from the git remote where there is no
+    clone (:func:`pipeline.ops.task_origin.fetch_start`); then the ref's tip from the git remote: only what
+    the workspace lacks travels over the network. In the project's image, a ref holding other code than the
+    image's is refused here, before any work (:func:`pipeline.ops.task_origin.check_image_code`).
     """
     workspace = scratch / "workspace"
     workspace.mkdir()
     git_out(workspace, "init", "-q")
-    rev = settings.start or "HEAD"
-    resolved = git(settings.clone, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    if resolved.returncode != 0:
-        raise InputError(f"{START_ENV}={rev}: no such commit in {settings.clone}")
-    start = resolved.stdout.strip()
-    git_out(workspace, "fetch", "--quiet", "--no-tags", str(settings.clone), start)
     tip = git_remote.remote_tip(settings.git_url, ref, settings.retry, scratch)
     if tip:
         git_remote.fetch(workspace, settings.git_url, f"+{ref}:{ref}", settings.retry)
-    else:
-        logger.info("%s is new: the run starts from %s (%s of %s)", ref, start[:12], rev, settings.clone)
-    base = tip or start
+    base = tip or task_origin.fetch_start(settings, workspace)
+    if not tip:
+        logger.info("%s is new: the run starts from %s", ref, base[:12])
+    task_origin.check_image_code(settings, workspace, base, ref, RUN_TRAILER)
     git_out(workspace, "checkout", "-q", "--detach", base)
     params_path = workspace / "params.yaml"
     if tip:

@@ -35,7 +35,7 @@ from pipeline.ops.dvc_remote import DVC_REMOTE_ENV
 from pipeline.ops.git_remote import GIT_REMOTE_ENV, Retry, fetch, resolve_url
 from pipeline.ops.promotion import Decision
 from pipeline.ops.runner import ancestors, run_process
-from pipeline.ops.stateless import ATTEMPTS_ENV, BACKOFF_ENV, START_ENV
+from pipeline.ops.task_origin import ATTEMPTS_ENV, BACKOFF_ENV, DVC_OPTIONS_ENV, DVC_URL_ENV, START_ENV
 from pipeline.project.config import ConfigError
 from pipeline.project.errors import kind_of_exit_code
 from pipeline.project.layout import RESULT_FILE_ENV, Layout
@@ -121,7 +121,15 @@ def task_command(
 
 
 #: The task command's own settings (pipeline.ops.stateless) that an Airflow Variable may set for it.
-TASK_SETTINGS = (GIT_REMOTE_ENV, DVC_REMOTE_ENV, START_ENV, ATTEMPTS_ENV, BACKOFF_ENV)
+TASK_SETTINGS = (
+    GIT_REMOTE_ENV,
+    DVC_REMOTE_ENV,
+    DVC_URL_ENV,
+    DVC_OPTIONS_ENV,
+    START_ENV,
+    ATTEMPTS_ENV,
+    BACKOFF_ENV,
+)
 
 
 def task_environment(lookup: Callable[[str], str | None]) -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.ops import git_remote, stateless
+from pipeline.ops import git_remote, stateless, task_origin
 from tests import remotes
 from tests.workspace import GIT_IDENTITY, make_workspace
 
@@ -84,7 +84,7 @@ def new_clone(root: Path, name: str, url: str, endpoint: str, prefix: str) -> tu
         **GIT_IDENTITY,
         "HOME": str(home),
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        stateless.BACKOFF_ENV: "0.1",
+        task_origin.BACKOFF_ENV: "0.1",
     }
     clone = remotes.clone_from(url, root / f"clone-{name}", env)
     remotes.add_s3_remote(clone, "store", f"s3://{BUCKET}/{prefix}", endpoint)
@@ -119,7 +119,12 @@ def make_toy(module_tmp_path: Path, servers: dict[str, str]) -> dict[str, Any]:
     (source / "dvc.yaml").write_text(TOY_STAGES)
     (source / ".gitignore").write_text("/data/\n/models/\n")
     env = {**os.environ, **GIT_IDENTITY}
-    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], ["git", "add", "-A"]):
+    # On `main`: the branch a task without a clone starts a new run from.
+    for command in (
+        ["git", "init", "-q", "-b", "main"],
+        [str(BIN / "dvc"), "init", "-q"],
+        ["git", "add", "-A"],
+    ):
         subprocess.run(command, cwd=source, env=env, check=True)
     subprocess.run(["git", "commit", "-qm", "toy"], cwd=source, env=env, check=True)
     remotes.serve_repository(source, Path(servers["served"]), "toy.git")
@@ -235,6 +240,59 @@ def test_a_failing_stage_leaves_the_ref_and_other_params_are_refused(toy: dict[s
     other = task(b, env_b, "train", "fails", "prepare.seed=4")
     assert other.returncode == 2 and "prepare.seed: the ref has 3, --set gives 4" in other.stderr
     assert git_remote.remote_tip(toy["url"], ref, git_remote.Retry(), a) == tip
+
+
+def test_a_task_without_a_clone_takes_its_services_from_settings(
+    toy: dict[str, Any], servers: dict[str, str], module_tmp_path: Path
+) -> None:
+    """What a container of the image runs: no clone (no .git), every service a setting, a new run from the
+    git remote's ``main``; a clone's task then finds its push; an image of other code is refused."""
+    b, env_b = toy["b"]
+    folder, home = module_tmp_path / "no-clone", module_tmp_path / "home-no-clone"
+    folder.mkdir()
+    home.mkdir()
+    main = git_remote.remote_tip(toy["url"], "refs/heads/main", git_remote.Retry(), folder)
+    assert main
+    options = " ".join(f"{key}={value}" for key, value in remotes.S3_CREDENTIALS.items())
+    env = {
+        **env_b,
+        "HOME": str(home),
+        git_remote.GIT_REMOTE_ENV: toy["url"],
+        task_origin.DVC_URL_ENV: f"s3://{BUCKET}/toy",
+        task_origin.DVC_OPTIONS_ENV: f"endpointurl={servers['s3']} {options}",
+        task_origin.IMAGE_COMMIT_ENV: main,  # the image's code is main's
+    }
+    first = task(folder, env, "prepare", "no-clone", "prepare.seed=6")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert list(folder.iterdir()) == []  # the folder it ran in: untouched
+
+    ref = "refs/colbert-runs/no-clone"
+    assert list(remote_lock(b, ref)["stages"]) == ["prepare"]
+    assert _git(b, "rev-parse", f"{ref}~1") == main  # started from the remote's main
+    second = task(b, env_b, "baseline", "no-clone", "prepare.seed=6")  # a clone, its own S3 settings
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert list(remote_lock(b, ref)["stages"]) == ["prepare", "baseline"]
+    assert _git(b, "show", f"{ref}:metrics/baseline.json") == "11"  # "prepared 6\n", the first task's push
+
+    # An image built from a commit whose package differs: refused before any work, both commits named.
+    other = module_tmp_path / "other-code"
+    remotes.clone_from(toy["url"], other, env_b)
+    (other / "pipeline").mkdir()
+    (other / "pipeline" / "__init__.py").write_text("VERSION = 2\n")
+    _git(other, "add", "-A")
+    subprocess.run(
+        ["git", "commit", "-qm", "code"], cwd=other, env={**os.environ, **GIT_IDENTITY}, check=True
+    )
+    _git(other, "push", "-q", "origin", "HEAD:refs/heads/other-code")
+    image = _git(other, "rev-parse", "HEAD")
+    tip = git_remote.remote_tip(toy["url"], ref, git_remote.Retry(), folder)
+    refused = task(
+        folder, {**env, task_origin.IMAGE_COMMIT_ENV: image}, "train", "no-clone", "prepare.seed=6"
+    )
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert f"this image carries the code of commit {image}" in refused.stderr
+    assert f"holds the code of commit {main}" in refused.stderr and "differ in pipeline" in refused.stderr
+    assert git_remote.remote_tip(toy["url"], ref, git_remote.Retry(), folder) == tip
 
 
 def _closed_port() -> int:
