@@ -38,7 +38,8 @@ Parse-time settings (environment only, so parsing never touches the metadata dat
     COLBERT_PIPELINE_NOTIFY_FROM sender (default: the SMTP connection's from_email)
     COLBERT_PIPELINE_SMTP_CONN_ID  the Airflow SMTP connection (default smtp_default)
     COLBERT_PIPELINE_DEADLINE    a run not finished this long after it was queued misses its deadline alert
-                                 (default 30h; "none": no deadline); see pipeline/ops/notify.py
+                                 (e.g. 30h; default "none": off, as Airflow 3.3.2 cannot clear a run
+                                 that holds one); see pipeline/ops/notify.py
 """
 
 from __future__ import annotations

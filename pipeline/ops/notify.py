@@ -5,10 +5,13 @@
   through the Airflow connection ``COLBERT_PIPELINE_SMTP_CONN_ID`` (default ``smtp_default``: host, port,
   ``from_email``, TLS in its extras) to ``COLBERT_PIPELINE_NOTIFY_TO``. Without recipients there are none.
 - **Deadline**: a ``DeadlineAlert`` on the DAG (Airflow 3.1+), its reference the run's queued time, its
-  interval ``COLBERT_PIPELINE_DEADLINE`` (default 30 h: the stages' timeouts add up to more than a day, train
-  alone may take 24 h; ``none`` turns it off). A run not finished by then is a missed deadline: the scheduler
-  hands the alert's callback to the triggerer, which e-mails the recipients through the same connection (or,
-  with none, logs a warning there). Airflow's UI lists missed deadlines either way.
+  interval ``COLBERT_PIPELINE_DEADLINE`` (e.g. ``30h``: the stages' timeouts add up to more than a day, train
+  alone may take 24 h). A run not finished by then is a missed deadline: the scheduler hands the alert's
+  callback to the triggerer, which e-mails the recipients through the same connection (or, with none, logs a
+  warning there). Airflow's UI lists missed deadlines either way. Off by default (``none``): with Airflow
+  3.3.2 clearing the tasks of a run that holds a queued-time deadline answers HTTP 500 (apache/airflow#70368:
+  the clear reads the alert's interval as a number, where 3.3 stores JSON), and clearing failed tasks is how
+  a run is recovered (the deploy tier's broker-crash test does it).
 
 These are parse-time settings, read from the environment like the schedule (parsing never touches the
 metadata database). Only the DAG files import this module (it needs Airflow).
@@ -16,7 +19,9 @@ metadata database). Only the DAG files import this module (it needs Airflow).
 Example:
     >>> settings = NotifySettings.from_environ({NOTIFY_TO_ENV: "ml@example.org, ops@example.org"})
     >>> settings.recipients, settings.deadline
-    (['ml@example.org', 'ops@example.org'], datetime.timedelta(days=1, seconds=21600))
+    (['ml@example.org', 'ops@example.org'], None)
+    >>> NotifySettings.from_environ({DEADLINE_ENV: "30h"}).deadline
+    datetime.timedelta(days=1, seconds=21600)
     >>> parse_duration("90s"), parse_duration("none")
     (datetime.timedelta(seconds=90), None)
 """
@@ -36,7 +41,8 @@ NOTIFY_TO_ENV = "COLBERT_PIPELINE_NOTIFY_TO"
 NOTIFY_FROM_ENV = "COLBERT_PIPELINE_NOTIFY_FROM"
 SMTP_CONN_ENV = "COLBERT_PIPELINE_SMTP_CONN_ID"
 DEADLINE_ENV = "COLBERT_PIPELINE_DEADLINE"
-DEFAULT_DEADLINE = "30h"
+#: Off: Airflow 3.3.2 cannot clear a run's tasks while the run holds a queued-time deadline (module docs).
+DEFAULT_DEADLINE = "none"
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 #: Subjects and bodies, rendered by the notifier with the callback's context. A DAG callback's context has

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -226,11 +227,12 @@ def test_a_run_past_its_deadline_raises_the_alert(alerts: dict[str, Any], smtp_s
 
 
 def test_the_dag_declares_its_alerts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without recipients: no e-mail notifiers, and the deadline's callback logs on the triggerer."""
-    settings = notify.NotifySettings.from_environ({})
-    assert notify.run_notifiers(settings, "failed") == []
-    alert = notify.deadline_alert(settings)
-    assert alert.interval == notify.parse_duration(notify.DEFAULT_DEADLINE)
+    """Without recipients: no e-mail notifiers, and a deadline's callback logs on the triggerer. No deadline
+    unless one is set (Airflow 3.3.2 cannot clear a run holding one: apache/airflow#70368)."""
+    assert notify.run_notifiers(notify.NotifySettings.from_environ({}), "failed") == []
+    assert notify.deadline_alert(notify.NotifySettings.from_environ({})) is None
+    alert = notify.deadline_alert(notify.NotifySettings.from_environ({notify.DEADLINE_ENV: "30h"}))
+    assert alert.interval == timedelta(hours=30)
     assert alert.callback.path == "pipeline.ops.notify.log_missed_deadline"
     assert notify.deadline_alert(notify.NotifySettings.from_environ({notify.DEADLINE_ENV: "none"})) is None
     with pytest.raises(ValueError, match="COLBERT_PIPELINE_DEADLINE: 'tomorrow'"):
