@@ -365,8 +365,9 @@ def test_a_broker_crash_mid_run_fails_fast_and_a_retry_completes_the_run(deploye
         assert failed and all(tis[task]["try_number"] == 1 for task in failed), tis
         assert all((_when(tis[task]["end_date"]) or restarted_at) >= crashed_at for task in failed), tis
         # The run's failed and upstream_failed tasks cleared, as the UI's "clear failed tasks" of a run does.
-        # Not clearTaskInstances: it answered HTTP 500 in two runs of this test, with include_downstream and
-        # with the tasks named (apache/airflow#59316 reports the same).
+        # Both this and clearTaskInstances answered HTTP 500 while the DAG had a deadline alert on by default:
+        # Airflow 3.3.2's clear recomputes queued-time deadlines and fails on their stored interval
+        # (apache/airflow#70368); the deadline is off by default now (pipeline/ops/notify.py).
         api.request("POST", f"{run_path}/clear", {"dry_run": False, "only_failed": True})
         state = api.wait_run(DAG_ID, run_id, RUN_TIMEOUT, platform)
         tis = api.task_instances(DAG_ID, run_id)
