@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.dag_module import dag_test_env
 from tests.stages.test_index_update import scifact_rows
 from tests.workspace import TINY, make_workspace, run, workspace_env
 
@@ -23,7 +24,6 @@ pytestmark = pytest.mark.slow
 
 CORPUS = "corpus/scifact.jsonl"
 TRAINING_STAGES = ("prepare", "baseline", "train", "evaluate")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 DRIVER = r"""
@@ -103,15 +103,7 @@ def test_the_corpus_dag_updates_the_champion_and_runs_no_training(project) -> No
     (workspace / CORPUS).write_text(_jsonl(corpus), encoding="utf-8")
     home = root / "airflow-home"
     home.mkdir()
-    env = {
-        **project["env"],
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "COLBERT_PIPELINE_WORKSPACE": str(workspace),
-        "COLBERT_PIPELINE_RETRIES": "0",  # dag.test() would otherwise wait out the retry delays
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    env = dag_test_env(project["env"], home, workspace, TOKENIZERS_PARALLELISM="false")
     env.pop("PYTHONPATH", None)  # the DAG imports the package under test; its stages run the workspace's copy
     run([str(BIN / "airflow"), "db", "migrate"], root, env, timeout=600)
     process = subprocess.run(

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from pipeline.project.layout import STAGES
+from tests.dag_module import dag_test_env
 from tests.mlflow_server import running_mlflow_server  # tests/mlflow_server.py: a real server process
 from tests.workspace import DAG_TINY, make_workspace
 
@@ -72,21 +73,14 @@ def e2e(module_tmp_path: Path) -> Iterator[dict[str, Any]]:
     home = root / "airflow-home"
     home.mkdir()
     with running_mlflow_server(root) as uri:
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "COLBERT_PIPELINE_WORKSPACE": str(workspace),
-            "COLBERT_PIPELINE_RETRIES": "0",  # dag.test() would otherwise wait out the retry delays
-            # Airflow 3.3.2's dag.test() fails a successful run of a DAG with a deadline alert as it ends:
-            # its loop hands DeadlineAlertModel.get_by_id the alert's definition (a dict) where the scheduler
-            # hands its id ("'dict' object has no attribute 'hex'"). test_dag_alerts.py tests the deadline.
-            "COLBERT_PIPELINE_DEADLINE": "none",
-            "MLFLOW_TRACKING_URI": uri,
-            "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
+        env = dag_test_env(
+            os.environ,
+            home,
+            workspace,
+            MLFLOW_TRACKING_URI=uri,
+            HF_HUB_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
         migrate = subprocess.run(
             [str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300
         )

@@ -18,7 +18,7 @@ from pipeline.ops import orchestration, stateless_dag
 from pipeline.project.config import ConfigError
 from pipeline.project.layout import STAGES
 from pipeline.project.params_file import parse_override
-from tests.dag_module import load_dag_module
+from tests.dag_module import dag_test_env, load_dag_module
 
 
 @pytest.fixture(scope="module")
@@ -316,20 +316,14 @@ def test_a_sharded_run_maps_one_shard_task_per_shard_before_the_index(module_tmp
     workspace.mkdir()
     repo = Path(__file__).resolve().parents[2]
     (workspace / "params.yaml").write_text((repo / "params.yaml").read_text())
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "COLBERT_PIPELINE_STATELESS": "1",
-        "COLBERT_PIPELINE_WORKSPACE": str(workspace),
-        "COLBERT_PIPELINE_RETRIES": "0",
-        "COLBERT_PIPELINE_RUNNER": "cli",  # the workspace holds only params.yaml (no stage runs in it)
-        # Airflow 3.3.2's dag.test() fails a finished run's update_state on a DAG deadline (it looks the
-        # alert up by a dict, not its id); the deadline has its own test (test_dag_alerts.py)
-        "COLBERT_PIPELINE_DEADLINE": "none",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{module_tmp_path / 'dag-mlflow.db'}",
-    }
+    env = dag_test_env(
+        os.environ,
+        home,
+        workspace,
+        COLBERT_PIPELINE_STATELESS="1",
+        COLBERT_PIPELINE_RUNNER="cli",  # the workspace holds only params.yaml (no stage runs in it)
+        MLFLOW_TRACKING_URI=f"sqlite:///{module_tmp_path / 'dag-mlflow.db'}",
+    )
     bin_dir = Path(sys.executable).parent
     migrate = subprocess.run(
         [str(bin_dir / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True, timeout=600
