@@ -120,22 +120,16 @@ def as_float_arrays(
         )
     if expected is not None and len(embeddings) != expected:
         raise ValueError(f"{argument} has {len(embeddings)} items, expected {expected}")
+    # Imported here: pipeline.scores loads sentence-transformers' kernels (seconds), which opening an index
+    # does not need.
+    from pipeline.scores.inputs import check_token_matrix
+
     arrays: list[np.ndarray] = []
     for position, item in enumerate(embeddings):
         if isinstance(item, torch.Tensor):
             item = item.detach().to("cpu", torch.float32).numpy()
         array = np.asarray(item, dtype=np.float32)
-        if array.ndim != 2:
-            raise ValueError(
-                f"{argument}[{position}] must be a 2-D (tokens, dim) array, got shape {array.shape}"
-            )
-        if array.shape[0] == 0:
-            raise ValueError(f"{argument}[{position}] has 0 tokens")
-        if dim is not None and array.shape[1] != dim:
-            raise ValueError(
-                f"{argument}[{position}] has dimension {array.shape[1]}, but the index holds {dim}-dim "
-                "embeddings (was it encoded by another model?)"
-            )
+        check_token_matrix(array.shape, argument=argument, position=position, dim=dim, holder="index")
         if not np.isfinite(array).all():
             raise ValueError(f"{argument}[{position}] contains NaN or infinite values")
         dim = int(array.shape[1])

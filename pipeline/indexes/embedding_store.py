@@ -266,18 +266,13 @@ class EmbeddingStoreWriter:
 
     def add(self, embeddings: Sequence[Any]) -> None:
         """Append documents (one ``(tokens, dim)`` array or tensor each), in index slot order."""
+        from pipeline.scores.inputs import check_token_matrix  # lazily, as in checks.as_float_arrays
+
         for position, item in enumerate(embeddings):
             if isinstance(item, torch.Tensor):
                 item = item.detach().cpu().numpy()
             array = np.asarray(item)
-            if array.ndim != 2 or array.shape[0] == 0:
-                raise ValueError(f"embeddings[{position}] must be a non-empty (tokens, dim) array")
-            if self.dim is None:
-                self.dim = int(array.shape[1])
-            elif array.shape[1] != self.dim:
-                raise ValueError(
-                    f"embeddings[{position}] has dimension {array.shape[1]}, expected {self.dim}"
-                )
+            self.dim = check_token_matrix(array.shape, argument="embeddings", position=position, dim=self.dim)
             self._handle.write(np.ascontiguousarray(array, dtype=np.float16).tobytes())
             self._lengths.append(int(array.shape[0]))
 

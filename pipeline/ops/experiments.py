@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,19 +80,10 @@ def parse_show(show: list[dict[str, Any]]) -> list[Experiment]:
 
 def show(workspace: Path) -> list[Experiment]:
     """``dvc exp show --json`` in ``workspace``, parsed."""
-    from pipeline.ops.versioning import dvc_executable
+    from pipeline.ops.versioning import run_dvc
 
-    completed = subprocess.run(
-        [dvc_executable(), "exp", "show", "--json", "--no-pager"],
-        cwd=workspace,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise PipelineError(f"dvc exp show in {workspace} failed: {completed.stderr.strip()[-800:]}")
-    return parse_show(json.loads(completed.stdout or "[]"))
+    output = run_dvc(workspace, "exp", "show", "--json", "--no-pager")
+    return parse_show(json.loads(output or "[]"))
 
 
 def experiment_table(rows: Sequence[Experiment], metrics: Sequence[str], params: Sequence[str] = ()) -> str:

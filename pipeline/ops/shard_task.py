@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 from pipeline.ops import dvc_remote, orchestration, run_shards, stateless, versioning
 from pipeline.ops.runner import ancestors, run_process
-from pipeline.project.errors import InfrastructureError, kind_of_exit_code
+from pipeline.project.errors import kind_of_exit_code
 from pipeline.project.layout import RESULT_FILE_ENV
 from pipeline.project.params_file import load_params
 
@@ -131,14 +130,4 @@ def encode(
 
 def dvc_add(workspace: Path, folder: str) -> None:
     """``dvc add folder``: its content into the workspace's DVC cache and its pointer beside it."""
-    completed = subprocess.run(
-        [versioning.dvc_executable(), "add", folder],
-        cwd=workspace,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    if completed.returncode != 0:
-        detail = (completed.stderr or completed.stdout).strip()[-800:]
-        raise InfrastructureError(f"dvc add {folder} failed in the task's workspace: {detail}")
+    versioning.run_dvc(workspace, "add", folder, timeout_s=3600)

@@ -161,6 +161,22 @@ def dvc_executable() -> str:
     return str(local) if local.exists() else (shutil.which("dvc") or "dvc")
 
 
+def run_dvc(workspace: Path, *args: str, timeout_s: float = 600) -> str:
+    """``dvc ARGS`` in ``workspace``, its standard output; a failure raises with DVC's own last words."""
+    completed = subprocess.run(
+        [dvc_executable(), *args],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if completed.returncode != 0:
+        detail = (completed.stderr or completed.stdout).strip()[-800:]
+        raise InfrastructureError(f"dvc {' '.join(args)} in {workspace} failed: {detail}")
+    return completed.stdout
+
+
 # -- the run's ref -----------------------------------------------------------------------------------------
 
 
