@@ -21,10 +21,10 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 
 from pipeline.ops import batch_inference
-from pipeline.ops.dag_shared import CHAMPION, lookup
+from pipeline.ops.dag_shared import CHAMPION, fail_without_retry, lookup
 from pipeline.ops.follower import AliasMissing
 from pipeline.project.errors import InputError
 
@@ -64,15 +64,13 @@ def colbert_batch_inference() -> None:
         events = context.get("triggering_asset_events") or {}
         names = [(event.extra or {}).get("model_name") for batch in events.values() for event in batch]
         params = context["params"]
-        try:
+        with fail_without_retry(InputError, AliasMissing):  # OrchestrationError is an InputError
             result = batch_inference.run_configured(
                 lookup,
                 queries_file=params.get("queries_file"),
                 model_name=next((name for name in reversed(names) if name), None),
                 k=int(params["k"]),
             )
-        except (InputError, AliasMissing) as error:  # OrchestrationError is an InputError
-            raise AirflowFailException(str(error)) from None  # retrying cannot fix these
         if result is None:
             raise AirflowSkipException(
                 f"no queries file: set the queries_file param or {batch_inference.QUERIES_ENV}"

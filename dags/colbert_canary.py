@@ -17,10 +17,9 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline.ops import canary, orchestration
-from pipeline.ops.dag_shared import CHAMPION, lookup
+from pipeline.ops import canary, dag_shared, orchestration
+from pipeline.ops.dag_shared import CHAMPION, fail_without_retry, lookup
 
 
 @dag(
@@ -43,16 +42,14 @@ def colbert_canary() -> None:
         events = get_current_context().get("triggering_asset_events") or {}
         names = [(event.extra or {}).get("model_name") for batch in events.values() for event in batch]
         model_name = next((name for name in reversed(names) if name), None)
-        try:
-            settings = orchestration.Settings.resolve(lookup)
+        settings = dag_shared.settings()
+        with fail_without_retry(canary.CanaryFailed, orchestration.OrchestrationError):
             return canary.run_canary(
                 settings.workspace,
                 orchestration.resolve_tracking_uri(settings),
                 model_name=model_name,
                 n_queries=int(lookup("COLBERT_PIPELINE_CANARY_QUERIES") or canary.DEFAULT_QUERIES),
             )
-        except (canary.CanaryFailed, orchestration.OrchestrationError) as error:
-            raise AirflowFailException(str(error)) from None
 
     probe_champion()
 

@@ -27,10 +27,9 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline.ops import corpus_update, orchestration
-from pipeline.ops.dag_shared import CHAMPION, CORPUS, lookup
+from pipeline.ops import corpus_update, dag_shared, orchestration
+from pipeline.ops.dag_shared import CHAMPION, CORPUS, fail_without_retry
 
 logger = logging.getLogger(__name__)
 
@@ -49,28 +48,19 @@ def _schedule() -> Any:
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(SCHEDULE, timezone="UTC"), assets=[CORPUS])
 
 
-def _settings() -> orchestration.Settings:
-    try:
-        return orchestration.Settings.resolve(lookup)
-    except orchestration.OrchestrationError as error:
-        raise AirflowFailException(str(error)) from None
-
-
 @task(pool=DVC_POOL)
 def check_champion_model() -> dict[str, Any]:
     """The workspace's model must be the champion's: a corpus run updates the champion's index only."""
-    settings = _settings()
-    try:
+    settings = dag_shared.settings()
+    with fail_without_retry(orchestration.OrchestrationError):
         return corpus_update.check_champion_model(settings, orchestration.resolve_tracking_uri(settings))
-    except orchestration.OrchestrationError as error:
-        raise AirflowFailException(str(error)) from None
 
 
 @task
 def start_mlflow_run(champion: dict[str, Any]) -> str:
     context = get_current_context()
     return orchestration.start_parent_run(
-        _settings(),
+        dag_shared.settings(),
         dag_id=context["dag"].dag_id,
         run_id=context["run_id"],
         tags={"corpus_update_of": champion["champion"], "model_md5": champion["model_md5"]},
@@ -80,8 +70,8 @@ def start_mlflow_run(champion: dict[str, Any]) -> str:
 def _stage_task(stage: str):
     @task(task_id=stage, pool=DVC_POOL, execution_timeout=STAGE_TIMEOUTS[stage])
     def run(parent_run_id: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
-        settings = _settings()
-        try:
+        settings = dag_shared.settings()
+        with fail_without_retry():
             result = orchestration.run_stage(
                 stage,
                 settings,
@@ -89,10 +79,6 @@ def _stage_task(stage: str):
                 tracking_uri=orchestration.resolve_tracking_uri(settings),
                 emit=logging.getLogger(f"colbert_corpus.{stage}").info,
             )
-        except orchestration.StageFailed as failure:
-            if failure.permanent:
-                raise AirflowFailException(str(failure)) from None
-            raise
         return result.as_xcom()
 
     return run
@@ -101,7 +87,7 @@ def _stage_task(stage: str):
 @task(pool=DVC_POOL)
 def record_run(register_result: dict[str, Any]) -> dict[str, Any]:
     """Push the outputs, commit params.yaml + dvc.lock to this run's ref, tag the new version with it."""
-    settings = _settings()
+    settings = dag_shared.settings()
     version = None if register_result.get("skipped") else orchestration.read_registry(settings).version
     return orchestration.record_run(settings, get_current_context()["run_id"], version)
 
@@ -111,13 +97,13 @@ def decide_promotion(register_result: dict[str, Any]) -> str:
     if register_result.get("skipped"):
         logger.info("promotion decision: KEEP CHAMPION: the corpus did not change, no new version")
         return "keep_champion"
-    decision = orchestration.read_registry(_settings())
+    decision = orchestration.read_registry(dag_shared.settings())
     logger.info("promotion decision: %s: %s", "PROMOTE" if decision.promoted else "KEEP", decision.reason)
     return "promote" if decision.promoted else "keep_champion"
 
 
 def _finish(parent_run_id: str, register_result: dict[str, Any], outcome: str) -> dict[str, Any]:
-    settings = _settings()
+    settings = dag_shared.settings()
     decision = None if register_result.get("skipped") else orchestration.read_registry(settings)
     reason = decision.reason if decision else "the corpus did not change"
     version = decision.version if decision else None

@@ -51,10 +51,9 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, Param, TriggerRule, chain, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline.ops import notify, orchestration, stateless_dag
-from pipeline.ops.dag_shared import CHAMPION, lookup
+from pipeline.ops import dag_shared, notify, orchestration, stateless_dag
+from pipeline.ops.dag_shared import CHAMPION, fail_without_retry, lookup
 from pipeline.ops.promotion import Decision
 from pipeline.project.config import ConfigError
 from pipeline.project.layout import STAGES
@@ -111,14 +110,6 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
-def _settings() -> orchestration.Settings:
-    """Resolve settings at run time: an Airflow Variable wins over the worker's environment."""
-    try:
-        return orchestration.Settings.resolve(lookup)
-    except orchestration.OrchestrationError as error:
-        raise AirflowFailException(str(error)) from None
-
-
 def _restore_params_and_fail_parent(context: Any) -> None:
     """on_failure_callback of a stage task: undo this run's params overrides, mark its MLflow run FAILED."""
     ti = context["ti"]
@@ -130,7 +121,10 @@ def _restore_params_and_fail_parent(context: Any) -> None:
         try:
             error = context.get("exception")
             orchestration.finish_parent_run(
-                _settings(), parent, "FAILED", {"failed_task": ti.task_id, "error": str(error or "")}
+                dag_shared.settings(),
+                parent,
+                "FAILED",
+                {"failed_task": ti.task_id, "error": str(error or "")},
             )
         except Exception:  # a tracking server that is down must not hide the stage's own error
             logger.exception("could not mark MLflow run %s as failed", parent)
@@ -142,15 +136,13 @@ def _reapply_run_params(update: dict[str, Any] | None = None) -> None:
     if update is None:
         update = get_current_context()["ti"].xcom_pull(task_ids="validate_params")
     if update and not update.get("stateless"):
-        try:
+        with fail_without_retry(ConfigError):  # the file was edited since: running would ignore either side
             orchestration.reapply_params(update)
-        except ConfigError as error:  # the file was edited since: running would ignore either side
-            raise AirflowFailException(str(error)) from None
 
 
 def _run_in_workspace(stage: str, parent_run_id: str) -> orchestration.StageResult:
     """Shared-workspace mode: `dvc repro --single-item STAGE` (or the stage's CLI) in the workspace."""
-    settings = _settings()
+    settings = dag_shared.settings()
     _reapply_run_params()
     return orchestration.run_stage(
         stage,
@@ -174,7 +166,7 @@ def _run_stateless(stage: str, parent_run_id: str, shard: str | None = None) -> 
     """Stateless mode: `colbert-pipeline task STAGE [--shard I/N] --run <run id> --set ...` from the worker's
     clone."""
     context = get_current_context()
-    settings = _settings()
+    settings = dag_shared.settings()
     update = context["ti"].xcom_pull(task_ids="validate_params") or {}
     result = stateless_dag.run_stage(
         stage,
@@ -221,13 +213,9 @@ def _stage_task(stage: str):
         # ``upstream`` is the previous stage's XCom: taking it orders the chain and records what it left.
         if upstream:
             logger.info("after %s: %s", upstream["stage"], upstream["outputs"] or "no tracked outputs")
-        try:
+        with fail_without_retry():
             run_one = _run_stateless if STATELESS else _run_in_workspace
             result = run_one(stage, parent_run_id)
-        except orchestration.StageFailed as failure:
-            if failure.permanent:  # bad input: a retry would fail the same way
-                raise AirflowFailException(str(failure)) from None
-            raise
         outlet_events = get_current_context()["outlet_events"]
         for asset in STAGE_OUTLETS.get(stage, []):
             outlet_events[asset].extra = {"skipped": result.skipped, "outputs": result.outputs}
@@ -253,12 +241,8 @@ def index_shards(params_update: dict[str, Any]) -> list[str]:
 )
 def encode_shard(parent_run_id: str, shard: str) -> dict[str, Any]:
     """Stateless mode, mapped over :func:`index_shards`: encode one shard and push it for the index task."""
-    try:
+    with fail_without_retry():
         result = _run_stateless("index", parent_run_id, shard=shard)
-    except orchestration.StageFailed as failure:
-        if failure.permanent:  # bad input: a retry would fail the same way
-            raise AirflowFailException(str(failure)) from None
-        raise
     return {**result.as_xcom(), "shard": shard}
 
 
@@ -291,8 +275,8 @@ def validate_params() -> dict[str, Any]:
     """Validate this run's Params against params.yaml; write changed keys into it for DVC to see (in
     stateless mode only validate: each task writes them into its own checkout of the run's ref)."""
     context = get_current_context()
-    settings = _settings()
-    try:
+    settings = dag_shared.settings()
+    with fail_without_retry(ConfigError):  # names the key; retrying cannot fix it
         current = read_params_file(settings.params_path)
         source = (current.get("prepare") or {}).get("source", "sample")
         overrides = orchestration.overrides_from_dag_params(context["params"], source)
@@ -302,8 +286,6 @@ def validate_params() -> dict[str, Any]:
         if STATELESS:
             return stateless_dag.validated(overrides, params.index.shards)
         update = orchestration.apply_run_overrides(settings.params_path, overrides, run_key=context["run_id"])
-    except ConfigError as error:  # names the key; retrying cannot fix it
-        raise AirflowFailException(str(error)) from None
     return update.as_xcom()
 
 
@@ -312,7 +294,7 @@ def start_mlflow_run(params_update: dict[str, Any]) -> str:
     """Create the MLflow parent run of this DAG run; every stage's run becomes its child."""
     context = get_current_context()
     return orchestration.start_parent_run(
-        _settings(),
+        dag_shared.settings(),
         dag_id=context["dag"].dag_id,
         run_id=context["run_id"],
         tags={"params_sha256": params_update["sha256"], "overrides": ",".join(params_update["changed"])},
@@ -328,7 +310,7 @@ def record_run(params_update: dict[str, Any], register_result: dict[str, Any]) -
         ref = stateless_dag.run_ref(context["run_id"])
         logger.info("stateless run: every task recorded itself on %s", ref)
         return {"ref": ref, "recorded_by": "task", "params_restored": False}
-    settings = _settings()
+    settings = dag_shared.settings()
     _reapply_run_params(params_update)  # the ref must hold the params this run ran with
     version = None if register_result.get("skipped") else orchestration.read_registry(settings).version
     record = orchestration.record_run(settings, context["run_id"], version)
@@ -345,10 +327,8 @@ def decide_promotion(register_result: dict[str, Any]) -> str:
         # DVC skipped register: no new version exists, and registry.json is the last run's decision.
         logger.info("promotion decision: KEEP CHAMPION: register was unchanged, no new model version")
         return "keep_champion"
-    try:
+    with fail_without_retry(OSError, ValueError, ConfigError):
         decision = _decision()
-    except (OSError, ValueError, ConfigError) as error:
-        raise AirflowFailException(str(error)) from None
     logger.info(
         "promotion decision: %s (version %s): %s",
         "PROMOTE" if decision.promoted else "KEEP CHAMPION",
@@ -360,7 +340,7 @@ def decide_promotion(register_result: dict[str, Any]) -> str:
 
 def _decision() -> Decision:
     """The register stage's decision: from the workspace, or in stateless mode from the run's ref."""
-    settings = _settings()
+    settings = dag_shared.settings()
     if STATELESS:
         clone = stateless_dag.clone_of(settings, lookup)
         return stateless_dag.read_run_decision(clone, get_current_context()["run_id"], lookup)
@@ -368,7 +348,7 @@ def _decision() -> Decision:
 
 
 def _finish(parent_run_id: str, register_result: dict[str, Any], outcome: str) -> dict[str, Any]:
-    settings = _settings()
+    settings = dag_shared.settings()
     if register_result.get("skipped"):
         version, reason = None, "register unchanged (DVC skipped it): no new model version"
         model_name = None
