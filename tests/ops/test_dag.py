@@ -438,6 +438,24 @@ def test_run_stage_through_the_real_cli_reports_bad_params_as_permanent(tmp_path
     assert "train.epochs" in failure.value.message
 
 
+def test_dag_tasks_fail_for_good_only_on_what_a_retry_cannot_fix(airflow_home: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipeline.ops.dag_shared import fail_without_retry
+
+    bad_input = orchestration.StageFailed("train", 2, "train epochs: not a number", "input")
+    with pytest.raises(AirflowFailException, match="train epochs: not a number"), fail_without_retry():
+        raise bad_input
+    crash = orchestration.StageFailed("train", 1, "RuntimeError: CUDA out of memory", "internal")
+    with pytest.raises(orchestration.StageFailed) as raised, fail_without_retry(ConfigError):
+        raise crash  # Airflow retries it
+    assert raised.value is crash
+    with pytest.raises(AirflowFailException, match="3 is not one of"), fail_without_retry(ConfigError):
+        raise ConfigError("index nbits: 3 is not one of 1, 2, 4, 8")
+    with pytest.raises(OSError, match="disk full"), fail_without_retry(ConfigError):
+        raise OSError("disk full")  # not listed: retried
+
+
 def test_run_stage_crash_is_retryable_and_names_the_exception(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
