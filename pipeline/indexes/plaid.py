@@ -1,6 +1,6 @@
 """PLAID index on fast-plaid: k-means centroids plus residual compression, searched with IVF probing.
 
-One cohesive module: the `PLAID` class, its build and its search. How k-means is sized lives in
+In this module: the `PLAID` class, its build and its search. How k-means is sized lives in
 :mod:`pipeline.indexes.plaid_kmeans`, PyLate's options fast-plaid cannot honour in
 :mod:`pipeline.indexes.plaid_options`, the tuned search settings in :mod:`pipeline.indexes.search_settings`.
 

@@ -1,6 +1,6 @@
 """ScaNN index: Google's ScaNN over every token embedding, with PyLate 1.6's constructor and token-level call.
 
-One cohesive module: the token-level call XTR ranks from and the exact MaxSim search ``retrieve.ColBERT``
+In this module: the token-level call XTR ranks from and the exact MaxSim search ``retrieve.ColBERT``
 uses, one backend of the shared index contract. The searcher itself (its build, safe serialisation and
 loading) is :mod:`pipeline.indexes.scann_searcher`.
 

@@ -1,6 +1,6 @@
 """Search settings that reach a recall target in the least time, measured on probe queries.
 
-One cohesive module: the tuner, the trials it times and the file it writes. The settings themselves, and how
+In this module: the tuner, the trials it times and the file it writes. The settings themselves, and how
 an index searches with them, are :mod:`pipeline.indexes.search_settings`.
 
 PLAID's 4-bit residuals reorder close candidates, so its recall@10 against exact MaxSim stops short of 0.95

@@ -1,6 +1,6 @@
 """What the Airflow DAG does, without Airflow: settings, the MLflow parent run, running and recording stages.
 
-One cohesive module: every call the DAG makes into the pipeline, each a few lines over the ops modules.
+In this module: every call the DAG makes into the pipeline, each a few lines over the ops modules.
 
 The DAG in ``dags/colbert_pipeline.py`` is a thin layer over this module, so everything here is unit tested
 (and reusable by another orchestrator) without a scheduler. Nothing here imports torch, so the DAG file stays

@@ -1,6 +1,6 @@
 """The quality report: every system's scores on every dataset, as a Markdown table and PNG plots.
 
-One cohesive module: the report's records, their table and the plots drawn from the same records.
+In this module: the report's records, their table and the plots drawn from the same records.
 
 Each scored system leaves two files per retrieval under ``<output>/runs/<dataset>/`` (written by
 :func:`save_system_result`, which the ``quality`` stage and ``python -m bench.quality`` both call):
