@@ -255,7 +255,8 @@ class ScoringApp:
         finally:
             self.follower.stop()
             self.worker.stop()
-            logger.info("stopped: requests drained, inference thread and alias poller ended")
+            self.follower.release()
+            logger.info("stopped: requests drained, inference thread and poller ended, model files removed")
 
     async def ping(self, request: Any) -> Any:
         from starlette.responses import Response

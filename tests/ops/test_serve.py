@@ -343,7 +343,14 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_k(running) -> Non
 def test_the_command_serves_and_sigterm_drains_requests_in_flight(registry, tmp_path) -> None:
     _champion(registry, registry.versions[0])
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.uri, "COLBERT_PIPELINE_MODEL_NAME": MODEL}
+    scratch = tmp_path / "tmp"  # where the served version is downloaded (TMPDIR)
+    scratch.mkdir()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": registry.uri,
+        "COLBERT_PIPELINE_MODEL_NAME": MODEL,
+        "TMPDIR": str(scratch),
+    }
     log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(
         [
@@ -371,6 +378,7 @@ def test_the_command_serves_and_sigterm_drains_requests_in_flight(registry, tmp_
         assert httpx.get(f"{url}/ping", timeout=5).status_code == 200, (tmp_path / "serve.log").read_text()[
             -3000:
         ]
+        assert len(list(scratch.glob("colbert-serve-*"))) == 1  # the served version's files
         results: list[int | str] = []
         queries = [f"{FALCON} number {i}" for i in range(34)]  # over --max-batch: one batch per request
 
@@ -398,6 +406,8 @@ def test_the_command_serves_and_sigterm_drains_requests_in_flight(registry, tmp_
         assert results == [200] * 8, (results, (tmp_path / "serve.log").read_text()[-3000:])
         assert process.returncode in (0, -signal.SIGTERM)
         assert "requests drained" in (tmp_path / "serve.log").read_text()
+        # uvicorn ends the process by re-raising SIGTERM, past any exit handler: shutdown removed the files.
+        assert not list(scratch.glob("colbert-serve-*"))
     finally:
         if process.poll() is None:
             process.kill()
