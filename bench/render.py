@@ -274,6 +274,44 @@ def render_trainers(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The seeds' training code against PyLate (issue 37): the least ratio each data set must reach.
+SEEDS_REQUIRED = {"scifact": 1.0, "short": 1.2}
+
+
+def render_seeds(report: dict[str, Any]) -> str:
+    """The seeds' training code (``python -m bench.train --seeds``): its median samples/s against
+    ``pipeline`` and against PyLate 1.6 per data set, each run's figure, and the ratio against what is
+    required (:data:`SEEDS_REQUIRED`)."""
+    settings = report.get("train") or {}
+    timed = report["runs"][0]["timed_steps"]
+    lines = [
+        environment_line(report),
+        "",
+        f"The same script (PyLate's documented training example) against each library, fp32, batch "
+        f"{settings.get('batch_size')}, seed {settings.get('seed')}, {timed} timed steps after the warm-up, "
+        "runs interleaved.",
+        "",
+        "| documents | pipeline samples/s | PyLate 1.6 samples/s | pipeline / PyLate | required | "
+        "runs (pipeline; PyLate) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in report["samples_per_s_median"].items():
+        runs = {
+            system: ", ".join(
+                f"{r['samples_per_s']:.2f}"
+                for r in report["runs"]
+                if r["data"] == name and r["system"] == system
+            )
+            for system in ("pipeline", "pylate")
+        }
+        required = SEEDS_REQUIRED.get(name)
+        lines.append(
+            f"| {name} | {row['pipeline']:.2f} | {row['pylate']:.2f} | {row['pipeline_vs_pylate']:.2f} | "
+            f"{_cell(required, '>= {:.1f}')} | {runs['pipeline']}; {runs['pylate']} |"
+        )
+    return "\n".join(lines)
+
+
 def _settings_text(settings: dict[str, Any] | None) -> str:
     if not settings:
         return "n/a"
@@ -383,6 +421,7 @@ RENDERERS: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]
     (lambda r: isinstance(r.get("shards"), dict), render_shards),
     (lambda r: r.get("benchmark") == "index_update_time", render_update_time),
     (lambda r: r.get("benchmark") == "index_update_recall", render_update_recall),
+    (lambda r: r.get("benchmark") == "train_seeds", render_seeds),
     (lambda r: "samples_per_s_median" in r, render_trainers),
     (lambda r: isinstance(r.get("variants"), dict), render_build),
     (lambda r: any("variant" in row for row in r.get("rows", [])), render_precision),

@@ -12,8 +12,14 @@ batches can hold fewer rows than ``--batch-size``, which is why rows are counted
 each run's cProfile top entries. The record goes to ``--output`` (default
 ``bench/records/train_throughput.json``). On a GPU machine: ``bench/gpu_pass.sh``.
 
+**The seeds' code** (``--seeds``): what a library user runs, PyLate's documented training example
+(:func:`bench.train.trainers.worker_seeds`), the same text once against ``pipeline`` and once against PyLate
+1.6, each in a fresh process, on the same rows, batch size, seed and threads, fp32, interleaved as above;
+the record is ``bench/records/train_seeds.json``.
+
     .venv/bin/python -m bench.train --peer --steps 8 --warmup 2 --repeats 2     # or: make bench-train
     .venv/bin/python -m bench.train --stage --steps 2 --warmup 1 --output /tmp/stage.json
+    .venv/bin/python -m bench.train --seeds --steps 8 --warmup 2 --repeats 2   # train_seeds.json
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from bench.common import (
     setup_logging,
     write_record,
 )
-from bench.render import render_trainers
+from bench.render import render
 from bench.train import losses
 from bench.train.data import long_and_short
 
@@ -59,16 +65,33 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: A system: the interpreter, the worker (:mod:`bench.train.trainers`), what its job adds, whether PyLate's.
+System = tuple[str, str, dict[str, Any], bool]
+
+
+def systems_for(args: argparse.Namespace) -> dict[str, System]:
+    """The systems a run compares: the stage (and PyLate's trainer with ``--peer``), or, with ``--seeds``, the
+    seeds' code against ``pipeline`` and against ``pylate``."""
+    if args.seeds:
+        peer = str(ensure_peer_venv())
+        return {
+            "pipeline": (sys.executable, "seeds", {"library": "pipeline"}, False),
+            "pylate": (peer, "seeds", {"library": "pylate"}, True),
+        }
+    systems: dict[str, System] = {"stage": (sys.executable, "stage", {}, False)}
+    if args.peer:
+        systems["peer"] = (str(ensure_peer_venv()), "peer", {}, True)
+    return systems
+
+
 def compare_trainers(args: argparse.Namespace) -> dict[str, Any]:
-    """Interleaved runs of the stage (and PyLate with ``--peer``) on long and short documents."""
+    """Interleaved runs of the systems (:func:`systems_for`) on long and short documents."""
     from datasets import Dataset
 
     from pipeline.models import resolve_model_name
     from pipeline.training import samplers
 
-    systems = {"stage": sys.executable}
-    if args.peer:
-        systems["peer"] = str(ensure_peer_venv())
+    systems = systems_for(args)
     train = train_settings(args)
     data = long_and_short(args.long, args.short, (args.warmup + args.steps) * args.batch_size, args.seed)
     runs = []
@@ -85,15 +108,16 @@ def compare_trainers(args: argparse.Namespace) -> dict[str, Any]:
                     "batch_sampler": sampler,
                 }
                 for system in list(systems) if repeat % 2 == 0 else list(reversed(systems)):
+                    python, worker, extra, peer = systems[system]
                     logger.info("repeat %d, %s, %s", repeat + 1, name, system)
                     job = Path(workdir) / f"{system}-job.json"
                     profile = Path(args.profile).resolve() / f"{name}-{system}.txt" if args.profile else None
-                    write_record(job, {**spec, "profile": str(profile) if profile else None})
+                    write_record(job, {**spec, **extra, "profile": str(profile) if profile else None})
                     result = run_worker(
-                        systems[system],
+                        python,
                         "bench.train.trainers",
-                        [system, "--job", str(job)],
-                        peer=system == "peer",
+                        [worker, "--job", str(job)],
+                        peer=peer,
                         timeout=args.timeout,
                     )
                     runs.append(
@@ -104,7 +128,8 @@ def compare_trainers(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def medians(runs: list[dict[str, Any]], systems: list[str]) -> dict[str, dict[str, float]]:
-    """Per data set, each system's median samples/s (and the stage's ratio to PyLate's)."""
+    """Per data set, each system's median samples/s, and the first system's ratio to the second's
+    (``stage_vs_peer``, or ``pipeline_vs_pylate`` for the seeds)."""
     summary = {}
     for name in dict.fromkeys(run["data"] for run in runs):
         row = {
@@ -113,8 +138,8 @@ def medians(runs: list[dict[str, Any]], systems: list[str]) -> dict[str, dict[st
             )
             for system in systems
         }
-        if "peer" in row:
-            row["stage_vs_peer"] = row["stage"] / row["peer"]
+        if len(systems) == 2:
+            row[f"{systems[0]}_vs_{systems[1]}"] = row[systems[0]] / row[systems[1]]
         summary[name] = row
     return summary
 
@@ -124,6 +149,11 @@ def parser() -> argparse.ArgumentParser:
     losses.add_arguments(parser)
     parser.add_argument("--peer", action="store_true", help="the train stage against PyLate 1.6, interleaved")
     parser.add_argument("--stage", action="store_true", help="the train stage alone (no PyLate)")
+    parser.add_argument(
+        "--seeds",
+        action="store_true",
+        help="the seeds' training code (PyLate's documented usage) against pipeline and against PyLate 1.6",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="--peer/--stage: runs per system and data")
     parser.add_argument("--long", help="--peer/--stage: long documents (prepared train folder or JSONL)")
     parser.add_argument("--short", help="--peer/--stage: short passages (prepared train folder or JSONL)")
@@ -146,21 +176,32 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = parser().parse_args()
     setup_logging()
-    if not (args.peer or args.stage):
+    if args.seeds and (args.peer or args.stage):
+        raise SystemExit("--seeds compares the seeds' code alone: leave out --peer and --stage")
+    if args.seeds and args.precision not in ("auto", "fp32"):
+        raise SystemExit("--seeds trains in fp32, as the seeds' code does (fp16=False, bf16=False)")
+    if args.seeds:
+        args.precision = "fp32"
+    if args.seeds and args.output == parser().get_default("output"):
+        args.output = str(RECORDS / "train_seeds.json")
+    if not (args.peer or args.stage or args.seeds):
         losses.compare_losses(args)
         return
     if args.steps < 1 or args.warmup < 1:
         raise SystemExit("--steps and --warmup must be at least 1")
     result = compare_trainers(args)
     # The environment as the runs end: the load average then is the one they ran under.
+    env = environment()
+    env["load_avg_1m_at_end"] = env.pop("load_avg_1m")
     record = {
+        **({"benchmark": "train_seeds"} if args.seeds else {}),
         "command": command_line("bench.train"),
-        "environment": environment(),
+        "environment": env,
         **result,
-        "peer": PEER_REQUIREMENT if args.peer else None,
+        "peer": PEER_REQUIREMENT if args.peer or args.seeds else None,
     }
     output = write_record(args.output, record)
-    print(f"\nenvironment: {record['environment']}\n{render_trainers(record)}\n\nresults: {output}")
+    print(f"\nenvironment: {record['environment']}\n{render(record)}\n\nresults: {output}")
 
 
 if __name__ == "__main__":

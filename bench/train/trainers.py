@@ -5,8 +5,9 @@ per-step MLflow callback, inside an MLflow run); ``peer`` runs PyLate 1.6's mode
 stage's trainer arguments, in PyLate's venv (so nothing here imports ``pipeline`` at module level).
 samples/s counts the rows collated in the timed steps after the warm-up steps, from the end of the last
 warm-up step to the end of the last step (data loading, collation, forward, backward, optimizer step and
-callbacks included). Started by :mod:`bench.train.compare`:
-``python -m bench.train.trainers stage|peer --job FILE --result FILE``.
+callbacks included). ``seeds`` runs the seeds' training code (PyLate's documented usage) against the
+library the job names, ``pipeline`` or ``pylate``. Started by :mod:`bench.train.compare`:
+``python -m bench.train.trainers stage|peer|seeds --job FILE --result FILE``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def step_timer() -> Any:
 
         def __init__(self) -> None:
             self.ends: list[float] = []
+            # The process's CPU seconds (all threads) at each step end: a machine shared with other jobs
+            # stretches wall time, much less the work a step does.
+            self.cpu: list[float] = []
             self.rows: list[int] = []
             self.sizes: list[int] = []  # rows of each collated batch, in order
 
@@ -51,6 +55,7 @@ def step_timer() -> Any:
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.ends.append(time.perf_counter())
+            self.cpu.append(time.process_time())
             # The data loader collates a batch ahead: the rows trained on are the first batches, one per step.
             self.rows.append(sum(self.sizes[: len(self.ends)]))
 
@@ -69,6 +74,7 @@ def rate(timer: Any, warmup: int) -> dict[str, Any]:
     return {
         "timed_steps": timed,
         "seconds": seconds,
+        "cpu_seconds": timer.cpu[-1] - timer.cpu[warmup - 1],
         "rows_per_step": samples / timed,
         "samples_per_s": samples / seconds,
     }
@@ -177,15 +183,64 @@ def worker_peer(spec: dict) -> dict:
     }
 
 
+def worker_seeds(spec: dict) -> dict:
+    """The seeds' training code (PyLate's documented usage, ``../shared/seeds``) as a library user runs it:
+    ``SentenceTransformerTrainer`` + ``losses.Contrastive`` + ``utils.ColBERTCollator`` + ``models.ColBERT``
+    at their defaults, one text for both libraries: ``spec["library"]`` picks ``pipeline`` or ``pylate``
+    (the import is the only difference). fp32 (``fp16=False, bf16=False`` as the seed writes), the default
+    batch sampler, no evaluator (the seed's evaluator runs every tenth of an epoch, not per step)."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from transformers import set_seed
+
+    if spec["library"] == "pipeline":
+        from pipeline import losses, models, utils
+    else:
+        from pylate import losses, models, utils
+    settings = spec["train"]
+    set_seed(settings["seed"])
+    timer = step_timer()
+    # From here on, the seed's script with the job's rows, batch size, steps and seed.
+    model = models.ColBERT(model_name_or_path=spec["base_model_path"])
+    train_loss = losses.Contrastive(model=model)
+    with tempfile.TemporaryDirectory(dir=spec["workdir"]) as output_dir:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=output_dir,
+            max_steps=settings["max_steps"],
+            per_device_train_batch_size=settings["batch_size"],
+            fp16=False,
+            bf16=False,
+            save_strategy="steps",
+            save_steps=5000,
+            learning_rate=3e-6,
+            seed=settings["seed"],
+            report_to="none",
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(spec["rows"]),
+            loss=train_loss,
+            data_collator=timer.counting(utils.ColBERTCollator(tokenize_fn=model.tokenize)),
+            callbacks=[timer],
+        )
+        trainer.train()
+    return {**rate(timer, spec["warmup"]), "library": spec["library"], "threads": torch.get_num_threads()}
+
+
+WORKERS = {"stage": worker_stage, "peer": worker_peer, "seeds": worker_seeds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("system", choices=["stage", "peer"])
+    parser.add_argument("system", choices=sorted(WORKERS))
     parser.add_argument("--job", required=True, help="the job's JSON: rows, settings, warm-up, workdir")
     parser.add_argument("--result", required=True)
     args = parser.parse_args()
     die_with_parent()
     spec = json.loads(Path(args.job).read_text(encoding="utf-8"))
-    worker = worker_stage if args.system == "stage" else worker_peer
+    worker = WORKERS[args.system]
     if spec.get("profile"):  # the top entries by cumulative and by own time, to <data>-<system>.txt
         result, text = profiled(lambda: worker(spec), 40)
         Path(spec["profile"]).parent.mkdir(parents=True, exist_ok=True)

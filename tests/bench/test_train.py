@@ -77,3 +77,53 @@ def test_one_step_on_the_fixed_batch(shared_data):
     printed = _module("bench.train.step", "--documents", "short", "--steps", "1", "--dropout", "0")
     result = json.loads(printed.splitlines()[0])
     assert result["seconds_per_step"] > 0 and result["shapes"]["query_input_ids"][0] == 16
+
+
+def test_the_seeds_code_trains_against_pipeline_and_counts_its_rows(tmp_path):
+    """The seeds' script (``bench.train.trainers seeds``) on tiny rows: the default batch sampler keeps
+    repeated queries together, so each step trains on the full batch of 4."""
+    from pipeline.models import resolve_model_name
+
+    job = tmp_path / "job.json"
+    rows = [json.loads(line) for line in _tiny(tmp_path / "rows.jsonl", 20).read_text().splitlines()]
+    job.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "train": {"batch_size": 4, "max_steps": 3, "seed": 0},
+                "warmup": 1,
+                "workdir": str(tmp_path),
+                "base_model_path": resolve_model_name(None),
+                "library": "pipeline",
+            }
+        )
+    )
+    result_path = tmp_path / "result.json"
+    _module("bench.train.trainers", "seeds", "--job", str(job), "--result", str(result_path))
+    result = json.loads(result_path.read_text())
+    assert result["library"] == "pipeline"
+    assert result["timed_steps"] == 2 and result["rows_per_step"] == 4
+    assert result["samples_per_s"] == pytest.approx(8 / result["seconds"])
+
+
+def test_the_seeds_record_renders_medians_ratios_and_each_run():
+    from bench.render import render
+    from bench.train.compare import medians
+
+    runs = [
+        {"data": data, "system": system, "samples_per_s": rate, "timed_steps": 8}
+        for data, system, rate in [
+            ("scifact", "pipeline", 4.0),
+            ("scifact", "pylate", 5.0),
+            ("scifact", "pipeline", 6.0),
+            ("scifact", "pylate", 3.0),
+            ("short", "pipeline", 6.0),
+            ("short", "pylate", 4.0),
+        ]
+    ]
+    summary = medians(runs, ["pipeline", "pylate"])
+    assert summary["scifact"] == {"pipeline": 5.0, "pylate": 4.0, "pipeline_vs_pylate": 1.25}
+    record = {"benchmark": "train_seeds", "runs": runs, "samples_per_s_median": summary, "train": {}}
+    table = render(record)
+    assert "| scifact | 5.00 | 4.00 | 1.25 | >= 1.0 | 4.00, 6.00; 5.00, 3.00 |" in table
+    assert "| short | 6.00 | 4.00 | 1.50 | >= 1.2 | 6.00; 4.00 |" in table
