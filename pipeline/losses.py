@@ -114,6 +114,8 @@ class Contrastive(_ContrastiveColumns, MultiVectorMultipleNegativesRankingLoss):
             of the ranks' losses and the DDP-averaged gradients are one process's on the concatenated batch
             (:mod:`pipeline.training.distributed`; PyLate's loss is that times the world size).
         mini_batch_size: Rows per forward when embedding the document columns (bounds padding waste).
+            ``None`` (the default): one column's rows per forward on CPU, every document row in one
+            forward on an accelerator (see :func:`document_rows`).
 
     Example:
         >>> from pipeline import losses, models
@@ -138,6 +140,43 @@ class Contrastive(_ContrastiveColumns, MultiVectorMultipleNegativesRankingLoss):
             gather_across_devices=gather_across_devices,
         )
         self.temperature = float(temperature)
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        features = list(sentence_features)
+        chosen = self.mini_batch_size
+        if chosen is not None or len(features) < 2:
+            return super().forward(features, labels)
+        # sentence-transformers' loss reads the attribute: set it for this call only, so the saved config
+        # and a later step on another device still see the user's None.
+        self.mini_batch_size = document_rows(features)
+        try:
+            return super().forward(features, labels)
+        finally:
+            self.mini_batch_size = chosen
+
+
+def document_rows(features: list[dict[str, Tensor]]) -> int | None:
+    """Rows per document forward where the user gave no ``mini_batch_size``: one column's rows on CPU,
+    ``None`` (all columns merged into one forward) on an accelerator.
+
+    sentence-transformers merges the positive and negative columns into one forward, which fills a GPU
+    better. On a CPU the merged forward's memory-bound work (dropout masks, softmax and GELU over rows x
+    heads x tokens x tokens) outgrows the caches: on SciFact batches (16 triplets, 180-token documents,
+    2-core CPU) a step took 6.77 s merged and 4.89 s in forwards of one column (16 rows), PyLate's way.
+    The train stage already embedded a column per forward (1.07x PyLate on long documents) where the
+    seeds' code, merged, measured 0.79x (issue 37). Each chunk is embedded at its own width and padding is
+    masked, so the loss and gradients are the merged forward's up to float rounding
+    (``tests/library/test_losses.py``).
+
+    Example:
+        >>> import torch
+        >>> column = {"input_ids": torch.ones(16, 180, dtype=torch.long)}
+        >>> document_rows([column, column, column])
+        16
+        >>> document_rows([column, {"input_ids": torch.ones(16, 180, dtype=torch.long, device="meta")}])
+    """
+    documents = features[1]["input_ids"]
+    return len(documents) if documents.device.type == "cpu" else None
 
 
 class CachedContrastive(_ContrastiveColumns, CachedMultiVectorMultipleNegativesRankingLoss):

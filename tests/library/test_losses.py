@@ -108,7 +108,8 @@ def test_the_train_stage_embeds_documents_a_column_at_a_time_on_cpu_with_the_sam
     parameter = model.transformer.auto_model.encoder.layer[-1].output.dense.weight
     results = [
         loss_and_gradient(model, loss, sentence_features, None, parameter)
-        for loss in (losses.Contrastive(model=model, temperature=0.05), staged)
+        # The merged forward: every document row at once (the library's default on an accelerator).
+        for loss in (losses.Contrastive(model=model, temperature=0.05, mini_batch_size=12), staged)
     ]
     model.train()
     (merged_loss, merged_grad), (staged_loss, staged_grad) = results
@@ -116,6 +117,40 @@ def test_the_train_stage_embeds_documents_a_column_at_a_time_on_cpu_with_the_sam
     # Chunks are padded to their own longest row, so float rounding differs a little; the direction must not.
     assert (staged_grad - merged_grad).norm() <= 1e-2 * merged_grad.norm()
     assert merged_grad.abs().sum() > 0
+
+
+def test_contrastive_on_cpu_embeds_a_column_per_forward_with_the_merged_loss_and_gradients(
+    colbert_model, shared_data
+) -> None:
+    """On a real batch (16 SciFact triplets, 180-token abstracts), the default ``Contrastive`` on CPU runs
+    one document column per forward (PyLate's shapes, :func:`pipeline.losses.document_rows`), and its loss
+    and gradients are the merged forward's (what it computed before) up to float rounding: loss within
+    1e-5 relative, the gradient over every parameter within 1e-4 relative (L2 norm of the difference)."""
+    from bench.train.data import fixed_batch
+
+    model = copy.deepcopy(colbert_model)
+    model.eval()  # no dropout: both computations see the same network
+    sentence_features, _ = features(model, fixed_batch("long"))
+    widths: list[tuple[int, int]] = []
+    hook = model[0].register_forward_pre_hook(
+        lambda _, args: widths.append(tuple(args[0]["input_ids"].shape))
+    )
+    results = []
+    for loss in (losses.Contrastive(model=model), losses.Contrastive(model=model, mini_batch_size=32)):
+        model.zero_grad()
+        value = loss(sentence_features, None)
+        value.backward()
+        results.append(
+            (value.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        )
+    hook.remove()
+    (default_loss, default_grad), (merged_loss, merged_grad) = results
+    # Default: the queries, then each document column on its own; merged: queries, then all 32 rows at once.
+    assert widths == [(16, 32), (16, 180), (16, 180), (16, 32), (32, 180)]
+    assert losses.Contrastive(model=model).mini_batch_size is None  # the user's None is what stays saved
+    assert default_loss == pytest.approx(merged_loss, rel=1e-5)
+    assert (default_grad - merged_grad).norm() <= 1e-4 * merged_grad.norm()
+    assert merged_grad.norm() > 0
 
 
 def test_multiple_negative_columns_are_all_scored(model) -> None:
