@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,93 @@ def write_record(path: str | os.PathLike[str], data: Any, sort_keys: bool = Fals
     temp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
     os.replace(temp, path)
     return path
+
+
+# ------------------------------------------------------------------------------------------ setups
+#: What must match between the two sides of a comparison unless the comparison declares it: the precision
+#: the side computed in, torch's threads, and the versions of the stack under both libraries.
+SETUP_KEYS = ("precision", "torch_threads", "torch", "transformers", "sentence-transformers", "fast-plaid")
+#: Versions a comparison may declare even "like for like": each library pins its own (PyLate 1.6 cannot run
+#: on fast-plaid 1.7); precision and threads it may not.
+VERSION_KEYS = SETUP_KEYS[2:]
+#: The versions PyLate 1.6's venv pins apart from ours (torch is pinned alike): a comparison declares them.
+PEER_PINNED = ("transformers", "sentence-transformers", "fast-plaid")
+COMPARISONS = ("like for like", "defaults")
+#: Each side's library, recorded beside the setup (it is what is compared, so never checked).
+LIBRARY_DISTRIBUTIONS = {"pipeline": "colbert-pipeline", "pylate": "pylate"}
+
+
+class SetupMismatch(ValueError):
+    """Two rows were to be compared while their setups differ in a way the comparison does not declare."""
+
+
+def setup(library: str, precision: str) -> dict[str, Any]:
+    """The setup a measured side ran with: ``library`` (``pipeline`` or ``pylate``) and its version, the
+    ``precision`` it actually computed in, torch's threads, and the versions of :data:`VERSION_KEYS`
+    (``None`` where one is not installed). Call it in the worker, after the work (threads as used).
+    """
+    import importlib.metadata as metadata
+
+    import torch
+
+    def version(distribution: str) -> str | None:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "library": library,
+        "library_version": version(LIBRARY_DISTRIBUTIONS.get(library, library)),
+        "precision": precision,
+        "torch_threads": torch.get_num_threads(),
+        **{name: version(name) for name in VERSION_KEYS},
+    }
+
+
+def check_setups(
+    ours: dict[str, Any],
+    peer: dict[str, Any],
+    comparison: str,
+    declared: Collection[str] = (),
+    what: str = "comparison",
+) -> dict[str, tuple[Any, Any]]:
+    """The declared differences between two sides' :func:`setup` records, ``{key: (ours, peer)}``.
+
+    ``comparison`` is ``"like for like"`` (only versions may be ``declared``: each library pins its own)
+    or ``"defaults"`` (each library at its defaults: any key may be declared, e.g. precision bf16 vs fp32).
+    Any difference in :data:`SETUP_KEYS` that is not declared raises :class:`SetupMismatch` naming each
+    differing key with both values; ``what`` says which rows.
+
+    >>> a = {"precision": "bf16", "torch_threads": 2, "fast-plaid": "1.7.0"}
+    >>> b = {"precision": "fp32", "torch_threads": 2, "fast-plaid": "1.4.6"}
+    >>> check_setups(a, b, "defaults", declared=("precision", "fast-plaid"))
+    {'precision': ('bf16', 'fp32'), 'fast-plaid': ('1.7.0', '1.4.6')}
+    >>> check_setups(a, b, "defaults", declared=("precision",), what="encode")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    bench.common.SetupMismatch: encode: a 'defaults' comparison ... does not say so: fast-plaid 1.7.0 vs 1.4.6
+    """
+    if comparison not in COMPARISONS:
+        raise SetupMismatch(f"{what}: comparison {comparison!r} is none of {COMPARISONS}")
+    unknown = set(declared) - set(SETUP_KEYS)
+    fixed = set(declared) - set(VERSION_KEYS) if comparison == "like for like" else set()
+    if unknown or fixed:
+        raise SetupMismatch(
+            f"{what}: a {comparison!r} comparison cannot declare {sorted(unknown | fixed)} as a difference"
+        )
+    differing = {key: (ours.get(key), peer.get(key)) for key in SETUP_KEYS if ours.get(key) != peer.get(key)}
+    unlabelled = [key for key in differing if key not in declared]
+    if unlabelled:
+        named = "; ".join(f"{key} {differing[key][0]} vs {differing[key][1]}" for key in unlabelled)
+        raise SetupMismatch(
+            f"{what}: a {comparison!r} comparison of setups that differ where it does not say so: {named}"
+        )
+    return differing
+
+
+def differences_text(differing: dict[str, tuple[Any, Any]]) -> str:
+    """How a table names declared differences: ``precision bf16 vs fp32; fast-plaid 1.7.0 vs 1.4.6``."""
+    return "; ".join(f"{key} {a} vs {b}" for key, (a, b) in differing.items())
 
 
 # ------------------------------------------------------------------------------------------ measuring

@@ -26,7 +26,8 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from bench.common import RECORDS
+from bench.common import RECORDS, check_setups, differences_text
+from bench.index.growth_report import render_growth
 
 MARKER = "index-bench"
 BEGIN, END = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
@@ -41,6 +42,13 @@ METRICS = [
     ("disk MiB", "disk_mib", "{:.1f}"),
     ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
 ]
+
+
+#: Below a table whose paired rows carry no setups (records from before they were recorded).
+NOT_RECORDED = (
+    "Setup not recorded for {rows}: measured before each side's setup (threads, versions) was recorded; "
+    "a ratio names the precision difference its rows record, and no other difference is known either way."
+)
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -74,9 +82,30 @@ def environment_line(report: dict[str, Any]) -> str:
     return line + (f" Command: `{report['command']}`" if report.get("command") else "")
 
 
-def _index_rows(row: dict[str, Any], peer: bool) -> list[str]:
-    """One table line per metric either system measured in ``row``."""
+def setup_note(row: dict[str, Any], what: str, ours: Any = None, peer: Any = None) -> tuple[str, bool]:
+    """What a ratio of ``row``'s two sides is shown with, and whether their setups were recorded.
+
+    Recorded setups (``row["setups"]``, or ``ours`` / ``peer``) go through
+    :func:`bench.common.check_setups` under the row's ``comparison`` label (like for like when it has
+    none), which refuses an undeclared difference; the note names the declared ones. A row measured before
+    setups were recorded: the precision difference its sides record, if any; the rest is not known.
+    """
+    setups = row.get("setups") or {}
+    ours, peer = setups.get("ours", ours), setups.get("peer", peer)
+    if ours and peer:
+        comparison, declared = row.get("comparison", "like for like"), row.get("declared", ())
+        return differences_text(check_setups(ours, peer, comparison, declared, what=what)), True
+    mine, theirs = (row.get(side) for side in ("ours", "peer"))  # a trainer record's "peer" is a str
+    mine, theirs = (side.get("precision") if isinstance(side, dict) else None for side in (mine, theirs))
+    return (f"precision {mine} vs {theirs}" if mine and theirs and mine != theirs else ""), False
+
+
+def _index_rows(row: dict[str, Any], peer: bool, unrecorded: list[str]) -> list[str]:
+    """One table line per metric either system measured in ``row``; a ratio carries its setup note."""
     where = f"{row['dataset']} ({row['documents']}, {row['queries']})"
+    note, recorded = setup_note(row, f"{where} {row['index']}") if peer and row.get("peer") else ("", True)
+    if not recorded:
+        unrecorded.append(f"{where} {_index_label(row)}")
     lines = []
     for label, key, fmt in METRICS:
         ours, theirs = row["ours"].get(key), row.get("peer", {}).get(key)
@@ -85,7 +114,7 @@ def _index_rows(row: dict[str, Any], peer: bool) -> list[str]:
         line = f"| {where} | {_index_label(row)} | {label} | {_cell(ours, fmt)} |"
         if peer:
             numeric = isinstance(ours, int | float) and isinstance(theirs, int | float) and theirs
-            ratio = f"{ours / theirs:.2f}" if numeric else ""
+            ratio = f"{ours / theirs:.2f}" + (f" ({note})" if note else "") if numeric else ""
             if key == "settings" and row.get("peer") and not row["peer"].get("reached", True):
                 theirs = f"{theirs} (its best recall; none reached ours)"
             line += f" {_cell(theirs, fmt)} | {ratio} |"
@@ -110,20 +139,24 @@ def render_index(report: dict[str, Any], kinds: Collection[str] | None = None, r
         " PyLate 1.6 | ours/PyLate |" if peer else ""
     )
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
-    defaults: dict[str, float] = {}
+    defaults: dict[str, dict[str, Any]] = {}
+    unrecorded: list[str] = []
     for row in rows:
         if row["index"] == "plaid" and row.get("peer"):
-            defaults[row["dataset"]] = row["peer"].get("qps")
+            defaults[row["dataset"]] = row
         if kinds is not None and row["index"] not in kinds:
             continue
-        lines += _index_rows(row, peer)
-        if row["index"] == "plaid at target" and defaults.get(row["dataset"]):
+        lines += _index_rows(row, peer, unrecorded)
+        if row["index"] == "plaid at target" and defaults.get(row["dataset"], {}).get("peer", {}).get("qps"):
             base = defaults[row["dataset"]]
+            note, _ = setup_note({**row, "peer": base["peer"]}, f"{row['dataset']} plaid at target")
             lines.append(
                 f"| {row['dataset']} ({row['documents']}, {row['queries']}) | plaid at target | "
-                f"QPS vs PyLate at its defaults | {row['ours']['qps']:.2f} | "
-                f"{base:.2f} | {row['ours']['qps'] / base:.2f} |"
+                f"QPS vs PyLate at its defaults | {row['ours']['qps']:.2f} | {base['peer']['qps']:.2f} | "
+                f"{row['ours']['qps'] / base['peer']['qps']:.2f}{f' ({note})' if note else ''} |"
             )
+    if unrecorded:
+        lines += ["", NOT_RECORDED.format(rows="; ".join(unrecorded))]
     if rss and report.get("index_corpus_rss"):
         lines += ["", *_rss_rows(report["index_corpus_rss"])]
     return "\n".join(lines)
@@ -257,7 +290,8 @@ def render_update_recall(report: dict[str, Any]) -> str:
 
 
 def render_trainers(report: dict[str, Any]) -> str:
-    """A trainer-throughput record: the median samples/s of the train stage (and PyLate) per data set."""
+    """A trainer-throughput record: the median samples/s of the train stage (and PyLate) per data set; each
+    ratio's runs' setups checked (:func:`setup_note`) under the record's comparison label."""
     peer = any("peer" in row for row in report["samples_per_s_median"].values())
     settings = report.get("train") or {}
     shown = ", ".join(
@@ -268,9 +302,17 @@ def render_trainers(report: dict[str, Any]) -> str:
         f"| documents | stage samples/s |{' PyLate 1.6 samples/s | stage / PyLate |' if peer else ''}"
     )
     lines.append(f"|---|---|{'---|---|' if peer else ''}")
+    unrecorded = []
     for name, row in report["samples_per_s_median"].items():
-        extra = f" {row['peer']:.2f} | {row['stage_vs_peer']:.2f} |" if peer else ""
+        extra = ""
+        if peer:
+            runs = {r["system"]: r.get("setup") for r in report.get("runs", []) if r.get("data") == name}
+            note, recorded = setup_note(report, f"training on {name}", runs.get("stage"), runs.get("peer"))
+            unrecorded += [] if recorded else [name]
+            extra = f" {row['peer']:.2f} | {row['stage_vs_peer']:.2f}{f' ({note})' if note else ''} |"
         lines.append(f"| {name} | {row['stage']:.2f} |{extra}")
+    if unrecorded:
+        lines += ["", NOT_RECORDED.format(rows=", ".join(unrecorded))]
     return "\n".join(lines)
 
 
@@ -418,6 +460,7 @@ def render_shards(report: dict[str, Any]) -> str:
 #: How to tell a record's kind (a key only it has), and its renderer.
 RENDERERS: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]]] = [
     (lambda r: r.get("benchmark") == "serve_load", render_serve),
+    (lambda r: r.get("benchmark") == "index_growth", render_growth),
     (lambda r: isinstance(r.get("shards"), dict), render_shards),
     (lambda r: r.get("benchmark") == "index_update_time", render_update_time),
     (lambda r: r.get("benchmark") == "index_update_recall", render_update_recall),

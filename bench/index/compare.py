@@ -34,6 +34,7 @@ from typing import Any
 
 from bench.common import (
     CACHE,
+    PEER_PINNED,
     WorkerError,
     command_line,
     ensure_peer_venv,
@@ -125,7 +126,19 @@ def at_target_row(row: dict[str, Any]) -> dict[str, Any]:
             "reached": bool(reaching),
         }
     keys = ("dataset", "documents", "queries")
-    return {**{k: row[k] for k in keys}, "index": "plaid at target", "ours": ours, "peer": peer}
+    at_target = {**{k: row[k] for k in keys}, "index": "plaid at target", "ours": ours, "peer": peer}
+    setups = {side: row[side]["setup"] for side in ("ours", "peer") if "setup" in row.get(side, {})}
+    return {**at_target, **labelled(setups.get("ours"), setups.get("peer"), "defaults")}
+
+
+def labelled(ours: dict[str, Any] | None, peer: dict[str, Any] | None, comparison: str) -> dict[str, Any]:
+    """A row's setups (when both sides have one) and its comparison label, for the renderer's check
+    (:func:`bench.common.check_setups`): each library's pinned versions are declared, and so is the
+    precision of a comparison at the defaults."""
+    if not (ours and peer):
+        return {}
+    declared = [*PEER_PINNED, *(["precision"] if comparison == "defaults" else [])]
+    return {"comparison": comparison, "declared": declared, "setups": {"ours": ours, "peer": peer}}
 
 
 def bench_dataset(run: Run, dataset: str) -> None:
@@ -151,7 +164,10 @@ def bench_dataset(run: Run, dataset: str) -> None:
     reference = run.scratch / f"{dataset}-reference.json"
     files = [*common, "--cache", str(cache), "--reference", str(reference), "--device", args.device]
     exact = run_worker(run.ours, WORKERS, ["exact", *files], timeout=args.timeout)
-    run.rows.append({**shape, "index": "encode", "ours": ours, "peer": peer})
+    # ours at fp32 encodes as PyLate does: like for like; at auto (bf16 on this CPU) each is at its defaults.
+    comparison = "like for like" if ours.get("precision") == "fp32" else "defaults"
+    label = labelled(ours.get("setup"), peer.get("setup"), comparison)
+    run.rows.append({**shape, "index": "encode", "ours": ours, "peer": peer, **label})
     run.rows.append({**shape, "index": "exact MaxSim", "ours": {"qps": exact["exact_qps"]}, "peer": {}})
     run.save()
     for kind in args.kinds:
@@ -159,6 +175,7 @@ def bench_dataset(run: Run, dataset: str) -> None:
         row["ours"] = run.step("index-ours", [*files, "--kind", kind], f"ours {kind} on {dataset}")
         if run.peer:
             row["peer"] = run.step("index-peer", [*files, "--kind", kind], f"PyLate {kind} on {dataset}")
+            row.update(labelled(row["ours"].get("setup"), row["peer"].get("setup"), "defaults"))
         run.rows.append(row)
         logger.info("%s %s: %s", dataset, kind, row)
         if kind == "plaid" and "tuned" in row["ours"]:

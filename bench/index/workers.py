@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import die_with_parent, folder_bytes, peak_rss_mib, write_record
+from bench.common import die_with_parent, folder_bytes, peak_rss_mib, setup, write_record
 from bench.index.corpus import (
     cache_path,
     load_embeddings,
@@ -29,6 +29,8 @@ from bench.index.corpus import (
 )
 from bench.index.encode import load_encoder, timed_encode
 
+#: The library each side measures, as :func:`bench.common.setup` records it.
+LIBRARY = {"ours": "pipeline", "peer": "pylate"}
 #: PyLate's PLAID search settings swept for the row at our recall (its defaults are 8 and 8192).
 PEER_SWEEP = [(probe, full) for probe in (2, 8, 32) for full in (256, 1024, 4096)]
 
@@ -55,6 +57,7 @@ def worker_encode(system: str, args: argparse.Namespace) -> dict[str, Any]:
         "encode_dtype": args.encode_dtype,
         "precision": precision,
         "peak_rss_mib": peak_rss_mib(),
+        "setup": setup(LIBRARY[system], precision),
     }
 
 
@@ -99,7 +102,8 @@ def worker_index(system: str, args: argparse.Namespace) -> dict[str, Any]:
     elif args.kind == "plaid":
         result["sweep"] = peer_sweep(index, retrieve, queries, reference)
     shutil.rmtree(folder, ignore_errors=True)
-    return {**result, "peak_rss_mib": peak_rss_mib()}
+    # Both sides index the same cached float32 embeddings: that is the precision their index steps share.
+    return {**result, "peak_rss_mib": peak_rss_mib(), "setup": setup(LIBRARY[system], "fp32 embeddings in")}
 
 
 def measure_search(retriever: Any, queries: list[Any], reference: list[list[str]]) -> tuple[float, float]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    PEER_PINNED,
     PEER_REQUIREMENT,
     RECORDS,
     command_line,
@@ -124,7 +125,9 @@ def compare_trainers(args: argparse.Namespace) -> dict[str, Any]:
                         {"repeat": repeat + 1, "data": name, "source": source, "system": system, **result}
                     )
                     logger.info("  %.3f samples/s", result["samples_per_s"])
-    return {"runs": runs, "samples_per_s_median": medians(runs, list(systems)), "train": train}
+    # Same settings and precision on both sides; each library's pinned versions differ, and are declared.
+    label = {"comparison": "like for like", "declared": list(PEER_PINNED)}
+    return {"runs": runs, "samples_per_s_median": medians(runs, list(systems)), "train": train, **label}
 
 
 def medians(runs: list[dict[str, Any]], systems: list[str]) -> dict[str, dict[str, float]]:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import die_with_parent, profiled, write_record
+from bench.common import die_with_parent, profiled, setup, write_record
 
 
 def step_timer() -> Any:
@@ -132,6 +132,7 @@ def worker_stage(spec: dict) -> dict:
         "batch_sampler": sampler,
         "mlflow_callback": mlflow is not None,
         "threads": torch.get_num_threads(),
+        "setup": setup("pipeline", spec["train"]["precision"]),
     }
 
 
@@ -180,6 +181,7 @@ def worker_peer(spec: dict) -> dict:
         **rate(timer, spec["warmup"]),
         "batch_sampler": spec["batch_sampler"],
         "threads": torch.get_num_threads(),
+        "setup": setup("pylate", settings["precision"]),
     }
 
 
