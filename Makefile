@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-serve bench-shards bench-updates bench-render
+.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-serve bench-shards bench-updates bench-growth bench-render
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -92,6 +92,10 @@ quality-arguana: install
 # bench-updates: an index updated in place against a rebuild, through the index stage (1,050 SciFact documents:
 # 20 added, 10 removed, 5 changed), and recall@10 over five updates replacing half the corpus against fresh
 # builds (docs/indexes.md, "Updating an index in place"); each about 8-20 min on 2 busy cores.
+# bench-growth: build, disk, peak RSS, QPS and one-query latency at 5,000, 17,490 (every real document) and
+# 25,000 documents (synthetic above the real ones), ours and PyLate at their PLAID defaults beside brute force
+# (docs/benchmarks.md, "Growth with the corpus"); about 2 hours on 2 cores, mostly PyLate's builds. It
+# refuses sizes that would not fit in memory before it starts.
 # bench-render: every record as Markdown tables.
 DATASET ?= scifact
 bench-index: install
@@ -116,6 +120,9 @@ bench-shards: install
 bench-updates: install
 	$(PY) -m bench.index.updates --time --record bench/records/index_update_time.json $(BENCH_ARGS)
 	$(PY) -m bench.index.updates --recall --record bench/records/index_update_recall.json $(BENCH_ARGS)
+
+bench-growth: install
+	$(PY) -m bench.index.growth $(or $(BENCH_ARGS),--record bench/records/index_growth.json)
 
 bench-render: install
 	$(PY) -m bench.render $(BENCH_ARGS)

@@ -110,9 +110,9 @@ def _goal_lines(report: dict[str, Any]) -> list[str]:
             met = ratio <= LATENCY_GOAL and single["recall@10"] >= RECALL_GOAL
             lines.append(
                 f"- {size['documents']:,} documents, {SIDES[side]}: one query p50 {single['p50_ms']:.0f} ms, "
-                f"{ratio:.2f} of fp32 brute force's time ({brute:.0f} ms), at recall@10 "
+                f"{ratio:.2f} times fp32 brute force's ({brute:.0f} ms), at recall@10 "
                 f"{single['recall@10']:.3f}: {'meets' if met else 'misses'} the goal (at most {LATENCY_GOAL} "
-                f"of it at recall@10 >= {RECALL_GOAL})."
+                f"times at recall@10 >= {RECALL_GOAL})."
             )
     return lines
 
@@ -140,7 +140,13 @@ def render_growth(report: dict[str, Any]) -> str:
         lines += _size_lines(size, sides)
     ratios = _ratio_lines(report)
     if ratios:
-        lines += ["", f"ours / PyLate, each at its defaults ({report.get('comparison')}):", "", *ratios]
+        lines += [
+            "",
+            f"ours / PyLate, comparison: {report.get('comparison')} (below 1: ours faster or smaller, except "
+            "for QPS, where above 1 is; the differences each library's defaults and pins bring are named):",
+            "",
+            *ratios,
+        ]
     lines += ["", "Latency goal (one query through the default index against fp32 brute force):", ""]
     lines += _goal_lines(report)
     exponents = _exponent_lines(report)

@@ -187,7 +187,7 @@ def test_the_growth_renderer_refuses_sizes_whose_libraries_differ_undeclared() -
     }
     markdown = render.render(record)
     assert "| 1,000 | 1.00 | 1.00 | 1.00 | 1.00 | fast-plaid 1.7.0 vs 1.4.6 |" in markdown
-    assert "one query p50 100 ms, 3.33 of fp32 brute force's time" in markdown
+    assert "one query p50 100 ms, 3.33 times fp32 brute force's (30 ms)" in markdown
     undeclared = copy.deepcopy(record)
     undeclared["declared"] = []
     with pytest.raises(SetupMismatch, match=r"1000 documents: .*fast-plaid 1\.7\.0 vs 1\.4\.6"):
