@@ -26,8 +26,10 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from bench.common import RECORDS, check_setups, differences_text
+from bench.common import RECORDS
 from bench.index.growth_report import render_growth
+from bench.setup_notes import NOT_RECORDED, setup_note
+from bench.shards_report import render_shards
 
 MARKER = "index-bench"
 BEGIN, END = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
@@ -42,13 +44,6 @@ METRICS = [
     ("disk MiB", "disk_mib", "{:.1f}"),
     ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
 ]
-
-
-#: Below a table whose paired rows carry no setups (records from before they were recorded).
-NOT_RECORDED = (
-    "Setup not recorded for {rows}: measured before each side's setup (threads, versions) was recorded; "
-    "a ratio names the precision difference its rows record, and no other difference is known either way."
-)
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -80,24 +75,6 @@ def environment_line(report: dict[str, Any]) -> str:
     parts.append(f"CUDA {'yes (' + env.get('gpu', 'GPU') + ')' if cuda else 'no'}")
     line = "Environment: " + ", ".join(parts) + "."
     return line + (f" Command: `{report['command']}`" if report.get("command") else "")
-
-
-def setup_note(row: dict[str, Any], what: str, ours: Any = None, peer: Any = None) -> tuple[str, bool]:
-    """What a ratio of ``row``'s two sides is shown with, and whether their setups were recorded.
-
-    Recorded setups (``row["setups"]``, or ``ours`` / ``peer``) go through
-    :func:`bench.common.check_setups` under the row's ``comparison`` label (like for like when it has
-    none), which refuses an undeclared difference; the note names the declared ones. A row measured before
-    setups were recorded: the precision difference its sides record, if any; the rest is not known.
-    """
-    setups = row.get("setups") or {}
-    ours, peer = setups.get("ours", ours), setups.get("peer", peer)
-    if ours and peer:
-        comparison, declared = row.get("comparison", "like for like"), row.get("declared", ())
-        return differences_text(check_setups(ours, peer, comparison, declared, what=what)), True
-    mine, theirs = (row.get(side) for side in ("ours", "peer"))  # a trainer record's "peer" is a str
-    mine, theirs = (side.get("precision") if isinstance(side, dict) else None for side in (mine, theirs))
-    return (f"precision {mine} vs {theirs}" if mine and theirs and mine != theirs else ""), False
 
 
 def _index_rows(row: dict[str, Any], peer: bool, unrecorded: list[str]) -> list[str]:
@@ -427,33 +404,6 @@ def render_serve(report: dict[str, Any]) -> str:
             f"Batching {verdict} p95 at the highest concurrency: "
             f"{p95['on']:.0f} ms on, {p95['off']:.0f} ms off.",
         ]
-    return "\n".join(lines)
-
-
-def render_shards(report: dict[str, Any]) -> str:
-    """A sharded-build record (``python -m bench.shards``): the documents, and recall@10 against exact MaxSim
-    of the unsharded build and of the build from shards, per PLAID search setting."""
-    result = report["shards"]
-    same = (
-        "the same document ids in the same order" if result["same_documents_in_order"] else "OTHER documents"
-    )
-    lines = [
-        environment_line(report),
-        "",
-        f"{result['dataset']}: {result['documents']} documents, {result['queries']} test queries, "
-        f"{result['shards']} shards, chunks of {result['chunk_size']}, encoded in {result['precision']}. "
-        f"Both indexes hold {same}. (The record keeps each step's seconds; on a shared machine they are not "
-        "a comparison.)",
-        "",
-        "| PLAID search (n_ivf_probe, n_full_scores) | recall@10 unsharded | recall@10 from shards "
-        "| difference |",
-        "|---|---|---|---|",
-    ]
-    for row in result["recall"]:
-        lines.append(
-            f"| {row['n_ivf_probe']}, {row['n_full_scores']} | {row['recall_unsharded']:.4f} "
-            f"| {row['recall_sharded']:.4f} | {row['recall_difference']:+.4f} |"
-        )
     return "\n".join(lines)
 
 
