@@ -77,6 +77,8 @@ def build_variant(
     from pipeline.indexes.indexing import recall_at_k
 
     ids, documents, queries = data
+    # rerank=0: the index stage's build (fast-plaid's centroid rule, no store), which the variants change
+    kwargs = {"rerank": 0, **kwargs}
     index = indexes.PLAID(index_folder=folder, index_name="index", override=True, device="cpu", **kwargs)
 
     def build() -> float:
@@ -88,7 +90,7 @@ def build_variant(
         seconds, text = profiled(build, profile)
     else:
         seconds, text = build(), ""
-    plain = indexes.PLAID(index_folder=folder, index_name="index", device="cpu", n_full_scores=1024)
+    plain = indexes.PLAID(index_folder=folder, index_name="index", device="cpu", n_full_scores=1024, rerank=0)
     recall = recall_at_k(plain(queries, k=10), reference, k=10)
     print(f"{name}: build {seconds:.1f} s, recall@10 {recall:.3f}", flush=True)
     if text:

@@ -147,7 +147,8 @@ def measure_recall(docs: int, words: int, steps: int, n_queries: int) -> dict[st
         vectors = models.as_numpy(model.encode([row["text"] for row in rows], is_query=False))
         embedding = {row["_id"]: vector for row, vector in zip(rows, vectors, strict=True)}
         queries = models.as_numpy(model.encode(read_queries("scifact", n_queries), is_query=True))
-        plaid = {"index_folder": folder, "device": "cpu", "show_progress": False}
+        # fast-plaid's own update against a fresh build: no float16 store, no re-scoring
+        plaid = {"index_folder": folder, "device": "cpu", "show_progress": False, "rerank": 0}
         current = [row["_id"] for row in rows[:docs]]
         index = indexes.PLAID(index_name="updated", override=True, **plaid)
         index.add_documents(current, [embedding[i] for i in current])

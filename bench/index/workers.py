@@ -83,7 +83,11 @@ def worker_index(system: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         from pylate import indexes, retrieve
     if args.kind == "plaid":
-        index = indexes.PLAID(index_folder=str(folder), index_name="index", override=True, device=args.device)
+        # ours as the index stage builds it (rerank=0: the stage keeps its own store and tunes its search)
+        stage = {"rerank": 0} if system == "ours" else {}
+        index = indexes.PLAID(
+            index_folder=str(folder), index_name="index", override=True, device=args.device, **stage
+        )
     else:
         index = indexes.Voyager(index_folder=str(folder), index_name="index", override=True)
     started = time.perf_counter()
@@ -181,7 +185,9 @@ def worker_rss(args: argparse.Namespace) -> dict[str, Any]:
     model, precision = load_encoder("ours", "cpu", precision=args.precision)  # as the index stage encodes
     baseline = peak_rss_mib()
     folder = Path(tempfile.mkdtemp(prefix="bench-rss-", dir=args.scratch))
-    index = indexes.PLAID(index_folder=str(folder), index_name="index", override=True, device=args.device)
+    index = indexes.PLAID(
+        index_folder=str(folder), index_name="index", override=True, device=args.device, rerank=0
+    )  # as the index stage builds it
     trace: list[float] = []  # peak RSS after each chunk: where in the corpus the peak is reached
     stats = index_corpus(
         model,

@@ -38,7 +38,8 @@ def evaluate_model(
 
     if not Path(benchmark).is_dir():
         raise InputError(f"{benchmark}: no benchmark (run the prepare stage first)")
-    model = models.ColBERT(model_name_or_path=model_path, device=device)
+    # float32: promotion compares these metrics across runs and machines (bf16 would depend on the CPU).
+    model = models.ColBERT(model_name_or_path=model_path, device=device, encode_precision="fp32")
     evaluator = evaluation.NanoBEIREvaluator(
         dataset_id=str(benchmark), batch_size=batch_size, show_progress_bar=True
     )

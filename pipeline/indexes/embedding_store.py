@@ -276,6 +276,19 @@ class EmbeddingStoreWriter:
             self._handle.write(np.ascontiguousarray(array, dtype=np.float16).tobytes())
             self._lengths.append(int(array.shape[0]))
 
+    def add_rows(self, rows: np.ndarray, lengths: Sequence[int]) -> None:
+        """Append documents given as their token rows back to back (``lengths`` rows each), e.g. a run of
+        slots read from another store: one write instead of one per document."""
+        lengths = [int(n) for n in lengths]
+        if rows.ndim != 2 or sum(lengths) != rows.shape[0] or any(n < 1 for n in lengths):
+            raise ValueError(f"rows {rows.shape} do not split into documents of {len(lengths)} lengths")
+        if self.dim is None:
+            self.dim = int(rows.shape[1])
+        elif rows.shape[1] != self.dim:
+            raise ValueError(f"rows have dimension {rows.shape[1]}, expected {self.dim}")
+        self._handle.write(np.ascontiguousarray(rows, dtype=np.float16).tobytes())
+        self._lengths.extend(lengths)
+
     def commit(
         self,
         index_version: str | None,

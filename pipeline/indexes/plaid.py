@@ -43,16 +43,25 @@ from pipeline.indexes.embedding_store import STORE_FOLDER, EmbeddingStore, open_
 from pipeline.indexes.plaid_kmeans import (
     CPU_KMEANS_CHUNK,
     DEFAULT_POINTS_PER_CENTROID,
+    fast_plaid_centroids,
     fast_plaid_kmeans,
     kmeans_sample_documents,
 )
 from pipeline.indexes.plaid_options import check_pylate_options, triton_usable
+from pipeline.indexes.plaid_store import carry_store
 from pipeline.indexes.search_settings import SEARCH_SETTINGS_FILE, SearchSettings, read_settings, search_slots
 from pipeline.indexes.storage import TEXTS_FILE
 
 logger = logging.getLogger(__name__)
 
 PLAID_FOLDER = "plaid"
+
+#: Re-scoring depth at the defaults: PLAID's top 256 candidates are re-scored with the float16 store.
+DEFAULT_RERANK = 256
+#: The candidate pass that feeds the re-scoring, at the defaults: ``(n_ivf_probe, n_full_scores)``.
+RERANK_CANDIDATES = (4, 1024)
+#: PyLate's plain PLAID search settings: what ``rerank=0`` (or an index without a store) searches with.
+PYLATE_SEARCH = (8, 8192)
 
 
 @contextlib.contextmanager
@@ -88,14 +97,24 @@ class PLAID(MultiVectorIndex):
             than fast-plaid's own heuristic.
         n_centroids: Centroids of a new index (not a PyLate argument). ``None``: fast-plaid's rule
             (:func:`~pipeline.indexes.plaid_kmeans.fast_plaid_centroids`, 8,192 for SciFact's or NFCorpus's
-            ~0.6-0.9 M tokens). Fewer centroids build faster (each token is assigned to its nearest one)
-            and make each probed cell larger, which the index stage's tuner accounts for.
+            ~0.6-0.9 M tokens), halved when ``rerank`` is on. Fewer centroids build faster (each token is
+            assigned to its nearest one) and make each probed cell larger, which re-scoring and the index
+            stage's tuner account for.
         kmeans_chunk_size: Points per k-means distance block (not a PyLate argument). ``None``: 8,192 on
             CPU, which bounds a build's peak memory (fast-plaid's 51,200-point blocks are most of it),
             fast-plaid's own on CUDA. The clustering is the same; only the blocks are smaller.
-        n_ivf_probe: Centroids probed per query token at search time (default: the tuned value, else 8).
-        n_full_scores: Candidates re-scored with decompressed embeddings per query (default: the tuned
-            value, else 8192).
+        n_ivf_probe: Centroids probed per query token at search time (default: the tuned value, else 4
+            when re-scoring, else PyLate's 8).
+        n_full_scores: Candidates scored with decompressed embeddings per query (default: the tuned value,
+            else 1,024 when re-scoring, else PyLate's 8,192).
+        rerank: Not a PyLate argument. ``256`` (the default): each version keeps a float16 copy of the
+            documents' embeddings (``embeddings/``, about four times PLAID's own 4-bit files), and a search
+            re-scores PLAID's top 256 candidates exactly with it: recall@10 against exact MaxSim past
+            PLAID's 4-bit plateau (about 0.93), at several times the QPS of PyLate's settings, and the
+            index is built with half of fast-plaid's centroids (``n_centroids`` unset), which halves the
+            build time (bench/records/library_defaults.json). ``0``: PyLate's behaviour, plain PLAID at
+            ``n_ivf_probe=8, n_full_scores=8192``, fast-plaid's centroid count, no copy kept. An index
+            written without the copy (``rerank=0``, or by an older version) is searched as plain PLAID.
         batch_size: Documents per chunk when fast-plaid builds or updates the index.
         search_batch_size: Documents per scoring chunk when searching (``"auto"``: fast-plaid plans it).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available.
@@ -142,6 +161,7 @@ class PLAID(MultiVectorIndex):
         kmeans_chunk_size: int | None = None,
         n_ivf_probe: int | None = None,
         n_full_scores: int | None = None,
+        rerank: int = DEFAULT_RERANK,
         batch_size: int = 25_000,
         search_batch_size: int | Literal["auto"] = "auto",
         device: str | None = None,
@@ -156,10 +176,21 @@ class PLAID(MultiVectorIndex):
         **kwargs: Any,
     ) -> None:
         check_pylate_options(use_fast, use_triton, low_memory, kwargs)
+        check_counts({"rerank": rerank}, minimum=0)
         # Explicit search settings win over the stored, tuned ones.
         self.tuned = bool(tuned) and n_ivf_probe is None and n_full_scores is None
-        self.n_ivf_probe = 8 if n_ivf_probe is None else n_ivf_probe
-        self.n_full_scores = 8192 if n_full_scores is None else n_full_scores
+        self.rerank = rerank
+        # The candidate pass of a re-scored search, and the plain PLAID search (PyLate's unless set), which
+        # runs when there is nothing to re-score with. n_ivf_probe / n_full_scores: what searches use now.
+        self._candidates = (
+            RERANK_CANDIDATES[0] if n_ivf_probe is None else n_ivf_probe,
+            RERANK_CANDIDATES[1] if n_full_scores is None else n_full_scores,
+        )
+        self._plain = (
+            PYLATE_SEARCH[0] if n_ivf_probe is None else n_ivf_probe,
+            PYLATE_SEARCH[1] if n_full_scores is None else n_full_scores,
+        )
+        self.n_ivf_probe, self.n_full_scores = self._plain
         self.nbits = nbits
         self.kmeans_niters = kmeans_niters
         self.max_points_per_centroid = max_points_per_centroid
@@ -180,8 +211,6 @@ class PLAID(MultiVectorIndex):
         self._plaid: Any = None
         self.search_settings: SearchSettings | None = None
         self._embeddings: EmbeddingStore | None = None
-        # what searches use when no tuned settings apply
-        self._untuned = (self.n_ivf_probe, self.n_full_scores)
         super().__init__(index_folder, index_name, override, embedding_size, settings=self._build_settings())
 
     def _check_settings(self, kmeans_chunk_size: int | None) -> None:
@@ -243,7 +272,7 @@ class PLAID(MultiVectorIndex):
                 self._plaid.close()
         self._plaid = None
         self.search_settings, self._embeddings = None, None
-        self.n_ivf_probe, self.n_full_scores = self._untuned
+        self.n_ivf_probe, self.n_full_scores = self._plain
         if version is None or not self._slot_ids:
             return
         folder = version / PLAID_FOLDER
@@ -252,6 +281,20 @@ class PLAID(MultiVectorIndex):
         self._plaid = self._fast_plaid(folder)
         if self.tuned:
             self._load_tuned(version.name)
+        if self.search_settings is None and self.rerank:
+            self._load_rerank(version)
+
+    def _load_rerank(self, version: Path) -> None:
+        """Re-score with the version's float16 store when it has one that matches; else plain PLAID."""
+        store = open_store(self.path, version.name, device=self.device)
+        if store is None or store.num_documents != len(self._slot_ids):
+            logger.info("%s: %s has no embedding store: plain PLAID search", self.path, version.name)
+            return
+        self._embeddings = store
+        self.n_ivf_probe, self.n_full_scores = self._candidates
+        self.search_settings = SearchSettings(
+            n_ivf_probe=self.n_ivf_probe, n_full_scores=self.n_full_scores, rerank=self.rerank
+        )
 
     def _load_tuned(self, version: str) -> None:
         """Pick up ``search.json`` (and the embedding store it needs) when they match ``version``."""
@@ -277,11 +320,19 @@ class PLAID(MultiVectorIndex):
         """The tuned number of queries per search call (``retrieve.ColBERT``'s default), if any."""
         return None if self.search_settings is None else self.search_settings.batch_size
 
+    def _centroids(self, tokens: int) -> int | None:
+        """Centroids when fast-plaid clusters ``tokens`` whole: as set, else half of fast-plaid's rule when
+        re-scoring (its candidates need not be as fine: half the build time), else fast-plaid's own."""
+        if self.n_centroids is not None or not self.rerank or tokens == 0:
+            return self.n_centroids
+        return max(1, fast_plaid_centroids(tokens) // 2)
+
     def _build_kwargs(self, token_counts: list[int] | None = None) -> dict[str, Any]:
         """fast-plaid's build arguments; a new index's ``token_counts`` size the k-means sample."""
         samples = self.n_samples_kmeans
         if samples is None and token_counts is not None:
-            samples = kmeans_sample_documents(token_counts, self.max_points_per_centroid, self.n_centroids)
+            centroids = self._centroids(sum(token_counts))
+            samples = kmeans_sample_documents(token_counts, self.max_points_per_centroid, centroids)
             logger.info("k-means samples %d of %d documents", samples, len(token_counts))
         return {
             "kmeans_niters": self.kmeans_niters,
@@ -310,7 +361,8 @@ class PLAID(MultiVectorIndex):
         folder = self._working_copy(source, target)
         exists = (folder / "metadata.json").is_file()
         plaid = self._fast_plaid(folder)
-        with _frozen_heap(), fast_plaid_kmeans(self.kmeans_chunk_size, self.n_centroids):
+        tokens = sum(self._slot_tokens) + sum(len(e) for e in embeddings)  # what a whole rebuild clusters
+        with _frozen_heap(), fast_plaid_kmeans(self.kmeans_chunk_size, self._centroids(tokens)):
             if exists:  # a small index is rebuilt whole, a large one extends its centroids: fast-plaid's rule
                 plaid.update(documents_embeddings=tensors, **self._build_kwargs())
             else:
@@ -318,18 +370,24 @@ class PLAID(MultiVectorIndex):
                 plaid.create(documents_embeddings=tensors, nbits=self.nbits, **self._build_kwargs(counts))
             plaid.close()
         (folder / "plaid.lock").unlink(missing_ok=True)
+        if self.rerank:
+            carry_store(source, target, target.name, added=embeddings)
 
     def _write_removed(self, source: Path, target: Path, slots: list[int]) -> None:
         folder = self._working_copy(source, target)
         if len(slots) == len(self._slot_ids):
-            # Everything removed: an empty version holds no fast-plaid folder.
+            # Everything removed: an empty version holds no fast-plaid folder (nor a store).
             shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(target / STORE_FOLDER, ignore_errors=True)
             return
         plaid = self._fast_plaid(folder)
         with _frozen_heap():
             plaid.delete(subset=slots)
             plaid.close()
         (folder / "plaid.lock").unlink(missing_ok=True)
+        if self.rerank:
+            keep = np.setdiff1d(np.arange(len(self._slot_ids)), np.asarray(slots, dtype=np.int64))
+            carry_store(source, target, target.name, keep=keep)
 
     def _search_slots(
         self, queries: list[np.ndarray], k: int, allowed: list[np.ndarray | None]

@@ -40,7 +40,7 @@ from pipeline.models.checkpoints import (
     unreachable_message,
 )
 from pipeline.models.encoding import EncodeOptions, encode_texts
-from pipeline.models.precision import in_encode_precision
+from pipeline.models.precision import check_precision, in_encode_precision
 from pipeline.models.settings import (
     COLBERT_DEFAULTS,
     apply_colbert_settings,
@@ -65,12 +65,15 @@ class ColBERT(MultiVectorEncoder):
         attend_to_expansion_tokens: Let the encoder attend to the expansion tokens (default False).
         skiplist_words: Tokens dropped from document embeddings (default: ASCII punctuation).
         device: ``"cpu"``, ``"cuda"``, ...; ``None`` picks an accelerator when there is one.
+        encode_precision: How :meth:`encode` runs (not a PyLate argument; a plain attribute, not saved with
+            the model). ``"auto"`` (the default): bfloat16 autocast on a CPU with native bfloat16 (AVX512-BF16
+            or AMX), where it encodes 1.6x to 2.5x as fast as float32, and float32 elsewhere (GPUs
+            included); ``"fp32"``: float32, PyLate's behaviour exactly; ``"bf16"``: autocast wherever it
+            runs. Embeddings come back as float32 either way (see :mod:`pipeline.models.precision`).
         **kwargs: Passed to :class:`sentence_transformers.MultiVectorEncoder` (``model_kwargs``, ...).
 
     For a ColBERT checkpoint the saved settings are kept; only the arguments given explicitly override them.
-
-    ``encode_precision`` (``"fp32"``, or ``"bf16"``: autocast, see :mod:`pipeline.models.precision`) is how
-    :meth:`encode` runs; :func:`pipeline.models.backends.load_model` sets it from ``index.precision``.
+    :func:`pipeline.models.backends.load_model` sets ``encode_precision`` from ``index.precision``.
 
     Example:
         >>> from pipeline import models
@@ -79,8 +82,8 @@ class ColBERT(MultiVectorEncoder):
         torch.Size([1, 32])
     """
 
-    #: Not PyLate's: float32 unless set (a plain attribute, not saved with the model).
-    encode_precision: str = "fp32"
+    #: Not PyLate's: ``auto``, ``fp32`` or ``bf16`` (a plain attribute, not saved with the model).
+    encode_precision: str = "auto"
 
     def __init__(
         self,
@@ -95,8 +98,10 @@ class ColBERT(MultiVectorEncoder):
         attend_to_expansion_tokens: bool | None = None,
         skiplist_words: list[str] | None = None,
         device: str | None = None,
+        encode_precision: str = "auto",
         **kwargs: Any,
     ) -> None:
+        check_precision(encode_precision, key="encode_precision")
         name = resolve_model_name(model_name_or_path) if kwargs.get("modules") is None else None
         explicit = explicit_settings(
             {
@@ -126,6 +131,7 @@ class ColBERT(MultiVectorEncoder):
         settings = {**COLBERT_DEFAULTS, **explicit} if is_new else explicit
         if settings:
             apply_colbert_settings(self, settings, new_model=is_new)
+        self.encode_precision = encode_precision
 
     # ------------------------------------------------------------------ PyLate 1.x checkpoints
     # PyLate 1.x writes no ``model_type``; sentence-transformers would then treat the folder as a

@@ -30,8 +30,12 @@ from typing import Any
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bfloat16 matrix products natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    """Whether this CPU runs bfloat16 matrix products natively (oneDNN's check: AVX512-BF16 or AMX).
+
+    Asked once per process: :class:`pipeline.models.ColBERT` resolves ``auto`` on every ``encode`` call.
+    """
     import torch
 
     checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
@@ -78,13 +82,14 @@ def encoding_precision(precision: str, device: str | None = None) -> Iterator[No
 
 
 def in_encode_precision(encode: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a model's ``encode`` under its ``encode_precision`` (bf16: autocast; fp32: as it is)."""
+    """Run a model's ``encode`` under its ``encode_precision``, resolved on the model's device at each call
+    (``auto``: bf16 autocast on a bf16-native CPU, else as it is; ``fp32``: as it is)."""
 
     @functools.wraps(encode)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.encode_precision == "fp32":
+        if resolve_precision(self.encode_precision, str(self.device), key="encode_precision") == "fp32":
             return encode(self, *args, **kwargs)
-        with encoding_precision(self.encode_precision, str(self.device)):
+        with encoding_precision("bf16", str(self.device)):
             return as_float32(encode(self, *args, **kwargs))
 
     return wrapper

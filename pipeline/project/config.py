@@ -255,6 +255,9 @@ class IndexParams(Section):
             "kmeans_niters": self.kmeans_niters,
             "n_centroids": self.n_centroids,
             "seed": self.seed,
+            # The stage writes the float16 store itself and tunes its search (index.recall_target): the
+            # library's default store and re-scoring would only write it twice.
+            "rerank": 0,
         }
 
     @model_validator(mode="after")

@@ -116,8 +116,12 @@ def colbert_runs(
     from pipeline.indexes.indexing import exact_search
 
     config = params.quality
+    # float32, as PyLate encodes: the quality runs compare with PyLate's on the same footing.
     model = models.ColBERT(
-        model_name_or_path=model_path, device=config.device, query_length=config.query_length
+        model_name_or_path=model_path,
+        device=config.device,
+        query_length=config.query_length,
+        encode_precision="fp32",
     )
     doc_ids = list(data.corpus)
     started = time.perf_counter()

@@ -111,8 +111,12 @@ def _train(
 
     output, checkpoints = layout.model, layout.checkpoints
     set_seed(config.seed)
+    # train.precision governs training; evaluators' encode calls stay float32 (not the library's auto).
     model = models.ColBERT(
-        model_name_or_path=config.base_model, device=config.device, query_length=config.query_length
+        model_name_or_path=config.base_model,
+        device=config.device,
+        query_length=config.query_length,
+        encode_precision="fp32",
     )
     loss = build_loss(model, config, kind)
     fingerprint = lineage.params_hash(
