@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -83,16 +84,65 @@ def encoding_precision(precision: str, device: str | None = None) -> Iterator[No
 
 def in_encode_precision(encode: Callable[..., Any]) -> Callable[..., Any]:
     """Run a model's ``encode`` under its ``encode_precision``, resolved on the model's device at each call
-    (``auto``: bf16 autocast on a bf16-native CPU, else as it is; ``fp32``: as it is)."""
+    (``auto``: bf16 on a bf16-native CPU, else float32; ``fp32``: as it is).
+
+    In bf16 only the backbone (the first module, where nearly all the arithmetic is) runs under autocast; its
+    outputs are widened to float32 before the projection, the normalisation and any token pooling, so
+    embeddings stay unit-length to float32 precision and pooling gets the float32 it needs.
+    """
 
     @functools.wraps(encode)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         if resolve_precision(self.encode_precision, str(self.device), key="encode_precision") == "fp32":
             return encode(self, *args, **kwargs)
-        with encoding_precision("bf16", str(self.device)):
+        with backbone_in_bf16(self[0], "cuda" if str(self.device).startswith("cuda") else "cpu"):
             return as_float32(encode(self, *args, **kwargs))
 
     return wrapper
+
+
+#: Per thread (autocast is per thread): the device type the backbone's forward autocasts to, and the autocast
+#: contexts entered by its pre-hook and not yet left.
+_BF16 = threading.local()
+
+
+def _enter_autocast(module: Any, args: Any) -> None:
+    device_type = getattr(_BF16, "device_type", None)
+    if device_type is not None:
+        import torch
+
+        context = torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+        context.__enter__()
+        _BF16.open.append(context)
+
+
+def _leave_autocast(module: Any, args: Any, output: Any) -> Any:
+    if getattr(_BF16, "device_type", None) is None or not _BF16.open:
+        return None
+    _BF16.open.pop().__exit__(None, None, None)
+    return as_float32(output)
+
+
+@contextlib.contextmanager
+def backbone_in_bf16(backbone: Any, device_type: str) -> Iterator[None]:
+    """While inside, ``backbone``'s forward runs under bf16 autocast on this thread and returns float32.
+
+    The hooks are registered on the module once and do nothing outside this block (or on other threads).
+    """
+    if not getattr(backbone, "_bf16_hooks", None):
+        backbone._bf16_hooks = (
+            backbone.register_forward_pre_hook(_enter_autocast),
+            backbone.register_forward_hook(_leave_autocast),
+        )
+    outer = getattr(_BF16, "device_type", None)
+    _BF16.device_type, _BF16.open = device_type, getattr(_BF16, "open", [])
+    depth = len(_BF16.open)
+    try:
+        yield
+    finally:
+        while len(_BF16.open) > depth:  # a forward that raised never reached its post-hook
+            _BF16.open.pop().__exit__(None, None, None)
+        _BF16.device_type = outer
 
 
 def as_float32(value: Any) -> Any:

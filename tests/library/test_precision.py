@@ -42,15 +42,16 @@ def test_other_backends_encode_in_their_own_precision():
 
 def test_bf16_encodes_close_to_fp32_in_float32_whatever_the_batch(colbert_model):
     model = colbert_model
-    assert model.encode_precision == "fp32"
-    reference = model.encode(TEXTS, is_query=False)
+    assert model.encode_precision == "auto"  # the library's default
     try:
+        model.encode_precision = "fp32"
+        reference = model.encode(TEXTS, is_query=False)
         model.encode_precision = "bf16"
         documents = model.encode(TEXTS, is_query=False, batch_size=4)
         alone = [model.encode([text], is_query=False, batch_size=1)[0] for text in TEXTS]
         tensors = model.encode(TEXTS[:2], is_query=True, convert_to_tensor=True)
     finally:
-        model.encode_precision = "fp32"
+        model.encode_precision = "auto"
     assert not torch.is_autocast_enabled("cpu")  # nothing leaks out of encode
     assert all(d.dtype == np.float32 for d in documents)
     assert all(t.dtype == torch.float32 for t in tensors)  # never a bfloat16 tensor to the caller

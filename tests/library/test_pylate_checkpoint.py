@@ -20,7 +20,8 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "pylate-tiny"
 
 @pytest.fixture(scope="module")
 def pylate_model() -> models.ColBERT:
-    return models.ColBERT(model_name_or_path=str(FIXTURE / "model"), device="cpu")
+    # float32, as PyLate encoded the fixture: these tests check the loading, to float32's precision.
+    return models.ColBERT(model_name_or_path=str(FIXTURE / "model"), device="cpu", encode_precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,20 @@ def test_resaved_by_pipeline_it_still_encodes_the_same(pylate_model, texts, tmp_
     pylate_model.save(str(tmp_path / "resaved"))
     config = json.loads((tmp_path / "resaved" / "config_sentence_transformers.json").read_text("utf-8"))
     assert config["query_prefix"] == "[Q] " and config["document_prefix"] == "[D] "
-    reloaded = models.ColBERT(model_name_or_path=str(tmp_path / "resaved"), device="cpu")
+    reloaded = models.ColBERT(
+        model_name_or_path=str(tmp_path / "resaved"), device="cpu", encode_precision="fp32"
+    )
     np.testing.assert_allclose(
         np.stack(reloaded.encode(texts["queries"], is_query=True)),
         np.load(FIXTURE / "queries.npy"),
         atol=1e-5,
     )
+
+
+def test_at_the_default_precision_it_encodes_within_bfloat16_rounding(texts) -> None:
+    # "auto" is bf16 on a bf16-native CPU (fp32 elsewhere): close to PyLate's float32, not equal.
+    model = models.ColBERT(model_name_or_path=str(FIXTURE / "model"), device="cpu")
+    assert model.encode_precision == "auto"
+    ours = np.stack(model.encode(texts["queries"], is_query=True))
+    np.testing.assert_allclose(ours, np.load(FIXTURE / "queries.npy"), atol=0.02)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=-1), 1.0, rtol=1e-5)  # unit length in float32

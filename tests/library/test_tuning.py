@@ -47,8 +47,9 @@ def clustered(n_docs: int, n_queries: int, seed: int = 0) -> tuple[list[np.ndarr
 def build(
     folder: Path, name: str, documents: list[np.ndarray]
 ) -> tuple[indexes.PLAID, tuning.EmbeddingStore]:
-    """A PLAID index and its embedding store, written as the index stage writes them."""
-    index = indexes.PLAID(index_folder=folder, index_name=name, override=True, device="cpu")
+    """A PLAID index and its embedding store, written as the index stage writes them (``rerank=0``: the
+    stage writes the store itself)."""
+    index = indexes.PLAID(index_folder=folder, index_name=name, override=True, device="cpu", rerank=0)
     with tuning.EmbeddingStoreWriter(index.path / STORE_FOLDER, scratch=folder) as writer:
         writer.add(documents)
         index.add_documents([f"d{i}" for i in range(len(documents))], documents)
@@ -300,7 +301,12 @@ def test_stored_settings_drive_search_and_explicit_settings_override_them(tmp_pa
         exact = [float((query @ documents[int(h["id"][1:])].T).max(axis=1).sum()) for h in row]
         np.testing.assert_allclose([h["score"] for h in row], exact, rtol=1e-4)
 
-    plain = indexes.PLAID(index_folder=tmp_path, index_name="stored", device="cpu", n_full_scores=64)
+    # Explicit settings drop the tuned ones; at the library's default they still re-score from the store.
+    rescored = indexes.PLAID(index_folder=tmp_path, index_name="stored", device="cpu", n_full_scores=64)
+    assert rescored.search_settings == tuning.SearchSettings(n_ivf_probe=4, n_full_scores=64, rerank=256)
+    plain = indexes.PLAID(
+        index_folder=tmp_path, index_name="stored", device="cpu", n_full_scores=64, rerank=0
+    )
     assert plain.search_settings is None and plain.n_ivf_probe == 8
     compressed = [h["score"] for row in plain(queries, k=5) for h in row]
     exact_scores = [h["score"] for row in hits for h in row]
