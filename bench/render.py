@@ -3,7 +3,8 @@
 Each record's kind is told by its shape: an index benchmark (``python -m bench.index``), an encoding
 precision comparison (``python -m bench.index.precision``), k-means build variants
 (``python -m bench.index.build``), trainer throughput (``python -m bench.train --peer``), the served
-champion under load (``python -m bench.serve``) or index updates (``python -m bench.index.updates``).
+champion under load (``python -m bench.serve``), index updates (``python -m bench.index.updates``) or the
+library at its defaults (``python -m bench.index.library``).
 Every table comes with the environment the record names (date, cores, Python, torch, the GPU where there
 was one).
 
@@ -28,6 +29,7 @@ from typing import Any
 
 from bench.common import RECORDS
 from bench.index.growth_report import render_growth
+from bench.index.library import render_library
 from bench.setup_notes import NOT_RECORDED, setup_note
 from bench.shards_report import render_shards
 
@@ -411,6 +413,7 @@ def render_serve(report: dict[str, Any]) -> str:
 RENDERERS: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]]] = [
     (lambda r: r.get("benchmark") == "serve_load", render_serve),
     (lambda r: r.get("benchmark") == "index_growth", render_growth),
+    (lambda r: str(r.get("benchmark", "")).startswith("library defaults"), render_library),
     (lambda r: isinstance(r.get("shards"), dict), render_shards),
     (lambda r: r.get("benchmark") == "index_update_time", render_update_time),
     (lambda r: r.get("benchmark") == "index_update_recall", render_update_recall),

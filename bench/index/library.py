@@ -292,6 +292,56 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------------- rendering
+LABELS = {
+    "ours": "ours at its defaults",
+    "pylate": "PyLate 1.6 at its defaults",
+    "ours-like-pylate": 'ours at PyLate\'s settings (`encode_precision="fp32"`, `rerank=0`)',
+}
+
+
+def render_library(report: dict[str, Any]) -> str:
+    """The record as Markdown: each row's figures, the ratios to PyLate, and the re-scoring sweep."""
+    from bench.render import environment_line
+
+    summary = report["summary"]
+    lines = [
+        environment_line(report),
+        "",
+        f"{report['dataset']}, first {report['documents']:,} documents ({report['tokens']:,} tokens), "
+        f"{report['queries']} queries; the mean of {report['rounds']} interleaved rounds.",
+        "",
+        "| row | library, fast-plaid | encode precision | search | encode docs/s | build s | QPS | "
+        "recall@10 vs exact | disk MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ROWS:
+        row = summary[name]
+        lines.append(
+            f"| {LABELS[name]} | {row['library']}, {row['fast_plaid']} | {row['precision']} "
+            f"| {row['search']} | {row['encode_docs_per_s']:.1f} | {row['build_s']:.1f} | {row['qps']:.2f} "
+            f"| {row['recall@10']:.3f} | {row['disk_mib']:.1f} |"
+        )
+    lines += ["", "| ours / PyLate 1.6 | encode | QPS | build time |", "|---|---|---|---|"]
+    for name in ("ours", "ours-like-pylate"):
+        ratio = summary[name]["vs_pylate"]
+        lines.append(
+            f"| {LABELS[name]} | {ratio['encode']:.2f}x | {ratio['qps']:.2f}x | {ratio['build_time']:.2f}x |"
+        )
+    if report.get("sweep"):
+        lines += [
+            "",
+            "| n_ivf_probe | n_full_scores | rerank | QPS | recall@10 vs exact |",
+            "|---|---|---|---|---|",
+        ]
+        for row in report["sweep"]:
+            lines.append(
+                f"| {row['n_ivf_probe']} | {row['n_full_scores']} | {row['rerank']} | {row['qps']:.2f} "
+                f"| {row['recall@10']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="scifact")

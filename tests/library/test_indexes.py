@@ -606,7 +606,7 @@ def test_docstring_examples_run():
 def test_kmeans_samples_documents_for_the_points_per_centroid_it_trains_on(tmp_path, monkeypatch):
     from fast_plaid.search import fast_plaid as backend
 
-    from pipeline.indexes.plaid_kmeans import kmeans_sample_documents
+    from pipeline.indexes.plaid_kmeans import fast_plaid_centroids, kmeans_sample_documents
 
     # 300 documents x 8-23 tokens (~4,600): 1,024 centroids, so 2 points each need ~140 documents.
     documents = random_documents(300, seed=9)
@@ -626,7 +626,9 @@ def test_kmeans_samples_documents_for_the_points_per_centroid_it_trains_on(tmp_p
     make_index("PLAID", tmp_path, "given", n_samples_kmeans=50).add_documents(
         documents_ids=list(range(300)), documents_embeddings=documents
     )
-    assert sampled == [kmeans_sample_documents(counts, points_per_centroid=2), 50]
+    # At the defaults (rerank on) the index has half of fast-plaid's centroids: 512 here, so half the sample.
+    half = fast_plaid_centroids(sum(counts)) // 2
+    assert sampled == [kmeans_sample_documents(counts, points_per_centroid=2, centroids=half), 50]
     results = index.search(documents[:5], k=1)
     assert [hits[0]["id"] for hits in results] == [0, 1, 2, 3, 4]  # each document still finds itself
     assert make_index("PLAID", tmp_path, "default").max_points_per_centroid == 32
