@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-train bench-quality bench-pylate-tests bench-serve bench-shards bench-updates bench-growth bench-render
+.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-library bench-train bench-quality bench-pylate-tests bench-serve bench-shards bench-updates bench-growth bench-render
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -82,6 +82,8 @@ quality-arguana: install
 # writes the committed record it is named for into bench/records/; long (minutes to an hour on 2 cores): run
 # them on a quiet machine. Arguments replace the defaults, e.g.
 #   make bench-index BENCH_ARGS="--datasets scifact --max-docs 500 --max-queries 50"
+# bench-library: the library at its defaults against PyLate 1.6 at its own, same run (SciFact's first 2,000
+# documents, 100 queries, two interleaved rounds: about 20 minutes on 2 cores).
 # bench-quality: PyLate trained and scored on DATASET's test set, into bench/records/peer/runs/<DATASET>
 # (quality-* above run the same module into reports/beir/ for the quality report).
 # bench-pylate-tests: PyLate's own tests against pipeline, from an unpacked PyLate sdist: PYLATE=DIR.
@@ -100,6 +102,9 @@ quality-arguana: install
 DATASET ?= scifact
 bench-index: install
 	$(PY) -m bench.index $(or $(BENCH_ARGS),--peer --rss --kinds plaid --record bench/records/index_bench.json)
+
+bench-library: install
+	$(PY) -m bench.index.library $(or $(BENCH_ARGS),--record bench/records/library_defaults.json)
 
 bench-train: install
 	$(PY) -m bench.train $(or $(BENCH_ARGS),--peer --steps 8 --warmup 2 --repeats 2 --output bench/records/train_throughput.json)

@@ -139,6 +139,11 @@ def _ratios(record: dict[str, Any], ratios: Ratios) -> None:
             large["peak_rss_mib"] / small["peak_rss_mib"],
             large["documents"] / small["documents"],
         }
+    # The library-defaults record (bench.index.library) keeps its ratios to PyLate by topic.
+    summary = record.get("summary")
+    for row in summary.values() if isinstance(summary, dict) else []:
+        for key, value in (row.get("vs_pylate") or {}).items() if isinstance(row, dict) else []:
+            ratios[{"build_time": "build"}.get(key, key)].add(value)
     variants = record.get("variants")
     for one, other in itertools.permutations(variants.values() if isinstance(variants, dict) else [], 2):
         ratios["build"].add(one["build_s"] / other["build_s"])
