@@ -1,15 +1,17 @@
 """Encoding precision: ``fp32``, or ``bf16`` through ``torch.autocast``; ``auto`` picks per machine.
 
-``bf16`` runs a model's forward under ``torch.autocast`` in bfloat16 (weights stay float32; matrix products
-in bfloat16, what is sensitive to it, e.g. softmax and layer norm, in float32 as autocast decides), and
-:class:`pipeline.models.ColBERT` returns float32 embeddings either way. ``auto`` picks ``bf16`` on a CPU
+``bf16`` runs a model's backbone under ``torch.autocast`` in bfloat16 (weights stay float32; matrix products
+in bfloat16, what is sensitive to it, e.g. softmax and layer norm, in float32 as autocast decides; the
+projection, normalisation and pooling after it in float32), and :class:`pipeline.models.ColBERT` returns
+float32 embeddings either way. ``auto`` picks ``bf16`` on a CPU
 with native bfloat16 instructions (AVX512-BF16 or AMX, where oneDNN runs the encoder 1.6x to 2.5x as fast
 as in float32: ``bench/records/encode_precision_cpu.json``, ``encode_bench.json``) and ``fp32`` elsewhere
 (on a GPU half precision measured no faster: ``encode_precision_cuda.json``). In bf16 a text padded to a
-longer one
-in its batch comes out a little different from the text alone (oneDNN blocks its products by shape: up to
-0.003 in a coordinate of a unit vector, bfloat16 rounding; 0.13 for the dynamic int8 that was rejected for
-it; ``tests/library/test_precision.py``); in fp32 not at all.
+longer one in its batch comes out a little different from the text alone (oneDNN blocks its products by
+shape: up to 0.003 in a coordinate of a unit vector, bfloat16 rounding; 0.13 for the dynamic int8 that was
+rejected for it; ``tests/library/test_precision.py``); in fp32 not at all. ``auto`` is also
+:class:`pipeline.models.ColBERT`'s default ``encode_precision``: library users get the index stage's rule,
+and ``encode_precision="fp32"`` is PyLate's float32 exactly.
 
 Example:
     >>> resolve_precision("fp32", "cpu"), resolve_precision("auto", "cuda")
