@@ -109,10 +109,11 @@ class PLAID(MultiVectorIndex):
             else 1,024 when re-scoring, else PyLate's 8,192).
         rerank: Not a PyLate argument. ``256`` (the default): each version keeps a float16 copy of the
             documents' embeddings (``embeddings/``, about four times PLAID's own 4-bit files), and a search
-            re-scores PLAID's top 256 candidates exactly with it: recall@10 against exact MaxSim past
-            PLAID's 4-bit plateau (about 0.93), at several times the QPS of PyLate's settings, and the
-            index is built with half of fast-plaid's centroids (``n_centroids`` unset), which halves the
-            build time (bench/records/library_defaults.json). ``0``: PyLate's behaviour, plain PLAID at
+            re-scores PLAID's top 256 candidates exactly with it, which takes recall@10 against exact
+            MaxSim past PLAID's 4-bit plateau (about 0.93) from a cheaper candidate pass; the index is
+            built with half of fast-plaid's centroids (``n_centroids`` unset), which took 0.48x the build
+            time on SciFact (``bench/records/build_centroids_scifact.json``; the defaults against PyLate's:
+            ``python -m bench.index.library``). ``0``: PyLate's behaviour, plain PLAID at
             ``n_ivf_probe=8, n_full_scores=8192``, fast-plaid's centroid count, no copy kept. An index
             written without the copy (``rerank=0``, or by an older version) is searched as plain PLAID.
         batch_size: Documents per chunk when fast-plaid builds or updates the index.
