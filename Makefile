@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-library bench-train bench-quality bench-pylate-tests bench-serve bench-shards bench-updates bench-growth bench-render
+.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-library bench-train bench-quality bench-pylate-tests bench-serve bench-shards bench-updates bench-growth bench-sweep bench-limit bench-precision-seeds bench-render
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -98,6 +98,11 @@ quality-arguana: install
 # 25,000 documents (synthetic above the real ones), ours and PyLate at their PLAID defaults beside brute force
 # (docs/benchmarks.md, "Growth with the corpus"); about 2 hours on 2 cores, mostly PyLate's builds. It
 # refuses sizes that would not fit in memory before it starts.
+# bench-sweep: PyLate's PLAID over 49 search settings (n_ivf_probe 1..64 x n_full_scores 256..16,384) and both
+# libraries' exact search, beside ours as PyLate, tuned and at its defaults (SciFact, 100 queries; ~30 min).
+# bench-limit: encoding and exact MaxSim as a share of this machine's matmul GFLOP/s and read bandwidth (~3 min).
+# bench-precision-seeds: the train stage in fp32 and bf16 over 3 seeds, scored on SciFact's test set: the
+# record behind training's CPU precision default (about an hour on 2 cores; resumes where it stopped).
 # bench-render: every record as Markdown tables.
 DATASET ?= scifact
 bench-index: install
@@ -128,6 +133,15 @@ bench-updates: install
 
 bench-growth: install
 	$(PY) -m bench.index.growth $(or $(BENCH_ARGS),--record bench/records/index_growth.json)
+
+bench-sweep: install
+	$(PY) -m bench.index.sweep $(or $(BENCH_ARGS),--record bench/records/index_sweep_scifact.json)
+
+bench-limit: install
+	$(PY) -m bench.limit $(or $(BENCH_ARGS),--record bench/records/machine_limit.json)
+
+bench-precision-seeds: install
+	$(PY) -m bench.train.precision_seeds $(BENCH_ARGS)
 
 bench-render: install
 	$(PY) -m bench.render $(BENCH_ARGS)

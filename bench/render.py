@@ -30,8 +30,14 @@ from typing import Any
 from bench.common import RECORDS
 from bench.index.growth_report import render_growth
 from bench.index.library import render_library
+from bench.index.sweep import BENCHMARK as SWEEP
+from bench.index.sweep import render_sweep
+from bench.limit import BENCHMARK as LIMIT
+from bench.limit import render_limit
 from bench.setup_notes import NOT_RECORDED, setup_note
 from bench.shards_report import render_shards
+from bench.train.precision_seeds import BENCHMARK as PRECISION_SEEDS
+from bench.train.precision_seeds import render_precision_seeds
 
 MARKER = "index-bench"
 BEGIN, END = f"<!-- {MARKER}:begin -->", f"<!-- {MARKER}:end -->"
@@ -413,6 +419,9 @@ def render_serve(report: dict[str, Any]) -> str:
 RENDERERS: list[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]]] = [
     (lambda r: r.get("benchmark") == "serve_load", render_serve),
     (lambda r: r.get("benchmark") == "index_growth", render_growth),
+    (lambda r: r.get("benchmark") == SWEEP, render_sweep),
+    (lambda r: r.get("benchmark") == LIMIT, render_limit),
+    (lambda r: r.get("benchmark") == PRECISION_SEEDS, render_precision_seeds),
     (lambda r: str(r.get("benchmark", "")).startswith("library defaults"), render_library),
     (lambda r: isinstance(r.get("shards"), dict), render_shards),
     (lambda r: r.get("benchmark") == "index_update_time", render_update_time),
