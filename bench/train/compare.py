@@ -49,8 +49,8 @@ from bench.train.data import long_and_short
 
 
 def train_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """What both trainers train with; the precision resolved here (auto: bf16/fp16 on CUDA, else fp32) so
-    the stage and PyLate get the same one."""
+    """What both trainers train with; the precision resolved here (auto: bf16/fp16 on CUDA, bf16 on a
+    bf16-native CPU, else fp32) so the stage and PyLate get the same one."""
     from pipeline.training.trainer import precision_flags
 
     flags = precision_flags(args.precision, args.device)
@@ -165,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["auto", "fp32", "fp16", "bf16"],
         default="auto",
-        help="--peer/--stage: the train stage's precision setting (auto: bf16/fp16 on CUDA), PyLate's too",
+        help="--peer/--stage: the train stage's precision (auto: as the stage resolves it), PyLate's too",
     )
     parser.add_argument(
         "--output", default=str(RECORDS / "train_throughput.json"), help="--peer/--stage: the record (JSON)"

@@ -156,7 +156,9 @@ class TrainParams(Section):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the steps the learning rate warms up")
     seed: int = Field(42, description="seeds shuffling, dropout and the projection's initialisation")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: bf16/fp16 on GPU")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: bf16/fp16 on GPU, bf16 on a CPU with native bfloat16, else fp32"
+    )
     save_steps: int = Field(100, ge=1, description="checkpoint every N steps (resume after a crash)")
     device: str | None = Field(None, description="cpu, cuda, ... (None: auto)")
     output: str = Field("models/colbert", description="folder the trained model is saved to")

@@ -206,7 +206,13 @@ def test_train_resumes_only_from_checkpoints_of_the_same_params(tmp_path):
     assert not folder.exists()
 
 
-def test_precision_auto_is_fp32_on_cpu_and_explicit_flags_win():
+def test_precision_auto_is_bf16_on_a_bf16_native_cpu_else_fp32_and_explicit_flags_win(monkeypatch):
+    from pipeline.models import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert training.precision_flags("auto", "cpu") == {"fp16": False, "bf16": True}
+    assert training.precision_flags("fp32", "cpu") == {"fp16": False, "bf16": False}
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert training.precision_flags("auto", "cpu") == {"fp16": False, "bf16": False}
     assert training.precision_flags("bf16", "cpu") == {"fp16": False, "bf16": True}
     assert training.precision_flags("fp16") == {"fp16": True, "bf16": False}
