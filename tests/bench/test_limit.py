@@ -40,6 +40,7 @@ def test_each_rate_is_shown_as_its_share_of_the_ceiling_it_is_held_to() -> None:
         "exact": {
             "document_tokens": 170_000,
             "batched_gflops": 30.0,
+            "batched_seconds": 1.0,
             "single_query_gbps": 5.0,
             "single_query_ms": 17.4,
         },
@@ -53,3 +54,8 @@ def test_each_rate_is_shown_as_its_share_of_the_ceiling_it_is_held_to() -> None:
     )
     assert "| 30.0 GFLOP/s | fp32 matmul (100.0 GFLOP/s) | 30% |" in text
     assert "| 5.0 GB/s | read bandwidth (20.0 GB/s) | 25% |" in text
+    # One query's share of the batched run's FLOPs (0.3 GFLOP) over its 17.4 ms.
+    assert (
+        "| exact MaxSim, one query at a time, fp32 | 17.2 GFLOP/s | fp32 matmul (100.0 GFLOP/s) | 17% |"
+        in text
+    )

@@ -69,7 +69,7 @@ def _kind_of(path: tuple[str, ...]) -> str | None:
     """The kind of figure a record's value is, from its key and the keys above it."""
     key = path[-1].lower() if path else ""
     above = " ".join(path).lower()
-    if "ratio" in key or "_vs_" in key:
+    if "ratio" in key or "_vs_" in key or "speedup" in key:
         return "ratio"
     if "qps" in key:
         return "qps"
@@ -93,8 +93,10 @@ def _walk(data: Any, path: tuple[str, ...], found: dict[str, set[float]], ratios
             _walk(value, path, found, ratios)
     elif isinstance(data, int | float) and not isinstance(data, bool):
         kind = _kind_of(path)
-        if kind == "ratio":  # speed_ratio: encoding precisions; stage_vs_peer: training
-            ratios["encode" if "speed" in path[-1] else "train"].add(float(data))
+        if kind == "ratio":  # speed_ratio: encoding precisions; qps_ratio: searches; the rest: training
+            key = path[-1]
+            topic = "encode" if key == "speed_ratio" else "qps" if "qps" in key else "train"
+            ratios[topic].add(float(data))
         elif kind:
             found[kind].add(float(data))
 
