@@ -7,7 +7,9 @@ settings were chosen from a measurement (docs/history.md, "Running it"), not tun
 ``train.seed`` 42, 43 and 44 the base model scores 0.68, 0.60 and 0.64 here, eight steps at the default
 learning rate 0.73, 0.73 and 0.80, eight at 1e-4 0.88, 0.94 and 0.85. Three steps at the default rate (the
 tiny workspace's) are a coin flip against the base model: 0.67, 0.72, 0.71, and with torch's own dropout
-masks 0.70, 0.71, 0.61.
+masks 0.70, 0.71, 0.61. Those runs trained in float32, so the test pins ``train.precision: fp32``: with
+bf16 autocast (what ``auto`` became on a bf16-native CPU) eight steps at the default rate scored 0.659
+against the base model's 0.677 in one run, and the settings have not been re-measured in bf16.
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ def test_better_setting_promotes_and_worse_does_not_through_the_register_gate(tm
     project.mkdir()
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
     monkeypatch.chdir(project)
-    name = {"register.model_name": "sample-gate", "tracking.experiment": "sample-gate"}
+    name = {
+        "register.model_name": "sample-gate",
+        "tracking.experiment": "sample-gate",
+        "train.precision": "fp32",
+    }
     params = load_params(project / "params.yaml", {**TINY, **name})
     prepare.run(params, project)
     baseline.run(params, project)
