@@ -59,7 +59,8 @@ def precision_flags(precision: str, device: str | None = None) -> dict[str, bool
             return {"fp16": not bf16, "bf16": bf16}
         if device is not None:
             return {"fp16": False, "bf16": False}  # asked for a GPU there is none of: the trainer says so
-    return {"fp16": False, "bf16": cpu_has_native_bf16()}
+    on_cpu = device is None or str(device).startswith("cpu")  # not another accelerator (mps, xpu)
+    return {"fp16": False, "bf16": on_cpu and cpu_has_native_bf16()}
 
 
 def document_forward_rows(model: Any, config: TrainParams) -> int | None:
