@@ -99,7 +99,7 @@ quality-arguana: install
 # (docs/benchmarks.md, "Growth with the corpus"); about 2 hours on 2 cores, mostly PyLate's builds. It
 # refuses sizes that would not fit in memory before it starts.
 # bench-sweep: PyLate's PLAID over 49 search settings (n_ivf_probe 1..64 x n_full_scores 256..16,384) and both
-# libraries' exact search, beside ours as PyLate, tuned and at its defaults (SciFact, 100 queries; about 45 min).
+# libraries' exact search, beside ours as PyLate, tuned and at its defaults (SciFact, 100 queries; an hour or more).
 # bench-limit: encoding and exact MaxSim as a share of this machine's matmul GFLOP/s and read bandwidth (~3 min).
 # bench-precision-seeds: the train stage in fp32 and bf16 over 3 seeds, scored on SciFact's test set: the
 # record behind training's CPU precision default (about an hour on 2 cores; resumes where it stopped).

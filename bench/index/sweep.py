@@ -11,7 +11,7 @@ ours (:func:`pipeline.indexes.indexing.exact_search`) against PyLate's ``rank.re
 Steps run one at a time in fresh processes (encode and the exact reference by :mod:`bench.index.workers`),
 so a step's peak RSS is its own. Run it on a quiet machine; the record is rendered by ``bench.render``.
 
-Usage (about 45 minutes on 2 cores for SciFact and 100 queries, most of it PyLate's grid):
+Usage (an hour or more on 2 cores for SciFact and 100 queries, most of it PyLate's grid):
     .venv/bin/python -m bench.index.sweep --record bench/records/index_sweep_scifact.json
 """
 
