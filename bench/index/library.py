@@ -46,6 +46,7 @@ from bench.common import (
     write_record,
 )
 from bench.index.corpus import as_float32, read_corpus, read_queries
+from bench.index.workers import measure_search
 
 logger = logging.getLogger("bench")
 
@@ -112,20 +113,6 @@ def _retrieve(row: str) -> Any:
     return retrieve
 
 
-def _recall(results: list[list[dict[str, Any]]], reference: list[list[str]]) -> float:
-    return sum(
-        len({str(h["id"]) for h in row[:10]} & set(expected)) / len(expected)
-        for row, expected in zip(results, reference, strict=True)
-    ) / len(reference)
-
-
-def _timed_search(retriever: Any, queries: list[Any], reference: list[list[str]]) -> tuple[float, float]:
-    retriever.retrieve(queries_embeddings=queries[:2], k=10)  # warm-up: lazy loads, thread pools
-    started = time.perf_counter()
-    results = retriever.retrieve(queries_embeddings=queries, k=10)
-    return len(queries) / (time.perf_counter() - started), _recall(results, reference)
-
-
 def _versions(row: str) -> dict[str, str]:
     import importlib.metadata as metadata
 
@@ -154,7 +141,7 @@ def run_row(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         index.add_documents(documents_ids=ids, documents_embeddings=documents)
         build_seconds = time.perf_counter() - started
-        qps, recall = _timed_search(_retrieve(row).ColBERT(index=index), queries, reference)
+        qps, recall = measure_search(_retrieve(row).ColBERT(index=index), queries, reference)
         result = {
             "row": row,
             **_versions(row),
@@ -208,7 +195,7 @@ def _sweep(folder: Path, queries: list[Any], reference: list[list[str]]) -> list
             n_full_scores=full,
             rerank=rerank,
         )
-        qps, recall = _timed_search(retrieve.ColBERT(index=index), queries, reference)
+        qps, recall = measure_search(retrieve.ColBERT(index=index), queries, reference)
         rows.append(
             {"n_ivf_probe": probe, "n_full_scores": full, "rerank": rerank, "qps": qps, "recall@10": recall}
         )

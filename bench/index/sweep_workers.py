@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.common import die_with_parent, folder_bytes, peak_rss_mib, setup, write_record
 from bench.index.corpus import load_embeddings, load_probes
-from bench.index.workers import measure_search, tuned_search
+from bench.index.workers import measure_search, recall_at_10, tuned_search
 
 #: ``n_ivf_probe`` values swept (PyLate's default is 8).
 PROBES = (1, 2, 4, 8, 16, 32, 64)
@@ -27,13 +27,6 @@ PROBES = (1, 2, 4, 8, 16, 32, 64)
 FULL_SCORES = (256, 512, 1024, 2048, 4096, 8192, 16384)
 #: What both sides index: the same float32 embeddings, whatever each library would encode in.
 EMBEDDINGS_IN = "fp32 embeddings in"
-
-
-def _recall(results: list[list[dict[str, Any]]], reference: list[list[str]]) -> float:
-    return sum(
-        len({str(h["id"]) for h in row[:10]} & set(expected)) / len(expected)
-        for row, expected in zip(results, reference, strict=True)
-    ) / len(reference)
 
 
 def peer_exact(ids: list[str], documents: list[Any], queries: list[Any], reference: Any) -> dict[str, Any]:
@@ -50,7 +43,7 @@ def peer_exact(ids: list[str], documents: list[Any], queries: list[Any], referen
     started = time.perf_counter()
     results = [top10(query)[:10] for query in queries]
     seconds = time.perf_counter() - started
-    return {"qps": len(queries) / seconds, "recall@10": _recall(results, reference)}
+    return {"qps": len(queries) / seconds, "recall@10": recall_at_10(results, reference)}
 
 
 def worker_peer(args: argparse.Namespace) -> dict[str, Any]:
@@ -88,7 +81,7 @@ def worker_peer(args: argparse.Namespace) -> dict[str, Any]:
 def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
     """Ours as PyLate behaves (``rerank=0``) at PyLate's settings, tuned as the index stage tunes, and at the
     library's defaults."""
-    from pipeline import indexes, retrieve
+    from pipeline import indexes
 
     ids, documents, queries = load_embeddings(args.cache)
     reference = json.loads(Path(args.reference).read_text())
@@ -97,36 +90,36 @@ def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
     plain = indexes.PLAID(
         index_folder=str(folder), index_name="index", override=True, device=args.device, rerank=0
     )
-    started = time.perf_counter()
-    plain.add_documents(documents_ids=ids, documents_embeddings=documents)
-    build = time.perf_counter() - started
-    qps, recall = measure_search(retrieve.ColBERT(index=plain), queries, reference)
-    rows["pylate settings"] = {
-        "build_s": build,
-        "qps": qps,
-        "recall@10": recall,
-        "disk_mib": folder_bytes(folder) / 2**20,
-        "settings": f"n_ivf_probe={plain.n_ivf_probe} n_full_scores={plain.n_full_scores}",
-    }
+    rows["pylate settings"] = _built_and_searched(plain, folder, ids, documents, queries, reference)
     tuned = tuned_search(plain, folder, documents, load_probes(args.cache), queries, reference, args)
+    build = rows["pylate settings"]["build_s"]
     rows["tuned"] = {**tuned, "build_s": build + tuned["store_s"], "settings": tuned["description"]}
     shutil.rmtree(folder, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(prefix="sweep-defaults-", dir=args.scratch))
     default = indexes.PLAID(index_folder=str(folder), index_name="index", override=True, device=args.device)
+    rows["defaults"] = _built_and_searched(default, folder, ids, documents, queries, reference)
+    rows["defaults"]["settings"] += f" rerank={default.rerank}"
+    shutil.rmtree(folder, ignore_errors=True)
+    return {**rows, "peak_rss_mib": peak_rss_mib(), "setup": setup("pipeline", EMBEDDINGS_IN)}
+
+
+def _built_and_searched(
+    index: Any, folder: Path, ids: list[str], documents: list[Any], queries: list[Any], reference: Any
+) -> dict[str, Any]:
+    """Build one of our indexes over the embeddings, then search it: the row the sweep records for it."""
+    from pipeline import retrieve
+
     started = time.perf_counter()
-    default.add_documents(documents_ids=ids, documents_embeddings=documents)
+    index.add_documents(documents_ids=ids, documents_embeddings=documents)
     build = time.perf_counter() - started
-    qps, recall = measure_search(retrieve.ColBERT(index=default), queries, reference)
-    rows["defaults"] = {
+    qps, recall = measure_search(retrieve.ColBERT(index=index), queries, reference)
+    return {
         "build_s": build,
         "qps": qps,
         "recall@10": recall,
         "disk_mib": folder_bytes(folder) / 2**20,
-        "settings": f"n_ivf_probe={default.n_ivf_probe} n_full_scores={default.n_full_scores} "
-        f"rerank={default.rerank}",
+        "settings": f"n_ivf_probe={index.n_ivf_probe} n_full_scores={index.n_full_scores}",
     }
-    shutil.rmtree(folder, ignore_errors=True)
-    return {**rows, "peak_rss_mib": peak_rss_mib(), "setup": setup("pipeline", EMBEDDINGS_IN)}
 
 
 WORKERS = {"ours": worker_ours, "peer": worker_peer}

@@ -110,17 +110,21 @@ def worker_index(system: str, args: argparse.Namespace) -> dict[str, Any]:
     return {**result, "peak_rss_mib": peak_rss_mib(), "setup": setup(LIBRARY[system], "fp32 embeddings in")}
 
 
+def recall_at_10(results: list[list[dict[str, Any]]], reference: list[list[str]]) -> float:
+    """Mean share of each query's exact top-10 ids (``reference``) that its first 10 ``results`` hold."""
+    return sum(
+        len({str(h["id"]) for h in row[:10]} & set(expected)) / len(expected)
+        for row, expected in zip(results, reference, strict=True)
+    ) / len(reference)
+
+
 def measure_search(retriever: Any, queries: list[Any], reference: list[list[str]]) -> tuple[float, float]:
     """QPS (after a warm-up) and recall@10 against the exact reference of ``retriever`` over ``queries``."""
     retriever.retrieve(queries_embeddings=queries[:2], k=10)  # warm-up: lazy loads, thread pools
     started = time.perf_counter()
     results = retriever.retrieve(queries_embeddings=queries, k=10)
     seconds = time.perf_counter() - started
-    recall = sum(
-        len({str(h["id"]) for h in row[:10]} & set(expected)) / len(expected)
-        for row, expected in zip(results, reference, strict=True)
-    ) / len(reference)
-    return len(queries) / seconds, recall
+    return len(queries) / seconds, recall_at_10(results, reference)
 
 
 def tuned_search(
