@@ -61,6 +61,12 @@ def environment() -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d"),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        # Whether `precision: auto` means bfloat16 on this CPU (oneDNN's check, as pipeline.models asks it).
+        "cpu_native_bf16": bool(
+            torch.backends.mkldnn.is_available()
+            and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+        ),
         "cores": os.cpu_count(),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "load_avg_1m": round(os.getloadavg()[0], 1),
@@ -70,6 +76,15 @@ def environment() -> dict[str, Any]:
         "cuda": torch.cuda.is_available(),
         **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}),
     }
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name as Linux reports it (``/proc/cpuinfo``), or ``None`` where it does not."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def command_line(module: str, argv: list[str] | None = None) -> str:

@@ -69,7 +69,9 @@ def environment_line(report: dict[str, Any]) -> str:
     a record with a GPU names it.
     """
     env = report.get("environment") or {}
-    parts = [str(env.get("date", "date not recorded")), str(env.get("cpu", "?"))]
+    parts = [str(env.get("date", "date not recorded")), str(env.get("cpu_model") or env.get("cpu", "?"))]
+    if "cpu_native_bf16" in env:
+        parts.append(f"native bfloat16 {'yes' if env['cpu_native_bf16'] else 'no'}")
     parts += [f"{env['cores']} cores"] if "cores" in env else []
     parts += [f"{env['ram_gib']} GiB RAM"] if "ram_gib" in env else []
     if "load_avg_1m" in env:
@@ -279,6 +281,10 @@ def render_trainers(report: dict[str, Any]) -> str:
     ratio's runs' setups checked (:func:`setup_note`) under the record's comparison label."""
     peer = any("peer" in row for row in report["samples_per_s_median"].values())
     settings = report.get("train") or {}
+    # Each at its defaults: each side's own precision (the record's "precision" by system).
+    precision = report.get("precision")
+    if isinstance(precision, dict):
+        settings = {**settings, "precision": f"{precision['stage']} (stage), {precision['peer']} (PyLate)"}
     shown = ", ".join(
         f"{key} {settings[key]}" for key in ("device", "precision", "batch_size") if key in settings
     )

@@ -103,6 +103,14 @@ def test_the_gpu_name_is_in_the_environment_line():
     assert "CUDA yes (NVIDIA H200)." in _renderer().render(report)
 
 
+def test_the_cpu_model_and_whether_it_has_native_bf16_are_in_the_environment_line():
+    """Whether `precision: auto` meant bfloat16 where a record was measured (issue 37's runs moved between a
+    CPU with it and an AMD EPYC without)."""
+    env = {**REPORT["environment"], "cpu_model": "AMD EPYC", "cpu_native_bf16": False}
+    line = _renderer().render({**REPORT, "environment": env})
+    assert "AMD EPYC, native bfloat16 no," in line and "x86_64" not in line.split("Command")[0]
+
+
 def test_index_corpus_rss_rows_show_the_per_chunk_peaks_and_the_ratio():
     report = {
         **REPORT,
