@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 # dvc.yaml's stages call `colbert-pipeline`: the project's own venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-library bench-train bench-quality bench-pylate-tests bench-serve bench-shards bench-updates bench-growth bench-sweep bench-limit bench-precision-seeds bench-render
+.PHONY: install services run docs docs-serve docs-assets docs-screenshots test test-fast test-repro test-deploy test-faults test-docker lint format clean quality quality-scifact quality-nfcorpus quality-arguana bench-index bench-library bench-train bench-train-defaults bench-quality bench-pylate-tests bench-serve bench-shards bench-updates bench-growth bench-sweep bench-limit bench-precision-seeds bench-render
 
 $(UV):
 	python3 -m pip install --user --quiet uv
@@ -99,10 +99,12 @@ quality-arguana: install
 # (docs/benchmarks.md, "Growth with the corpus"); about 2 hours on 2 cores, mostly PyLate's builds. It
 # refuses sizes that would not fit in memory before it starts.
 # bench-sweep: PyLate's PLAID over 49 search settings (n_ivf_probe 1..64 x n_full_scores 256..16,384) and both
-# libraries' exact search, beside ours as PyLate, tuned and at its defaults (SciFact, 100 queries; an hour or more).
+# libraries' exact search, beside ours as PyLate, tuned and at its defaults (SciFact, 100 queries; 85 min on 2 cores).
 # bench-limit: encoding and exact MaxSim as a share of this machine's matmul GFLOP/s and read bandwidth (~3 min).
 # bench-precision-seeds: the train stage in fp32 and bf16 over 3 seeds, scored on SciFact's test set: the
 # record behind training's CPU precision default (about an hour on 2 cores; resumes where it stopped).
+# bench-train-defaults: the train stage at precision auto (bf16 on a bf16-native CPU) against PyLate's trainer
+# at its own fp32, the difference declared (bench/records/train_throughput_defaults.json; ~10 min).
 # bench-render: every record as Markdown tables.
 DATASET ?= scifact
 bench-index: install
@@ -113,6 +115,9 @@ bench-library: install
 
 bench-train: install
 	$(PY) -m bench.train $(or $(BENCH_ARGS),--peer --steps 8 --warmup 2 --repeats 2 --output bench/records/train_throughput.json)
+
+bench-train-defaults: install
+	$(PY) -m bench.train $(or $(BENCH_ARGS),--peer --defaults --steps 8 --warmup 2 --repeats 2)
 
 bench-quality: install
 	$(PY) -m bench.quality --config configs/$(DATASET).yaml --set quality.output=bench/records/peer $(BENCH_ARGS)

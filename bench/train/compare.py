@@ -17,7 +17,13 @@ each run's cProfile top entries. The record goes to ``--output`` (default
 1.6, each in a fresh process, on the same rows, batch size, seed and threads, fp32, interleaved as above;
 the record is ``bench/records/train_seeds.json``.
 
+**Each at its defaults** (``--peer --defaults``): the stage at ``precision: auto`` (bf16 autocast on a CPU
+with native bf16) against PyLate's trainer at its own (``fp16=False, bf16=False``: fp32), the difference
+declared in the record (``comparison: defaults``); the record is
+``bench/records/train_throughput_defaults.json``.
+
     .venv/bin/python -m bench.train --peer --steps 8 --warmup 2 --repeats 2     # or: make bench-train
+    .venv/bin/python -m bench.train --peer --defaults --steps 8 --warmup 2 --repeats 2
     .venv/bin/python -m bench.train --stage --steps 2 --warmup 1 --output /tmp/stage.json
     .venv/bin/python -m bench.train --seeds --steps 8 --warmup 2 --repeats 2   # train_seeds.json
 """
@@ -66,6 +72,25 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: PyLate's training precision at its defaults (``SentenceTransformerTrainingArguments``: fp16, bf16 off).
+PEER_DEFAULT_PRECISION = "fp32"
+
+
+def per_system_train(train: dict[str, Any], defaults: bool) -> dict[str, dict[str, Any]]:
+    """What each of the stage and PyLate trains with: the same settings, except that with ``defaults``
+    PyLate keeps its own precision (:data:`PEER_DEFAULT_PRECISION`) where the stage resolved ``auto``.
+
+    Example:
+        >>> train = {"batch_size": 16, "precision": "bf16"}
+        >>> per_system_train(train, defaults=True)["peer"]["precision"]
+        'fp32'
+        >>> per_system_train(train, defaults=False)["peer"]["precision"]
+        'bf16'
+    """
+    peer = {**train, "precision": PEER_DEFAULT_PRECISION} if defaults else dict(train)
+    return {"stage": dict(train), "peer": peer}
+
+
 #: A system: the interpreter, the worker (:mod:`bench.train.trainers`), what its job adds, whether PyLate's.
 System = tuple[str, str, dict[str, Any], bool]
 
@@ -94,6 +119,7 @@ def compare_trainers(args: argparse.Namespace) -> dict[str, Any]:
 
     systems = systems_for(args)
     train = train_settings(args)
+    trains = per_system_train(train, args.defaults)
     data = long_and_short(args.long, args.short, (args.warmup + args.steps) * args.batch_size, args.seed)
     runs = []
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as workdir:
@@ -113,7 +139,9 @@ def compare_trainers(args: argparse.Namespace) -> dict[str, Any]:
                     logger.info("repeat %d, %s, %s", repeat + 1, name, system)
                     job = Path(workdir) / f"{system}-job.json"
                     profile = Path(args.profile).resolve() / f"{name}-{system}.txt" if args.profile else None
-                    write_record(job, {**spec, **extra, "profile": str(profile) if profile else None})
+                    own = {"train": trains[system]} if system in trains else {}
+                    job_spec = {**spec, **own, **extra, "profile": str(profile) if profile else None}
+                    write_record(job, job_spec)
                     result = run_worker(
                         python,
                         "bench.train.trainers",
@@ -125,8 +153,16 @@ def compare_trainers(args: argparse.Namespace) -> dict[str, Any]:
                         {"repeat": repeat + 1, "data": name, "source": source, "system": system, **result}
                     )
                     logger.info("  %.3f samples/s", result["samples_per_s"])
-    # Same settings and precision on both sides; each library's pinned versions differ, and are declared.
-    label = {"comparison": "like for like", "declared": list(PEER_PINNED)}
+    # Same settings and precision on both sides (each library's pinned versions differ, and are declared),
+    # or, with --defaults, each library's own precision, declared too.
+    if args.defaults:
+        label = {
+            "comparison": "defaults",
+            "declared": [*PEER_PINNED, "precision"],
+            "precision": {system: trains[system]["precision"] for system in systems},
+        }
+    else:
+        label = {"comparison": "like for like", "declared": list(PEER_PINNED)}
     return {"runs": runs, "samples_per_s_median": medians(runs, list(systems)), "train": train, **label}
 
 
@@ -168,6 +204,11 @@ def parser() -> argparse.ArgumentParser:
         help="--peer/--stage: the train stage's precision (auto: as the stage resolves it), PyLate's too",
     )
     parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="--peer: each at its defaults, the stage at precision auto, PyLate at its own (fp32)",
+    )
+    parser.add_argument(
         "--output", default=str(RECORDS / "train_throughput.json"), help="--peer/--stage: the record (JSON)"
     )
     parser.add_argument(
@@ -183,10 +224,14 @@ def main() -> None:
         raise SystemExit("--seeds compares the seeds' code alone: leave out --peer and --stage")
     if args.seeds and args.precision not in ("auto", "fp32"):
         raise SystemExit("--seeds trains in fp32, as the seeds' code does (fp16=False, bf16=False)")
+    if args.defaults and not (args.peer and args.precision == "auto"):
+        raise SystemExit("--defaults: each trainer at its defaults; use it with --peer, without --precision")
     if args.seeds:
         args.precision = "fp32"
     if args.seeds and args.output == parser().get_default("output"):
         args.output = str(RECORDS / "train_seeds.json")
+    if args.defaults and args.output == parser().get_default("output"):
+        args.output = str(RECORDS / "train_throughput_defaults.json")
     if not (args.peer or args.stage or args.seeds):
         losses.compare_losses(args)
         return

@@ -127,3 +127,44 @@ def test_the_seeds_record_renders_medians_ratios_and_each_run():
     table = render(record)
     assert "| scifact | 5.00 | 4.00 | 1.25 | >= 1.0 | 4.00, 6.00; 5.00, 3.00 |" in table
     assert "| short | 6.00 | 4.00 | 1.50 | >= 1.2 | 6.00; 4.00 |" in table
+
+
+def test_each_trainer_at_its_defaults_declares_the_precision_and_renders_both():
+    """``--peer --defaults``: PyLate keeps fp32 where the stage resolved bf16; the record declares it, the
+    table says so beside the ratio, and an undeclared difference would still be refused."""
+    from bench.common import PEER_PINNED, SetupMismatch
+    from bench.render import render
+    from bench.train.compare import medians, per_system_train
+
+    trains = per_system_train({"batch_size": 16, "precision": "bf16", "device": "cpu"}, defaults=True)
+    assert (trains["stage"]["precision"], trains["peer"]["precision"]) == ("bf16", "fp32")
+    assert trains["stage"]["batch_size"] == trains["peer"]["batch_size"] == 16
+
+    def side(precision: str, threads: int = 2) -> dict:
+        return {"precision": precision, "torch_threads": threads, "torch": "2.11.0"}
+
+    runs = [
+        {"data": "scifact", "system": "stage", "samples_per_s": 6.0, "setup": side("bf16")},
+        {"data": "scifact", "system": "peer", "samples_per_s": 4.0, "setup": side("fp32")},
+    ]
+    record = {
+        "runs": runs,
+        "samples_per_s_median": medians(runs, ["stage", "peer"]),
+        "train": trains["stage"],
+        "comparison": "defaults",
+        "declared": [*PEER_PINNED, "precision"],
+        "precision": {"stage": "bf16", "peer": "fp32"},
+    }
+    table = render(record)
+    assert "precision bf16 (stage), fp32 (PyLate)" in table
+    assert "| scifact | 6.00 | 4.00 | 1.50 (precision bf16 vs fp32) |" in table
+    runs[1]["setup"] = side("fp32", threads=1)
+    with pytest.raises(SetupMismatch, match="torch_threads 2 vs 1"):
+        render(record)
+
+
+def test_defaults_needs_the_peer_and_the_stage_own_precision():
+    for arguments in (["--stage", "--defaults"], ["--peer", "--defaults", "--precision", "fp32"]):
+        command = [sys.executable, "-m", "bench.train", *arguments]
+        completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert completed.returncode != 0 and "--defaults" in completed.stderr
