@@ -98,7 +98,6 @@ def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="sweep-defaults-", dir=args.scratch))
     default = indexes.PLAID(index_folder=str(folder), index_name="index", override=True, device=args.device)
     rows["defaults"] = _built_and_searched(default, folder, ids, documents, queries, reference)
-    rows["defaults"]["settings"] += f" rerank={default.rerank}"
     shutil.rmtree(folder, ignore_errors=True)
     return {**rows, "peak_rss_mib": peak_rss_mib(), "setup": setup("pipeline", EMBEDDINGS_IN)}
 
@@ -118,8 +117,15 @@ def _built_and_searched(
         "qps": qps,
         "recall@10": recall,
         "disk_mib": folder_bytes(folder) / 2**20,
-        "settings": f"n_ivf_probe={index.n_ivf_probe} n_full_scores={index.n_full_scores}",
+        "settings": _settings(index),
     }
+
+
+def _settings(index: Any) -> str:
+    """How the index searched: its search settings (exact, or a re-scored candidate pass) or plain PLAID's."""
+    if index.search_settings is not None:
+        return index.search_settings.describe()
+    return f"n_ivf_probe={index.n_ivf_probe} n_full_scores={index.n_full_scores}"
 
 
 WORKERS = {"ours": worker_ours, "peer": worker_peer}

@@ -39,7 +39,7 @@ import torch
 
 from pipeline.indexes.base import MultiVectorIndex
 from pipeline.indexes.checks import check_counts
-from pipeline.indexes.embedding_store import STORE_FOLDER, EmbeddingStore, open_store
+from pipeline.indexes.embedding_store import CACHE_BYTES, STORE_FOLDER, EmbeddingStore, open_store
 from pipeline.indexes.plaid_kmeans import (
     CPU_KMEANS_CHUNK,
     DEFAULT_POINTS_PER_CENTROID,
@@ -58,7 +58,8 @@ PLAID_FOLDER = "plaid"
 
 #: Re-scoring depth at the defaults: PLAID's top 256 candidates are re-scored with the float16 store.
 DEFAULT_RERANK = 256
-#: The candidate pass that feeds the re-scoring, at the defaults: ``(n_ivf_probe, n_full_scores)``.
+#: The candidate pass that feeds the re-scoring, at the defaults above ``exact_search_tokens``:
+#: ``(n_ivf_probe, n_full_scores)``.
 RERANK_CANDIDATES = (4, 1024)
 #: PyLate's plain PLAID search settings: what ``rerank=0`` (or an index without a store) searches with.
 PYLATE_SEARCH = (8, 8192)
@@ -107,10 +108,21 @@ class PLAID(MultiVectorIndex):
             when re-scoring, else PyLate's 8).
         n_full_scores: Candidates scored with decompressed embeddings per query (default: the tuned value,
             else 1,024 when re-scoring, else PyLate's 8,192).
+        exact_search_tokens: Not a PyLate argument. Up to this many stored tokens, a search at the default
+            settings (``rerank`` on, neither ``n_ivf_probe`` nor ``n_full_scores`` given, no tuned settings)
+            scores every document exactly from the float16 store instead of running PLAID's candidate
+            pass: on a CPU, fast-plaid's candidate pass costs about as much as exact MaxSim over a few
+            thousand documents and still misses part of the exact top 10 (all of SciFact, 5,183
+            documents: recall@10 0.928 at about exact search's QPS in
+            ``bench/records/index_sweep_scifact.json``; ``python -m bench.index.library`` measures both
+            in one run). ``None`` (the default): as many tokens as the store's float32 copy holds in its
+            1 GiB in-memory cache (2,097,152 at 128 dimensions, about 13,000 SciFact abstracts); ``0``:
+            always the candidate pass.
         rerank: Not a PyLate argument. ``256`` (the default): each version keeps a float16 copy of the
-            documents' embeddings (``embeddings/``, about four times PLAID's own 4-bit files), and a search
-            re-scores PLAID's top 256 candidates exactly with it, which takes recall@10 against exact
-            MaxSim past PLAID's 4-bit plateau (about 0.93) from a cheaper candidate pass; the index is
+            documents' embeddings (``embeddings/``, about four times PLAID's own 4-bit files). Up to
+            ``exact_search_tokens`` a search scores every document exactly with it; above, it re-scores
+            PLAID's top 256 candidates exactly with it, from a cheaper candidate pass (probe 4, 1,024
+            full scores), which is as good as the candidates it is given; the index is
             built with half of fast-plaid's centroids (``n_centroids`` unset), which took 0.48x the build
             time on SciFact (``bench/records/build_centroids_scifact.json``; the defaults against PyLate's:
             ``python -m bench.index.library``). ``0``: PyLate's behaviour, plain PLAID at
@@ -162,6 +174,7 @@ class PLAID(MultiVectorIndex):
         kmeans_chunk_size: int | None = None,
         n_ivf_probe: int | None = None,
         n_full_scores: int | None = None,
+        exact_search_tokens: int | None = None,
         rerank: int = DEFAULT_RERANK,
         batch_size: int = 25_000,
         search_batch_size: int | Literal["auto"] = "auto",
@@ -178,9 +191,13 @@ class PLAID(MultiVectorIndex):
     ) -> None:
         check_pylate_options(use_fast, use_triton, low_memory, kwargs)
         check_counts({"rerank": rerank}, minimum=0)
-        # Explicit search settings win over the stored, tuned ones.
-        self.tuned = bool(tuned) and n_ivf_probe is None and n_full_scores is None
+        if exact_search_tokens is not None:
+            check_counts({"exact_search_tokens": exact_search_tokens}, minimum=0)
+        # Explicit search settings win over the stored, tuned ones, and over exact search.
+        settings_given = n_ivf_probe is not None or n_full_scores is not None
+        self.tuned = bool(tuned) and not settings_given
         self.rerank = rerank
+        self.exact_search_tokens = 0 if settings_given else exact_search_tokens
         # The candidate pass of a re-scored search, and the plain PLAID search (PyLate's unless set), which
         # runs when there is nothing to re-score with. n_ivf_probe / n_full_scores: what searches use now.
         self._candidates = (
@@ -286,16 +303,26 @@ class PLAID(MultiVectorIndex):
             self._load_rerank(version)
 
     def _load_rerank(self, version: Path) -> None:
-        """Re-score with the version's float16 store when it has one that matches; else plain PLAID."""
+        """Search exactly, or re-score PLAID's candidates, with the version's float16 store when it has one
+        that matches; else plain PLAID."""
         store = open_store(self.path, version.name, device=self.device)
         if store is None or store.num_documents != len(self._slot_ids):
             logger.info("%s: %s has no embedding store: plain PLAID search", self.path, version.name)
             return
         self._embeddings = store
         self.n_ivf_probe, self.n_full_scores = self._candidates
+        if store.num_tokens <= self._exact_limit(store.dim):
+            self.search_settings = SearchSettings(mode="exact")
+            return
         self.search_settings = SearchSettings(
             n_ivf_probe=self.n_ivf_probe, n_full_scores=self.n_full_scores, rerank=self.rerank
         )
+
+    def _exact_limit(self, dim: int) -> int:
+        """The most stored tokens searched exactly at the defaults (``exact_search_tokens``)."""
+        if self.exact_search_tokens is not None:
+            return self.exact_search_tokens
+        return CACHE_BYTES // (4 * dim)  # while the float32 copy stays in memory between searches
 
     def _load_tuned(self, version: str) -> None:
         """Pick up ``search.json`` (and the embedding store it needs) when they match ``version``."""

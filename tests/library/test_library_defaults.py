@@ -1,5 +1,6 @@
 """What a library user gets at the defaults: ``ColBERT`` encodes in ``auto`` precision, ``PLAID`` keeps a
-float16 store and re-scores its candidates exactly; PyLate's behaviour is one argument away on each."""
+float16 store and searches it exactly (a small corpus) or re-scores its candidates exactly; PyLate's behaviour
+is one argument away on each."""
 
 from __future__ import annotations
 
@@ -74,14 +75,44 @@ def test_the_store_follows_every_write_and_searches_re_score_exactly(tmp_path):
     for slot, i in enumerate(kept):  # row for row, the kept documents in slot order (float16)
         first, last = store.offsets[slot], store.offsets[slot + 1]
         np.testing.assert_allclose(store.tokens[first:last], documents[i], atol=1e-3)
-    assert index.search_settings == SearchSettings(n_ivf_probe=4, n_full_scores=1024, rerank=256)
+    assert index.search_settings == SearchSettings(mode="exact")  # a small store: every document scored
+    candidates = indexes.PLAID(index_folder=tmp_path, index_name="lib", device="cpu", exact_search_tokens=0)
+    assert candidates.search_settings == SearchSettings(n_ivf_probe=4, n_full_scores=1024, rerank=256)
     queries = [documents[i][:4] for i in (1, 10, 55)]
-    for query, row in zip(queries, index.search(queries, k=5), strict=True):
-        assert all(int(h["id"][1:]) % 9 for h in row)  # removed documents never come back
-        exact = [_exact(query, documents[int(h["id"][1:])]) for h in row]
-        np.testing.assert_allclose([h["score"] for h in row], exact, atol=2e-2)  # the float16 copy's MaxSim
+    for searched in (index, candidates):
+        for query, row in zip(queries, searched.search(queries, k=5), strict=True):
+            assert all(int(h["id"][1:]) % 9 for h in row)  # removed documents never come back
+            exact = [_exact(query, documents[int(h["id"][1:])]) for h in row]
+            np.testing.assert_allclose([h["score"] for h in row], exact, atol=2e-2)  # the float16 MaxSim
     index.remove_documents(index.documents_ids)
     assert index.num_documents == 0 and index.search(queries, k=3) == [[], [], []]
+
+
+def test_the_defaults_search_exactly_up_to_the_token_limit_then_re_score_candidates(tmp_path):
+    documents = _documents(40, seed=2)
+    ids = [f"d{i}" for i in range(40)]
+    tokens = sum(len(d) for d in documents[:20])
+    index = indexes.PLAID(
+        index_folder=tmp_path,
+        index_name="grow",
+        device="cpu",
+        exact_search_tokens=tokens,
+        show_progress=False,
+    )
+    index.add_documents(ids[:20], documents[:20])
+    assert index.search_settings == SearchSettings(mode="exact")
+    queries = [documents[5][:3]]
+    ranked = [h["id"] for h in index.search(queries, k=20)[0]]
+    assert set(ranked) == set(ids[:20])  # exact search ranks every document
+    best = max(ids[:20], key=lambda i: _exact(queries[0], documents[int(i[1:])]))
+    assert ranked[0] == best
+    index.add_documents(ids[20:], documents[20:])  # one token past the limit: PLAID's candidates again
+    assert index.search_settings == SearchSettings(n_ivf_probe=4, n_full_scores=1024, rerank=256)
+    # Search settings given explicitly are what runs, exact or not.
+    given = indexes.PLAID(index_folder=tmp_path, index_name="grow", device="cpu", n_ivf_probe=2)
+    assert given.search_settings == SearchSettings(n_ivf_probe=2, n_full_scores=1024, rerank=256)
+    with pytest.raises(ValueError, match="exact_search_tokens must be a non-negative integer"):
+        indexes.PLAID(index_folder=tmp_path, index_name="bad", exact_search_tokens=-1)
 
 
 def test_rerank_0_is_pylates_plain_plaid_with_no_store(tmp_path):
@@ -127,13 +158,19 @@ def scifact_slice(colbert_model) -> tuple[list[str], list[np.ndarray], list[np.n
 
 
 def test_the_defaults_reach_recall_095_on_real_text(scifact_slice, tmp_path):
-    # At 300 documents the candidate pass holds nearly all of them; the same-run benchmark measures the
-    # defaults on 2,000 (bench/records/library_defaults.json).
+    # At 300 documents the defaults search exactly, and the candidate pass (what runs above the token
+    # limit) holds nearly every document; the same-run benchmark measures both on SciFact
+    # (bench/records/library_defaults*.json).
     ids, documents, queries = scifact_slice
     reference = exact_search(queries, documents, ids, k=10)
     default = indexes.PLAID(index_folder=tmp_path, index_name="default", device="cpu", show_progress=False)
     default.add_documents(ids, documents)
-    results = default.search(queries, k=10)
-    assert recall_at_k(results, reference, k=10) >= 0.95
-    for row, expected in zip(results, reference, strict=True):  # the top hit's score is exact MaxSim's
-        assert row[0]["score"] == pytest.approx(expected[0]["score"], abs=2e-2)
+    candidates = indexes.PLAID(
+        index_folder=tmp_path, index_name="default", device="cpu", exact_search_tokens=0
+    )
+    assert (default.search_settings.mode, candidates.search_settings.mode) == ("exact", "plaid")
+    for index in (default, candidates):
+        results = index.search(queries, k=10)
+        assert recall_at_k(results, reference, k=10) >= 0.95
+        for row, expected in zip(results, reference, strict=True):  # the top hit's score is exact MaxSim's
+            assert row[0]["score"] == pytest.approx(expected[0]["score"], abs=2e-2)
