@@ -261,7 +261,7 @@ def render_headline() -> str:
         )
     # Speed: like for like first (same precision, same search settings, same run), then each library at
     # its defaults; both from the one same-run record of what a library user gets.
-    library = _record("library_defaults.json")
+    library = _record("library_defaults_scifact.json")
     alike, ours, peer = (library["summary"][row] for row in ("ours-like-pylate", "ours", "pylate"))
     link = "[library](docs/benchmarks.md#the-library-at-its-defaults-same-run)"
     perf = [
@@ -273,7 +273,7 @@ def render_headline() -> str:
             link,
         ),
         (
-            "encoding docs/s, CPU, each at its defaults (bf16 / fp32)",
+            f"encoding docs/s, CPU, each at its defaults ({ours['precision']} / {peer['precision']})",
             ours["encode_docs_per_s"],
             peer["encode_docs_per_s"],
             "{:.1f}",
@@ -288,7 +288,7 @@ def render_headline() -> str:
             link,
         ),
         (
-            f"search QPS, CPU, each at its defaults (ours re-scores PLAID's top candidates; recall@10 "
+            f"search QPS, CPU, each at its defaults (ours: {ours['search'].split(' (batch')[0]}; recall@10 "
             f"{ours['recall@10']:.3f} / {peer['recall@10']:.3f})",
             ours["qps"],
             peer["qps"],
@@ -304,7 +304,8 @@ def render_headline() -> str:
             link,
         ),
     ]
-    train = _record("train_throughput.json")["samples_per_s_median"]["scifact"]
+    train_record = _record("train_throughput.json")
+    train = train_record["samples_per_s_median"]["scifact"]
     perf.append(
         (
             "training samples/s, CPU, the train stage against PyLate, fp32 both",
@@ -321,10 +322,11 @@ def render_headline() -> str:
     env = library["environment"]
     lines += [
         "",
-        f"Quality: whole BEIR test sets, one seed each. Speed: SciFact's first {library['documents']:,} "
+        f"Quality: whole BEIR test sets, one seed each. Speed: SciFact, {library['documents']:,} "
         f"documents and {library['queries']} test queries, both libraries in one run ({library['rounds']} "
-        f"round) on a CPU ({env['cores']} cores, {env['cpu']}, Python {env['python']}, "
-        f"torch {env['torch']}); training: SciFact abstracts, batch 16. The GPU's figures are in the docs.",
+        f"round) on a CPU ({env['cores']} cores, {env.get('cpu_model', env['cpu'])}, Python "
+        f"{env['python']}, torch {env['torch']}, {env['date'][:10]}); training: SciFact abstracts, batch 16 "
+        f"(measured {train_record['environment']['date'][:10]}). The GPU's figures are in the docs.",
     ]
     return "\n".join(lines)
 
