@@ -62,7 +62,9 @@ def environment() -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "cpu": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),
-        # Whether `precision: auto` means bfloat16 on this CPU (oneDNN's check, as pipeline.models asks it).
+        # Whether `precision: auto` means bfloat16 on this CPU: oneDNN's check, as
+        # pipeline.models.precision.cpu_has_native_bf16 asks it. Repeated here because this also runs in
+        # PyLate's venv, where importing pipeline.models fails (its sentence-transformers has no `base`).
         "cpu_native_bf16": bool(
             torch.backends.mkldnn.is_available()
             and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()

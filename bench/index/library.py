@@ -19,8 +19,10 @@ mean over the rounds. Rows must agree on the torch threads and the inputs, or th
 differs; what differs by design (precision, library and fast-plaid versions) is in each row. The first
 ``ours`` row also sweeps a few re-scoring settings on its index, the measurement behind the defaults.
 
-Usage (about 20 minutes on 2 cores; run timed work under ``flock /work/bench.lock`` on a shared machine):
-    .venv/bin/python -m bench.index.library --record bench/records/library_defaults.json
+Usage (all of SciFact in one round: 38 minutes on 2 cores; run timed work under ``flock /work/bench.lock``
+on a shared machine):
+    .venv/bin/python -m bench.index.library --max-docs 5183 --rounds 1 \
+        --record bench/records/library_defaults_scifact.json
     .venv/bin/python -m bench.index.library --max-docs 300 --max-queries 20 --rounds 1   # a smoke run
 """
 
@@ -52,7 +54,6 @@ from bench.index.workers import measure_search
 logger = logging.getLogger("bench")
 
 MODULE = "bench.index.library"
-RECORD = REPO / "bench" / "records" / "library_defaults.json"
 ROWS = ("ours", "pylate", "ours-like-pylate")
 #: Re-scoring settings swept on ours' default index: ``(n_ivf_probe, n_full_scores, rerank)``. The first
 #: candidate pass is what the defaults run above ``exact_search_tokens``.
