@@ -49,7 +49,7 @@ from bench.common import (
     write_record,
 )
 from bench.index.corpus import as_float32, read_corpus, read_queries
-from bench.index.workers import measure_search
+from bench.index.workers import measure_search, search_description
 
 logger = logging.getLogger("bench")
 
@@ -158,7 +158,7 @@ def run_row(args: argparse.Namespace) -> dict[str, Any]:
             "qps": qps,
             "recall@10": recall,
             "disk_mib": folder_bytes(folder) / 2**20,
-            "search": _search_description(index),
+            "search": search_description(index),
         }
         if args.sweep:
             result["sweep"] = _sweep(folder, queries, reference)
@@ -174,14 +174,6 @@ def _precision(row: str, model: Any) -> str:
     from pipeline.models.precision import resolve_precision
 
     return resolve_precision(model.encode_precision, "cpu")
-
-
-def _search_description(index: Any) -> str:
-    settings = getattr(index, "search_settings", None)
-    if settings is not None:
-        return settings.describe()
-    backend = getattr(index, "_index", index)  # PyLate's PLAID delegates to its FastPlaid, which holds these
-    return f"PLAID n_ivf_probe={backend.n_ivf_probe} n_full_scores={backend.n_full_scores}"
 
 
 def _sweep(folder: Path, queries: list[Any], reference: list[list[str]]) -> list[dict[str, Any]]:

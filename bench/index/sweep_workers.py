@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.common import die_with_parent, folder_bytes, peak_rss_mib, setup, write_record
 from bench.index.corpus import load_embeddings, load_probes
-from bench.index.workers import measure_search, recall_at_10, tuned_search
+from bench.index.workers import measure_search, recall_at_10, search_description, tuned_search
 
 #: ``n_ivf_probe`` values swept (PyLate's default is 8).
 PROBES = (1, 2, 4, 8, 16, 32, 64)
@@ -117,15 +117,8 @@ def _built_and_searched(
         "qps": qps,
         "recall@10": recall,
         "disk_mib": folder_bytes(folder) / 2**20,
-        "settings": _settings(index),
+        "settings": search_description(index),
     }
-
-
-def _settings(index: Any) -> str:
-    """How the index searched: its search settings (exact, or a re-scored candidate pass) or plain PLAID's."""
-    if index.search_settings is not None:
-        return index.search_settings.describe()
-    return f"n_ivf_probe={index.n_ivf_probe} n_full_scores={index.n_full_scores}"
 
 
 WORKERS = {"ours": worker_ours, "peer": worker_peer}

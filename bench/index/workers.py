@@ -127,6 +127,16 @@ def measure_search(retriever: Any, queries: list[Any], reference: list[list[str]
     return len(queries) / seconds, recall_at_10(results, reference)
 
 
+def search_description(index: Any) -> str:
+    """How an index searched: our search settings (exact, or a re-scored candidate pass) when it has them,
+    else plain PLAID's probe settings (ours, or PyLate's: its PLAID delegates to a FastPlaid holding them)."""
+    settings = getattr(index, "search_settings", None)
+    if settings is not None:
+        return settings.describe()
+    backend = getattr(index, "_index", index)
+    return f"PLAID n_ivf_probe={backend.n_ivf_probe} n_full_scores={backend.n_full_scores}"
+
+
 def tuned_search(
     index: Any,
     folder: Path,
