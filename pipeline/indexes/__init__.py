@@ -14,16 +14,50 @@ Example:
     [[{'id': '1', 'score': 4.0}]]
 """
 
-from pipeline.indexes.base import MultiVectorIndex
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from pipeline.indexes.errors import (
     DuplicateDocumentIdError,
     IndexFormatError,
     UnknownDocumentIdError,
     UnknownIdWarning,
 )
-from pipeline.indexes.plaid import PLAID
-from pipeline.indexes.scann import ScaNN
-from pipeline.indexes.voyager import Voyager
+
+if TYPE_CHECKING:
+    from pipeline.indexes.base import MultiVectorIndex
+    from pipeline.indexes.plaid import PLAID
+    from pipeline.indexes.scann import ScaNN
+    from pipeline.indexes.voyager import Voyager
+
+
+def __getattr__(name: str) -> Any:
+    """The index classes, imported when first named: they import torch (3 s), which a process that only
+    reads an index's version folder (the register stage, through :mod:`pipeline.indexes.storage`) never
+    needs."""
+    if name == "PLAID":
+        from pipeline.indexes.plaid import PLAID
+
+        return PLAID
+    if name == "Voyager":
+        from pipeline.indexes.voyager import Voyager
+
+        return Voyager
+    if name == "ScaNN":
+        from pipeline.indexes.scann import ScaNN
+
+        return ScaNN
+    if name == "MultiVectorIndex":
+        from pipeline.indexes.base import MultiVectorIndex
+
+        return MultiVectorIndex
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "PLAID",

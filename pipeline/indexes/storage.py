@@ -34,13 +34,15 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from pipeline.indexes.checks import DocumentId
 from pipeline.indexes.errors import IndexFormatError
 from pipeline.project.io import atomic_write_json
+
+if TYPE_CHECKING:  # checks imports torch; reading a version folder (the register stage) needs none
+    from pipeline.indexes.checks import DocumentId
 
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"

@@ -30,10 +30,13 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
-from typing import Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "check_equal_batches",
@@ -54,21 +57,32 @@ def _env_int(environ: Mapping[str, str] | None, name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
+def _initialised_group() -> ModuleType | None:
+    """``torch.distributed`` when this process has initialised a process group, else ``None``.
+
+    A process group exists only once torch is imported, so a process that has not imported it (a stage's
+    ``prepare``, which needs no torch: 3 s of imports saved per task) is not made to import it to find out.
+    """
+    if "torch" not in sys.modules:
+        return None
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
 def launch_world_size(environ: Mapping[str, str] | None = None) -> int:
     """Processes in this training: the initialised process group's size, else torchrun's ``WORLD_SIZE``
     (1 when launched without torchrun)."""
-    import torch.distributed as dist
-
-    if environ is None and dist.is_available() and dist.is_initialized():
+    dist = _initialised_group() if environ is None else None
+    if dist is not None:
         return dist.get_world_size()
     return _env_int(environ, "WORLD_SIZE", 1)
 
 
 def launch_rank(environ: Mapping[str, str] | None = None) -> int:
     """This process's global rank: the process group's, else torchrun's ``RANK`` (0 without torchrun)."""
-    import torch.distributed as dist
-
-    if environ is None and dist.is_available() and dist.is_initialized():
+    dist = _initialised_group() if environ is None else None
+    if dist is not None:
         return dist.get_rank()
     return _env_int(environ, "RANK", 0)
 
@@ -95,6 +109,7 @@ def check_equal_batches(rows: int, device: torch.device | None = None) -> None:
     collective. One all-reduce of two integers per step finds it first, with a message that says which
     sizes met (the train stage drops the last, short batch under several processes for this reason).
     """
+    import torch
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
