@@ -1,5 +1,5 @@
-"""The deployment files, checked offline (the real build and stack: docker/test-docker.sh, which
-`make test` runs beside pytest).
+"""The deployment files, checked offline (the real build and stack: docker/test-docker.sh, the last step of
+`make test`).
 
 ``docker/compose.yaml`` is parsed and its services, profiles, healthchecks, volumes, environment, ports and
 GPU reservation asserted; the Dockerfile's build inputs must exist and match the DAG's pools and queues; the
