@@ -27,7 +27,7 @@ def _share_the_cores() -> None:
     """Under ``pytest -n N`` give each worker's processes cores / N OpenMP threads (torch's intra-op pool).
 
     Each worker runs its own stages, trainings and platforms at once; with torch's default (a thread per
-    core) in every process, idle OpenMP threads spin on cores another worker needs. Two tiny ``dvc repro``
+    core) in every process, the workers ask for more threads than there are cores. Two tiny ``dvc repro``
     runs at once on 2 cores took a median 140 s at the default and 125 s with one thread each (three pairs
     each). Set before torch is imported, here and in every process the tests start (the environment is
     inherited); an ``OMP_NUM_THREADS`` already set wins.
