@@ -82,9 +82,13 @@ class MlflowServer:
         # The job executor (huey consumers for MLflow's GenAI jobs) triples start-up time and is unused here.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
+        # Under the stage runner's supervisor, as the deploy tier's services: a test process that dies without
+        # stop() (a pytest worker SIGTERMed or SIGKILLed) takes the server with it. A make test interrupted
+        # on 2026-12-08 left an orphaned server, reparented to init, before this.
+        supervised = [sys.executable, "-m", "pipeline.ops.runner", "--parent", str(os.getpid()), "--"]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                command,
+                [*supervised, *command],
                 cwd=self.workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -77,3 +77,38 @@ def test_a_service_stops_when_the_process_that_started_it_is_killed(tmp_path, as
         if leader is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(leader, signal.SIGKILL)
+
+
+def test_the_tests_mlflow_server_stops_when_the_process_that_started_it_is_killed(tmp_path):
+    """tests/mlflow_server.py's server (the registry, DAG and end-to-end tests' tracking server) too: an
+    interrupted ``make test`` once left one running, reparented to init."""
+    starter = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from tests.mlflow_server import MlflowServer
+        server = MlflowServer({str(tmp_path / "mlflow")!r}).start()
+        print(server.process.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    leader = None
+    try:
+        assert process.stdout is not None
+        leader = int(process.stdout.readline())
+        deadline = time.monotonic() + 60
+        # uvicorn: the server mlflow's command starts, the process that was left behind
+        while not any("uvicorn" in " ".join(p.cmdline()) for p in _group(leader) if p.is_running()):
+            assert time.monotonic() < deadline, "the server never started"
+            time.sleep(0.2)
+        members = _group(leader)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        _gone, alive = psutil.wait_procs(members, timeout=20)
+        assert not alive, f"outlived their starter: {[(p.pid, p.name()) for p in alive]}"
+    finally:
+        process.kill()
+        if leader is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(leader, signal.SIGKILL)
