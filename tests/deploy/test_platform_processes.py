@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -32,6 +33,30 @@ def _group(leader: int) -> list[psutil.Process]:
         except (ProcessLookupError, psutil.Error):
             continue
     return members
+
+
+def _kill_starter_once_up(starter: str, up: Callable[[psutil.Process], bool], never: str) -> None:
+    """Run ``starter`` (Python that starts a service and prints its group's leader), SIGKILL it once a
+    member of that group is ``up``, and assert the whole group ends within 20 s."""
+    process = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    leader = None
+    try:
+        assert process.stdout is not None
+        leader = int(process.stdout.readline())
+        deadline = time.monotonic() + 60
+        while not any(up(p) for p in _group(leader) if p.is_running()):
+            assert time.monotonic() < deadline, never
+            time.sleep(0.2)
+        members = _group(leader)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        _gone, alive = psutil.wait_procs(members, timeout=20)
+        assert not alive, f"outlived their starter: {[(p.pid, p.name()) for p in alive]}"
+    finally:
+        process.kill()
+        if leader is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(leader, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("as_user", [False, True], ids=["as-this-user", "as-another-user"])
@@ -58,25 +83,7 @@ def test_a_service_stops_when_the_process_that_started_it_is_killed(tmp_path, as
         time.sleep(600)
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
-    leader = None
-    try:
-        assert process.stdout is not None
-        leader = int(process.stdout.readline())
-        deadline = time.monotonic() + 60
-        while not any(p.name() == "sleep" for p in _group(leader) if p.is_running()):
-            assert time.monotonic() < deadline, "the stand-in service never started"
-            time.sleep(0.2)
-        members = _group(leader)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-        _gone, alive = psutil.wait_procs(members, timeout=20)
-        assert not alive, f"outlived their starter: {[(p.pid, p.name()) for p in alive]}"
-    finally:
-        process.kill()
-        if leader is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(leader, signal.SIGKILL)
+    _kill_starter_once_up(starter, lambda p: p.name() == "sleep", "the stand-in service never started")
 
 
 def test_the_tests_mlflow_server_stops_when_the_process_that_started_it_is_killed(tmp_path):
@@ -92,23 +99,5 @@ def test_the_tests_mlflow_server_stops_when_the_process_that_started_it_is_kille
         time.sleep(600)
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
-    leader = None
-    try:
-        assert process.stdout is not None
-        leader = int(process.stdout.readline())
-        deadline = time.monotonic() + 60
-        # uvicorn: the server mlflow's command starts, the process that was left behind
-        while not any("uvicorn" in " ".join(p.cmdline()) for p in _group(leader) if p.is_running()):
-            assert time.monotonic() < deadline, "the server never started"
-            time.sleep(0.2)
-        members = _group(leader)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-        _gone, alive = psutil.wait_procs(members, timeout=20)
-        assert not alive, f"outlived their starter: {[(p.pid, p.name()) for p in alive]}"
-    finally:
-        process.kill()
-        if leader is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(leader, signal.SIGKILL)
+    # uvicorn: the server mlflow's command starts, the process that was left behind
+    _kill_starter_once_up(starter, lambda p: "uvicorn" in " ".join(p.cmdline()), "the server never started")
